@@ -1,0 +1,112 @@
+"""The `ftlab` console command. Each subcommand lives in its stage's module (see COMMANDS)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from ftlab.errors import FtlabError
+
+# name -> module providing HELP, add_arguments(parser), run(args) -> int. Imported lazily so
+# `ftlab --help` and light commands do not pay for torch/transformers imports.
+COMMANDS: dict[str, str] = {
+    "train": "ftlab.train.cli",
+    "quantize": "ftlab.quant.cli",
+    "evaluate": "ftlab.eval.cli_evaluate",
+    "orchestrate": "ftlab.orchestrate.cli",
+    "compare": "ftlab.compare.cli",
+    "score": "ftlab.eval.cli_score",
+    "datasets": "ftlab.data.cli",
+    "models": "ftlab.models.cli",
+    "chat": "ftlab.eval.cli_chat",
+    "demo": "ftlab.demo",
+    "doctor": "ftlab.doctor",
+}
+
+# One-line help shown by `ftlab --help` without importing each module.
+SUMMARY: dict[str, str] = {
+    "train": "fine-tune (SFT: NoPeft, LoRA, rsLoRA, DoRA, VeRA, QLoRA) or pre-train a scratch model",
+    "quantize": "post-training quantization (GPTQ, AWQ, HQQ, bitsandbytes) of a model folder",
+    "evaluate": "boxed-answer evaluation of one model into Testing/metrics/<model>.json",
+    "orchestrate": "evaluate every untested or stale model under Models/ (crash-safe sweep)",
+    "compare": "comparison tables, CSV, significance tests and plots from Testing/metrics",
+    "score": "recompute a task's metrics from a JSONL of raw responses",
+    "datasets": "list, prepare and validate datasets",
+    "models": "list built-in offline models and the model folders under Models/",
+    "chat": "answer one prompt with a model",
+    "demo": "the whole pipeline offline on the built-in SmolLM2 model",
+    "doctor": "print the environment: torch, devices, engines, offline models, datasets, disk",
+}
+
+
+def build_parser(with_subcommands: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftlab", description="Fine-tune, quantize and evaluate LLMs with numbers you can trust.")
+    parser.add_argument("--workdir", default=None,
+                        help="workspace root holding Models/, Datasets/, Testing/ (default: $FTLAB_HOME or the current folder)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, summary in SUMMARY.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        if name in with_subcommands:
+            module = importlib.import_module(COMMANDS[name])
+            module.add_arguments(p)
+    return parser
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # transformers/torch are chatty at INFO; keep ours readable.
+    for noisy in ("httpx", "urllib3", "filelock", "torch", "datasets"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _hoist_workdir(argv: list[str]) -> list[str]:
+    """`--workdir` is accepted anywhere (`ftlab train --workdir X`, the numbered scripts)."""
+    out, front, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--workdir" and i + 1 < len(argv):
+            front += [a, argv[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--workdir="):
+            front.append(a)
+        else:
+            out.append(a)
+        i += 1
+    return front + out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = _hoist_workdir(list(sys.argv[1:] if argv is None else argv))
+    # Only the chosen subcommand's module is imported (its arguments are needed to parse).
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser((chosen,) if chosen else ())
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    _setup_logging(args.verbose, args.quiet)
+    if args.workdir:
+        os.environ["FTLAB_HOME"] = os.path.abspath(args.workdir)
+    try:
+        module = importlib.import_module(COMMANDS[args.command])
+        return int(module.run(args) or 0)
+    except FtlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run_entry(command: str, argv: list[str] | None = None) -> int:
+    """For the numbered scripts: `Testing/02_TestModels.py ARGS` == `ftlab evaluate ARGS`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return main([command, *argv])

@@ -1,0 +1,447 @@
+"""Typed configuration: stage dataclasses, defaults < YAML < `key=value` overrides, all problems at once.
+
+Every field carries a one-line doc in `metadata["doc"]`; `ftlab train --help-config` prints them.
+A dataclass may define `validate(self) -> list[str]` returning problems (field name + fix).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import yaml
+
+from ftlab.errors import ConfigError, FtlabError
+from ftlab.registry import closest
+
+C = TypeVar("C")
+
+
+def doc_field(default: Any = dataclasses.MISSING, doc: str = "", **kw: Any) -> Any:
+    """A dataclass field with a one-line doc; lists/dicts get a default factory."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"doc": doc}, **kw)
+    return field(default=default, metadata={"doc": doc}, **kw)
+
+
+PEFT_METHODS = ("NoPeft", "LoRa", "rsLoRa", "DoRa", "VeRa")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class ModelConfig:
+    name: str = doc_field("smollm2-135m-instruct", "hub id, local folder, .gguf file, built-in name (see `ftlab models`) or scratch:<preset>")
+    revision: str | None = doc_field(None, "hub revision (branch, tag or commit) to pin")
+    trust_remote_code: bool = doc_field(False, "allow model code from the hub; off unless you trust the repo")
+    dtype: str = doc_field("auto", "weights dtype: auto (bf16 where supported, else fp32), bf16, fp16, fp32")
+    attn_implementation: str | None = doc_field(None, "attention kernel passed to transformers (sdpa, eager, flash_attention_2)")
+
+    def validate(self) -> list[str]:
+        out = []
+        if not self.name:
+            out.append("model.name is empty; set a hub id, folder, built-in name or scratch:<preset>")
+        if self.dtype not in DTYPES:
+            out.append(f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        return out
+
+
+@dataclass
+class DataConfig:
+    dataset: str | None = doc_field("synthetic-arith", "task name (see `ftlab datasets list`) or a custom file; None = base snapshot")
+    trunc_train: int | None = doc_field(None, "use only the first N training rows (deterministic); None = all")
+    val_size: int = doc_field(64, "held-out rows taken from the training split for eval loss / early stopping; 0 = none")
+    max_length: int = doc_field(512, "maximum tokens per training example (prompt + answer); longer ones are truncated")
+    source_dir: str | None = doc_field(None, "folder with train-*/test-*.parquet to read instead of Datasets/ or the hub")
+    system_prompt: str | None = doc_field(None, "system message prepended to every prompt (None = the tokenizer's default)")
+    seed: int = doc_field(0, "seed for shuffling and synthetic data")
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.trunc_train is not None and self.trunc_train <= 0:
+            out.append(f"data.trunc_train={self.trunc_train} must be positive or None")
+        if self.val_size < 0:
+            out.append(f"data.val_size={self.val_size} must be >= 0")
+        if self.max_length < 16:
+            out.append(f"data.max_length={self.max_length} is too small; use at least 16 tokens")
+        return out
+
+
+@dataclass
+class PeftConfig:
+    method: str = doc_field("LoRa", "NoPeft (full fine-tune), LoRa, rsLoRa, DoRa or VeRa")
+    r: int = doc_field(16, "adapter rank (VeRA: rank of the shared random matrices, typically 256)")
+    alpha: float | None = doc_field(None, "LoRA alpha; None = 2*r (rsLoRA scales by alpha/sqrt(r))")
+    dropout: float = doc_field(0.05, "dropout on the adapter input")
+    target_modules: list[str] = doc_field(["all-linear"], "modules to adapt: all-linear, qkvo, or explicit names")
+    vera_d_initial: float = doc_field(0.1, "VeRA: initial value of the trainable d vector")
+    vera_prng_key: int = doc_field(0, "VeRA: seed of the frozen shared random projections")
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.method not in PEFT_METHODS:
+            hint = closest(self.method, list(PEFT_METHODS))
+            out.append(f"peft.method={self.method!r} is unknown" + (f" (did you mean {hint!r}?)" if hint else "") + f"; valid: {', '.join(PEFT_METHODS)}")
+        if self.method != "NoPeft" and self.r <= 0:
+            out.append(f"peft.r={self.r} must be a positive integer (e.g. peft.r=16)")
+        if not 0 <= self.dropout < 1:
+            out.append(f"peft.dropout={self.dropout} must be in [0, 1)")
+        if not self.target_modules:
+            out.append("peft.target_modules is empty; use all-linear, qkvo or module names")
+        return out
+
+
+@dataclass
+class QuantConfig:
+    method: str = doc_field("NoQuant", "training-time base quantization: NoQuant or QLORA (bitsandbytes)")
+    bits: int = doc_field(4, "QLORA base bits: 4 (NF4) or 8 (LLM.int8)")
+    double_quant: bool = doc_field(True, "4-bit: also quantize the quantization constants")
+    compute_dtype: str = doc_field("auto", "dtype for matmuls on the dequantized base: auto, bf16, fp16, fp32")
+    lm_head_dtype: str | None = doc_field("bf16", "dtype the output head stays in (it is never quantized); recorded in the tag")
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.method not in ("NoQuant", "QLORA"):
+            out.append(f"quant.method={self.method!r} is not a training-time method; use NoQuant or QLORA (post-training methods: ftlab quantize)")
+        if self.method == "QLORA" and self.bits not in (4, 8):
+            out.append(f"quant.bits={self.bits} is not supported by bitsandbytes QLoRA; use 4 or 8")
+        if self.compute_dtype not in DTYPES:
+            out.append(f"quant.compute_dtype={self.compute_dtype!r} is not one of {', '.join(DTYPES)}")
+        return out
+
+
+@dataclass
+class TrainConfig:
+    method: str = doc_field("SFT", "SFT (supervised fine-tuning) or PT (pre-training on raw text, scratch models)")
+    learning_rate: float = doc_field(2e-4, "peak learning rate")
+    epochs: float = doc_field(1.0, "passes over the training data (ignored when max_steps > 0)")
+    max_steps: int = doc_field(-1, "optimizer steps to run; -1 = use epochs")
+    batch_size: int = doc_field(8, "examples per device per step")
+    grad_accum: int = doc_field(1, "gradient accumulation steps")
+    warmup_ratio: float = doc_field(0.03, "share of steps with linear warm-up")
+    lr_scheduler: str = doc_field("cosine", "learning-rate schedule (transformers name: cosine, linear, constant, ...)")
+    weight_decay: float = doc_field(0.0, "AdamW weight decay")
+    optim: str = doc_field("adamw_torch", "optimizer (transformers name, e.g. adamw_torch, adamw_bnb_8bit, paged_adamw_8bit)")
+    max_grad_norm: float = doc_field(1.0, "gradient clipping norm")
+    completion_only_loss: bool = doc_field(True, "loss only on the assistant's answer")
+    packing: bool = doc_field(False, "pack several examples per sequence")
+    padding_free: bool = doc_field(False, "padding-free batching (flattened sequences)")
+    group_by_length: bool = doc_field(True, "batch examples of similar length together (less padding, faster)")
+    gradient_checkpointing: bool = doc_field(False, "recompute activations to save memory")
+    mixed_precision: str = doc_field("auto", "auto, bf16, fp16 or no")
+    logging_steps: int = doc_field(5, "log every N steps")
+    eval_steps: int = doc_field(0, "evaluate on the held-out split every N steps; 0 = only at the end")
+    save_steps: int = doc_field(0, "checkpoint every N steps; 0 = no intermediate checkpoints")
+    save_total_limit: int = doc_field(2, "keep the last K checkpoints")
+    early_stopping_patience: int = doc_field(0, "stop after N evaluations without improvement; 0 = off")
+    resume: str = doc_field("auto", "auto (newest checkpoint if any), never, or a checkpoint path")
+    merge_after_train: bool = doc_field(False, "save the merged full model instead of the adapter")
+    oom_backoff: bool = doc_field(True, "on out-of-memory, retry with smaller settings (see docs)")
+    max_oom_retries: int = doc_field(5, "attempts the OOM back-off may make")
+    report_to: list[str] = doc_field(["tensorboard"], "loggers: tensorboard, wandb, mlflow, none")
+    seed: int = doc_field(42, "training seed")
+    threads: int | None = doc_field(None, "torch CPU threads; None = all cores")
+    output_dir: str | None = doc_field(None, "output folder; None = Models/<run name>")
+    overwrite: bool = doc_field(False, "replace an existing output folder")
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.method not in ("SFT", "PT"):
+            out.append(f"train.method={self.method!r} is unknown; valid: SFT, PT")
+        if self.learning_rate <= 0:
+            out.append(f"train.learning_rate={self.learning_rate} must be > 0")
+        if self.batch_size <= 0:
+            out.append(f"train.batch_size={self.batch_size} must be >= 1")
+        if self.grad_accum <= 0:
+            out.append(f"train.grad_accum={self.grad_accum} must be >= 1")
+        if self.max_steps == 0 or self.max_steps < -1:
+            out.append(f"train.max_steps={self.max_steps} must be -1 (use epochs) or positive")
+        if self.max_steps == -1 and self.epochs <= 0:
+            out.append(f"train.epochs={self.epochs} must be > 0 when max_steps=-1")
+        if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
+            out.append(f"train.mixed_precision={self.mixed_precision!r}; valid: auto, bf16, fp16, no")
+        if self.early_stopping_patience < 0:
+            out.append(f"train.early_stopping_patience={self.early_stopping_patience} must be >= 0")
+        return out
+
+
+@dataclass
+class EvalConfig:
+    datasets: list[str] = doc_field(["openmath", "arc", "boolq", "squad_v2"], "tasks to evaluate (see `ftlab datasets list`)")
+    limit: int | None = doc_field(None, "evaluate only the first N test rows of each task; None = all")
+    batch_size: int = doc_field(16, "prompts generated together")
+    max_new_tokens: int | None = doc_field(None, "cap on generated tokens; None = each task's default")
+    enable_thinking: bool = doc_field(False, "let models whose chat template has a thinking mode think")
+    system_prompt: str | None = doc_field(None, "system message (None = the tokenizer's default)")
+    bootstrap_samples: int = doc_field(1000, "bootstrap resamples for the accuracy interval")
+    seed: int = doc_field(0, "seed for bootstrap and any sampling")
+    threads: int | None = doc_field(None, "torch CPU threads; None = all cores")
+    source_dir: str | None = doc_field(None, "folder with test-*.parquet to read instead of Datasets/ or the hub")
+    backend: str = doc_field("hf", "generation backend: hf (transformers, batched greedy); canned is for tests only")
+    backend_options: dict = doc_field({}, "backend-specific options (canned: response or responses_file)")
+    stop_at_box: bool = doc_field(True, "stop each answer when its \\boxed{...} closes (else only at EOS/max_new_tokens)")
+    numeric_rel_tol: float = doc_field(1e-4, "numeric answers: relative tolerance for a match")
+    numeric_abs_tol: float = doc_field(1e-6, "numeric answers: absolute tolerance for a match")
+    perplexity_max_length: int = doc_field(512, "perplexity task: tokens per text window")
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.numeric_rel_tol < 0 or self.numeric_abs_tol < 0:
+            out.append("eval.numeric_rel_tol and eval.numeric_abs_tol must be >= 0")
+        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
+            out.append(f"eval.max_new_tokens={self.max_new_tokens} must be positive or None")
+        if not self.datasets:
+            out.append("eval.datasets is empty; name at least one task")
+        if self.limit is not None and self.limit <= 0:
+            out.append(f"eval.limit={self.limit} must be positive or None")
+        if self.batch_size <= 0:
+            out.append(f"eval.batch_size={self.batch_size} must be >= 1")
+        return out
+
+
+@dataclass
+class TrainRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.quant.method == "QLORA" and self.peft.method == "NoPeft":
+            out.append("quant.method=QLORA needs an adapter: set peft.method to LoRa, rsLoRa, DoRa or VeRa (a quantized base cannot be fully fine-tuned)")
+        if self.train.method == "PT" and not self.model.name.startswith("scratch:") and self.data.dataset is None:
+            out.append("train.method=PT needs data.dataset (raw text or SFT data)")
+        return out
+
+
+@dataclass
+class EvalRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic loading
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), optional
+    return tp, False
+
+
+_NONE_WORDS = {"none", "null", "~", ""}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerces a YAML value or a raw override string to `tp`; raises ValueError with the fix."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{key} cannot be None; give a value")
+    if optional and isinstance(value, str) and value.strip().lower() in _NONE_WORDS - ({""} if inner is str else set()):
+        return None
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"{key}={value!r} is not a boolean; use true or false")
+    if inner is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}={value!r} is not an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{key}={value!r} is not an integer") from None
+    if inner is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}={value!r} is not a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}={value!r} is not a number (e.g. 2e-4)") from None
+    if inner is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"{key} must be a string, got {type(value).__name__}")
+        return str(value)
+    origin = typing.get_origin(inner)
+    if origin is list:
+        (item_tp,) = typing.get_args(inner) or (Any,)
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = yaml.safe_load(text)
+            else:
+                value = [v.strip() for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, item_tp, f"{key}[{i}]") if item_tp is not Any else v for i, v in enumerate(value)]
+    if origin is dict or inner is dict:  # bare `dict` fields (eval.backend_options) have no origin
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a mapping")
+        return dict(value)
+    return value
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = node[p] = {}
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: Iterable[str]) -> tuple[dict, list[str]]:
+    """`["peft.r=64", "train.merge_after_train=false"]` -> nested dict of raw strings."""
+    tree: dict = {}
+    problems = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"override {item!r} is not key=value (e.g. peft.r=64)")
+            continue
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            problems.append(f"override {item!r} has an empty key")
+            continue
+        _set_path(tree, key, raw)
+    return tree, problems
+
+
+def _merge(base: dict, upd: dict) -> dict:
+    out = dict(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
+    hints = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            hint = closest(str(key), list(fields))
+            problems.append(
+                f"unknown key {full!r}" + (f" (did you mean {prefix}{hint!r}?)" if hint else "")
+                + f"; valid keys{' under ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}"
+            )
+            continue
+        tp = hints[key]
+        if _is_dataclass_type(tp):
+            if not isinstance(value, dict):
+                problems.append(f"{full} must be a section (mapping), got {value!r}")
+                continue
+            kwargs[key] = _build(tp, value, f"{full}.", problems)
+        else:
+            try:
+                kwargs[key] = _coerce(value, tp, full)
+            except ValueError as exc:
+                problems.append(str(exc))
+    for name, f in fields.items():
+        if name not in kwargs and _is_dataclass_type(hints[name]):
+            kwargs[name] = _build(hints[name], {}, f"{prefix}{name}.", problems)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:  # a required field without default
+        problems.append(f"{prefix or 'config'}: {exc}")
+        return None
+    return obj
+
+
+def _validate_tree(obj: Any, problems: list[str]) -> None:
+    if obj is None:
+        return
+    for f in dataclasses.fields(obj):
+        child = getattr(obj, f.name)
+        if dataclasses.is_dataclass(child):
+            _validate_tree(child, problems)
+    if hasattr(obj, "validate"):
+        problems.extend(obj.validate())
+
+
+def load_config(cls: type[C], yaml_path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                base: dict | None = None) -> C:
+    """Defaults < `base` (e.g. a script's edit block) < YAML file < `key=value` overrides."""
+    problems: list[str] = []
+    tree: dict = dict(base or {})
+    if yaml_path:
+        path = Path(yaml_path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise FtlabError(f"config file not found: {path}; pass an existing YAML file to --config") from None
+        except yaml.YAMLError as exc:
+            raise FtlabError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise FtlabError(f"config file {path} must hold a mapping of sections (model:, data:, ...)")
+        tree = _merge(tree, loaded)
+    ov, ov_problems = parse_overrides(overrides)
+    problems += ov_problems
+    tree = _merge(tree, ov)
+    cfg = _build(cls, tree, "", problems)
+    _validate_tree(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> Path:
+    from ftlab.io import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def describe_config(cls: type, prefix: str = "") -> list[str]:
+    """`key (type) = default  # doc` lines for help output."""
+    lines = []
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            lines += describe_config(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"{prefix}{f.name} = {default!r}  # {f.metadata.get('doc', '')}")
+    return lines

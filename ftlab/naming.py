@@ -1,0 +1,144 @@
+"""Run names: `<base>-<dataset>_<method>_<peft>_<quant_tag>` and `<base>-base[_<quant_tag>]`.
+
+Components are sanitised so a name is always one safe folder name: the base keeps letters,
+digits, `.` and `-`; a dataset keeps `-` only when it is a registered task name (so the
+`<base>-<dataset>` split stays unambiguous); `_` separates the fields.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ftlab.errors import FtlabError
+from ftlab.quant.spec import parse_quant_tag
+
+METHODS = ("SFT", "PT")
+PEFT_PREFIXES = ("NoPeft", "LoRa", "rsLoRa", "DoRa", "VeRa")
+BASE_DATASET = "base"
+_PEFT_RE = re.compile(r"^(NoPeft|(?:LoRa|rsLoRa|DoRa|VeRa)\d+)$")
+_MAX_LEN = 200
+
+
+def sanitize_component(text: str, keep: str = ".-", sep: str = "-") -> str:
+    """Letters, digits and `keep` survive; every other run (slashes, spaces, `_`) becomes `sep`."""
+    text = str(text).strip()
+    allowed = re.escape(keep)
+    out = re.sub(rf"[^A-Za-z0-9{allowed}]+", sep, text)
+    out = re.sub(r"-{2,}", "-", out)
+    out = re.sub(r"\.{2,}", ".", out)  # never `..`
+    out = out.strip("-.")
+    if not out:
+        raise FtlabError(f"name component {text!r} is empty after sanitising; use letters or digits")
+    return out[:_MAX_LEN]
+
+
+def base_component(model_ref: str) -> str:
+    """`Qwen/Qwen3-0.6B` -> `Qwen3-0.6B`; `path/to/model.gguf` -> `model`."""
+    ref = str(model_ref).rstrip("/\\")
+    ref = re.split(r"[/\\]", ref)[-1]
+    if ref.lower().endswith(".gguf"):
+        ref = ref[: -len(".gguf")]
+    if ref.startswith("scratch:"):
+        ref = "scratch-" + ref.split(":", 1)[1]
+    return sanitize_component(ref)
+
+
+def _task_components() -> dict[str, str]:
+    from ftlab.data.tasks import TASKS
+
+    return {dataset_component(n): n for n in TASKS.names()}
+
+
+def dataset_component(dataset: str) -> str:
+    """Registered tasks keep their name (with `_` -> `-`); custom names lose `-` too."""
+    from ftlab.data.tasks import TASKS
+
+    if dataset in TASKS:
+        return sanitize_component(TASKS.canonical(dataset).replace("_", "-"))
+    stem = re.split(r"[/\\]", str(dataset).rstrip("/\\"))[-1]
+    stem = re.sub(r"\.(jsonl|json|parquet|csv)$", "", stem, flags=re.I)
+    return sanitize_component(stem, keep=".", sep=".")
+
+
+def peft_tag(method: str, r: int | None = None) -> str:
+    if method == "NoPeft":
+        return "NoPeft"
+    if method not in PEFT_PREFIXES:
+        raise FtlabError(f"unknown PEFT method {method!r}; valid: {', '.join(PEFT_PREFIXES)}")
+    if r is None or r <= 0:
+        raise FtlabError(f"peft.r must be a positive integer for {method}, got {r}")
+    return f"{method}{r}"
+
+
+@dataclass(frozen=True)
+class RunName:
+    base: str
+    dataset: str  # the name component; "base" for a base snapshot
+    method: str | None = None
+    peft: str | None = None
+    quant_tag: str = "NoQuant"
+
+    @property
+    def is_base_snapshot(self) -> bool:
+        return self.dataset == BASE_DATASET
+
+    def render(self) -> str:
+        if self.is_base_snapshot:
+            name = f"{self.base}-{BASE_DATASET}"
+            return name if self.quant_tag == "NoQuant" else f"{name}_{self.quant_tag}"
+        return f"{self.base}-{self.dataset}_{self.method}_{self.peft}_{self.quant_tag}"
+
+    def with_quant_tag(self, tag: str) -> "RunName":
+        parse_quant_tag(tag)
+        return RunName(self.base, self.dataset, self.method, self.peft, tag)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def build_run_name(base_model: str, dataset: str | None, method: str = "SFT", peft: str = "NoPeft",
+                   quant_tag: str = "NoQuant") -> RunName:
+    base = base_component(base_model)
+    if dataset is None:
+        return RunName(base, BASE_DATASET, quant_tag=quant_tag)
+    if method not in METHODS:
+        raise FtlabError(f"unknown training method {method!r}; valid: {', '.join(METHODS)}")
+    if not _PEFT_RE.match(peft):
+        raise FtlabError(f"bad PEFT tag {peft!r}; expected NoPeft or LoRa<r>, rsLoRa<r>, DoRa<r>, VeRa<r>")
+    parse_quant_tag(quant_tag)
+    return RunName(base, dataset_component(dataset), method, peft, quant_tag)
+
+
+def parse_run_name(name: str) -> RunName:
+    """Inverse of `RunName.render`; raises FtlabError naming what does not fit."""
+    head, _, rest = name.partition("_")
+    known = sorted([*_task_components(), BASE_DATASET], key=len, reverse=True)
+    base = dataset = None
+    for comp in known:
+        if head.endswith("-" + comp) and len(head) > len(comp) + 1:
+            base, dataset = head[: -len(comp) - 1], comp
+            break
+    if base is None:
+        if "-" not in head:
+            raise FtlabError(f"run name {name!r} has no '<base>-<dataset>' part")
+        base, dataset = head.rsplit("-", 1)
+    if dataset == BASE_DATASET:
+        tag = rest or "NoQuant"
+        parse_quant_tag(tag)
+        return RunName(base, dataset, quant_tag=tag)
+    fields = rest.split("_", 2)
+    if len(fields) < 3:
+        raise FtlabError(f"run name {name!r} must look like <base>-<dataset>_<method>_<peft>_<quant_tag>")
+    method, peft, tag = fields
+    if method not in METHODS:
+        raise FtlabError(f"run name {name!r}: unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if not _PEFT_RE.match(peft):
+        raise FtlabError(f"run name {name!r}: bad PEFT part {peft!r}")
+    parse_quant_tag(tag)
+    return RunName(base, dataset, method, peft, tag)
+
+
+def with_quant_tag(name: str, tag: str) -> str:
+    """The folder name of a PTQ output: the source's name with its quant tag replaced."""
+    return parse_run_name(name).with_quant_tag(tag).render()

@@ -1,0 +1,41 @@
+"""Where the platform's folders live: Models/, Datasets/, Testing/metrics/ under one root."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def default(cls) -> "Workspace":
+        return cls(Path(os.environ.get("FTLAB_HOME") or os.getcwd()).resolve())
+
+    @classmethod
+    def at(cls, root: str | os.PathLike | None) -> "Workspace":
+        return cls.default() if root is None else cls(Path(root).resolve())
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "Models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.root / "Datasets"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "Testing" / "metrics"
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.root / "Testing" / "metrics_summary.csv"
+
+
+def cache_dir() -> Path:
+    """ftlab's cache (converted offline models): $FTLAB_CACHE or ~/.cache/ftlab."""
+    return Path(os.environ.get("FTLAB_CACHE") or Path.home() / ".cache" / "ftlab")

@@ -1,0 +1,85 @@
+"""Versioned JSON documents (model metadata, metrics) with upgraders from older versions.
+
+A reader always sees the current version: `upgrade(kind, doc)` applies the registered
+upgraders in order (v1 -> v2 -> ...), so old files stay readable after a schema change.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from ftlab.errors import FtlabError
+from ftlab.io import atomic_write_json, read_json
+
+TRAINING_METADATA_FILE = "training_metadata.json"
+CURRENT_VERSIONS: dict[str, int] = {"model": 1, "metrics": 1}
+_UPGRADERS: dict[tuple[str, int], Callable[[dict], dict]] = {}
+
+
+def register_upgrader(kind: str, from_version: int, fn: Callable[[dict], dict]) -> None:
+    """`fn` turns a version `from_version` document into version `from_version + 1`."""
+    _UPGRADERS[(kind, from_version)] = fn
+
+
+def set_current_version(kind: str, version: int) -> None:
+    CURRENT_VERSIONS[kind] = version
+
+
+def upgrade(kind: str, doc: dict, source: str = "document") -> dict:
+    if not isinstance(doc, dict):
+        raise FtlabError(f"{source} must be a JSON object")
+    current = CURRENT_VERSIONS.get(kind)
+    if current is None:
+        raise FtlabError(f"unknown document kind {kind!r}; known: {', '.join(CURRENT_VERSIONS)}")
+    version = doc.get("schema_version")
+    if not isinstance(version, int):
+        raise FtlabError(f"{source} has no integer schema_version; it was not written by ftlab or is damaged")
+    if version > current:
+        raise FtlabError(f"{source} has schema_version {version}, newer than this ftlab understands ({current}); upgrade ftlab")
+    while version < current:
+        fn = _UPGRADERS.get((kind, version))
+        if fn is None:
+            raise FtlabError(f"{source}: no upgrader for {kind} schema v{version} -> v{version + 1}")
+        doc = fn(dict(doc))
+        version += 1
+        doc["schema_version"] = version
+    return doc
+
+
+def _model_v0_to_v1(doc: dict) -> dict:
+    # v0: the seed's flat metadata (base_model as a string, quant_method string, no kind).
+    base = doc.get("base_model")
+    if isinstance(base, str):
+        doc["base_model"] = {"ref": base, "source_kind": None, "revision": None, "base_name": None}
+    if "quantization" not in doc:
+        from ftlab.quant.spec import QuantizationSpec
+
+        method = doc.pop("quant_method", "NoQuant") or "NoQuant"
+        try:
+            doc["quantization"] = QuantizationSpec(method=method).to_dict()
+        except FtlabError:
+            doc["quantization"] = QuantizationSpec().to_dict()
+    doc.setdefault("kind", "model")
+    doc.setdefault("history", [])
+    return doc
+
+
+register_upgrader("model", 0, _model_v0_to_v1)
+
+
+def write_training_metadata(folder: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    meta = dict(meta)
+    meta["schema_version"] = CURRENT_VERSIONS["model"]
+    meta.setdefault("kind", "model")
+    return atomic_write_json(Path(folder) / TRAINING_METADATA_FILE, meta)
+
+
+def load_training_metadata(folder: str | os.PathLike, required: bool = True) -> dict | None:
+    path = Path(folder) / TRAINING_METADATA_FILE
+    if not path.exists():
+        if required:
+            raise FtlabError(f"{folder} has no {TRAINING_METADATA_FILE}; it is not an ftlab model folder")
+        return None
+    return upgrade("model", read_json(path, "training metadata"), source=str(path))

@@ -1,0 +1,81 @@
+import pytest
+
+from ftlab.config import EvalRunConfig, TrainRunConfig, describe_config, load_config, save_config
+from ftlab.errors import ConfigError
+
+
+def test_defaults_yaml_overrides_precedence(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("peft:\n  r: 32\n  method: DoRa\ntrain:\n  learning_rate: 1.0e-3\n  merge_after_train: true\n")
+    cfg = load_config(TrainRunConfig, y, ["peft.r=64", "train.merge_after_train=False"], base={"peft": {"r": 8, "dropout": 0.2}})
+    assert cfg.peft.r == 64  # override beats YAML beats base
+    assert cfg.peft.method == "DoRa"  # YAML beats default
+    assert cfg.peft.dropout == 0.2  # base beats default
+    assert cfg.train.learning_rate == 1e-3
+    assert cfg.train.merge_after_train is False  # False overrides a YAML true
+    assert cfg.train.batch_size == 8  # default
+
+
+def test_zero_and_false_and_none_overrides():
+    cfg = load_config(TrainRunConfig, overrides=["data.val_size=0", "train.completion_only_loss=0",
+                                                 "data.trunc_train=None", "peft.alpha=null", "train.learning_rate=2e-4"])
+    assert cfg.data.val_size == 0
+    assert cfg.train.completion_only_loss is False
+    assert cfg.data.trunc_train is None and cfg.peft.alpha is None
+    assert cfg.train.learning_rate == pytest.approx(2e-4)
+
+
+def test_list_overrides():
+    cfg = load_config(TrainRunConfig, overrides=["peft.target_modules=q_proj,v_proj", "train.report_to=[none]"])
+    assert cfg.peft.target_modules == ["q_proj", "v_proj"]
+    assert cfg.train.report_to == ["none"]
+
+
+def test_all_problems_collected_with_suggestions():
+    with pytest.raises(ConfigError) as ei:
+        load_config(TrainRunConfig, overrides=["trian.epochs=1", "peft.r=0", "peft.methd=LoRa", "train.batch_size=abc", "noequals"])
+    probs = ei.value.problems
+    text = str(ei.value)
+    assert len(probs) == 5, probs
+    assert "did you mean 'train'" in text
+    assert "did you mean peft.'method'" in text or "did you mean peft.'method'" in text.replace('"', "'")
+    assert "peft.r=0 must be a positive integer" in text
+    assert "train.batch_size='abc' is not an integer" in text
+    assert "not key=value" in text
+
+
+def test_unknown_peft_method_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'DoRa'"):
+        load_config(TrainRunConfig, overrides=["peft.method=Dora2"])
+
+
+def test_qlora_with_nopeft_rejected():
+    with pytest.raises(ConfigError, match="QLORA needs an adapter"):
+        load_config(TrainRunConfig, overrides=["quant.method=QLORA", "peft.method=NoPeft"])
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    from ftlab.errors import FtlabError
+
+    with pytest.raises(FtlabError, match="not found"):
+        load_config(TrainRunConfig, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("peft: [1, 2\n")
+    with pytest.raises(FtlabError, match="not valid YAML"):
+        load_config(TrainRunConfig, bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(FtlabError, match="mapping"):
+        load_config(TrainRunConfig, scalar)
+
+
+def test_save_round_trip(tmp_path):
+    cfg = load_config(EvalRunConfig, overrides=["eval.datasets=arc,boolq", "eval.limit=5"])
+    path = save_config(cfg, tmp_path / "resolved.yaml")
+    again = load_config(EvalRunConfig, path)
+    assert again == cfg
+
+
+def test_every_field_documented():
+    lines = describe_config(TrainRunConfig) + describe_config(EvalRunConfig)
+    assert all(line.split("# ", 1)[1].strip() for line in lines), [l for l in lines if not l.split("# ", 1)[1].strip()]
