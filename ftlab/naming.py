@@ -57,7 +57,7 @@ def dataset_component(dataset: str) -> str:
     if dataset in TASKS:
         return sanitize_component(TASKS.canonical(dataset).replace("_", "-"))
     stem = re.split(r"[/\\]", str(dataset).rstrip("/\\"))[-1]
-    stem = re.sub(r"\.(jsonl|json|parquet|csv)$", "", stem, flags=re.I)
+    stem = re.sub(r"\.(jsonl|json|parquet|csv|txt|md)$", "", stem, flags=re.I)
     return sanitize_component(stem, keep=".", sep=".")
 
 

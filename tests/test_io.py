@@ -73,3 +73,12 @@ def test_custom_upgrader_chain():
     register_upgrader("toy", 0, lambda d: {**d, "a": 1})
     register_upgrader("toy", 1, lambda d: {**d, "b": d["a"] + 1})
     assert upgrade("toy", {"schema_version": 0}) == {"schema_version": 2, "a": 1, "b": 2}
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    p = atomic_write_json(tmp_path / "m.json", {})
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask

@@ -46,5 +46,7 @@ def generate(split: str, n: int | None = None) -> list[dict]:
     n = n or DEFAULT_SIZES[split]
     if split == "train":
         return _stream(TRAIN_SEED, n)
-    train_q = {r["question"] for r in _stream(TRAIN_SEED, max(n, DEFAULT_SIZES["train"]) * 4)}
+    # Exclude exactly the training set: excluding a larger stream would remove whole question
+    # kinds with small answer spaces (2-digit x 1-digit products) from the test split.
+    train_q = {r["question"] for r in _stream(TRAIN_SEED, DEFAULT_SIZES["train"])}
     return _stream(TEST_SEED, n, exclude=train_q)

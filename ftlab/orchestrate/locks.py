@@ -1,0 +1,180 @@
+"""Per-model lock files so concurrent orchestrators never evaluate the same model twice.
+
+A lock is a file created with O_CREAT|O_EXCL (atomic on local filesystems and NFSv3+) holding the
+owner's PID, host and process start time. A lock whose owner is dead on this host is taken over;
+a lock from another host is only reported, because its owner's liveness cannot be checked here.
+
+Taking over is the only step that deletes someone else's file, so it is serialised by an flock on
+a guard file: without it two orchestrators could both judge the same stale lock dead, and the
+slower one would delete the lock the faster one had just created. flock is released by the kernel
+when its holder dies, so the guard itself can never go stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftlab.env import now_iso
+
+log = logging.getLogger(__name__)
+
+LOCK_SUFFIX = ".lock"
+# A lock file is created empty and filled a moment later; one still empty or unreadable after this
+# many seconds belongs to an owner killed in between (there is no PID to check).
+UNREADABLE_GRACE_S = 30.0
+
+
+def _process_start_time(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # psutil missing, process gone or not ours to inspect
+        return None
+
+
+def pid_alive(pid: int, start_time: float | None = None) -> bool:
+    """True if `pid` runs and, when known, started at `start_time` (PIDs are reused)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    if start_time is not None:
+        actual = _process_start_time(pid)
+        if actual is not None and abs(actual - start_time) > 1.0:
+            return False
+    try:
+        import psutil
+
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return False
+    except Exception:
+        pass
+    return True
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    pid: int
+    host: str
+    start_time: float | None
+    token: str
+    acquired_at: str
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host} since {self.acquired_at}"
+
+
+class ModelLock:
+    """A non-blocking lock: `acquire()` returns False when a live owner holds it, so a sweep moves
+    on to the next model instead of waiting. The file is written with os.open(O_EXCL) rather than
+    ftlab.io's temp-file-and-rename because the exclusive create *is* the lock."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.token = uuid.uuid4().hex
+        self.held = False
+
+    def _payload(self) -> dict:
+        pid = os.getpid()
+        return {"pid": pid, "host": socket.gethostname(), "start_time": _process_start_time(pid),
+                "token": self.token, "acquired_at": now_iso()}
+
+    def owner(self) -> LockOwner | None:
+        """The current holder as recorded in the file; None if there is no lock or it is unreadable."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return LockOwner(int(data["pid"]), str(data["host"]), data.get("start_time"), str(data["token"]),
+                             str(data.get("acquired_at", "")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, json.dumps(self._payload()).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def _owner_is_dead(self) -> bool:
+        owner = self.owner()
+        if owner is None:
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except FileNotFoundError:
+                return False  # released meanwhile; the next create attempt will tell
+            return age > UNREADABLE_GRACE_S
+        if owner.host != socket.gethostname():
+            return False
+        return not pid_alive(owner.pid, owner.start_time)
+
+    def acquire(self) -> bool:
+        """Takes the lock without waiting; False if a live owner holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._create():
+            self.held = True
+            return True
+        guard = self.path.parent / ".takeover.guard"
+        with open(guard, "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                # Re-checked under the guard: only a lock still dead now is removed.
+                if self.path.exists() and self._owner_is_dead():
+                    stale = self.owner()
+                    log.warning("taking over stale lock %s (%s)", self.path.name,
+                                stale.describe() if stale else "unreadable")
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()
+                if self._create():
+                    self.held = True
+                    return True
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return False
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        owner = self.owner()
+        # Only our own file is removed; it cannot have been taken over while we live, but a
+        # manual deletion followed by another orchestrator's lock must survive our release.
+        if owner is not None and owner.token == self.token:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self.held = False
+
+    def __del__(self):  # a forgotten release in a long-lived process should not block others
+        with contextlib.suppress(Exception):
+            self.release()
+
+
+def lock_path(locks_dir: Path, model: str) -> Path:
+    return locks_dir / f"{model}{LOCK_SUFFIX}"
+
+
+def is_locked_by_other(path: Path) -> LockOwner | None:
+    """The live owner of an existing lock (for dry-run reports), else None."""
+    lock = ModelLock(path)
+    if not path.exists() or lock._owner_is_dead():
+        return None
+    return lock.owner()
+
+
