@@ -1,0 +1,125 @@
+"""Out-of-memory back-off: a fixed, ordered protocol of cheaper settings tried one at a time.
+
+Order (each retry applies the next step that still changes something):
+shorter max_length -> lower rank -> DoRA off -> fewer target modules -> batch 1 with more
+accumulation (same effective batch). Every attempt is recorded in the training metadata.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from ftlab.config import TrainRunConfig
+
+log = logging.getLogger(__name__)
+
+MIN_MAX_LENGTH = 64
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    if isinstance(exc, (RuntimeError, MemoryError)):
+        msg = str(exc).lower()
+        return isinstance(exc, MemoryError) or "out of memory" in msg or "can't allocate memory" in msg
+    return False
+
+
+def release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class BackoffStep:
+    name: str
+    apply: Callable[[TrainRunConfig], str | None]  # mutates a copy; returns what changed, None if nothing
+
+
+def _shorter_max_length(cfg: TrainRunConfig) -> str | None:
+    old = cfg.data.max_length
+    new = max(MIN_MAX_LENGTH, old // 2)
+    if new >= old:
+        return None
+    cfg.data.max_length = new
+    return f"data.max_length {old} -> {new}"
+
+
+def _lower_rank(cfg: TrainRunConfig) -> str | None:
+    if cfg.peft.method == "NoPeft" or cfg.peft.r <= 1:
+        return None
+    old = cfg.peft.r
+    cfg.peft.r = max(1, old // 2)
+    if cfg.peft.alpha is None:
+        # Keep the adapter's scale (alpha/r) as the user had it, not a new 2*r default.
+        cfg.peft.alpha = float(2 * old)
+    return f"peft.r {old} -> {cfg.peft.r}"
+
+
+def _dora_off(cfg: TrainRunConfig) -> str | None:
+    if cfg.peft.method != "DoRa":
+        return None
+    cfg.peft.method = "LoRa"
+    return "peft.method DoRa -> LoRa"
+
+
+_FEWER_TARGETS = {"all-linear": ["qkvo"], "qkvo": ["qv"]}
+
+
+def _fewer_targets(cfg: TrainRunConfig) -> str | None:
+    if cfg.peft.method == "NoPeft":
+        return None
+    old = list(cfg.peft.target_modules)
+    if len(old) == 1 and old[0] in _FEWER_TARGETS:
+        new = _FEWER_TARGETS[old[0]]
+    elif len(old) > 2:
+        new = old[: len(old) // 2]
+    else:
+        return None
+    cfg.peft.target_modules = new
+    return f"peft.target_modules {old} -> {new}"
+
+
+def _batch_one(cfg: TrainRunConfig) -> str | None:
+    if cfg.train.batch_size <= 1:
+        return None
+    old_b, old_a = cfg.train.batch_size, cfg.train.grad_accum
+    cfg.train.grad_accum = old_a * old_b
+    cfg.train.batch_size = 1
+    return f"train.batch_size {old_b} -> 1, train.grad_accum {old_a} -> {cfg.train.grad_accum}"
+
+
+PROTOCOL: tuple[BackoffStep, ...] = (
+    BackoffStep("shorter_max_length", _shorter_max_length),
+    BackoffStep("lower_rank", _lower_rank),
+    BackoffStep("dora_off", _dora_off),
+    BackoffStep("fewer_target_modules", _fewer_targets),
+    BackoffStep("batch_one", _batch_one),
+)
+
+
+def next_settings(cfg: TrainRunConfig, position: int) -> tuple[TrainRunConfig, str, str, int] | None:
+    """From protocol index `position`, the first step that changes `cfg`:
+    (new config, step name, change, next position) or None when the protocol is exhausted."""
+    for i in range(position, len(PROTOCOL)):
+        new = copy.deepcopy(cfg)
+        change = PROTOCOL[i].apply(new)
+        if change:
+            return new, PROTOCOL[i].name, change, i + 1
+    return None
+
+
+def settings_summary(cfg: TrainRunConfig) -> dict:
+    return {"max_length": cfg.data.max_length, "peft_method": cfg.peft.method,
+            "r": cfg.peft.r if cfg.peft.method != "NoPeft" else None,
+            "alpha": cfg.peft.alpha, "target_modules": list(cfg.peft.target_modules),
+            "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum}
