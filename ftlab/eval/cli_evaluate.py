@@ -1,0 +1,114 @@
+"""`ftlab evaluate MODEL [--datasets ...] [--limit N] [--batch-size B] [--config FILE] [key=value ...]`
+(also `Testing/02_TestModels.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+from ftlab.errors import FtlabError
+
+log = logging.getLogger(__name__)
+
+HELP = "evaluate one model on the registered tasks into Testing/metrics/<model>.json (resumable)"
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datasets", nargs="+", default=None, metavar="TASK",
+                        help="tasks or data files (see `ftlab datasets list`; `perplexity` or perplexity:<task> for held-out perplexity)")
+    parser.add_argument("--limit", type=int, default=None, help="first N test rows of each task")
+    parser.add_argument("--batch-size", type=int, default=None, help="prompts generated together")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens (default: per task)")
+    parser.add_argument("--config", default=None, help="YAML file with model:/eval: sections (EvalRunConfig)")
+    parser.add_argument("--name", default=None, help="metrics file name (default: derived from MODEL)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: eval.threads, else all cores)")
+    parser.add_argument("--print", dest="print_json", action="store_true", help="print the metrics document")
+    parser.add_argument("--quiet", dest="eval_quiet", action="store_true", help="warnings and errors only")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL",
+                        help="model folder, run name under Models/, hub id, built-in name or scratch:<preset>")
+    _add_options(parser)
+    # Options may follow key=value overrides (the orchestrator appends overrides last); argparse
+    # cannot interleave positionals, so the tail is re-parsed in run().
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
+                        help="config overrides, e.g. eval.limit=20 model.dtype=fp32")
+
+
+def _split_tail(args: argparse.Namespace) -> argparse.Namespace:
+    tail = list(getattr(args, "overrides", None) or [])
+    inner = argparse.ArgumentParser(prog="ftlab evaluate", add_help=False)
+    _add_options(inner)
+    inner.add_argument("overrides", nargs="*")
+    try:
+        parsed = inner.parse_intermixed_args(tail)
+    except SystemExit:
+        raise FtlabError(f"could not parse arguments {' '.join(tail)!r}; options are --datasets, --limit, --batch-size, "
+                         "--max-new-tokens, --config, --name, --threads, then key=value overrides") from None
+    for key, value in vars(parsed).items():
+        if key != "overrides" and value is not None and value is not False:
+            setattr(args, key, value)
+    overrides = list(parsed.overrides)
+    # `--datasets a b key=value`: nargs="+" swallows following overrides; a task name has no "=".
+    if args.datasets:
+        overrides = [d for d in args.datasets if "=" in d] + overrides
+        args.datasets = [d for d in args.datasets if "=" not in d]
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise FtlabError(f"unexpected argument {bad[0]!r}; overrides are key=value (e.g. eval.limit=20)")
+    args.overrides = overrides
+    return args
+
+
+def build_config(args: argparse.Namespace):
+    """EvalRunConfig from defaults < --config < key=value overrides < dedicated flags."""
+    from ftlab.config import EvalRunConfig, load_config
+
+    flags = list(args.overrides)
+    if args.datasets:
+        flags.append("eval.datasets=" + json.dumps(args.datasets))
+    for attr, key in (("limit", "eval.limit"), ("batch_size", "eval.batch_size"),
+                      ("max_new_tokens", "eval.max_new_tokens"), ("threads", "eval.threads")):
+        if getattr(args, attr, None) is not None:
+            flags.append(f"{key}={getattr(args, attr)}")
+    flags.append(f"model.name={args.model}")
+    return load_config(EvalRunConfig, args.config, flags)
+
+
+def resolve_threads(configured: int | None) -> int | None:
+    """eval.threads, else OMP_NUM_THREADS (the orchestrator gives each worker a budget that way),
+    else None (all cores)."""
+    if configured:
+        return configured
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ftlab.env import set_threads
+    from ftlab.eval.evaluator import evaluate, metrics_paths, model_file_name
+    from ftlab.paths import Workspace
+
+    args = _split_tail(args)
+    if args.eval_quiet:
+        logging.getLogger("ftlab").setLevel(logging.WARNING)
+    cfg = build_config(args)
+    set_threads(resolve_threads(cfg.eval.threads))
+    ws = Workspace.at(getattr(args, "workdir", None))
+    doc = evaluate(args.model, cfg, ws, model_name=args.name)
+    json_path, _ = metrics_paths(ws, args.name or model_file_name(args.model))
+    if args.print_json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for task, block in doc["datasets"].items():
+            m = block["metrics"]
+            headline = m.get("accuracy", m.get("perplexity"))
+            extra = f" format={block['format_success_rate']:.3f}" if block.get("format_success_rate") is not None else ""
+            sps = f" {block['samples_per_s']:.2f} samples/s" if block.get("samples_per_s") else ""
+            print(f"{task:>22}: n={block['n']} {'accuracy' if 'accuracy' in m else 'perplexity'}="
+                  f"{headline if headline is None else round(headline, 4)}{extra}{sps}")
+        print(f"metrics written to {json_path}")
+    return 0

@@ -1,0 +1,164 @@
+"""Generation backends on tiny in-process models: batching must not change greedy outputs,
+rows stop when their box closes, and the hf backend works through the CLI end to end."""
+
+import pytest
+import torch
+
+from ftlab.cli import main
+from ftlab.eval import load_metrics_document
+from ftlab.eval.evaluator import metrics_paths
+from ftlab.eval.generation import BoxClosedCriteria, HFGenerator
+from ftlab.io import read_jsonl
+
+PROMPTS = [
+    "What is 1 + 1?",
+    "A much longer question that goes on for a while about arithmetic and numbers, what is 12 * 3?",
+    "Hi",
+    "Which number is larger, 1234 or 4321? Think step by step.",
+    "Tell me a story about a cat.",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from ftlab.models.sources import load_model
+
+    torch.manual_seed(0)
+    model, tok, _ = load_model("scratch:tiny", dtype="fp32")
+    return model, tok
+
+
+def _run(gen, prompts, **kw):
+    out = {}
+    for batch in gen.generate(prompts, **kw):
+        for i, g in batch:
+            out[i] = g
+    return [out[i] for i in range(len(prompts))]
+
+
+def test_batching_and_continuous_batching_keep_greedy_outputs(tiny):
+    model, tok = tiny
+    gen = HFGenerator(model, tok, progress=False)
+    prompts = [gen.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    gen.continuous = False
+    alone = _run(gen, prompts, max_new_tokens=12, batch_size=1)
+    static = _run(gen, prompts, max_new_tokens=12, batch_size=3)
+    gen.continuous = True
+    rolling = _run(gen, prompts, max_new_tokens=12, batch_size=2)  # forces refills mid-decode
+    assert [g.text for g in static] == [g.text for g in alone]
+    assert [g.text for g in rolling] == [g.text for g in alone]
+    assert [g.new_tokens for g in rolling] == [g.new_tokens for g in alone]
+    for g in rolling:
+        assert 1 <= g.new_tokens <= 12 and g.stop_reason in ("eos", "length") and g.latency_s > 0
+
+
+def test_generation_matches_plain_model_generate(tiny):
+    model, tok = tiny
+    gen = HFGenerator(model, tok, progress=False)
+    prompt = gen.render([{"role": "user", "content": PROMPTS[1]}])
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        ref = model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
+    expected = tok.decode(ref[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert _run(gen, [prompt], max_new_tokens=10, batch_size=4)[0].text == expected
+
+
+class Scripted(torch.nn.Module):
+    """Wraps a real model (so the KV cache is real) but forces the next token: a chain that
+    writes "The answer is \\boxed{7} and then keeps talking" after any prompt."""
+
+    def __init__(self, inner, tok):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+        self.generation_config = inner.generation_config
+        self.script = tok("The answer is \\boxed{7} and then keeps talking", add_special_tokens=False)["input_ids"]
+        assert len(set(self.script)) == len(self.script)
+        self.after = {a: b for a, b in zip(self.script, self.script[1:])}
+
+    def forward(self, input_ids, **kw):
+        out = self.inner(input_ids=input_ids, **kw)
+        logits = torch.full((input_ids.shape[0], 1, self.config.vocab_size), -1e9)
+        for r, last in enumerate(input_ids[:, -1].tolist()):
+            logits[r, 0, self.after.get(last, self.script[0])] = 0.0
+        out.logits = logits
+        return out
+
+
+def test_rows_stop_when_their_box_closes(tiny):
+    model, tok = tiny
+    gen = HFGenerator(Scripted(model, tok), tok, progress=False)
+    prompts = [gen.render([{"role": "user", "content": p}]) for p in PROMPTS[:3]]
+    results = _run(gen, prompts, max_new_tokens=40, batch_size=2)
+    for g in results:
+        assert g.text == "The answer is \\boxed{7}" and g.stop_reason == "box"
+    without = _run(gen, prompts[:1], max_new_tokens=40, batch_size=2, stop_at_box=False)[0]
+    assert without.text.startswith("The answer is \\boxed{7} and then keeps talking") and without.new_tokens == 40
+
+
+def test_box_criteria_marks_rows_individually(tiny):
+    _, tok = tiny
+    prompt = tok("prompt", add_special_tokens=False)["input_ids"]
+    a = prompt + tok(" so \\boxed{12} and", add_special_tokens=False)["input_ids"]
+    b = prompt + tok(" still thinking about it, I am not sure yet at all", add_special_tokens=False)["input_ids"]
+    width = min(len(a), len(b))
+    crit = BoxClosedCriteria(tok, len(prompt), 2, eos_ids=[tok.eos_token_id])
+    states = []
+    for step in range(len(prompt) + 1, width + 1):
+        ids = torch.tensor([a[:step], b[:step]])
+        states.append(crit(ids, None).tolist())
+    assert states[-1] == [True, False]
+    assert crit.reason[0] == "box" and tok.decode(a[len(prompt):len(prompt) + crit.finish_step[0]]).endswith("}")
+
+
+def test_cli_evaluate_and_chat_on_scratch_model(workspace, capsys):
+    argv = ["evaluate", "scratch:tiny", "--datasets", "synthetic-arith", "perplexity", "--limit", "3", "--threads", "1",
+            "eval.max_new_tokens=6", "eval.bootstrap_samples=50"]
+    assert main(argv) == 0
+    json_path, samples_path = metrics_paths(workspace, "scratch-tiny")
+    doc = load_metrics_document(json_path)
+    assert doc["status"] == "complete" and doc["backend"] == "hf"
+    block = doc["datasets"]["synthetic-arith"]
+    assert block["n"] == 3 and block["max_new_tokens"] == 6 and block["new_tokens"]["mean"] <= 6
+    assert block["samples_per_s"] > 0 and len(read_jsonl(samples_path)) == 3
+    ppl = doc["datasets"]["perplexity:synthetic-arith"]
+    # Random weights over a ~49k vocabulary: perplexity is huge but finite.
+    assert ppl["n"] == 3 and 1 < ppl["metrics"]["perplexity"] < 1e7
+    assert doc["summary"]["mean_accuracy"] == block["metrics"]["accuracy"]  # perplexity is not an accuracy
+    assert "metrics written to" in capsys.readouterr().out
+    assert main(["chat", "scratch:tiny", "--prompt", "Hello there", "--max-new-tokens", "4", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.strip() != "" or True  # random weights may emit only special tokens
+    assert main(["chat", "scratch:tiny", "--prompt", " ", "--threads", "1"]) == 2
+
+
+@pytest.mark.slow
+def test_smollm2_continuous_batching_matches_one_by_one(workspace):
+    """Real SmolLM2-135M-Instruct, fp32: batched answers are the answers it gives alone."""
+    from ftlab.data.loading import load_examples
+    from ftlab.data.prompts import build_messages
+    from ftlab.data.tasks import get_task
+    from ftlab.models.sources import load_model
+
+    model, tok, _ = load_model("smollm2-135m-instruct", dtype="fp32")
+    gen = HFGenerator(model, tok, progress=False)
+    task = get_task("synthetic-arith")
+    prompts = [gen.render(build_messages(task, ex)) for ex in load_examples("synthetic-arith", "test", limit=6)]
+    rolling = _run(gen, prompts, max_new_tokens=16, batch_size=4)
+    gen.continuous = False
+    alone = _run(gen, prompts, max_new_tokens=16, batch_size=1)
+    assert [g.text for g in rolling] == [g.text for g in alone]
+    assert all(g.text.strip() for g in rolling)
+
+
+def test_render_passes_enable_thinking_to_templates_that_read_it(tiny):
+    _, tok = tiny
+    saved = tok.chat_template
+    tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                         "{% if enable_thinking %}<think>{% else %}<think></think>{% endif %}")
+    try:
+        gen = HFGenerator(tiny[0], tok, progress=False)
+        msgs = [{"role": "user", "content": "Q"}]
+        assert gen.render(msgs, enable_thinking=False) == "Q<think></think>"
+        assert gen.render(msgs, enable_thinking=True) == "Q<think>"
+    finally:
+        tok.chat_template = saved
