@@ -95,9 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     if args.workdir:
         os.environ["FTLAB_HOME"] = os.path.abspath(args.workdir)
+    return guarded(lambda: importlib.import_module(COMMANDS[args.command]).run(args))
+
+
+def guarded(fn) -> int:
+    """Runs a command body: user errors print one line and exit 2 (no traceback), Ctrl-C exits 130."""
     try:
-        module = importlib.import_module(COMMANDS[args.command])
-        return int(module.run(args) or 0)
+        return int(fn() or 0)
     except FtlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

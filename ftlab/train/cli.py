@@ -47,8 +47,7 @@ def main_script(base: dict, argv: list[str] | None = None, prog: str = "01_Train
     import os
     import sys
 
-    from ftlab.cli import _setup_logging
-    from ftlab.errors import FtlabError
+    from ftlab.cli import _setup_logging, guarded
 
     parser = argparse.ArgumentParser(prog=prog, description=HELP)
     parser.add_argument("--workdir", default=None, help="workspace root (default: $FTLAB_HOME or the current folder)")
@@ -59,11 +58,4 @@ def main_script(base: dict, argv: list[str] | None = None, prog: str = "01_Train
     _setup_logging(args.verbose, args.quiet)
     if args.workdir:
         os.environ["FTLAB_HOME"] = os.path.abspath(args.workdir)
-    try:
-        return run(args, base=base)
-    except FtlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return guarded(lambda: run(args, base=base))
