@@ -1,0 +1,305 @@
+"""One post-training quantization run: model folder in, `Models/<name with quant tag>/` out.
+
+Order matters for the "nothing half-written" rule: every check (method, bits, dtype, architecture,
+output folder, datasets) runs before the first model is loaded, and the output is built in a
+staging folder that only becomes visible once metadata and perplexity are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftlab.errors import FtlabError
+from ftlab.paths import Workspace
+from ftlab.quant.calibration import TextSet, task_texts
+from ftlab.quant.registry import check_supported, complete_spec, get_engine, load_quantized, QuantJob
+from ftlab.quant.spec import QuantizationSpec
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# Files a source folder may hold that describe the source, not the quantized model.
+_NOT_COPIED = {"training_metadata.json", "README.md", "resolved_config.yaml", "log_history.json"}
+
+
+@dataclass
+class QuantRequest:
+    model: str  # folder, run name under Models/, or any ref ftlab.models.sources resolves
+    spec: QuantizationSpec  # method plus whatever the user set; engine defaults fill the rest
+    calib_dataset: str = "openmath"
+    calib_samples: int = 128
+    ppl_dataset: str | None = None  # default: calib_dataset
+    ppl_samples: int = 32
+    max_length: int = 512
+    output: Path | None = None  # default: Models/<source name with the quant tag replaced>
+    overwrite: bool = False
+    source_dir: Path | None = None  # where task parquet files live (else Datasets/, $FTLAB_DATASETS)
+    measure_perplexity: bool = True
+
+
+def output_name(source_name: str, tag: str) -> str:
+    """The source's run name with its quant tag replaced; names that are not run names get `_<tag>`."""
+    from ftlab.naming import with_quant_tag
+
+    try:
+        return with_quant_tag(source_name, tag)
+    except FtlabError:
+        return f"{source_name}_{tag}"
+
+
+def weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def _model_config(folder: Path | None) -> dict | None:
+    cfg = folder / "config.json" if folder else None
+    if cfg is None or not cfg.is_file():
+        return None
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError:
+        raise FtlabError(f"{cfg} is not valid JSON; the source model folder is damaged") from None
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _release() -> None:
+    """Returns freed model memory now (callers `del` their references first) so peaks stay honest."""
+    gc.collect()
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class _Source:
+    """The source model as a plain transformers folder (adapters merged, built-ins converted)."""
+
+    def __init__(self, ref: str, workspace: Workspace):
+        from ftlab.models.sources import resolve_model
+
+        # `Models/X` is written relative to the workspace in docs and scripts, not to the cwd.
+        if not Path(ref).expanduser().exists() and (workspace.root / ref).is_dir():
+            ref = str(workspace.root / ref)
+        self.src = resolve_model(ref, workspace)
+        self.workspace = workspace
+        self.meta = self.src.metadata
+        self._tmp: Path | None = None
+        q = (self.meta or {}).get("quantization") or {}
+        prior = QuantizationSpec.from_dict(q) if q else QuantizationSpec()
+        if prior.method.is_ptq:
+            raise FtlabError(f"{ref} is already quantized ({prior.tag}); quantize its unquantized source instead")
+        if self.src.kind == "local" and not self.src.adapter:
+            self.name = self.src.path.name
+            self.plain_dir: Path | None = self.src.path
+        elif self.src.kind == "builtin":
+            from ftlab.models.sources import builtin_folder
+            from ftlab.naming import build_run_name
+
+            # The cached conversion is already a plain folder, so shape checks can run on it early.
+            self.name = build_run_name(self.src.base_name, None).render()
+            self.plain_dir = builtin_folder(self.src.ref)
+        else:
+            from ftlab.naming import build_run_name
+
+            # Adapters are named like their merged form would be; other refs become a base snapshot.
+            self.name = self.src.path.name if self.src.kind == "local" else build_run_name(self.src.base_name, None).render()
+            self.plain_dir = None
+
+    @property
+    def needs_materializing(self) -> bool:
+        return self.plain_dir is None
+
+    def materialize(self) -> Path:
+        """Writes a merged/converted copy to a temp folder when the source is not a plain folder."""
+        if self.plain_dir is not None:
+            return self.plain_dir
+        from ftlab.models.sources import load_model
+
+        log.info("merging/converting %s into a plain folder before quantizing", self.src.ref)
+        model, tok, _ = load_model(self.src, workspace=self.workspace, dtype="fp32", merge_adapter=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix="ftlab-ptq-src-"))
+        model.save_pretrained(self._tmp)
+        tok.save_pretrained(self._tmp)
+        del model
+        _release()
+        self.plain_dir = self._tmp
+        return self._tmp
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def source_info(self) -> dict:
+        return {"ref": self.src.ref, "path": str(self.src.path) if self.src.path else None, "name": self.name,
+                "kind": self.src.kind, "adapter_merged": bool(self.src.adapter)}
+
+
+def _ppl(model, tok, texts: TextSet | None, max_length: int) -> float | None:
+    from ftlab.eval.perplexity import perplexity
+
+    if texts is None:
+        return None
+    return perplexity(model, tok, texts.texts, max_length=max_length, batch_size=4)
+
+
+def _metadata(source: _Source, name: str, spec: QuantizationSpec, ptq: dict) -> dict:
+    from ftlab.env import environment_info, now_iso
+    from ftlab.naming import parse_run_name
+
+    prev = dict(source.meta or {})
+    history = list(prev.pop("history", None) or [])
+    if prev:
+        # Earlier metadata without bulky/volatile parts keeps the lineage readable.
+        history.append({k: v for k, v in prev.items() if k not in ("environment",)})
+    try:
+        name_fields = vars(parse_run_name(name))
+    except FtlabError:
+        name_fields = None
+    base_model = prev.get("base_model") or {**source.src.describe(), "base_name": source.src.base_name}
+    return {
+        "kind": "model", "run_name": name, "name_fields": name_fields, "base_model": base_model,
+        "dataset": prev.get("dataset"), "method": prev.get("method"), "peft": prev.get("peft"),
+        "adapter_only": False, "merged": bool(prev.get("merged")) or bool(source.src.adapter),
+        "quantization": spec.to_dict(), "history": history, "training_args": prev.get("training_args"),
+        "results": {"ptq": ptq}, "source": source.source_info(),
+        "environment": environment_info(), "created_at": now_iso(),
+    }
+
+
+def _num(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.3f}"
+
+
+def _model_card(meta: dict) -> str:
+    ptq = meta["results"]["ptq"]
+    spec = meta["quantization"]
+    ppl = ptq["perplexity"]
+    size = ptq["size_on_disk_bytes"]
+    lines = [
+        f"# {meta['run_name']}", "",
+        f"Post-training quantization of `{meta['source']['name']}` with **{spec['method']}** "
+        f"({spec.get('bits')} bits, group size {spec.get('group_size')}, backend `{spec.get('backend')}`), made by ftlab.", "",
+        "| measure | before | after |", "|---|---|---|",
+        f"| weights on disk (MB) | {size['weights_before'] / 2**20:.1f} | {size['weights_after'] / 2**20:.1f} |",
+        f"| perplexity ({ppl.get('dataset')}, {ppl.get('samples')} texts) | {_num(ppl.get('before'))} | {_num(ppl.get('after'))} |",
+        "", f"Quantization time: {ptq['quantization_time_s']:.1f} s; peak RSS {ptq['peak_memory']['peak_rss_mb']:.0f} MB.",
+        "Calibration: " + (f"{c['samples']} texts from {c['dataset']} ({c['split']}), hash {c['hash']}."
+                           if (c := ptq["calibration"]) else "none (calibration-free method)."), "",
+        "Load with `ftlab.models.sources.load_model(folder)` (dispatches to the quantization registry).", "",
+    ]
+    return "\n".join(lines)
+
+
+def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
+    """Runs one PTQ request and returns the finished output folder."""
+    from ftlab.env import PeakMemory
+    from ftlab.io import atomic_write_text, dir_size_bytes, staging_dir
+    from ftlab.models.sources import load_model, load_tokenizer
+    from ftlab.schema import write_training_metadata
+
+    workspace = workspace or Workspace.default()
+    device = _device()
+    spec = complete_spec(request.spec)
+    engine = get_engine(spec.method)
+    source = _Source(request.model, workspace)
+    check_supported(spec, device=device, model_config=_model_config(source.plain_dir))
+    name = output_name(source.name, spec.tag)
+    final = Path(request.output) if request.output else workspace.models_dir / name
+    if final.exists() and not request.overwrite:
+        raise FtlabError(f"output folder {final} already exists; pass --overwrite to replace it")
+    if request.max_length <= 0:
+        raise FtlabError(f"max_length={request.max_length} must be positive")
+
+    from ftlab.data.loading import resolve_task
+
+    # Unknown task names fail here, before the tokenizer or any model is loaded.
+    if engine.caps.needs_calibration:
+        resolve_task(request.calib_dataset)
+    if request.measure_perplexity:
+        resolve_task(request.ppl_dataset or request.calib_dataset)
+    try:
+        tok = load_tokenizer(source.src, workspace)
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise FtlabError(f"cannot load the tokenizer of {request.model} ({first}); the folder needs its tokenizer files") from None
+    calib = None
+    if engine.caps.needs_calibration:
+        calib = task_texts(request.calib_dataset, "train", request.calib_samples, tok, workspace=workspace,
+                           source_dir=request.source_dir)
+        spec.calib_dataset, spec.calib_samples, spec.calib_hash = calib.name, len(calib.texts), calib.hash
+    held_out = None
+    if request.measure_perplexity:
+        held_out = task_texts(request.ppl_dataset or request.calib_dataset, "test", request.ppl_samples, tok,
+                              workspace=workspace, source_dir=request.source_dir)
+
+    try:
+        src_dir = source.materialize()
+        check_supported(spec, device=device, model_config=_model_config(src_dir))
+        ppl_before = None
+        if held_out is not None:
+            model, _, _ = load_model(str(src_dir), workspace=workspace, dtype="fp32")
+            ppl_before = _ppl(model, tok, held_out, request.max_length)
+            del model
+            _release()
+            log.info("perplexity before: %.3f", ppl_before)
+
+        with staging_dir(final, overwrite=request.overwrite) as stage:
+            job = QuantJob(source_dir=src_dir, out_dir=stage, spec=spec, tokenizer=tok,
+                           calib_texts=calib.texts if calib else [], device=device, max_length=request.max_length)
+            log.info("quantizing %s with %s -> %s", source.name, spec.tag, final)
+            with PeakMemory() as peak:
+                t0 = time.perf_counter()
+                engine.quantize(job)
+                elapsed = time.perf_counter() - t0
+            del job
+            _release()
+            tok.save_pretrained(stage)
+            for extra in ("chat_template.jinja", "generation_config.json"):
+                if (src_dir / extra).is_file() and not (stage / extra).exists():
+                    shutil.copy2(src_dir / extra, stage / extra)
+
+            ppl_after = None
+            if held_out is not None:
+                qmodel = load_quantized(stage, spec)
+                ppl_after = _ppl(qmodel, tok, held_out, request.max_length)
+                del qmodel
+                _release()
+                log.info("perplexity after: %.3f", ppl_after)
+            ptq = {
+                "calibration": calib.describe() if calib else None,
+                "quantization_time_s": round(elapsed, 3),
+                "peak_memory": peak.as_dict(),
+                "size_on_disk_bytes": {
+                    "weights_before": weights_bytes(src_dir), "weights_after": weights_bytes(stage),
+                    "folder_before": dir_size_bytes(src_dir), "folder_after": dir_size_bytes(stage),
+                },
+                "perplexity": {
+                    # "before" is the source in fp32, so the delta includes any cast to bf16/fp16.
+                    "before": ppl_before, "after": ppl_after, "before_dtype": "fp32", "after_dtype": spec.compute_dtype,
+                    "delta": (ppl_after - ppl_before) if ppl_before is not None and ppl_after is not None else None,
+                    **({"dataset": held_out.name, "split": held_out.split, "samples": len(held_out.texts),
+                        "hash": held_out.hash, "max_length": request.max_length} if held_out else {}),
+                },
+                "device": device,
+            }
+            meta = _metadata(source, final.name, spec, ptq)
+            write_training_metadata(stage, meta)
+            atomic_write_text(stage / "README.md", _model_card(meta))
+    finally:
+        source.cleanup()
+    log.info("wrote %s", final)
+    return final

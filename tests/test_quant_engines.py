@@ -1,0 +1,323 @@
+"""Every PTQ method on a tiny Llama on CPU: quantize -> save -> reload via load_quantized -> generate,
+plus metadata, tags, the CLI end to end and the no-half-written-output guarantees."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftlab.errors import FtlabError
+from ftlab.paths import Workspace
+from ftlab.quant.pipeline import QuantRequest, quantize
+from ftlab.quant.spec import QuantizationSpec, parse_quant_tag
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SOURCE = "tiny-base"
+
+
+def build_tiny_model(folder: Path, hidden: int = 128, layers: int = 2, vocab: int = 400) -> Path:
+    """A 2-layer Llama whose linear shapes fit every kernel (multiples of 64) and a 400-token BPE,
+    so the output head does not dominate CPU time."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from ftlab.data.loading import load_examples
+    from ftlab.data.prompts import build_messages, build_target
+
+    corpus = []
+    for ex in load_examples("synthetic-arith", "train", limit=300):
+        corpus += [m["content"] for m in build_messages("synthetic-arith", ex)] + [build_target("synthetic-arith", ex)]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(corpus + ["user assistant system\n"] * 5, trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  bos_token="<|im_start|>")
+    tok.chat_template = CHATML
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=tok.bos_token_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Workspace:
+    """One workspace per module holding Models/tiny-base; each test writes differently named outputs."""
+    root = tmp_path_factory.mktemp("ptq")
+    build_tiny_model(root / "Models" / SOURCE)
+    return Workspace(root)
+
+
+def _request(method: str, ws: Workspace, **kw) -> QuantRequest:
+    base = dict(model=str(ws.models_dir / SOURCE), spec=QuantizationSpec(method), calib_dataset="synthetic-arith",
+                calib_samples=8, ppl_samples=4, max_length=96)
+    base.update(kw)
+    return QuantRequest(**base)
+
+
+EXPECTED = {
+    "GPTQ": ("GPTQ_w4_g64", {"bits": 4, "group_size": 64}),
+    "AWQ": ("AWQ_w4_g64", {"bits": 4, "group_size": 64}),
+    "HQQ": ("HQQ_w4_g64", {}),
+    "BNB_NF4": ("BNB_nf4", {}),
+    "BNB_INT8": ("BNB_int8", {}),
+}
+
+
+@pytest.mark.parametrize("method", list(EXPECTED))
+def test_method_quantize_reload_generate(method, ws):
+    import torch
+
+    from ftlab.models.sources import load_model
+    from ftlab.schema import load_training_metadata
+
+    tag, fields = EXPECTED[method]
+    req = _request(method, ws, spec=QuantizationSpec(method, **fields))
+    folder = quantize(req, ws)
+
+    assert folder == ws.models_dir / f"{SOURCE}_{tag}"
+    assert not [p for p in ws.models_dir.iterdir() if p.name.startswith(".staging")]
+    for f in ("config.json", "tokenizer_config.json", "chat_template.jinja", "training_metadata.json", "README.md"):
+        assert (folder / f).is_file(), f
+    meta = load_training_metadata(folder)
+    spec = QuantizationSpec.from_dict(meta["quantization"])
+    assert spec.tag == tag and parse_quant_tag(tag).method is spec.method
+    assert meta["run_name"] == folder.name and meta["name_fields"]["quant_tag"] == tag
+    ptq = meta["results"]["ptq"]
+    assert ptq["quantization_time_s"] > 0 and ptq["peak_memory"]["peak_rss_mb"] > 0
+    size = ptq["size_on_disk_bytes"]
+    assert size["weights_before"] > 0 and size["weights_after"] > 0
+    ppl = ptq["perplexity"]
+    assert ppl["before"] > 1 and ppl["after"] > 1 and ppl["samples"] == 4
+    # An untrained model's perplexity is near its vocabulary size; quantization must not wreck it.
+    assert abs(ppl["after"] - ppl["before"]) / ppl["before"] < 0.5
+    if method in ("GPTQ", "AWQ"):
+        assert ptq["calibration"]["samples"] == 8 and spec.calib_hash == ptq["calibration"]["hash"]
+        assert spec.calib_dataset == "synthetic-arith"
+    else:
+        assert ptq["calibration"] is None and spec.calib_hash is None
+
+    # Reload exactly as evaluation does: load_model dispatches on the metadata's PTQ spec.
+    model, tok, src = load_model(str(folder))
+    assert any("Linear" in type(m).__name__ and type(m).__name__ != "Linear" for m in model.modules()), \
+        "reloaded model has no quantized linear layers"
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    enc = tok(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == enc["input_ids"].shape[1] + 4
+
+
+def test_reloaded_gptq_accepts_lora(ws):
+    """The reload uses gptqmodel's torch kernels, which have autograd, so LoRA can train on top."""
+    from peft import LoraConfig, get_peft_model
+
+    from ftlab.quant.registry import load_quantized
+
+    folder = ws.models_dir / f"{SOURCE}_GPTQ_w4_g64"
+    if not folder.exists():
+        quantize(_request("GPTQ", ws, spec=QuantizationSpec("GPTQ", bits=4, group_size=64), measure_perplexity=False), ws)
+    spec = QuantizationSpec.from_dict(json.loads((folder / "training_metadata.json").read_text())["quantization"])
+    model = load_quantized(folder, spec)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    import torch
+
+    ids = torch.tensor([[1, 5, 9, 12, 7, 3]])
+    loss = peft_model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = [p.grad for n, p in peft_model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None for g in grads)
+
+
+def test_adapter_folder_is_merged_first(ws, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ftlab.schema import load_training_metadata
+
+    base = ws.models_dir / SOURCE
+    adapter = tmp_path / "tiny-synthetic-arith_SFT_LoRa4_NoQuant"
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj"]))
+    peft_model.save_pretrained(adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(base)
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+
+    folder = quantize(_request("HQQ", ws, model=str(adapter), measure_perplexity=False), ws)
+    assert folder.name == "tiny-synthetic-arith_SFT_LoRa4_HQQ_w4_g64"
+    meta = load_training_metadata(folder)
+    assert meta["merged"] is True and meta["adapter_only"] is False and meta["source"]["adapter_merged"]
+
+
+def test_history_keeps_source_metadata_and_requantizing_is_refused(ws, tmp_path):
+    from ftlab.schema import load_training_metadata, write_training_metadata
+
+    src = tmp_path / "Models" / "tiny-synthetic-arith_SFT_NoPeft_NoQuant"
+    src.parent.mkdir()
+    import shutil
+
+    shutil.copytree(ws.models_dir / SOURCE, src)
+    write_training_metadata(src, {"run_name": src.name, "method": "SFT", "dataset": {"name": "synthetic-arith"},
+                                  "quantization": QuantizationSpec().to_dict(), "history": [],
+                                  "results": {"train_loss": 1.5}, "merged": False})
+    local_ws = Workspace(tmp_path)
+    out = quantize(_request("BNB_NF4", local_ws, model=str(src), measure_perplexity=False), local_ws)
+    meta = load_training_metadata(out)
+    assert out.name == "tiny-synthetic-arith_SFT_NoPeft_BNB_nf4"
+    assert meta["method"] == "SFT" and meta["dataset"]["name"] == "synthetic-arith"
+    assert meta["history"][-1]["run_name"] == src.name and meta["history"][-1]["results"]["train_loss"] == 1.5
+    with pytest.raises(FtlabError, match="already quantized"):
+        quantize(_request("HQQ", local_ws, model=str(out)), local_ws)
+
+
+def test_failed_quantization_leaves_nothing(ws, monkeypatch):
+    from ftlab.quant.registry import get_engine
+
+    engine = get_engine("HQQ")
+
+    def boom(job):
+        (job.out_dir / "partial.bin").write_bytes(b"x")
+        raise RuntimeError("simulated crash mid-quantization")
+
+    monkeypatch.setattr(engine, "quantize", boom)
+    req = _request("HQQ", ws, spec=QuantizationSpec("HQQ", bits=2, group_size=32), measure_perplexity=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        quantize(req, ws)
+    assert not (ws.models_dir / f"{SOURCE}_HQQ_w2_g32").exists()
+    assert not [p for p in ws.models_dir.iterdir() if p.name.startswith(".staging")]
+
+
+def _cli(ws_root: Path, *args: str) -> int:
+    from ftlab.cli import main
+
+    return main(["--workdir", str(ws_root), "quantize", *args])
+
+
+def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
+    from ftlab.schema import load_training_metadata
+
+    monkeypatch.setenv("FTLAB_HOME", str(tmp_path))
+    build_tiny_model(tmp_path / "Models" / SOURCE)
+    common = ["--calib-dataset", "synthetic-arith", "--ppl-samples", "4", "--max-length", "96", "--threads", "1"]
+    rc = _cli(tmp_path, "--model", f"Models/{SOURCE}", "--method", "hqq", "--bits", "4", "--group-size", "32",
+              "--lm-head", "bf16", *common)
+    assert rc == 0
+    out = tmp_path / "Models" / f"{SOURCE}_HQQ_w4_g32_headbf16"
+    assert capsys.readouterr().out.strip().endswith(out.name)
+    meta = load_training_metadata(out)
+    assert meta["quantization"]["compute_dtype"] == "bf16" and meta["quantization"]["lm_head_dtype"] == "bf16"
+
+    # Existing output: exit 2, the folder untouched; --overwrite replaces it.
+    stamp = (out / "training_metadata.json").stat().st_mtime_ns
+    assert _cli(tmp_path, "--model", f"Models/{SOURCE}", "--method", "HQQ", "--group-size", "32", "--lm-head", "bf16",
+                *common) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "training_metadata.json").stat().st_mtime_ns == stamp
+    assert _cli(tmp_path, "--model", f"Models/{SOURCE}", "--method", "HQQ", "--group-size", "32", "--lm-head", "bf16",
+                "--overwrite", "--no-perplexity", *common) == 0
+    assert (out / "training_metadata.json").stat().st_mtime_ns != stamp
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "BNB_NF4", "--bits", "3"], "bits=3 is not supported by BNB_NF4"),
+    (["--method", "AWQ", "--lm-head", "fp32"], "AWQ cannot keep weights in fp32"),
+    (["--method", "GPTQ", "--calib-samples", "0"], "--calib-samples=0 must be a positive integer"),
+    (["--method", "gptqq"], "did you mean 'GPTQ'"),
+    (["--method", "HQQ", "--calib-dataset", "no-such-task"], "unknown task"),
+    (["--method", "QLORA"], "not a post-training method"),
+])
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
+    models = tmp_path / "Models"
+    models.mkdir()
+    src = tmp_path / "src-model"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "llama"}))  # checks run before any load
+    rc = _cli(tmp_path, "--model", str(src), "--calib-dataset", "synthetic-arith", *args)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert message in err and err.startswith("error: ") and "Traceback" not in err
+    assert list(models.iterdir()) == []
+
+
+def test_cli_unsupported_architecture_before_loading(tmp_path, capsys):
+    src = tmp_path / "bert-thing"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert _cli(tmp_path, "--model", str(src), "--method", "GPTQ", "--calib-dataset", "synthetic-arith") == 2
+    assert "GPTQ does not support model_type 'bert'" in capsys.readouterr().err
+
+
+def test_list_methods(tmp_path, capsys):
+    assert _cli(tmp_path, "--list-methods") == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {d["method"] for d in lines} == {"GPTQ", "AWQ", "HQQ", "BNB_NF4", "BNB_INT8"}
+
+
+def test_gptqmodel_import_keeps_hf_home():
+    """Importing gptqmodel bare sets HF_HOME to a temp folder; ftlab's import must not leak that."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HOME"}
+    code = ("import os; from ftlab.quant.engines.gptq import import_gptqmodel; import_gptqmodel(); "
+            "print('HF_HOME=' + str(os.environ.get('HF_HOME')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "HF_HOME=None" in out.stdout
+
+
+@pytest.mark.slow
+def test_smollm2_hqq_keeps_quality(tmp_path):
+    """Real weights: 4-bit HQQ of SmolLM2-135M-Instruct stays close to the fp32 model's perplexity."""
+    import torch
+
+    from ftlab.models.sources import load_model
+    from ftlab.schema import load_training_metadata
+
+    ws = Workspace(tmp_path)
+    req = QuantRequest(model="smollm2-135m-instruct", spec=QuantizationSpec("HQQ", bits=4, group_size=64),
+                       calib_dataset="synthetic-arith", ppl_samples=16, max_length=128)
+    folder = quantize(req, ws)
+    assert folder.name == "SmolLM2-135M-Instruct-base_HQQ_w4_g64"
+    ppl = load_training_metadata(folder)["results"]["ptq"]["perplexity"]
+    assert ppl["before"] < 200, ppl  # a trained model (an untrained one scores near its 49k vocabulary)
+    assert ppl["after"] / ppl["before"] < 1.5, ppl
+    model, tok, _ = load_model(str(folder))
+    enc = tok(tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], tokenize=False,
+                                      add_generation_prompt=True), return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=8, do_sample=False)
+    assert tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_tools_script_runs_the_same_command(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "tools" / "quantize.py"), "--workdir", str(tmp_path),
+                          "--model", str(tmp_path / "missing"), "--method", "HQQ"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "does not exist" in out.stderr, out.stderr[-1000:]
+
+
+def test_awq_group_size_must_divide_layer_widths(tmp_path, capsys):
+    """SmolLM2's hidden size 576 is not a multiple of 128: AWQ would crash mid-run, so it is refused."""
+    src = tmp_path / "smol-shaped"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536}))
+    assert _cli(tmp_path, "--model", str(src), "--method", "AWQ", "--calib-dataset", "synthetic-arith") == 2
+    err = capsys.readouterr().err
+    assert "AWQ group_size=128 must divide" in err and "hidden_size=576" in err and "--group-size 32 or 64" in err

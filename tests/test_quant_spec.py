@@ -1,0 +1,129 @@
+"""QuantizationSpec, tags and the registry's capability checks (no model is loaded here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftlab.errors import FtlabError
+from ftlab.quant.registry import check_supported, complete_spec, dtype_name, get_engine, method_names, torch_dtype
+from ftlab.quant.spec import QuantizationSpec, QuantMethod, parse_quant_tag, tag_quant
+
+ROUND_TRIP_SPECS = [
+    QuantizationSpec(),
+    QuantizationSpec(QuantMethod.QLORA, bits=4, lm_head_dtype="bf16"),
+    QuantizationSpec(QuantMethod.GPTQ, bits=4, group_size=128, lm_head_dtype="bf16"),
+    QuantizationSpec(QuantMethod.GPTQ, bits=3, group_size=-1),
+    QuantizationSpec(QuantMethod.AWQ, bits=4, group_size=64),
+    QuantizationSpec(QuantMethod.HQQ, bits=4, group_size=64),
+    QuantizationSpec(QuantMethod.HQQ, bits=2, group_size=32, act_bits=8, kv_cache_dtype="fp8"),
+    QuantizationSpec(QuantMethod.BNB_NF4, bits=4),
+    QuantizationSpec(QuantMethod.BNB_INT8, bits=8, lm_head_dtype="fp16"),
+]
+
+
+@pytest.mark.parametrize("spec", ROUND_TRIP_SPECS, ids=lambda s: s.tag)
+def test_tag_round_trip(spec):
+    tag = tag_quant(spec)
+    back = parse_quant_tag(tag)
+    assert tag_quant(back) == tag
+    assert back.method is spec.method
+    for f in ("group_size", "act_bits", "kv_cache_dtype", "lm_head_dtype"):
+        assert getattr(back, f) == getattr(spec, f), f
+
+
+@pytest.mark.parametrize("spec", ROUND_TRIP_SPECS, ids=lambda s: s.tag)
+def test_json_round_trip(spec):
+    spec = QuantizationSpec.from_dict(spec.to_dict())
+    spec.calib_dataset, spec.calib_samples, spec.calib_hash = "openmath", 128, "abc123"
+    back = QuantizationSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert back == spec
+
+
+def test_every_registered_method_round_trips_after_completion():
+    assert set(method_names()) == {"GPTQ", "AWQ", "HQQ", "BNB_NF4", "BNB_INT8"}
+    expected = {"GPTQ": "GPTQ_w4_g128", "AWQ": "AWQ_w4_g128", "HQQ": "HQQ_w4_g64", "BNB_NF4": "BNB_nf4",
+                "BNB_INT8": "BNB_int8"}
+    for name in method_names():
+        spec = complete_spec(QuantizationSpec(name))
+        assert spec.tag == expected[name]
+        assert parse_quant_tag(spec.tag).tag == spec.tag
+        assert spec.backend == get_engine(name).backend
+        check_supported(spec, model_type="llama")  # defaults are always a supported combination
+
+
+def test_head_tag_matches_brief_example():
+    spec = complete_spec(QuantizationSpec("GPTQ", lm_head_dtype="bf16"))
+    assert spec.tag == "GPTQ_w4_g128_headbf16"
+    assert spec.compute_dtype == "bf16"
+
+
+@pytest.mark.parametrize("tag", ["GPTQ_x4", "FOO_w4", "BNB_fp4", "HQQ_w4_gX"])
+def test_bad_tags(tag):
+    with pytest.raises(FtlabError, match="bad quant tag"):
+        parse_quant_tag(tag)
+
+
+def test_unknown_spec_field_is_rejected():
+    with pytest.raises(FtlabError, match="unknown quantization spec field"):
+        QuantizationSpec.from_dict({"method": "GPTQ", "bitz": 4})
+
+
+@pytest.mark.parametrize("spec, model_type, match", [
+    (QuantizationSpec("BNB_NF4", bits=3), "llama", r"bits=3 is not supported by BNB_NF4; use one of \[4\]"),
+    (QuantizationSpec("BNB_INT8", group_size=64), "llama", "group_size is not a setting of BNB_INT8"),
+    (QuantizationSpec("AWQ", bits=4, group_size=128, compute_dtype="fp32", lm_head_dtype="fp32"), "llama",
+     "AWQ cannot keep weights in fp32 on cpu .*bf16/fp16"),
+    (QuantizationSpec("GPTQ", bits=5, group_size=128), "llama", "bits=5 is not supported by GPTQ"),
+    (QuantizationSpec("HQQ", bits=4, group_size=100), "llama", "group_size=100 is not supported by HQQ"),
+    (QuantizationSpec("GPTQ", bits=4, group_size=128), "bert", "GPTQ does not support model_type 'bert'"),
+    (QuantizationSpec("HQQ", bits=4, group_size=64, act_bits=8), "llama", "activation quantization"),
+    (QuantizationSpec("GPTQ", bits=4, group_size=128, kv_cache_dtype="fp8"), "llama", "kv_cache_dtype"),
+    (QuantizationSpec("HQQ", bits=4, group_size=64, lm_head_dtype="int4"), "llama", "the head is never quantized"),
+])
+def test_unsupported_combinations(spec, model_type, match):
+    with pytest.raises(FtlabError, match=match):
+        check_supported(spec, model_type=model_type)
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(FtlabError) as err:
+        check_supported(QuantizationSpec("BNB_NF4", bits=3, group_size=64))
+    assert "bits=3" in str(err.value) and "group_size" in str(err.value)
+
+
+def test_unknown_and_training_time_methods():
+    with pytest.raises(FtlabError, match="did you mean 'GPTQ'"):
+        get_engine("gptqq")
+    with pytest.raises(FtlabError, match="QLoRA is chosen at training time"):
+        get_engine("QLORA")
+    assert get_engine("bnb-nf4").method is QuantMethod.BNB_NF4
+
+
+def test_dtype_names():
+    import torch
+
+    assert torch_dtype("bf16") is torch.bfloat16 and dtype_name(torch.float16) == "fp16"
+    assert dtype_name("float32") == "fp32"
+    with pytest.raises(FtlabError, match="dtype 'int3'"):
+        torch_dtype("int3")
+
+
+def test_output_names():
+    from ftlab.quant.pipeline import output_name
+
+    assert output_name("SmolLM2-135M-Instruct-base", "GPTQ_w4_g128") == "SmolLM2-135M-Instruct-base_GPTQ_w4_g128"
+    assert (output_name("SmolLM2-135M-Instruct-synthetic-arith_SFT_LoRa16_NoQuant", "HQQ_w4_g64")
+            == "SmolLM2-135M-Instruct-synthetic-arith_SFT_LoRa16_HQQ_w4_g64")
+    assert (output_name("Qwen3-0.6B-openmath_SFT_LoRa16_QLORA_w4", "AWQ_w4_g128")
+            == "Qwen3-0.6B-openmath_SFT_LoRa16_AWQ_w4_g128")
+    assert output_name("mymodel", "BNB_nf4") == "mymodel_BNB_nf4"  # not a run name: tag appended
+
+
+def test_quantization_utils_reexports():
+    import quantization_utils as qu
+
+    assert qu.tag_quant is tag_quant and qu.parse_quant_tag is parse_quant_tag
+    assert qu.QuantizationSpec is QuantizationSpec and qu.QuantMethod is QuantMethod
+    assert callable(qu.load_quantized) and "HQQ" in qu.ENGINES
