@@ -30,7 +30,7 @@ class DemoSettings:
     questions: int = 100  # held-out questions per evaluation
     steps: int = 80  # LoRA optimizer steps
     batch_size: int = 16
-    learning_rate: float = 1e-3
+    learning_rate: float = 4e-4  # 1e-3 collapsed LoRA r16 to one answer pattern (measured: 10% vs 34%)
     rank: int = 16
     max_length: int = 256
     quant_method: str = "HQQ"
@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=d.model, help="base model (default: %(default)s)")
     p.add_argument("--questions", type=int, default=None, help=f"held-out questions per evaluation (default {d.questions})")
     p.add_argument("--steps", type=int, default=None, help=f"LoRA steps (default {d.steps})")
+    p.add_argument("--learning-rate", type=float, default=None, help=f"LoRA learning rate (default {d.learning_rate})")
+    p.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
     p.add_argument("--quant-method", default=d.quant_method, help="post-training method for the fine-tune: HQQ (seconds) or GPTQ (minutes)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
@@ -73,8 +76,9 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         s = replace(s, **QUICK)
     if args.questions is not None:
         s = replace(s, questions=args.questions)
-    if args.steps is not None:
-        s = replace(s, steps=args.steps)
+    for name in ("steps", "learning_rate", "rank", "batch_size"):
+        if getattr(args, name) is not None:
+            s = replace(s, **{name: getattr(args, name)})
     if s.quant_method.upper() == "GPTQ":
         s = replace(s, quant_group_size=128)
     s.validate()
