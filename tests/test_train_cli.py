@@ -84,7 +84,9 @@ def test_two_process_accelerate_launch(tiny_model_dir, tmp_path):  # noqa: F811
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu", str(SCRIPT), *overrides]
     proc = subprocess.run(cmd, env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # A failing rank's own error is buried under the other rank's barrier traceback: show both.
+    rank_lines = "\n".join(ln for ln in proc.stderr.splitlines() if "[rank1]" in ln or "Error" in ln)
+    assert proc.returncode == 0, rank_lines[-4000:] + "\n---\n" + proc.stderr[-1500:]
     folder = tmp_path / "Models" / "tiny-synthetic-arith_SFT_LoRa16_NoQuant"
     meta = load_training_metadata(folder)
     assert meta["training_args"]["world_size"] == 2

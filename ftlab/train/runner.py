@@ -506,6 +506,11 @@ def _barrier() -> None:
 
 
 def _is_main() -> bool:
+    # torchrun / `accelerate launch` always set RANK; asked before the trainer set up the process
+    # group, PartialState sometimes answered True on rank 1 too, and both ranks wrote the folder.
+    rank = os.environ.get("RANK")
+    if rank is not None:
+        return int(rank) == 0
     from accelerate import PartialState
 
     return PartialState().is_main_process
