@@ -315,16 +315,12 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
 def _summary(datasets: dict, runtime: float, mem) -> dict:
     accs = [d["metrics"].get("accuracy") for d in datasets.values() if d["metrics"].get("accuracy") is not None]
     mem_now = mem.as_dict()
-    mem_now["peak_rss_mb"] = round(max(mem.peak_rss_mb, _current_rss()), 1)
+    from ftlab.env import current_rss_mb
+
+    mem_now["peak_rss_mb"] = round(max(mem.peak_rss_mb, current_rss_mb()), 1)
     return {
         "mean_accuracy": sum(accs) / len(accs) if accs else None,
         "total_samples": sum(int(d.get("n") or 0) for d in datasets.values()),
         "runtime_s": runtime,
         "peak_memory": mem_now,
     }
-
-
-def _current_rss() -> float:
-    from ftlab.env import current_rss_mb
-
-    return current_rss_mb()
