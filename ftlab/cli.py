@@ -98,8 +98,24 @@ def main(argv: list[str] | None = None) -> int:
     return guarded(lambda: importlib.import_module(COMMANDS[args.command]).run(args))
 
 
+class Terminated(SystemExit):
+    """SIGTERM turned into an exception, so cleanup (staging folders, temp files) runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(128 + signum)
+
+
 def guarded(fn) -> int:
-    """Runs a command body: user errors print one line and exit 2 (no traceback), Ctrl-C exits 130."""
+    """Runs a command body: user errors print one line and exit 2 (no traceback), Ctrl-C exits 130,
+    SIGTERM exits 143 after the same cleanup as an error (by default SIGTERM would kill the
+    process on the spot and leave half-built `.staging-*` folders behind)."""
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(fn() or 0)
     except FtlabError as exc:
@@ -108,6 +124,12 @@ def guarded(fn) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print("terminated", file=sys.stderr)
+        return int(exc.code)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_entry(command: str, argv: list[str] | None = None) -> int:

@@ -64,3 +64,27 @@ def test_tools_prepare_datasets_script(tmp_path, shared_datasets):
     if r.returncode != 0:
         pytest.fail(r.stderr)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_sigterm_exits_143_and_removes_staging_folder(tmp_path, capsys):
+    import os
+    import signal
+    import time
+
+    from ftlab.cli import guarded
+    from ftlab.io import staging_dir
+
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("SIGTERM already has a handler in this process")
+
+    def body():
+        with staging_dir(tmp_path / "Models" / "run") as tmp:
+            (tmp / "model.safetensors").write_text("half written")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the handler raises before this returns
+        return 0
+
+    assert guarded(body) == 143
+    assert list((tmp_path / "Models").iterdir()) == []
+    assert "terminated" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored for the rest of the process

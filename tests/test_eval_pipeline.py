@@ -210,6 +210,15 @@ def test_cli_errors_exit_2_with_one_line(workspace, capsys, argv, message):
     assert not workspace.metrics_dir.exists()
 
 
+def test_evaluate_help_after_model(capsys):
+    # `ftlab evaluate MODEL --help` lands in the overrides tail; it must print help, not an error.
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "scratch:tiny", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--datasets" in out and "--batch-size" in out and "key=value" in out
+
+
 def test_script_entry_point_reports_errors(workspace):
     proc = subprocess.run([sys.executable, str(REPO / "Testing" / "02_TestModels.py"), "scratch:tiny", "--datasets", "nope"],
                           capture_output=True, text=True, cwd=workspace.root, timeout=120)

@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _split_tail(args: argparse.Namespace) -> argparse.Namespace:
     tail = list(getattr(args, "overrides", None) or [])
+    if any(t in ("-h", "--help") for t in tail):
+        # `ftlab evaluate MODEL --help`: the tail parser below has no help of its own.
+        full = argparse.ArgumentParser(prog="ftlab evaluate", description=HELP)
+        add_arguments(full)
+        full.print_help()
+        raise SystemExit(0)
     inner = argparse.ArgumentParser(prog="ftlab evaluate", add_help=False)
     _add_options(inner)
     inner.add_argument("overrides", nargs="*")
