@@ -11,8 +11,8 @@ peak RSS, and the share of identical responses and identical extracted answers; 
 floor: the model's Linear layers timed on this CPU, times the tokens ftlab has to compute, i.e.
 the least time any exact fp32 implementation needs, and the largest speed-up it allows.
 
-    uv run python benchmarks/eval_throughput.py --n 200 --batch-size 128 --sweep 32,64
-    uv run python benchmarks/eval_throughput.py --n 200 --batch-size 64 --threads 1   # one core each
+    uv run python benchmarks/eval_throughput.py --n 200 --sweep 32,64      # ftlab at its default batch (auto)
+    uv run python benchmarks/eval_throughput.py --n 200 --threads 1 --sweep 64  # one core each
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def side_ftlab(args) -> dict:
               "prefill_tokens": sum(len(e) - prefix for e in encoded),
               "new_tokens": sum(int(r["new_tokens"]) for r in lines)}
     return {"responses": [r["response"] for r in lines], "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": mem.peak_rss_mb,
-            "tokens": tokens, "batch_size": args.batch_size,
+            "tokens": tokens, "batch_size_used": block["batch_size"],
             "accuracy": block["metrics"]["accuracy"], "new_tokens_mean": block["new_tokens"]["mean"],
             "stop_reasons": {k: sum(1 for r in lines if r.get("stop_reason") == k) for k in ("box", "eos", "length")}}
 
@@ -149,12 +149,17 @@ def side_ftlab(args) -> dict:
 SIDES = {"seed": side_seed, "ftlab": side_ftlab, "floor": side_floor}
 
 
+def _batch_arg(text: str) -> int | None:
+    return None if text in ("auto", "None") else int(text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--task", default="synthetic-arith")
     p.add_argument("--n", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_batch_arg, default=None,
+                   help="ftlab rows generated together (default: auto, the evaluator's default)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="both sides (default: the task's)")
     p.add_argument("--backend", default="hf", help="ftlab generation backend (hf = continuous batching, hf-generate)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
@@ -181,29 +186,32 @@ def main(argv=None) -> int:
     # ftlab runs before and after the (long) seed run: the CPU is shared with other jobs, and
     # bracketing averages the ftlab side over the conditions the seed side ran under.
     sweep = [int(b) for b in args.sweep.split(",") if b.strip()]
-    plan = [("ftlab", args.batch_size), ("seed", args.batch_size), ("ftlab", args.batch_size), ("floor", args.batch_size)]
-    plan += [("ftlab", b) for b in sweep]
-    plan += [("floor", b) for b in sweep]
     runs["floor"], runs["sweep"] = [], []
-    for side, batch in plan:
+
+    def run(side: str, batch: int | None) -> dict:
         cmd = [sys.executable, __file__, "--side", side, "--model", args.model, "--task", args.task, "--n", str(args.n),
-               "--batch-size", str(batch), "--max-new-tokens", str(args.max_new_tokens), "--backend", args.backend,
-               "--threads", str(args.threads)]
-        print(f"running {side} side (batch {batch}) ...", file=sys.stderr, flush=True)
+               "--batch-size", "auto" if batch is None else str(batch), "--max-new-tokens", str(args.max_new_tokens),
+               "--backend", args.backend, "--threads", str(args.threads)]
+        print(f"running {side} side (batch {batch or 'auto'}) ...", file=sys.stderr, flush=True)
         start_load = os.getloadavg()[0]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
-            return 1
+            raise SystemExit(1)
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         res["load_average_1min"] = [start_load, os.getloadavg()[0]]
-        res["batch_size"] = batch
-        if side == "ftlab" and batch != args.batch_size:
-            runs["sweep"].append(res)
-        else:
-            runs[side].append(res)
+        res["batch_size"] = res.get("batch_size_used") or batch
         if "wall_s" in res:
             print(f"  {side}: {res['wall_s']:.1f} s wall, {res['cpu_s']:.1f} s CPU", file=sys.stderr, flush=True)
+        return res
+
+    for side in ("ftlab", "seed", "ftlab"):
+        runs[side].append(run(side, args.batch_size))
+    headline_batch = runs["ftlab"][-1]["batch_size"]  # what auto chose, when it was auto
+    runs["floor"].append(run("floor", headline_batch))
+    for b in sweep:
+        runs["sweep"].append(run("ftlab", b))
+        runs["floor"].append(run("floor", b))
 
     def mean(side, key):
         return sum(r[key] for r in runs[side]) / len(runs[side])
@@ -229,10 +237,10 @@ def main(argv=None) -> int:
                 + n * floor["head_s_per_token_decode"])
 
     floors = {r["batch_size"]: r for r in runs["floor"]}
-    sweep_rows = [{"batch_size": args.batch_size, "wall_s": mean("ftlab", "wall_s"), "cpu_s": mean("ftlab", "cpu_s"),
+    sweep_rows = [{"batch_size": headline_batch, "wall_s": mean("ftlab", "wall_s"), "cpu_s": mean("ftlab", "cpu_s"),
                    "speedup_wall": seed["wall_s"] / mean("ftlab", "wall_s"),
                    "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["ftlab"]),
-                   "matmul_floor_s": floor_s(ours, floors[args.batch_size])}]
+                   "matmul_floor_s": floor_s(ours, floors[headline_batch])}]
     for r in runs["sweep"]:
         same = sum(a == b for a, b in zip(seed["responses"], r["responses"])) / n
         same_answer = sum(extract(a, kind) == extract(b, kind) for a, b in zip(seed["responses"], r["responses"])) / n
@@ -244,7 +252,8 @@ def main(argv=None) -> int:
         row["max_speedup_at_floor"] = seed["wall_s"] / row["matmul_floor_s"]
     summary = {
         "model": args.model, "task": args.task, "n": n, "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size, "backend": args.backend, "threads": args.threads,
+        "batch_size": "auto" if args.batch_size is None else args.batch_size, "batch_size_used": headline_batch,
+        "backend": args.backend, "threads": args.threads,
         "seed_wall_s": seed["wall_s"], "ftlab_wall_s_runs": [r["wall_s"] for r in runs["ftlab"]],
         "seed_samples_per_s": n / seed["wall_s"], "ftlab_samples_per_s": n / mean("ftlab", "wall_s"),
         "speedup_wall": seed["wall_s"] / mean("ftlab", "wall_s"),

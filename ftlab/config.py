@@ -174,7 +174,8 @@ class TrainConfig:
 class EvalConfig:
     datasets: list[str] = doc_field(["openmath", "arc", "boolq", "squad_v2"], "tasks to evaluate (see `ftlab datasets list`)")
     limit: int | None = doc_field(None, "evaluate only the first N test rows of each task; None = all")
-    batch_size: int = doc_field(16, "prompts generated together")
+    batch_size: int | None = doc_field(None, "prompts generated together; None = auto (what a quarter of free "
+                                             "memory holds for the KV cache, at most 128 on CPU and 256 on GPU)")
     max_new_tokens: int | None = doc_field(None, "cap on generated tokens; None = each task's default")
     enable_thinking: bool = doc_field(False, "let models whose chat template has a thinking mode think")
     system_prompt: str | None = doc_field(None, "system message (None = the tokenizer's default)")
@@ -199,8 +200,8 @@ class EvalConfig:
             out.append("eval.datasets is empty; name at least one task")
         if self.limit is not None and self.limit <= 0:
             out.append(f"eval.limit={self.limit} must be positive or None")
-        if self.batch_size <= 0:
-            out.append(f"eval.batch_size={self.batch_size} must be >= 1")
+        if self.batch_size is not None and self.batch_size <= 0:
+            out.append(f"eval.batch_size={self.batch_size} must be >= 1 (or None for auto)")
         return out
 
 

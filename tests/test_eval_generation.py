@@ -162,3 +162,108 @@ def test_render_passes_enable_thinking_to_templates_that_read_it(tiny):
         assert gen.render(msgs, enable_thinking=True) == "Q<think>"
     finally:
         tok.chat_template = saved
+
+
+# ---------------------------------------------------------------------------------------------
+# eval.batch_size=None (auto), prefill token budget, out-of-memory back-off
+
+
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_kv_bytes_per_token_matches_a_real_cache(kv_heads):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.cache_utils import DynamicCache
+
+    from ftlab.eval.generation import kv_bytes_per_token
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.inference_mode():
+        cache = model(input_ids=ids, past_key_values=DynamicCache(config=cfg), use_cache=True).past_key_values
+    real = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers) // (2 * 7)
+    assert kv_bytes_per_token(model) == real
+
+
+def test_auto_batch_size_follows_free_memory_and_caps(tiny, monkeypatch):
+    from ftlab.eval import generation
+    from ftlab.eval.generation import auto_batch_size, kv_bytes_per_token
+
+    model, _ = tiny
+    per_token = kv_bytes_per_token(model)
+    monkeypatch.setattr(generation, "free_memory_bytes", lambda device: 40 * per_token * 100)
+    # A quarter of free memory holds the KV cache of 10 rows of 100 tokens.
+    assert auto_batch_size(model, 100, 1000) == 10
+    assert auto_batch_size(model, 100, 3) == 3  # never more rows than prompts
+    monkeypatch.setattr(generation, "free_memory_bytes", lambda device: 10**15)
+    assert auto_batch_size(model, 100, 1000) == generation.AUTO_MAX_ROWS["cpu"]
+    monkeypatch.setattr(generation, "free_memory_bytes", lambda device: 1)
+    assert auto_batch_size(model, 100, 1000) == 1
+
+
+def test_auto_batch_and_prefill_budget_keep_greedy_outputs(tiny, monkeypatch):
+    from ftlab.eval import generation
+
+    model, tok = tiny
+    gen = HFGenerator(model, tok, progress=False)
+    prompts = [gen.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    alone = _run(gen, prompts, max_new_tokens=12, batch_size=1)
+    auto = _run(gen, prompts, max_new_tokens=12, batch_size=None)
+    assert gen.batch_size_used == len(PROMPTS)  # plenty of memory: one row per prompt
+    # A prefill budget of a few tokens admits one prompt per prefill.
+    monkeypatch.setattr(generation, "PREFILL_TOKEN_BUDGET", 4)
+    trickled = _run(gen, prompts, max_new_tokens=12, batch_size=4)
+    assert [g.text for g in auto] == [g.text for g in alone]
+    assert [g.text for g in trickled] == [g.text for g in alone]
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_outputs(tiny, monkeypatch, caplog):
+    from ftlab.eval import generation
+
+    model, tok = tiny
+    gen = HFGenerator(model, tok, progress=False)
+    prompts = [gen.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    alone = _run(gen, prompts, max_new_tokens=12, batch_size=1)
+    real_forward = generation._ContinuousBatcher._forward
+
+    def forward(self, ids, mask, pos, cache):
+        if ids.shape[0] > 2:  # "memory" holds two rows
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(self, ids, mask, pos, cache)
+
+    monkeypatch.setattr(generation._ContinuousBatcher, "_forward", forward)
+    with caplog.at_level("WARNING", logger="ftlab.eval.generation"):
+        backed_off = _run(gen, prompts, max_new_tokens=12, batch_size=5)
+    assert [g.text for g in backed_off] == [g.text for g in alone]
+    assert gen.batch_size_used == 2
+    assert "out of memory with 5 rows; retrying their prompts with 2" in caplog.text
+
+
+def test_out_of_memory_with_one_row_is_a_clear_error(tiny, monkeypatch):
+    from ftlab.errors import FtlabError
+    from ftlab.eval import generation
+
+    model, tok = tiny
+    gen = HFGenerator(model, tok, progress=False)
+
+    def forward(self, ids, mask, pos, cache):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 999 bytes")
+
+    monkeypatch.setattr(generation._ContinuousBatcher, "_forward", forward)
+    with pytest.raises(FtlabError, match="out of memory generating a single row; lower eval.max_new_tokens"):
+        _run(gen, [gen.render([{"role": "user", "content": "Hi"}])] * 3, max_new_tokens=4, batch_size=2)
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(tiny, monkeypatch):
+    from ftlab.eval import generation
+
+    model, tok = tiny
+    gen = HFGenerator(model, tok, progress=False)
+
+    def forward(self, ids, mask, pos, cache):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(generation._ContinuousBatcher, "_forward", forward)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _run(gen, [gen.render([{"role": "user", "content": "Hi"}])], max_new_tokens=4, batch_size=2)

@@ -183,8 +183,14 @@ def run_generation(plan: DatasetPlan, ctx: RunContext) -> dict:
         samples_per_s=(len(ordered) / total_time) if total_time > 0 else None,
         runtime_s=total_time, generated_this_run=len(pending), runtime_this_run_s=run_time,
         peak_memory=mem.as_dict(),
+        # Rows generated together this run: eval.batch_size, or what auto and out-of-memory
+        # back-off settled on.
+        batch_size=(getattr(ctx.generator, "batch_size_used", None) or e.batch_size) if pending else None,
     )
     return block
+
+
+PERPLEXITY_AUTO_BATCH = 8  # eval.batch_size=None: full-sequence forwards keep every logit, so stay small
 
 
 @RUNNERS.register(PERPLEXITY)
@@ -209,7 +215,7 @@ def run_perplexity(plan: DatasetPlan, ctx: RunContext) -> dict:
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         ppl = perplexity(g.model, g.tokenizer, texts, max_length=ctx.cfg.eval.perplexity_max_length,
-                         batch_size=ctx.cfg.eval.batch_size)
+                         batch_size=ctx.cfg.eval.batch_size or PERPLEXITY_AUTO_BATCH)
         runtime = time.perf_counter() - t0
     return {"n": len(texts), "task": plan.task.name, "metrics": {"perplexity": float(ppl)}, "texts_hash": text_hash,
             "runtime_s": runtime, "samples_per_s": len(texts) / runtime if runtime > 0 else None,

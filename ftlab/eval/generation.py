@@ -43,13 +43,87 @@ class Generator(Protocol):
 
     def render(self, messages: list[dict], enable_thinking: bool = False) -> str: ...
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
                  stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
-        """Yields finished (prompt position, generation) pairs as they finish, in groups."""
+        """Yields finished (prompt position, generation) pairs as they finish, in groups;
+        batch_size None = auto."""
         ...
 
 
 GENERATORS: Registry[Callable[..., Generator]] = Registry("generation backend")
+
+# eval.batch_size=None (auto): rows whose KV cache fills this share of free memory, capped where
+# larger batches stop paying (matmul efficiency on CPU saturates around 64-128 rows).
+AUTO_MEMORY_SHARE = 0.25
+AUTO_MAX_ROWS = {"cpu": 128, "cuda": 256}
+AUTO_FALLBACK_ROWS = 16
+# At most this many prompt tokens per prefill forward: long prompts (squad_v2 contexts reach 800
+# tokens) times a full batch would otherwise need gigabytes of activations at once.
+PREFILL_TOKEN_BUDGET = 8192
+
+
+def kv_bytes_per_token(model) -> int | None:
+    """Bytes of KV cache one token takes over all layers, from the model config (None if the
+    config does not say)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None)
+    if not head_dim and heads and getattr(config, "hidden_size", None):
+        head_dim = config.hidden_size // heads
+    if not (layers and kv_heads and head_dim):
+        return None
+    import torch
+
+    dtype = getattr(model, "dtype", torch.float32)
+    element = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+    return int(layers) * 2 * int(kv_heads) * int(head_dim) * element
+
+
+def free_memory_bytes(device) -> int:
+    if device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def auto_batch_size(model, tokens_per_row: int, n_prompts: int) -> int:
+    """Rows for eval.batch_size=None: as many as AUTO_MEMORY_SHARE of free memory holds for the
+    KV cache of rows `tokens_per_row` long (longest prompt + max_new_tokens), capped per device."""
+    device = next(model.parameters()).device
+    cap = AUTO_MAX_ROWS.get(device.type, AUTO_MAX_ROWS["cpu"])
+    per_token = kv_bytes_per_token(model)
+    if per_token is None:
+        log.info("eval.batch_size=auto: the model config does not give the KV cache size; using %d rows",
+                 AUTO_FALLBACK_ROWS)
+        rows = AUTO_FALLBACK_ROWS
+    else:
+        rows = int(AUTO_MEMORY_SHARE * free_memory_bytes(device) // (per_token * max(1, tokens_per_row)))
+    return max(1, min(cap, rows, n_prompts))
+
+
+def _single_row_oom(exc: BaseException) -> FtlabError:
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return FtlabError("out of memory generating a single row; lower eval.max_new_tokens, shorten the prompts "
+                      f"or use a smaller (or quantized) model ({first})")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +200,7 @@ class HFGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.progress = progress
+        self.batch_size_used: int | None = None  # the last generate()'s rows (after auto and back-off)
         # Continuous batching (own decode loop) when the model's KV cache allows it; otherwise
         # fixed batches through model.generate.
         self.continuous = continuous
@@ -144,12 +219,19 @@ class HFGenerator:
         ids = eos if isinstance(eos, (list, tuple)) else [eos]
         return [int(i) for i in ids if i is not None]
 
+    def resolve_batch_size(self, encoded: list[list[int]], max_new_tokens: int, batch_size: int | None) -> int:
+        if batch_size is None:
+            batch_size = auto_batch_size(self.model, max(len(e) for e in encoded) + max_new_tokens, len(encoded))
+            log.info("eval.batch_size=auto: %d rows", batch_size)
+        self.batch_size_used = batch_size
+        return batch_size
+
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         # Rendered chat prompts already carry the template's special tokens (BOS included where
         # the template wants it); adding them again would change the model's input.
         return self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
                  stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
         if not prompts:
             return
@@ -159,7 +241,7 @@ class HFGenerator:
             return
         yield from _ContinuousBatcher(self, max_new_tokens, batch_size, stop_at_box).run(prompts)
 
-    def generate_static(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
+    def generate_static(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
                         stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
         """Fixed batches through `model.generate` (any model transformers can generate with)."""
         import torch
@@ -169,6 +251,7 @@ class HFGenerator:
         if not prompts:
             return
         encoded = self.encode(prompts)
+        batch_size = self.resolve_batch_size(encoded, max_new_tokens, batch_size)
         # Longest first: similar lengths share a batch (little padding) and a memory problem
         # shows up in the first batch rather than at the end.
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
@@ -287,7 +370,7 @@ class _ContinuousBatcher:
     ids and attention mask, so its tokens are the ones it would get alone (up to float summation
     order, which the benchmark measures)."""
 
-    def __init__(self, gen: HFGenerator, max_new_tokens: int, batch_size: int, stop_at_box: bool):
+    def __init__(self, gen: HFGenerator, max_new_tokens: int, batch_size: int | None, stop_at_box: bool):
         import torch
 
         self.gen = gen
@@ -301,8 +384,6 @@ class _ContinuousBatcher:
         self.pad_id = self.tok.pad_token_id
         self.device = next(self.model.parameters()).device
         self.logits_kw = {"logits_to_keep": 1} if _accepts_logits_to_keep(self.model) else {}
-        # Refill in groups: one prefill for several prompts costs about as much as for one.
-        self.refill_at = max(1, batch_size // 8)
         self.torch = torch
         self.min_prefix = 8  # shorter shared prefixes are not worth a separate forward pass
         self.prefix: list[int] = []
@@ -384,23 +465,55 @@ class _ContinuousBatcher:
 
         torch = self.torch
         self.encoded = self.gen.encode(prompts)
+        self._set_batch_size(self.gen.resolve_batch_size(self.encoded, self.max_new, self.batch_size))
         self.queue = collections.deque(sorted(range(len(prompts)), key=lambda i: -len(self.encoded[i])))
         self.rows: list[dict] = []  # per active row: prompt index, tokens, admission time
         self.cache = self.mask = self.pos = self.last = None
         bar = tqdm(total=len(prompts), desc="generate", unit="sample", disable=not self.gen.progress, leave=False)
         self.model.eval()
         try:
-            with torch.inference_mode():
-                self._shared_prefix(self.encoded)
+            try:
+                with torch.inference_mode():
+                    self._shared_prefix(self.encoded)
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_out_of_memory(exc):
+                    raise
+                raise _single_row_oom(exc) from None
             while self.queue or self.rows:
                 # Inference mode per step, not around the loop: the consumer runs between yields.
-                with torch.inference_mode():
-                    done = self._step()
+                try:
+                    with torch.inference_mode():
+                        done = self._step()
+                except (torch.OutOfMemoryError, RuntimeError) as exc:
+                    if not _is_out_of_memory(exc):
+                        raise
+                    self._back_off(exc)
+                    continue
                 if done:
                     bar.update(len(done))
                     yield done
         finally:
             bar.close()
+
+    def _set_batch_size(self, rows: int) -> None:
+        self.batch_size = rows
+        self.gen.batch_size_used = rows
+        # Refill in groups: one prefill for several prompts costs about as much as for one.
+        self.refill_at = max(1, rows // 8)
+
+    def _back_off(self, exc: BaseException) -> None:
+        """Out of memory: the active rows go back to the front of the queue and restart with half
+        as many rows. Greedy rows are independent, so their answers do not change."""
+        if self.batch_size <= 1:
+            raise _single_row_oom(exc) from None
+        for row in reversed(self.rows):
+            self.queue.appendleft(row["i"])
+        self.rows = []
+        self.cache = self.mask = self.pos = self.last = None
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+        log.warning("out of memory with %d rows; retrying their prompts with %d", self.batch_size, self.batch_size // 2)
+        self._set_batch_size(self.batch_size // 2)
 
     def _step(self) -> list[tuple[int, Generation]]:
         """Admits waiting prompts when enough slots are free, else decodes one token for every
@@ -410,14 +523,21 @@ class _ContinuousBatcher:
         first_changed = 0
         free = self.batch_size - len(rows)
         if self.queue and (not rows or free >= min(self.refill_at, len(self.queue))):
-            take = [self.queue.popleft() for _ in range(min(free, len(self.queue)))]
+            # The queue is longest first, so its head is the widest prompt of this prefill.
+            width = max(1, len(self.encoded[self.queue[0]]) - len(self.prefix))
+            n_take = max(1, min(free, len(self.queue), PREFILL_TOKEN_BUDGET // width))
+            take = [self.queue.popleft() for _ in range(n_take)]
             t_admit = time.perf_counter()
-            n_cache, n_mask, n_pos, n_next = self._prefill([self.encoded[i] for i in take])
-            if rows:
-                self.cache, self.mask = _splice(self.cache, self.mask, n_cache, n_mask)
-                self.pos, self.last = torch.cat([self.pos, n_pos]), torch.cat([self.last, n_next])
-            else:
-                self.cache, self.mask, self.pos, self.last = n_cache, n_mask, n_pos, n_next
+            try:
+                n_cache, n_mask, n_pos, n_next = self._prefill([self.encoded[i] for i in take])
+                if rows:
+                    self.cache, self.mask = _splice(self.cache, self.mask, n_cache, n_mask)
+                    self.pos, self.last = torch.cat([self.pos, n_pos]), torch.cat([self.last, n_next])
+                else:
+                    self.cache, self.mask, self.pos, self.last = n_cache, n_mask, n_pos, n_next
+            except BaseException:
+                self.queue.extendleft(reversed(take))  # not admitted: they wait again (e.g. out of memory)
+                raise
             first_changed = len(rows)
             rows += [{"i": i, "tokens": [int(t)], "t0": t_admit} for i, t in zip(take, n_next.tolist())]
         else:
@@ -505,8 +625,9 @@ class CannedGenerator:
         self._cursor += 1
         return self._responses[self._cursor - 1]
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
                  stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
+        batch_size = batch_size or max(1, len(prompts))
         for start in range(0, len(prompts), batch_size):
             batch = []
             for i in range(start, min(len(prompts), start + batch_size)):
