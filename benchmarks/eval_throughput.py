@@ -40,15 +40,6 @@ def _prompts(task_name: str, n: int, tokenizer) -> tuple[list, list[str]]:
     return examples, [render_prompt(tokenizer, build_messages(task, ex)) for ex in examples]
 
 
-def _messages(args) -> list:
-    from ftlab.data.loading import load_examples
-    from ftlab.data.prompts import build_messages
-    from ftlab.data.tasks import get_task
-
-    task = get_task(args.task)
-    return [build_messages(task, ex) for ex in load_examples(args.task, "test", limit=args.n)]
-
-
 def side_floor(args) -> dict:
     """Seconds per token of the matmuls one forward pass must do (every Linear of the model, the
     output head apart), timed on this CPU at the given thread count and row count. No exact fp32
@@ -112,7 +103,7 @@ def side_ftlab(args) -> dict:
     from ftlab.config import EvalRunConfig, load_config
     from ftlab.env import PeakMemory
     from ftlab.eval.evaluator import evaluate, metrics_paths, model_file_name
-    from ftlab.eval.generation import build_generator
+    from ftlab.eval.generation import build_generator, shared_prefix_length
     from ftlab.io import read_jsonl
     from ftlab.paths import Workspace
 
@@ -134,9 +125,8 @@ def side_ftlab(args) -> dict:
     block = doc["datasets"][args.task]
     # Token counts for the matmul floor: what ftlab must prefill (beyond the shared prefix it
     # computes once) and decode.
-    encoded = generator.encode([generator.render(m) for m in _messages(args)])
-    prefix = len(os.path.commonprefix(encoded))
-    prefix = min(prefix, min(len(e) for e in encoded) - 1)
+    encoded = generator.encode(_prompts(args.task, args.n, generator.tokenizer)[1])
+    prefix = shared_prefix_length(encoded)  # the rule the generator applies
     tokens = {"prompt_tokens": sum(len(e) for e in encoded), "shared_prefix_tokens": prefix,
               "prefill_tokens": sum(len(e) - prefix for e in encoded),
               "new_tokens": sum(int(r["new_tokens"]) for r in lines)}

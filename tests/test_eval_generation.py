@@ -240,30 +240,29 @@ def test_out_of_memory_halves_the_batch_and_keeps_outputs(tiny, monkeypatch, cap
     assert "out of memory with 5 rows; retrying their prompts with 2" in caplog.text
 
 
+def _every_forward_raises(monkeypatch, exc: Exception) -> None:
+    from ftlab.eval import generation
+
+    def forward(self, ids, mask, pos, cache):
+        raise exc
+
+    monkeypatch.setattr(generation._ContinuousBatcher, "_forward", forward)
+
+
 def test_out_of_memory_with_one_row_is_a_clear_error(tiny, monkeypatch):
     from ftlab.errors import FtlabError
-    from ftlab.eval import generation
 
     model, tok = tiny
     gen = HFGenerator(model, tok, progress=False)
-
-    def forward(self, ids, mask, pos, cache):
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 999 bytes")
-
-    monkeypatch.setattr(generation._ContinuousBatcher, "_forward", forward)
+    _every_forward_raises(monkeypatch,
+                          RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 999 bytes"))
     with pytest.raises(FtlabError, match="out of memory generating a single row; lower eval.max_new_tokens"):
         _run(gen, [gen.render([{"role": "user", "content": "Hi"}])] * 3, max_new_tokens=4, batch_size=2)
 
 
 def test_other_runtime_errors_are_not_taken_for_out_of_memory(tiny, monkeypatch):
-    from ftlab.eval import generation
-
     model, tok = tiny
     gen = HFGenerator(model, tok, progress=False)
-
-    def forward(self, ids, mask, pos, cache):
-        raise RuntimeError("shape mismatch")
-
-    monkeypatch.setattr(generation._ContinuousBatcher, "_forward", forward)
+    _every_forward_raises(monkeypatch, RuntimeError("shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         _run(gen, [gen.render([{"role": "user", "content": "Hi"}])], max_new_tokens=4, batch_size=2)

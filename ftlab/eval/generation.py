@@ -15,6 +15,7 @@ measures the share of identical answers).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
@@ -60,6 +61,14 @@ AUTO_FALLBACK_ROWS = 16
 # At most this many prompt tokens per prefill forward: long prompts (squad_v2 contexts reach 800
 # tokens) times a full batch would otherwise need gigabytes of activations at once.
 PREFILL_TOKEN_BUDGET = 8192
+MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate forward pass
+
+
+def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt starts with (chat template, system prompt, task preamble), leaving each
+    prompt at least one token of its own to prefill; 0 below MIN_SHARED_PREFIX."""
+    n = min(len(os.path.commonprefix(list(encoded))), min(len(e) for e in encoded) - 1)
+    return n if n >= MIN_SHARED_PREFIX else 0
 
 
 def kv_bytes_per_token(model) -> int | None:
@@ -81,7 +90,7 @@ def kv_bytes_per_token(model) -> int | None:
     import torch
 
     dtype = getattr(model, "dtype", torch.float32)
-    element = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+    element = dtype.itemsize if dtype.is_floating_point else 4
     return int(layers) * 2 * int(kv_heads) * int(head_dim) * element
 
 
@@ -117,13 +126,11 @@ def _single_row_oom(exc: BaseException) -> FtlabError:
                       f"or use a smaller (or quantized) model ({first})")
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def _is_out_of_memory(exc: RuntimeError) -> bool:
     import torch
 
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +392,6 @@ class _ContinuousBatcher:
         self.device = next(self.model.parameters()).device
         self.logits_kw = {"logits_to_keep": 1} if _accepts_logits_to_keep(self.model) else {}
         self.torch = torch
-        self.min_prefix = 8  # shorter shared prefixes are not worth a separate forward pass
         self.prefix: list[int] = []
         self.prefix_kv: list[tuple] = []
 
@@ -402,14 +408,8 @@ class _ContinuousBatcher:
         self.prefix: list[int] = []
         self.prefix_kv: list[tuple] = []
         first = encoded[0]
-        n = min(len(e) for e in encoded) - 1  # every row keeps at least one token to prefill
-        for e in encoded[1:]:
-            n = min(n, len(e))
-            for j in range(n):
-                if e[j] != first[j]:
-                    n = j
-                    break
-        if n < self.min_prefix:
+        n = shared_prefix_length(encoded)
+        if not n:
             return
         from transformers.cache_utils import DynamicCache
 
@@ -475,7 +475,7 @@ class _ContinuousBatcher:
             try:
                 with torch.inference_mode():
                     self._shared_prefix(self.encoded)
-            except (torch.OutOfMemoryError, RuntimeError) as exc:
+            except RuntimeError as exc:  # torch.OutOfMemoryError is one
                 if not _is_out_of_memory(exc):
                     raise
                 raise _single_row_oom(exc) from None
@@ -484,7 +484,7 @@ class _ContinuousBatcher:
                 try:
                     with torch.inference_mode():
                         done = self._step()
-                except (torch.OutOfMemoryError, RuntimeError) as exc:
+                except RuntimeError as exc:  # torch.OutOfMemoryError is one
                     if not _is_out_of_memory(exc):
                         raise
                     self._back_off(exc)
