@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import pandas as pd
 
 from ftlab.compare.frame import load_document, metrics_dir_of
-from ftlab.compare.stats import mcnemar_exact, paired_bootstrap
+from ftlab.compare.stats import format_bootstrap_p, mcnemar_exact, paired_bootstrap
 from ftlab.errors import FtlabError
 from ftlab.io import read_jsonl
 from ftlab.paths import Workspace
@@ -90,7 +89,7 @@ def compare_pair(source: Workspace | str | os.PathLike, model_a: str, model_b: s
         rows.append({
             "task": task, "n": mc.n, "score": "accuracy" if score == "correct" else score,
             "a": bs.mean_a, "b": bs.mean_b, "diff": bs.diff, "ci_low": bs.ci_low, "ci_high": bs.ci_high,
-            "bootstrap_p": bs.p_value, "a_only": mc.a_only, "b_only": mc.b_only, "mcnemar_p": mc.p_value,
+            "bootstrap_p": bs.p_value, "bootstrap_resamples": bs.resamples, "a_only": mc.a_only, "b_only": mc.b_only, "mcnemar_p": mc.p_value,
         })
     return pd.DataFrame(rows)
 
@@ -99,10 +98,11 @@ def describe_pair(result: pd.DataFrame, model_a: str, model_b: str, confidence: 
     lines = [f"paired comparison: A = {model_a}, B = {model_b} (diff = B - A, {confidence:.0%} paired-bootstrap interval)"]
     for r in result.itertuples(index=False):
         verdict = "significant" if r.mcnemar_p < 1 - confidence else "not significant"
-        p_boot = "" if math.isnan(r.bootstrap_p) else f"{r.bootstrap_p:.4g}"
+        p_boot = format_bootstrap_p(r.bootstrap_p, r.bootstrap_resamples)
+        p_boot = f"p {p_boot}" if p_boot.startswith("<") else f"p={p_boot}"
         lines.append(
             f"  {r.task:<14} n={r.n:<5} {r.score} A={r.a:.4f} B={r.b:.4f} diff={r.diff:+.4f} "
-            f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] bootstrap p={p_boot}  "
+            f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] bootstrap {p_boot}  "
             f"McNemar: A-only={r.a_only} B-only={r.b_only} p={r.mcnemar_p:.4g} ({verdict})"
         )
     return "\n".join(lines)

@@ -93,3 +93,13 @@ def paired_bootstrap(a_scores, b_scores, *, resamples: int = 10_000, confidence:
         n=int(d.size), mean_a=float(a.mean()), mean_b=float(b.mean()), diff=float(d.mean()),
         ci_low=float(lo), ci_high=float(hi), p_value=p, resamples=resamples, confidence=confidence,
     )
+
+
+def format_bootstrap_p(p_value: float, resamples: int) -> str:
+    """A bootstrap p-value as printed: never `0`. With B resamples the two-sided p (twice the smaller
+    tail share) moves in steps of 2/B, so when no resample crossed zero it prints `< 2/B`: the
+    resampling cannot tell smaller values apart. NaN (no test) prints as empty."""
+    if p_value != p_value:
+        return ""
+    floor = 2.0 / resamples
+    return f"< {floor:.2g}" if p_value < floor else f"{p_value:.4g}"
