@@ -190,10 +190,12 @@ def test_frame_upgrades_old_documents(tmp_path):
     assert df["rank"].iloc[0] == 8.0 and df["dataset"].iloc[0] == "boolq"
 
 
-def test_frame_rejects_damaged_documents_and_skips_incomplete(tmp_path):
+def test_frame_rejects_damaged_documents_and_shows_finished_tasks_of_running_ones(tmp_path):
     ws = Workspace(tmp_path)
+    # A run on another task is in progress (or was killed): the tasks it already holds are finished
+    # results and stay visible (results accumulate; they never disappear from compare).
     atomic_write_json(ws.metrics_dir / "a-base.json", metrics_doc("a-base", {"arc": 0.5}, status="running"))
-    assert load_metrics(ws).empty
+    assert value(load_metrics(ws), "a-base", "arc") == 0.5
     (ws.metrics_dir / "b-base.json").write_text("{not json")
     with pytest.raises(FtlabError, match="b-base.json"):
         load_metrics(ws)
@@ -267,6 +269,8 @@ def test_pair_joins_on_dataset_and_index(ws):
 
 def test_pair_uses_per_sample_f1_when_both_have_it(ws):
     (ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
+    for name, acc in (("tiny-base", 0.5), ("other-base", 0.75)):
+        atomic_write_json(ws.metrics_dir / f"{name}.json", metrics_doc(name, {"squad_v2": acc}))
     write_samples(ws, "tiny-base", "squad_v2", [0, 1, 0, 1], f1=[0.2, 1.0, 0.5, 1.0])
     write_samples(ws, "other-base", "squad_v2", [0, 1, 1, 1], f1=[0.4, 1.0, 1.0, 1.0])
     res = compare_pair(ws, "tiny-base", "other-base", resamples=500).iloc[0]

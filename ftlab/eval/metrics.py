@@ -101,6 +101,15 @@ class Scorer:
     def gold_help(self) -> str:
         return "expected a non-empty answer"
 
+    def sample_line(self, response: str | None, gold: Any) -> dict:
+        """The scoring fields of a sample line (`<model>.samples.jsonl`)."""
+        s = self.score(response, gold)
+        line = {"extracted": s.extracted, "flexible": s.flexible, "correct": s.correct,
+                "flexible_correct": s.flexible_correct, "cut_off": s.cut_off, "scoring_version": self.version}
+        if "f1" in s.extra:
+            line["f1"] = s.extra["f1"]  # graded score the comparison stage bootstraps
+        return line
+
     def aggregate(self, scores: Sequence[SampleScore]) -> dict:
         return {"accuracy": _mean([s.correct for s in scores])}
 
@@ -322,6 +331,19 @@ class ExactScorer(Scorer):
 
     def norm_pred(self, text: str | None) -> str | None:
         return nz.normalize_exact(text)
+
+
+def task_options(task, questions: Sequence[str], golds: Sequence[Any]) -> tuple[str, ...] | None:
+    """A choice task's option labels: the registered set, else (custom files) every letter the
+    questions list as options or the golds use; None for other kinds."""
+    if task.answer_kind != "choice":
+        return None
+    if task.labels:
+        return tuple(task.labels)
+    found = {nz.normalize_choice(str(g)) for g in golds} - {None}
+    for q in questions:
+        found.update(nz.option_labels(q))
+    return tuple(sorted(found)) or None
 
 
 def scoring_version(answer_kind: str) -> int:
