@@ -413,7 +413,7 @@ def test_v1_document_is_upgraded_and_rescored_from_its_stored_responses(workspac
     assert calls == [] and arith["generated_this_run"] == 0 and arith["rescored_this_run"] == 3
     assert arith["scoring_version"] == 2 and arith["metrics"]["accuracy"] == pytest.approx(1 / 3)
     assert arith["cut_off_rate"] == pytest.approx(1 / 3)
-    assert doc["datasets"]["boolq"]["scoring_version"] == 1 and doc["superseded"][0]["changes"][0].startswith("prompt.instruction")
+    assert doc["datasets"]["boolq"]["scoring_version"] == 1 and doc["superseded"][0]["changes"][0] == "scoring_version 1 -> 2"
     assert json.loads(json_path.read_text())["schema_version"] == 2
     # The rescored lines are appended (the v1 lines stay): the last line per row holds the new verdict.
     lines = read_jsonl(samples_path)
