@@ -432,3 +432,16 @@ def test_enable_thinking_reaches_the_chat_template(workspace):
     evaluate("scratch:tiny", cfg_of("eval.datasets=synthetic-arith", "eval.limit=2", "eval.enable_thinking=true"),
              workspace, generator=Recording("\\boxed{1}"))
     assert seen == [True, True]
+
+
+def test_a_bad_gold_label_fails_before_the_model_is_used(workspace):
+    workspace.datasets_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"question": ["What is 2+2?", "What is 3+3?"], "answer": ["4", ""]}).to_parquet(
+        workspace.datasets_dir / "test-OpenMathInstruct-2.parquet")
+
+    class Untouchable(CannedGenerator):
+        def render(self, messages, enable_thinking=False):
+            raise AssertionError("the model must not be used")
+
+    with pytest.raises(FtlabError, match="dataset openmath row 1: gold answer '' is not a valid numeric answer"):
+        evaluate("scratch:tiny", cfg_of("eval.datasets=openmath"), workspace, generator=Untouchable("x"))

@@ -226,6 +226,10 @@ def run_generation(plan: DatasetPlan, ctx: RunContext) -> dict:
     golds = [gold_of(plan.task, ex) for ex in plan.examples]
     labels = task_options(plan.task, [ex.question for ex in plan.examples], golds)
     scorer = get_scorer(plan.task.answer_kind, scoring_options(plan.task, ctx.cfg, labels))
+    for ex, gold in zip(plan.examples, golds):  # before the model loads: a bad label fails in a second
+        if scorer.norm_gold(gold) is None:
+            raise FtlabError(f"dataset {plan.name} row {ex.index}: gold answer {gold!r} is not a valid "
+                             f"{plan.task.answer_kind} answer ({scorer.gold_help()}); fix or drop that row")
     prompts = [ctx.generator.render(build_messages(plan.task, ex, e.system_prompt), e.enable_thinking)
                for ex in plan.examples]
     hashes = [_prompt_hash(p) for p in prompts]
