@@ -167,6 +167,9 @@ def resolve_dtype(name: str | None):
 
 
 def _publish_dir(tmp: Path, final: Path) -> None:
+    from ftlab.io import normalize_modes
+
+    normalize_modes(tmp)  # safetensors writes model.safetensors 0600
     try:
         os.replace(tmp, final)
     except OSError:

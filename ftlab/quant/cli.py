@@ -13,14 +13,19 @@ log = logging.getLogger(__name__)
 
 HELP = "post-training quantization (GPTQ, AWQ, HQQ, bitsandbytes NF4/int8) of a model folder"
 
-_METHODS_DOC = "GPTQ, AWQ, HQQ, BNB_NF4, BNB_INT8"
+
+
+def _methods_doc() -> str:
+    from ftlab.quant.registry import method_names
+
+    return ", ".join(method_names())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=False,
                         help="model folder (Models/X, a run name under Models/, a merged fine-tune or an adapter "
                              "folder, which is merged first) or a built-in model name")
-    parser.add_argument("--method", required=False, help=f"quantization method: {_METHODS_DOC}")
+    parser.add_argument("--method", required=False, help=f"quantization method: {_methods_doc()}")
     parser.add_argument("--bits", type=int, default=None, help="weight bits (default: the method's, usually 4)")
     parser.add_argument("--group-size", type=int, default=None,
                         help="weights per quantization group, -1 = per channel (GPTQ default 128, HQQ 64)")
@@ -28,13 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dtype the unquantized output head (and the other unquantized tensors) are kept in: "
                              "bf16, fp16, fp32; recorded in the tag as head<dtype> (default: the method's)")
     parser.add_argument("--calib-dataset", default="openmath",
-                        help="task name or data file used for calibration (train split) and held-out perplexity "
-                             "(test split)")
+                        help="task name or data file used for calibration (train split) and, by default, for the "
+                             "fidelity measurement (test split)")
     parser.add_argument("--calib-samples", type=int, default=128, help="calibration texts (GPTQ, AWQ)")
-    parser.add_argument("--ppl-dataset", default=None, help="held-out perplexity task (default: --calib-dataset)")
-    parser.add_argument("--ppl-samples", type=int, default=32, help="held-out texts for perplexity before/after")
-    parser.add_argument("--no-perplexity", action="store_true", help="skip the perplexity before/after measurement")
-    parser.add_argument("--max-length", type=int, default=512, help="token cap per perplexity text")
+    parser.add_argument("--fidelity-dataset", "--ppl-dataset", dest="fidelity_dataset", default=None,
+                        help="held-out task for fidelity to the source: answer-token KL, top-1 agreement, "
+                             "answer perplexity (default: --calib-dataset)")
+    parser.add_argument("--fidelity-samples", "--ppl-samples", dest="fidelity_samples", type=int, default=64,
+                        help="held-out texts for the fidelity measurement (default 64)")
+    parser.add_argument("--no-fidelity", "--no-perplexity", dest="no_fidelity", action="store_true",
+                        help="skip the fidelity measurement (source and quantized forward passes)")
+    parser.add_argument("--max-length", type=int, default=512, help="token cap per held-out text")
     parser.add_argument("--data-dir", default=None, help="folder with <split>-<task>.parquet files (else Datasets/)")
     parser.add_argument("--output", default=None, help="output folder (default: Models/<model name with quant tag>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -50,20 +59,20 @@ def build_request(args: argparse.Namespace):
     if not args.model:
         raise FtlabError("--model is required: a model folder, a run name under Models/ or a built-in model name")
     if not args.method:
-        raise FtlabError(f"--method is required: one of {_METHODS_DOC}")
+        raise FtlabError(f"--method is required: one of {_methods_doc()}")
     engine = get_engine(args.method)
     lm_head = args.lm_head.lower() if args.lm_head else None
     spec = QuantizationSpec(method=engine.method, bits=args.bits, group_size=args.group_size, lm_head_dtype=lm_head,
                             compute_dtype=lm_head)
-    for flag, value in (("--calib-samples", args.calib_samples), ("--ppl-samples", args.ppl_samples),
+    for flag, value in (("--calib-samples", args.calib_samples), ("--fidelity-samples", args.fidelity_samples),
                         ("--max-length", args.max_length)):
         if value is not None and value <= 0:
             raise FtlabError(f"{flag}={value} must be a positive integer")
     return QuantRequest(
         model=args.model, spec=spec, calib_dataset=args.calib_dataset, calib_samples=args.calib_samples,
-        ppl_dataset=args.ppl_dataset, ppl_samples=args.ppl_samples, max_length=args.max_length,
+        fidelity_dataset=args.fidelity_dataset, fidelity_samples=args.fidelity_samples, max_length=args.max_length,
         output=Path(args.output) if args.output else None, overwrite=args.overwrite,
-        source_dir=Path(args.data_dir) if args.data_dir else None, measure_perplexity=not args.no_perplexity,
+        source_dir=Path(args.data_dir) if args.data_dir else None, measure_fidelity=not args.no_fidelity,
     )
 
 
@@ -82,5 +91,17 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     folder = quantize(request, Workspace.at(getattr(args, "workdir", None)))
+    _print_fidelity(folder)
     print(folder)
     return 0
+
+
+def _print_fidelity(folder: Path) -> None:
+    """What was lost, on the console (the folder path stays the last line, for scripts)."""
+    from ftlab.quant.fidelity import summary_line
+    from ftlab.schema import load_training_metadata
+
+    ptq = load_training_metadata(folder)["results"]["ptq"]
+    for key, label in (("fidelity_of_cast", "the dtype cast alone"), ("fidelity", "quantized")):
+        if ptq.get(key):
+            print(f"fidelity vs the fp32 source, {label}: {summary_line(ptq[key])}")

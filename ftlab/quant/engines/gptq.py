@@ -10,11 +10,13 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftlab.errors import FtlabError
 from ftlab.quant.registry import Capabilities, QuantEngine, QuantJob, register_engine, torch_dtype
-from ftlab.quant.spec import QuantizationSpec, QuantMethod
+
+if TYPE_CHECKING:
+    from ftlab.quant.spec import QuantizationSpec
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +99,49 @@ class _GptqModelEngine(QuantEngine):
         return wrapped.model
 
 
+def linear_in_features(config: dict) -> dict[str, int]:
+    """Input widths of a decoder's quantized linear layers, from config.json (text config for
+    multimodal): q/k/v/gate/up read hidden_size, o_proj heads x head_dim, down_proj intermediate_size."""
+    cfg = config.get("text_config") or config
+    out = {}
+    for key in ("hidden_size", "intermediate_size"):
+        if isinstance(cfg.get(key), int):
+            out[key] = cfg[key]
+    heads, head_dim = cfg.get("num_attention_heads"), cfg.get("head_dim")
+    if isinstance(heads, int) and isinstance(head_dim, int) and heads * head_dim != out.get("hidden_size"):
+        out["num_attention_heads*head_dim"] = heads * head_dim
+    return out
+
+
+class _GroupedEngine(_GptqModelEngine):
+    """GPTQ and AWQ pack groups along each layer's input: the group size must divide every width.
+    AWQ's scale search fails mid-run otherwise; a GPTQ folder quantizes but plain transformers
+    refuses to load it (`in_features 576 must be divisible by group_size 128`, SmolLM2)."""
+
+    def fitting_group_sizes(self, config: dict) -> list[int]:
+        widths = linear_in_features(config).values()
+        return [g for g in self.caps.group_sizes if g <= 0 or all(w % g == 0 for w in widths)]
+
+    def default_group_size(self, config: dict | None) -> int | None:
+        fits = [g for g in self.fitting_group_sizes(config or {}) if 0 < g <= self.caps.default_group_size]
+        return max(fits) if fits else self.caps.default_group_size
+
+    def model_problems(self, spec: QuantizationSpec, config: dict) -> list[str]:
+        g = spec.group_size
+        if g is None or g <= 0:
+            return []
+        bad = {k: v for k, v in linear_in_features(config).items() if v % g}
+        if not bad:
+            return []
+        widths = ", ".join(f"{k}={v}" for k, v in bad.items())
+        fits = [x for x in self.fitting_group_sizes(config) if x > 0]
+        return [f"{self.name} group_size={g} must divide every quantized layer's input width ({widths}) for the "
+                f"output to load anywhere; use --group-size {' or '.join(map(str, fits)) if fits else 'another value'}"]
+
+
 @register_engine
-class GptqEngine(_GptqModelEngine):
-    method = QuantMethod.GPTQ
+class GptqEngine(_GroupedEngine):
+    name = "GPTQ"
     backend = "gptqmodel:torch"
     config_class_name = "GPTQConfig"
     caps = Capabilities(bits=(2, 3, 4, 8), default_bits=4, group_sizes=(-1, 32, 64, 128), default_group_size=128,
@@ -107,36 +149,12 @@ class GptqEngine(_GptqModelEngine):
                         needs_calibration=True, dtype_hint="gptqmodel packs and runs GPTQ layers in half precision")
 
 
-def _linear_in_features(config: dict) -> dict[str, int]:
-    """Input widths of a decoder's linear layers, from config.json (text config for multimodal)."""
-    cfg = config.get("text_config") or config
-    out = {}
-    if isinstance(cfg.get("hidden_size"), int):
-        out["hidden_size"] = cfg["hidden_size"]
-    if isinstance(cfg.get("intermediate_size"), int):
-        out["intermediate_size"] = cfg["intermediate_size"]
-    return out
-
-
 @register_engine
-class AwqEngine(_GptqModelEngine):
-    method = QuantMethod.AWQ
+class AwqEngine(_GroupedEngine):
+    name = "AWQ"
     backend = "gptqmodel:torch_awq"
     config_class_name = "AWQConfig"
     caps = Capabilities(bits=(4,), default_bits=4, group_sizes=(32, 64, 128), default_group_size=128,
                         architectures=GPTQMODEL_ARCHITECTURES, dtypes=("bf16", "fp16"), default_dtype="bf16",
                         needs_calibration=True,
                         dtype_hint="gptqmodel's torch AWQ kernel needs bf16/fp16 weights; fp32 fails on CPU")
-
-    def model_problems(self, spec: QuantizationSpec, config: dict) -> list[str]:
-        # gptqmodel's AWQ scale search averages weights per group and fails mid-run otherwise.
-        g = spec.group_size
-        if g is None or g <= 0:
-            return []
-        bad = {k: v for k, v in _linear_in_features(config).items() if v % g}
-        if not bad:
-            return []
-        widths = ", ".join(f"{k}={v}" for k, v in bad.items())
-        fits = [x for x in self.caps.group_sizes if all(v % x == 0 for v in _linear_in_features(config).values())]
-        return [f"AWQ group_size={g} must divide every layer's input width ({widths}); "
-                f"use --group-size {' or '.join(map(str, fits)) if fits else 'another value'}"]
