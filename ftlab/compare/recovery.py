@@ -137,8 +137,8 @@ def render(table: pd.DataFrame, confidence: float = 0.95, markdown: bool = False
     shown = shown[cols].rename(columns={"source_score": "source score", "quantized_score": "quantized score",
                                         "source": "unquantized source", "kl_mean": "KL mean", "kl_p99": "KL p99",
                                         "top1_agreement": "top-1"})
-    shown = shown.loc[:, [c for c in shown.columns if not shown[c].map(lambda v: v == "" or v is None or (
-        isinstance(v, float) and math.isnan(v))).all()]]
+    # Columns nothing filled in (no fidelity recorded, no pair evaluated) are left out.
+    shown = shown.loc[:, [c for c in shown.columns if not shown[c].map(lambda v: pd.isna(v) or v == "").all()]]
     return to_markdown(shown) if markdown else to_text(shown)
 
 
