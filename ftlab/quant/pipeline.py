@@ -292,10 +292,11 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
                 elapsed = time.perf_counter() - t0
             del job
             _release()
-            tok.save_pretrained(stage)
-            for extra in ("chat_template.jinja", "generation_config.json"):
-                if (src_dir / extra).is_file() and not (stage / extra).exists():
-                    shutil.copy2(src_dir / extra, stage / extra)
+            if not engine.bundles_tokenizer:
+                tok.save_pretrained(stage)
+                for extra in ("chat_template.jinja", "generation_config.json"):
+                    if (src_dir / extra).is_file() and not (stage / extra).exists():
+                        shutil.copy2(src_dir / extra, stage / extra)
 
             measured = None
             if session is not None:

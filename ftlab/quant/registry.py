@@ -87,6 +87,7 @@ class QuantEngine(ABC):
     caps: Capabilities
     backend: str  # recorded in the spec, e.g. gptqmodel:torch
     tag_words: tuple[str, ...] = ()  # a tag head of its own (BNB_nf4) instead of <name>_w<bits>_g<group>
+    bundles_tokenizer = False  # the weights file carries the tokenizer (GGUF): no tokenizer files beside it
 
     @property
     def method(self) -> "QuantMethod":
@@ -94,9 +95,9 @@ class QuantEngine(ABC):
 
         return QuantMethod.parse(self.name)
 
-    @property
-    def tag_head(self) -> tuple[str, ...]:
-        return self.tag_words or (self.name,)
+    def tag_forms(self) -> list[tuple[str, ...]]:
+        """The tag heads this method writes (`GPTQ`, `BNB_nf4`, `GGUF_q4_0` ...), as word tuples."""
+        return [self.tag_words or (self.name,)]
 
     def tag_parts(self, spec: "QuantizationSpec") -> list[str]:
         """The tag's method part for `spec` (suffixes a/kv/head are added by `tag_quant`)."""
@@ -104,11 +105,14 @@ class QuantEngine(ABC):
 
         return list(self.tag_words) if self.tag_words else default_tag_parts(spec)
 
-    def spec_from_tag_head(self) -> "QuantizationSpec":
+    def spec_for_tag(self, form: tuple[str, ...]) -> "QuantizationSpec":
         """What a tag head alone says: the method, and its bits when the head fixes them (BNB_nf4)."""
         from ftlab.quant.spec import QuantizationSpec
 
         return QuantizationSpec(self.name, bits=self.caps.default_bits if self.tag_words else None)
+
+    def complete(self, spec: "QuantizationSpec") -> None:
+        """Fills method-specific fields into a requested spec (in place), before the generic defaults."""
 
     @abstractmethod
     def quantize(self, job: QuantJob) -> None:
@@ -172,6 +176,7 @@ def complete_spec(spec: "QuantizationSpec", model_config: dict | None = None) ->
     engine = get_engine(spec.method)
     c = engine.caps
     out = QuantizationSpec.from_dict(spec.to_dict())
+    engine.complete(out)
     if out.bits is None:
         out.bits = c.default_bits
     if out.group_size is None and c.group_sizes:

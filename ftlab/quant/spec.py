@@ -125,14 +125,15 @@ def tag_quant(spec: QuantizationSpec) -> str:
 _PART = re.compile(r"^(?:w(?P<w>\d+)|g(?P<g>-?\d+)|a(?P<a>\d+)|kv(?P<kv>[a-z0-9]+)|head(?P<head>[a-z0-9]+))$")
 
 
-def _tag_heads() -> list[tuple[tuple[str, ...], QuantizationSpec]]:
-    """(tag head parts, the spec they stand for), training methods first, then engines as registered."""
+def _tag_forms() -> list[tuple[tuple[str, ...], object]]:
+    """(tag head words, the definition that reads them): training methods, then engines as registered."""
     from ftlab.quant.registry import ENGINES, method_names
 
     method_names()  # registers the engines
-    heads = [((m,), QuantizationSpec(m)) for m in TRAINING_METHODS if m != "NoQuant"]
-    heads += [(engine.tag_head, engine.spec_from_tag_head()) for _, engine in ENGINES.items()]
-    return heads
+    forms: list[tuple[tuple[str, ...], object]] = [(("QLORA",), None)]
+    for _, engine in ENGINES.items():
+        forms += [(form, engine) for form in engine.tag_forms()]
+    return forms
 
 
 def parse_quant_tag(tag: str) -> QuantizationSpec:
@@ -140,18 +141,17 @@ def parse_quant_tag(tag: str) -> QuantizationSpec:
     parts = tag.split("_")
     if parts == ["NoQuant"]:
         return QuantizationSpec()
-    heads = _tag_heads()
-    longest_first = sorted(heads, key=lambda h: -len(h[0]))
-    match = next(((head, spec) for head, spec in longest_first if tuple(parts[:len(head)]) == head), None)
-    if match is None:
-        if parts[0] in {h[0] for h, _ in heads}:
-            valid = " or ".join("_".join(h[1:]) for h, _ in heads if h[0] == parts[0] and len(h) > 1)
+    forms = _tag_forms()
+    matching = [(head, d) for head, d in forms if tuple(parts[:len(head)]) == head]
+    if not matching:
+        if parts[0] in {h[0] for h, _ in forms}:
+            valid = " or ".join("_".join(h[1:]) for h, _ in forms if h[0] == parts[0] and len(h) > 1)
             raise FtlabError(f"bad quant tag {tag!r}: {parts[0]} must be followed by {valid}")
-        firsts = list(dict.fromkeys(h[0] for h, _ in heads))
+        firsts = list(dict.fromkeys(h[0] for h, _ in forms))
         raise FtlabError(f"bad quant tag {tag!r}: starts with {parts[0]!r}, expected one of NoQuant, "
                          + ", ".join(firsts))
-    head, spec = match
-    spec = QuantizationSpec.from_dict(spec.to_dict())
+    head, definition = max(matching, key=lambda m: len(m[0]))
+    spec = QuantizationSpec(head[0]) if definition is None else definition.spec_for_tag(head)
     for p in parts[len(head):]:
         mt = _PART.match(p)
         if not mt:
