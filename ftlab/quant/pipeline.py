@@ -25,7 +25,7 @@ from ftlab.quant.spec import QuantizationSpec
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 # Files a source folder may hold that describe the source, not the quantized model.
 _NOT_COPIED = {"training_metadata.json", "README.md", "resolved_config.yaml", "log_history.json"}
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+COMPILE_NOTE = "about 1-2 minutes on 2 CPU cores"
+
 # Decoder families gptqmodel ships definitions for that ftlab's loaders also handle.
 GPTQMODEL_ARCHITECTURES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
                            "gemma3_text", "phi3", "granite", "olmo2", "starcoder2", "cohere")
@@ -96,7 +98,37 @@ class _GptqModelEngine(QuantEngine):
         # gptqmodel's auto choice on CPU (avx512 kernels) has none.
         backend = BACKEND.TORCH if device == "cpu" else BACKEND.AUTO
         wrapped = GPTQModel.load(str(folder), device=device, backend=backend, dtype=torch_dtype(dtype))
+        if device == "cpu":
+            announce_first_compile(wrapped.model)
         return wrapped.model
+
+
+def _compile_marker() -> Path:
+    import torch
+
+    from ftlab.paths import cache_dir
+
+    version = getattr(import_gptqmodel(), "__version__", "unknown")
+    return cache_dir() / "compiled" / f"gptqmodel-{version}-torch-{torch.__version__}.done"
+
+
+def announce_first_compile(model) -> None:
+    """gptqmodel's CPU torch kernels compile their dequantization with torch.compile at the first
+    forward (measured: COMPILE_NOTE); later processes reuse inductor's cache. Says so once per
+    machine: the marker is written after the first forward has finished compiling."""
+    marker = _compile_marker()
+    if marker.exists():
+        return
+    log.info("first GPTQ/AWQ model on this machine: the first forward compiles gptqmodel's CPU kernels "
+             "(torch.compile, %s); later loads reuse the cache", COMPILE_NOTE)
+
+    def done(module, args, output):
+        from ftlab.io import atomic_write_text
+
+        atomic_write_text(marker, "compiled\n")
+        handle.remove()
+
+    handle = model.register_forward_hook(done)
 
 
 def linear_in_features(config: dict) -> dict[str, int]:
