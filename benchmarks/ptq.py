@@ -11,7 +11,7 @@ bootstrap interval, McNemar on lost/gained answers).
 
     OMP_NUM_THREADS=1 uv run python benchmarks/ptq.py --out benchmarks/ptq_results.json
 
-A method may carry bits after a colon (`GGUF:4` = GGUF q4_0, `HQQ:8`).
+A method may carry bits or a setting after a colon (`HQQ:8`, `GGUF:q4_1`, `HQQ:axis=0`).
 
 Everything is written to a temporary workspace unless --workdir is given.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-METHODS = ("GPTQ", "AWQ", "HQQ", "BNB_NF4", "BNB_INT8", "GGUF:8", "GGUF:4")
+METHODS = ("GPTQ", "AWQ", "HQQ", "BNB_NF4", "BNB_INT8", "GGUF:q8_0", "GGUF:q4_0", "GGUF:q4_1")
 
 
 def child_eval(args) -> int:
@@ -181,8 +181,10 @@ def main(argv=None) -> int:
                "--method", method, "--calib-dataset", args.calib_dataset, "--calib-samples", str(args.calib_samples),
                "--fidelity-samples", str(args.fidelity_samples), "--data-dir", args.data_dir, "--threads",
                str(args.threads), "--overwrite"]
-        if bits:
+        if bits.isdigit():
             cmd += ["--bits", bits]
+        elif bits:  # a GGUF type (GGUF:q4_1) or another method setting
+            cmd += ["--option", f"gguf_type={bits}" if method == "GGUF" else bits]
         if method in group_sizes:
             cmd += ["--group-size", group_sizes[method]]
         method = entry

@@ -35,6 +35,9 @@ VARIANTS = {
     "w4 g64 axis0": (4, 64, 0, True, True),
     "w4 g32 axis1": (4, 32, 1, True, True),
     "w8 g64 axis1": (8, 64, 1, True, False),
+    "w4 g64 axis1 RTN round_zero off": (4, 64, 1, False, False),
+    "w4 g32 axis1 RTN round_zero off": (4, 32, 1, False, False),
+    "w4 g64 axis0 round_zero off": (4, 64, 0, True, False),
 }
 
 

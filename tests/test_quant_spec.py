@@ -148,3 +148,16 @@ def test_quantization_utils_reexports():
     assert qu.tag_quant is tag_quant and qu.parse_quant_tag is parse_quant_tag
     assert qu.QuantizationSpec is QuantizationSpec and qu.QuantMethod is QuantMethod
     assert callable(qu.load_quantized) and "HQQ" in qu.ENGINES
+
+
+def test_engine_options_are_declared_typed_and_recorded():
+    spec = complete_spec(QuantizationSpec("HQQ", extra={"axis": "0", "optimize": "false"}))
+    assert spec.extra["axis"] == 0 and spec.extra["optimize"] is False
+    assert spec.extra["round_zero"] is get_engine("HQQ").options["round_zero"].default  # defaults recorded too
+    assert spec.tag == "HQQ_w4_g64"  # options live in the spec (metadata), not in the folder name
+    with pytest.raises(FtlabError, match="HQQ has no option axes; its options: axis, optimize, round_zero"):
+        complete_spec(QuantizationSpec("HQQ", extra={"axes": 0}))
+    with pytest.raises(FtlabError, match=r"HQQ option axis=2 is not one of \[0, 1\]"):
+        complete_spec(QuantizationSpec("HQQ", extra={"axis": "2"}))
+    with pytest.raises(FtlabError, match="GPTQ has no option axis; its options: none"):
+        complete_spec(QuantizationSpec("GPTQ", extra={"axis": 0}))

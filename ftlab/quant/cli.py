@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="task name or data file used for calibration (train split) and, by default, for the "
                              "fidelity measurement (test split)")
     parser.add_argument("--calib-samples", type=int, default=128, help="calibration texts (GPTQ, AWQ)")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a method-specific setting, e.g. HQQ axis=0 (repeatable; --list-methods shows each "
+                             "method's options and defaults)")
     add_output_arguments(parser)
     parser.add_argument("--list-methods", action="store_true", help="print what each method supports and exit")
 
@@ -71,7 +74,7 @@ def build_request(args: argparse.Namespace, spec=None):
         engine = get_engine(args.method)
         lm_head = args.lm_head.lower() if args.lm_head else None
         spec = QuantizationSpec(method=engine.method, bits=args.bits, group_size=args.group_size,
-                                lm_head_dtype=lm_head, compute_dtype=lm_head)
+                                lm_head_dtype=lm_head, compute_dtype=lm_head, extra=_options(args.option))
     calib_samples, calib_dataset = getattr(args, "calib_samples", None), getattr(args, "calib_dataset", "openmath")
     for flag, value in (("--calib-samples", calib_samples), ("--fidelity-samples", args.fidelity_samples),
                         ("--max-length", args.max_length)):
@@ -83,6 +86,16 @@ def build_request(args: argparse.Namespace, spec=None):
         output=Path(args.output) if args.output else None, overwrite=args.overwrite,
         source_dir=Path(args.data_dir) if args.data_dir else None, measure_fidelity=not args.no_fidelity,
     )
+
+
+def _options(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise FtlabError(f"--option {item!r} must look like NAME=VALUE (e.g. axis=0)")
+        out[name.strip()] = value.strip()
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -68,6 +68,30 @@ class Capabilities:
     dtype_hint: str = ""  # why some dtypes are missing, shown in the error
 
 
+@dataclass(frozen=True)
+class EngineOption:
+    """A method-specific setting (`--option name=value`), stored in `QuantizationSpec.extra`."""
+
+    default: Any
+    choices: tuple = ()  # allowed values (empty: any value of the default's type)
+    doc: str = ""
+
+    def parse(self, name: str, value: Any, method: str) -> Any:
+        kind = type(self.default)
+        if isinstance(value, str) and kind is not str:
+            text = value.strip().lower()
+            try:
+                value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text] \
+                    if kind is bool else kind(text)
+            except (KeyError, ValueError):
+                raise FtlabError(f"{method} option {name}={value!r} is not a {kind.__name__}") from None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise FtlabError(f"{method} option {name}={value!r} is not a {kind.__name__}")
+        if self.choices and value not in self.choices:
+            raise FtlabError(f"{method} option {name}={value!r} is not one of {list(self.choices)}")
+        return value
+
+
 @dataclass
 class QuantJob:
     """Everything an engine needs to quantize one model folder."""
@@ -88,6 +112,7 @@ class QuantEngine(ABC):
     backend: str  # recorded in the spec, e.g. gptqmodel:torch
     tag_words: tuple[str, ...] = ()  # a tag head of its own (BNB_nf4) instead of <name>_w<bits>_g<group>
     bundles_tokenizer = False  # the weights file carries the tokenizer (GGUF): no tokenizer files beside it
+    options: dict[str, EngineOption] = {}  # method-specific settings, defaults chosen by measurement
 
     @property
     def method(self) -> "QuantMethod":
@@ -112,7 +137,19 @@ class QuantEngine(ABC):
         return QuantizationSpec(self.name, bits=self.caps.default_bits if self.tag_words else None)
 
     def complete(self, spec: "QuantizationSpec") -> None:
-        """Fills method-specific fields into a requested spec (in place), before the generic defaults."""
+        """Fills method-specific fields into a requested spec (in place), before the generic defaults:
+        each declared option's value (given or default) lands in `spec.extra`."""
+        extra = dict(spec.extra or {})
+        unknown = sorted(k for k in extra if k not in self.options and k not in self.recorded_extra)
+        if unknown:
+            valid = ", ".join(self.options) or "none"
+            raise FtlabError(f"{self.name} has no option {', '.join(unknown)}; its options: {valid}")
+        for name, option in self.options.items():
+            extra[name] = option.parse(name, extra.get(name, option.default), self.name)
+        spec.extra = extra
+
+    # extra keys an engine records itself (not settable), e.g. GGUF's tensor types
+    recorded_extra: tuple[str, ...] = ()
 
     @abstractmethod
     def quantize(self, job: QuantJob) -> None:
@@ -133,6 +170,7 @@ class QuantEngine(ABC):
     def describe(self) -> dict:
         c = self.caps
         return {"method": self.name, "backend": self.backend, "bits": list(c.bits),
+                "options": {k: {"default": o.default, "choices": list(o.choices), "doc": o.doc} for k, o in self.options.items()},
                 "group_sizes": list(c.group_sizes), "architectures": list(c.architectures) if c.architectures else "any",
                 "devices": list(c.devices), "dtypes": list(c.dtypes), "needs_calibration": c.needs_calibration}
 

@@ -307,6 +307,7 @@ class GgufEngine(QuantEngine):
     caps = Capabilities(bits=(2, 3, 4, 5, 6, 8, 16), default_bits=8, architectures=ARCHITECTURES, dtypes=("fp32",),
                         default_dtype="fp32", dtype_hint="transformers de-quantizes GGUF weights to fp32")
     bundles_tokenizer = True
+    recorded_extra = ("gguf_type", "tensor_types", "pre_tokenizer")
 
     def tag_forms(self) -> list[tuple[str, ...]]:
         return [("GGUF", *t.split("_")) for t in TYPES]
@@ -321,6 +322,7 @@ class GgufEngine(QuantEngine):
         return QuantizationSpec(self.name, bits=t.bits, extra={"gguf_type": t.name})
 
     def complete(self, spec: "QuantizationSpec") -> None:
+        super().complete(spec)
         name = (spec.extra or {}).get("gguf_type") or DEFAULT_BY_BITS.get(spec.bits or self.caps.default_bits)
         if name not in TYPES:
             raise FtlabError(f"GGUF type {name!r} is not one of {', '.join(TYPES)}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftlab.errors import FtlabError
-from ftlab.quant.registry import Capabilities, QuantEngine, QuantJob, register_engine, torch_dtype
+from ftlab.quant.registry import Capabilities, EngineOption, QuantEngine, QuantJob, register_engine, torch_dtype
 
 if TYPE_CHECKING:
     from ftlab.quant.spec import QuantizationSpec
@@ -160,6 +160,14 @@ class HqqEngine(QuantEngine):
     backend = "hqq:pytorch"
     caps = Capabilities(bits=(1, 2, 3, 4, 8), default_bits=4, group_sizes=(32, 64, 128, 256), default_group_size=64,
                         dtypes=("bf16", "fp16", "fp32"), default_dtype="fp32")
+    # hqq's BaseQuantizeConfig defaults are axis=1, optimize=True and round_zero=True at 4 bits;
+    # OPTIONS_NOTE says which ftlab keeps and why (benchmarks/ptq.md, "HQQ settings").
+    options = {
+        "axis": EngineOption(1, (0, 1), "grouping axis: 1 = along each output row's inputs (fused kernels), 0 = hqq's "
+                                       "higher-quality layout (pytorch backend only)"),
+        "optimize": EngineOption(True, (), "run HQQ's half-quadratic solver on scale/zero (False: plain min-max rounding)"),
+        "round_zero": EngineOption(True, (), "round zero-points to integers (hqq's default at 4 bits)"),
+    }
 
     def quantize(self, job: QuantJob) -> None:
         from hqq.core.quantize import BaseQuantizeConfig
@@ -168,7 +176,10 @@ class HqqEngine(QuantEngine):
 
         dtype = torch_dtype(job.spec.compute_dtype)
         model = AutoModelForCausalLM.from_pretrained(job.source_dir, dtype=dtype, use_safetensors=True)
-        qcfg = BaseQuantizeConfig(nbits=job.spec.bits, group_size=job.spec.group_size)
+        opts = job.spec.extra
+        qcfg = BaseQuantizeConfig(nbits=job.spec.bits, group_size=job.spec.group_size, axis=opts["axis"])
+        qcfg["weight_quant_params"]["optimize"] = opts["optimize"]
+        qcfg["weight_quant_params"]["round_zero"] = opts["round_zero"]
         AutoHQQHFModel.quantize_model(model, quant_config=qcfg, compute_dtype=dtype, device=job.device)
         save_hqq(model, job.out_dir)
         if model.generation_config is not None:
