@@ -81,7 +81,7 @@ def _batches(enc: Encoded, batch_size: int):
 
 
 def _forward(model, enc: Encoded, rows: range, pad_id: int):
-    """Log-softmax (fp32) of a right-padded batch: [rows, T, V]."""
+    """Logits of a right-padded batch, [rows, T, V] in the model's dtype."""
     import torch
 
     device = next(model.parameters()).device
@@ -92,8 +92,7 @@ def _forward(model, enc: Encoded, rows: range, pad_id: int):
         ids[j, :len(enc.ids[r])] = torch.tensor(enc.ids[r])
         mask[j, :len(enc.ids[r])] = 1
     with torch.inference_mode():
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    return torch.log_softmax(logits.float(), dim=-1).cpu()
+        return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
 
 
 @dataclass
@@ -112,17 +111,18 @@ def run_pass(model, enc: Encoded, *, pad_id: int, batch_size: int = 4) -> Pass:
     model.eval()
     logprobs, targets, text_nll, text_tokens = [], [], 0.0, 0
     for rows in _batches(enc, batch_size):
-        lp = _forward(model, enc, rows, pad_id)
+        logits = _forward(model, enc, rows, pad_id)
         for j, r in enumerate(rows):
             ids = torch.tensor(enc.ids[r])
-            # Position t predicts token t + 1.
-            nll = -lp[j, :len(ids) - 1].gather(1, ids[1:, None]).squeeze(1)
+            # Row by row in fp32, so memory stays one text's [T, V]. Position t predicts token t + 1.
+            lp = torch.log_softmax(logits[j, :len(ids) - 1].float().cpu(), dim=-1)
+            nll = -lp.gather(1, ids[1:, None]).squeeze(1)
             text_nll += float(nll.double().sum())
             text_tokens += len(ids) - 1
             s = enc.answer_start[r]
-            logprobs.append(lp[j, s - 1:len(ids) - 1].clone())
+            logprobs.append(lp[s - 1:].clone())
             targets.append(ids[s:])
-        del lp
+        del logits
     return Pass(logprobs, targets, text_nll, text_tokens)
 
 

@@ -165,8 +165,8 @@ class HqqEngine(QuantEngine):
     options = {
         "axis": EngineOption(1, (0, 1), "grouping axis: 1 = along each output row's inputs (fused kernels), 0 = hqq's "
                                        "higher-quality layout (pytorch backend only)"),
-        "optimize": EngineOption(True, (), "run HQQ's half-quadratic solver on scale/zero (False: plain min-max rounding)"),
-        "round_zero": EngineOption(True, (), "round zero-points to integers (hqq's default at 4 bits)"),
+        "optimize": EngineOption(False, (), "run HQQ's half-quadratic solver on scale/zero (False: plain min-max rounding)"),
+        "round_zero": EngineOption(False, (), "round zero-points to integers (hqq's default at 4 bits)"),
     }
 
     def quantize(self, job: QuantJob) -> None:
