@@ -273,7 +273,9 @@ def test_cli_unsupported_architecture_before_loading(tmp_path, capsys):
 def test_list_methods(tmp_path, capsys):
     assert _cli(tmp_path, "--list-methods") == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {d["method"] for d in lines} == {"GPTQ", "AWQ", "HQQ", "BNB_NF4", "BNB_INT8"}
+    assert [d["method"] for d in lines] == ["GPTQ", "AWQ", "HQQ", "BNB_NF4", "BNB_INT8", "GGUF"]
+    hqq = next(d for d in lines if d["method"] == "HQQ")
+    assert hqq["options"]["optimize"]["default"] is False and hqq["options"]["axis"]["choices"] == [0, 1]
 
 
 def test_gptqmodel_import_keeps_hf_home():
@@ -326,6 +328,7 @@ def test_awq_group_size_must_divide_layer_widths(tmp_path, capsys):
     src = tmp_path / "smol-shaped"
     src.mkdir()
     (src / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536}))
-    assert _cli(tmp_path, "--model", str(src), "--method", "AWQ", "--calib-dataset", "synthetic-arith") == 2
+    assert _cli(tmp_path, "--model", str(src), "--method", "AWQ", "--group-size", "128",
+                "--calib-dataset", "synthetic-arith") == 2
     err = capsys.readouterr().err
     assert "AWQ group_size=128 must divide" in err and "hidden_size=576" in err and "--group-size 32 or 64" in err
