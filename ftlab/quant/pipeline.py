@@ -284,7 +284,8 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
 
         with staging_dir(final, overwrite=request.overwrite) as stage:
             job = QuantJob(source_dir=src_dir, out_dir=stage, spec=spec, tokenizer=tok,
-                           calib_texts=calib.texts if calib else [], device=device, max_length=request.max_length)
+                           calib_texts=calib.texts if calib else [], device=device, max_length=request.max_length,
+                           name=final.name)
             log.info("quantizing %s with %s -> %s", source.name, spec.tag, final)
             with PeakMemory() as peak:
                 t0 = time.perf_counter()

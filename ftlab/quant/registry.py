@@ -104,6 +104,7 @@ class QuantJob:
     device: str = "cpu"
     max_length: int = 512
     calib_batch_size: int = 8
+    name: str = ""  # the output's final folder name (out_dir is its staging folder)
 
 
 class QuantEngine(ABC):

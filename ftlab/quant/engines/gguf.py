@@ -157,15 +157,18 @@ def added_is_special(tokenizer, tok: str) -> bool:
     return False
 
 
-def _pre_tokenizer(tokenizer) -> str:
-    """llama.cpp identifies a BPE pre-tokenizer by name; reuse the name of a built-in GGUF whose
-    vocabulary this tokenizer has (ftlab's fine-tunes of them), else llama.cpp's "default"."""
+def _pre_tokenizer(tokenizer, run_name: str) -> str:
+    """llama.cpp identifies a BPE pre-tokenizer by name; reuse the name in the built-in GGUF this
+    model was fine-tuned from (its run name starts with the built-in's base name, and the
+    vocabularies match), else llama.cpp's "default"."""
     from gguf import GGUFReader
 
     from ftlab.models.sources import BUILTIN_MODELS
 
     vocab = tokenizer.get_vocab()
     for name, builtin in BUILTIN_MODELS.items():
+        if not run_name.startswith(builtin.base_name):
+            continue
         try:
             reader = GGUFReader(str(builtin.locate()))
         except Exception:  # an uninstalled built-in is simply not a candidate
@@ -202,7 +205,7 @@ def _write_header(writer, config, tokenizer, source_dir: Path, gguf_mod, gtype: 
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(getattr(gguf_mod.LlamaFileType, "MOSTLY_" + gtype.ggml))
     writer.add_tokenizer_model("gpt2")
-    pre = _pre_tokenizer(tokenizer)
+    pre = _pre_tokenizer(tokenizer, name)
     writer.add_tokenizer_pre(pre)
     tokens, types = _token_types(tokenizer, config.vocab_size, gguf_mod)
     writer.add_token_list(tokens)
@@ -342,7 +345,7 @@ class GgufEngine(QuantEngine):
 
     def quantize(self, job: QuantJob) -> None:
         t = gguf_type(job.spec)
-        info = export_gguf(job.source_dir, job.out_dir / GGUF_FILE, job.tokenizer, t, job.out_dir.name)
+        info = export_gguf(job.source_dir, job.out_dir / GGUF_FILE, job.tokenizer, t, job.name or job.source_dir.name)
         job.spec.extra = {**job.spec.extra, **info}
         from ftlab.io import atomic_write_text
 
