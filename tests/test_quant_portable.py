@@ -82,7 +82,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("method", ["GPTQ", "AWQ"])
-def test_gptq_awq_reload_with_plain_transformers(method, tiny):
+def test_gptq_awq_reload_with_plain_transformers(method, tiny, caplog, monkeypatch):
     """The folder alone is enough: transformers' own loader (via its gptqmodel integration) gives the
     same logits on CPU as ftlab's loader."""
     import torch
@@ -95,7 +95,16 @@ def test_gptq_awq_reload_with_plain_transformers(method, tiny):
     names = {type(m).__name__ for m in plain.modules()}
     assert any("Awq" in n or "Quant" in n or "Linear" in n and n != "Linear" for n in names), names
     spec = QuantizationSpec.from_dict(json.loads((folder / "training_metadata.json").read_text())["quantization"])
-    ours = load_quantized(folder, spec)
+    import logging
+
+    from ftlab.quant.engines import gptq
+
+    monkeypatch.setattr(gptq, "_ANNOUNCED", False)
+    with caplog.at_level(logging.INFO, logger="ftlab.quant.engines.gptq"):
+        ours = load_quantized(folder, spec)
+        load_quantized(folder, spec)
+    # The torch.compile pause is explained, once per process.
+    assert sum("torch.compile" in r.getMessage() for r in caplog.records) == 1
     ids = torch.tensor([[1, 5, 9, 12, 7, 3, 20, 40, 11, 2]])
     with torch.inference_mode():
         a, b = plain(ids).logits.float(), ours(ids).logits.float()

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COMPILE_NOTE = "about 1-2 minutes on 2 CPU cores"
+# Measured on SmolLM2-135M GPTQ, 2 idle threads (benchmarks/ptq.md): 32 s with an empty inductor
+# cache, 18 s with it filled; 81 s on a loaded machine.
+COMPILE_NOTE = "about 20-30 s on 2 idle cores, longer on a busy machine"
 
 # Decoder families gptqmodel ships definitions for that ftlab's loaders also handle.
 GPTQMODEL_ARCHITECTURES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
@@ -103,32 +105,18 @@ class _GptqModelEngine(QuantEngine):
         return wrapped.model
 
 
-def _compile_marker() -> Path:
-    import torch
-
-    from ftlab.paths import cache_dir
-
-    version = getattr(import_gptqmodel(), "__version__", "unknown")
-    return cache_dir() / "compiled" / f"gptqmodel-{version}-torch-{torch.__version__}.done"
+_ANNOUNCED = False
 
 
 def announce_first_compile(model) -> None:
-    """gptqmodel's CPU torch kernels compile their dequantization with torch.compile at the first
-    forward (measured: COMPILE_NOTE); later processes reuse inductor's cache. Says so once per
-    machine: the marker is written after the first forward has finished compiling."""
-    marker = _compile_marker()
-    if marker.exists():
-        return
-    log.info("first GPTQ/AWQ model on this machine: the first forward compiles gptqmodel's CPU kernels "
-             "(torch.compile, %s); later loads reuse the cache", COMPILE_NOTE)
-
-    def done(module, args, output):
-        from ftlab.io import atomic_write_text
-
-        atomic_write_text(marker, "compiled\n")
-        handle.remove()
-
-    handle = model.register_forward_hook(done)
+    """gptqmodel's CPU torch kernel compiles its de-quantization with torch.compile during the first
+    forwards of every process (COMPILE_NOTE); without a word that looks like a hang. Said once per
+    process, when the first GPTQ/AWQ folder is loaded on CPU."""
+    global _ANNOUNCED
+    if not _ANNOUNCED:
+        _ANNOUNCED = True
+        log.info("GPTQ/AWQ on CPU: the first forwards compile gptqmodel's de-quantization kernel with torch.compile "
+                 "(%s); later forwards are not slowed", COMPILE_NOTE)
 
 
 def linear_in_features(config: dict) -> dict[str, int]:
