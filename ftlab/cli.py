@@ -15,6 +15,7 @@ from ftlab.errors import FtlabError
 COMMANDS: dict[str, str] = {
     "train": "ftlab.train.cli",
     "quantize": "ftlab.quant.cli",
+    "export": "ftlab.quant.export_cli",
     "evaluate": "ftlab.eval.cli_evaluate",
     "orchestrate": "ftlab.orchestrate.cli",
     "compare": "ftlab.compare.cli",
@@ -30,6 +31,7 @@ COMMANDS: dict[str, str] = {
 SUMMARY: dict[str, str] = {
     "train": "fine-tune (SFT: NoPeft, LoRA, rsLoRA, DoRA, VeRA, QLoRA) or pre-train a scratch model",
     "quantize": "post-training quantization (GPTQ, AWQ, HQQ, bitsandbytes) of a model folder",
+    "export": "export a model folder as GGUF (llama.cpp, Ollama) with tokenizer, chat template and Modelfile",
     "evaluate": "boxed-answer evaluation of one model into Testing/metrics/<model>.json",
     "orchestrate": "evaluate every untested or stale model under Models/ (crash-safe sweep)",
     "compare": "comparison tables, CSV, significance tests and plots from Testing/metrics",

@@ -141,12 +141,28 @@ def dir_size_bytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+def normalize_modes(folder: str | os.PathLike) -> None:
+    """Gives every file and folder under `folder` the mode a plain open()/mkdir() would (0644/0755
+    under umask 022). safetensors >= 0.8 writes through a temp file created 0600 and renames it
+    into place (safetensors/safetensors#782), so `model.safetensors` came out unreadable to other
+    users while the rest of the folder was not."""
+    file_mode, dir_mode = 0o666 & ~_UMASK, 0o777 & ~_UMASK
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), dir_mode)
+        for f in files:
+            path = os.path.join(root, f)
+            if not os.path.islink(path):
+                os.chmod(path, file_mode)
+    os.chmod(folder, dir_mode)
+
+
 @contextlib.contextmanager
 def staging_dir(final_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Builds a folder under a temporary name and renames it into place only when complete.
 
     A crash or error leaves no folder that looks finished; stale staging folders are named
-    `.staging-*` so discovery code ignores them.
+    `.staging-*` so discovery code ignores them. At publish every file gets normal permissions.
     """
     final_dir = Path(final_dir)
     if final_dir.exists() and not overwrite:
@@ -161,6 +177,7 @@ def staging_dir(final_dir: str | os.PathLike, overwrite: bool = False) -> Iterat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    normalize_modes(tmp)
     if final_dir.exists():
         old = final_dir.parent / f".replaced-{final_dir.name}-{uuid.uuid4().hex[:8]}"
         os.replace(final_dir, old)

@@ -16,7 +16,7 @@ def test_demo_quick_end_to_end_and_rerun_reuses(tmp_path):
     models = sorted(p.name for p in (tmp_path / "Models").iterdir() if not p.name.startswith("."))
     assert models == [
         "SmolLM2-135M-Instruct-base",
-        "SmolLM2-135M-Instruct-synthetic-arith_SFT_LoRa16_HQQ_w4_g64",
+        "SmolLM2-135M-Instruct-synthetic-arith_SFT_LoRa16_GPTQ_w4_g64",
         "SmolLM2-135M-Instruct-synthetic-arith_SFT_LoRa16_NoQuant",
     ]
     metrics = tmp_path / "Testing" / "metrics"

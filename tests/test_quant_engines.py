@@ -66,7 +66,7 @@ def ws(tmp_path_factory) -> Workspace:
 
 def _request(method: str, ws: Workspace, **kw) -> QuantRequest:
     base = dict(model=str(ws.models_dir / SOURCE), spec=QuantizationSpec(method), calib_dataset="synthetic-arith",
-                calib_samples=8, ppl_samples=4, max_length=96)
+                calib_samples=8, fidelity_samples=4, max_length=96)
     base.update(kw)
     return QuantRequest(**base)
 
@@ -95,6 +95,9 @@ def test_method_quantize_reload_generate(method, ws):
     assert not [p for p in ws.models_dir.iterdir() if p.name.startswith(".staging")]
     for f in ("config.json", "tokenizer_config.json", "chat_template.jinja", "training_metadata.json", "README.md"):
         assert (folder / f).is_file(), f
+    # Shared like every other result: safetensors alone would leave its weights file 0600.
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert all(m & 0o444 == 0o444 for m in modes.values()), modes
     meta = load_training_metadata(folder)
     spec = QuantizationSpec.from_dict(meta["quantization"])
     assert spec.tag == tag and parse_quant_tag(tag).method is spec.method
@@ -103,10 +106,13 @@ def test_method_quantize_reload_generate(method, ws):
     assert ptq["quantization_time_s"] > 0 and ptq["peak_memory"]["peak_rss_mb"] > 0
     size = ptq["size_on_disk_bytes"]
     assert size["weights_before"] > 0 and size["weights_after"] > 0
-    ppl = ptq["perplexity"]
-    assert ppl["before"] > 1 and ppl["after"] > 1 and ppl["samples"] == 4
-    # An untrained model's perplexity is near its vocabulary size; quantization must not wreck it.
-    assert abs(ppl["after"] - ppl["before"]) / ppl["before"] < 0.5
+    fid = ptq["fidelity"]
+    assert fid["samples"] == 4 and fid["tokens"] > 4 and fid["answer_perplexity_before"] > 1
+    # An untrained model's distributions are near uniform; quantization must not wreck them.
+    assert 0 <= fid["kl_mean"] < 0.05 and fid["top1_agreement"] > 0.5
+    assert abs(fid["whole_text_perplexity_after"] / fid["whole_text_perplexity_before"] - 1) < 0.5
+    # GPTQ/AWQ compute in bf16: the cast's own share is measured separately.
+    assert (ptq["fidelity_of_cast"] is not None) == (spec.compute_dtype != "fp32")
     if method in ("GPTQ", "AWQ"):
         assert ptq["calibration"]["samples"] == 8 and spec.calib_hash == ptq["calibration"]["hash"]
         assert spec.calib_dataset == "synthetic-arith"
@@ -133,7 +139,7 @@ def test_reloaded_gptq_accepts_lora(ws):
 
     folder = ws.models_dir / f"{SOURCE}_GPTQ_w4_g64"
     if not folder.exists():
-        quantize(_request("GPTQ", ws, spec=QuantizationSpec("GPTQ", bits=4, group_size=64), measure_perplexity=False), ws)
+        quantize(_request("GPTQ", ws, spec=QuantizationSpec("GPTQ", bits=4, group_size=64), measure_fidelity=False), ws)
     spec = QuantizationSpec.from_dict(json.loads((folder / "training_metadata.json").read_text())["quantization"])
     model = load_quantized(folder, spec)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -160,7 +166,7 @@ def test_adapter_folder_is_merged_first(ws, tmp_path):
     cfg["base_model_name_or_path"] = str(base)
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
 
-    folder = quantize(_request("HQQ", ws, model=str(adapter), measure_perplexity=False), ws)
+    folder = quantize(_request("HQQ", ws, model=str(adapter), measure_fidelity=False), ws)
     assert folder.name == "tiny-synthetic-arith_SFT_LoRa4_HQQ_w4_g64"
     meta = load_training_metadata(folder)
     assert meta["merged"] is True and meta["adapter_only"] is False and meta["source"]["adapter_merged"]
@@ -178,7 +184,7 @@ def test_history_keeps_source_metadata_and_requantizing_is_refused(ws, tmp_path)
                                   "quantization": QuantizationSpec().to_dict(), "history": [],
                                   "results": {"train_loss": 1.5}, "merged": False})
     local_ws = Workspace(tmp_path)
-    out = quantize(_request("BNB_NF4", local_ws, model=str(src), measure_perplexity=False), local_ws)
+    out = quantize(_request("BNB_NF4", local_ws, model=str(src), measure_fidelity=False), local_ws)
     meta = load_training_metadata(out)
     assert out.name == "tiny-synthetic-arith_SFT_NoPeft_BNB_nf4"
     assert meta["method"] == "SFT" and meta["dataset"]["name"] == "synthetic-arith"
@@ -197,7 +203,7 @@ def test_failed_quantization_leaves_nothing(ws, monkeypatch):
         raise RuntimeError("simulated crash mid-quantization")
 
     monkeypatch.setattr(engine, "quantize", boom)
-    req = _request("HQQ", ws, spec=QuantizationSpec("HQQ", bits=2, group_size=32), measure_perplexity=False)
+    req = _request("HQQ", ws, spec=QuantizationSpec("HQQ", bits=2, group_size=32), measure_fidelity=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
         quantize(req, ws)
     assert not (ws.models_dir / f"{SOURCE}_HQQ_w2_g32").exists()
@@ -215,7 +221,7 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("FTLAB_HOME", str(tmp_path))
     build_tiny_model(tmp_path / "Models" / SOURCE)
-    common = ["--calib-dataset", "synthetic-arith", "--ppl-samples", "4", "--max-length", "96", "--threads", "1"]
+    common = ["--calib-dataset", "synthetic-arith", "--fidelity-samples", "4", "--max-length", "96", "--threads", "1"]
     rc = _cli(tmp_path, "--model", f"Models/{SOURCE}", "--method", "hqq", "--bits", "4", "--group-size", "32",
               "--lm-head", "bf16", *common)
     assert rc == 0
@@ -231,7 +237,7 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     assert "already exists" in capsys.readouterr().err
     assert (out / "training_metadata.json").stat().st_mtime_ns == stamp
     assert _cli(tmp_path, "--model", f"Models/{SOURCE}", "--method", "HQQ", "--group-size", "32", "--lm-head", "bf16",
-                "--overwrite", "--no-perplexity", *common) == 0
+                "--overwrite", "--no-fidelity", *common) == 0
     assert (out / "training_metadata.json").stat().st_mtime_ns != stamp
 
 
@@ -267,7 +273,9 @@ def test_cli_unsupported_architecture_before_loading(tmp_path, capsys):
 def test_list_methods(tmp_path, capsys):
     assert _cli(tmp_path, "--list-methods") == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {d["method"] for d in lines} == {"GPTQ", "AWQ", "HQQ", "BNB_NF4", "BNB_INT8"}
+    assert [d["method"] for d in lines] == ["GPTQ", "AWQ", "HQQ", "BNB_NF4", "BNB_INT8", "GGUF"]
+    hqq = next(d for d in lines if d["method"] == "HQQ")
+    assert hqq["options"]["optimize"]["default"] is False and hqq["options"]["axis"]["choices"] == [0, 1]
 
 
 def test_gptqmodel_import_keeps_hf_home():
@@ -291,12 +299,14 @@ def test_smollm2_hqq_keeps_quality(tmp_path):
 
     ws = Workspace(tmp_path)
     req = QuantRequest(model="smollm2-135m-instruct", spec=QuantizationSpec("HQQ", bits=4, group_size=64),
-                       calib_dataset="synthetic-arith", ppl_samples=16, max_length=128)
+                       calib_dataset="synthetic-arith", fidelity_samples=16, max_length=128)
     folder = quantize(req, ws)
     assert folder.name == "SmolLM2-135M-Instruct-base_HQQ_w4_g64"
-    ppl = load_training_metadata(folder)["results"]["ptq"]["perplexity"]
-    assert ppl["before"] < 200, ppl  # a trained model (an untrained one scores near its 49k vocabulary)
-    assert ppl["after"] / ppl["before"] < 1.5, ppl
+    fid = load_training_metadata(folder)["results"]["ptq"]["fidelity"]
+    assert fid["whole_text_perplexity_before"] < 200, fid  # a trained model (an untrained one scores near 49k)
+    assert fid["whole_text_perplexity_after"] / fid["whole_text_perplexity_before"] < 1.5, fid
+    # Answer tokens: close to the source, far from a broken quantization (KL of several nats).
+    assert fid["kl_mean"] < 0.5 and fid["top1_agreement"] > 0.7, fid
     model, tok, _ = load_model(str(folder))
     enc = tok(tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], tokenize=False,
                                       add_generation_prompt=True), return_tensors="pt")
@@ -318,6 +328,7 @@ def test_awq_group_size_must_divide_layer_widths(tmp_path, capsys):
     src = tmp_path / "smol-shaped"
     src.mkdir()
     (src / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536}))
-    assert _cli(tmp_path, "--model", str(src), "--method", "AWQ", "--calib-dataset", "synthetic-arith") == 2
+    assert _cli(tmp_path, "--model", str(src), "--method", "AWQ", "--group-size", "128",
+                "--calib-dataset", "synthetic-arith") == 2
     err = capsys.readouterr().err
     assert "AWQ group_size=128 must divide" in err and "hidden_size=576" in err and "--group-size 32 or 64" in err

@@ -42,9 +42,9 @@ def test_json_round_trip(spec):
 
 
 def test_every_registered_method_round_trips_after_completion():
-    assert set(method_names()) == {"GPTQ", "AWQ", "HQQ", "BNB_NF4", "BNB_INT8"}
+    assert method_names() == ["GPTQ", "AWQ", "HQQ", "BNB_NF4", "BNB_INT8", "GGUF"]
     expected = {"GPTQ": "GPTQ_w4_g128", "AWQ": "AWQ_w4_g128", "HQQ": "HQQ_w4_g64", "BNB_NF4": "BNB_nf4",
-                "BNB_INT8": "BNB_int8"}
+                "BNB_INT8": "BNB_int8", "GGUF": "GGUF_q8_0"}
     for name in method_names():
         spec = complete_spec(QuantizationSpec(name))
         assert spec.tag == expected[name]
@@ -59,10 +59,31 @@ def test_head_tag_matches_brief_example():
     assert spec.compute_dtype == "bf16"
 
 
-@pytest.mark.parametrize("tag", ["GPTQ_x4", "FOO_w4", "BNB_fp4", "HQQ_w4_gX"])
+@pytest.mark.parametrize("tag", ["GPTQ_x4", "FOO_w4", "BNB_fp4", "HQQ_w4_gX", "GGUF_q9_0", "GGUF"])
 def test_bad_tags(tag):
     with pytest.raises(FtlabError, match="bad quant tag"):
         parse_quant_tag(tag)
+
+
+def test_methods_and_tags_come_from_the_engine_registry(monkeypatch):
+    """One definition per method: QuantMethod, tag parsing and the CLI's list read the registry."""
+    from ftlab.quant.cli import _methods_doc
+    from ftlab.quant.registry import ENGINES
+
+    assert [m.value for m in QuantMethod] == ["NoQuant", "QLORA", *method_names()]
+    assert _methods_doc() == ", ".join(method_names())
+    for name in method_names():
+        engine = get_engine(name)
+        for form in engine.tag_forms():
+            spec = engine.spec_for_tag(form)
+            assert parse_quant_tag("_".join(form)).to_dict() == spec.to_dict()
+    gguf = parse_quant_tag("GGUF_q4_k_m_headbf16")
+    assert (gguf.method.value, gguf.bits, gguf.extra["gguf_type"], gguf.lm_head_dtype) == ("GGUF", 4, "q4_k_m", "bf16")
+    assert tag_quant(gguf) == "GGUF_q4_k_m_headbf16"
+    # A tag head an engine no longer declares stops parsing: the tag words live only in the engine.
+    monkeypatch.setattr(type(ENGINES.get("BNB_NF4")), "tag_words", ("BNB", "nf4x"))
+    with pytest.raises(FtlabError, match="BNB must be followed by nf4x or int8"):
+        parse_quant_tag("BNB_nf4")
 
 
 def test_unknown_spec_field_is_rejected():
@@ -127,3 +148,16 @@ def test_quantization_utils_reexports():
     assert qu.tag_quant is tag_quant and qu.parse_quant_tag is parse_quant_tag
     assert qu.QuantizationSpec is QuantizationSpec and qu.QuantMethod is QuantMethod
     assert callable(qu.load_quantized) and "HQQ" in qu.ENGINES
+
+
+def test_engine_options_are_declared_typed_and_recorded():
+    spec = complete_spec(QuantizationSpec("HQQ", extra={"axis": "0", "optimize": "false"}))
+    assert spec.extra["axis"] == 0 and spec.extra["optimize"] is False
+    assert spec.extra["round_zero"] is get_engine("HQQ").options["round_zero"].default  # defaults recorded too
+    assert spec.tag == "HQQ_w4_g64"  # options live in the spec (metadata), not in the folder name
+    with pytest.raises(FtlabError, match="HQQ has no option axes; its options: axis, optimize, round_zero"):
+        complete_spec(QuantizationSpec("HQQ", extra={"axes": 0}))
+    with pytest.raises(FtlabError, match=r"HQQ option axis=2 is not one of \[0, 1\]"):
+        complete_spec(QuantizationSpec("HQQ", extra={"axis": "2"}))
+    with pytest.raises(FtlabError, match="GPTQ has no option axis; its options: none"):
+        complete_spec(QuantizationSpec("GPTQ", extra={"axis": 0}))

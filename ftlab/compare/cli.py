@@ -80,6 +80,13 @@ def run(args: argparse.Namespace) -> int:
             label = args.baseline or "each family's <base>-base"
             print(f"\ndelta vs {label}:")
             print(_render(deltas.drop(columns=[c for c in ID_COLUMNS[1:] if c in deltas.columns]), args.markdown))
+    from ftlab.compare import recovery
+
+    # Quantized models against their own sources (delta vs base is the wrong reference for them).
+    rec = recovery.recovery_table(ws, df, resamples=args.bootstrap, confidence=args.confidence, seed=args.seed)
+    if not rec.empty:
+        print(f"\n{recovery.HEADER}")
+        print(recovery.render(rec, args.confidence, args.markdown))
     if args.csv:
         atomic_write_text(args.csv, with_deltas.to_csv(index=False))
         print(f"\nwrote {args.csv}")
@@ -89,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from ftlab.compare.plots import write_plots
 
-        for path in write_plots(df, args.plot):
+        written = write_plots(df, args.plot)
+        rec_png = recovery.plot_recovery(rec, Path(args.plot) / "recovery.png")
+        for path in written + ([rec_png] if rec_png else []):
             print(f"wrote {path}")
     return 0

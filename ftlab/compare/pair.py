@@ -105,7 +105,8 @@ def compare_pair(source: Workspace | str | os.PathLike, model_a: str, model_b: s
         rows.append({
             "task": task, "n": mc.n, "score": "accuracy" if score == "correct" else score,
             "a": bs.mean_a, "b": bs.mean_b, "diff": bs.diff, "ci_low": bs.ci_low, "ci_high": bs.ci_high,
-            "bootstrap_p": bs.p_value, "bootstrap_resamples": bs.resamples, "a_only": mc.a_only, "b_only": mc.b_only, "mcnemar_p": mc.p_value,
+            "bootstrap_p": bs.p_value, "bootstrap_resamples": bs.resamples, "a_only": mc.a_only, "b_only": mc.b_only,
+            "mcnemar_p": mc.p_value, "ratio": bs.ratio, "ratio_low": bs.ratio_low, "ratio_high": bs.ratio_high,
         })
     return pd.DataFrame(rows)
 

@@ -56,6 +56,9 @@ class BootstrapResult:
     p_value: float
     resamples: int
     confidence: float
+    ratio: float = float("nan")  # mean_b / mean_a (B's score as a share of A's); NaN when mean_a is 0
+    ratio_low: float = float("nan")  # percentile interval of the resampled ratios; NaN when A scores 0
+    ratio_high: float = float("nan")  # in some resample (the ratio is undefined there)
 
 
 def paired_bootstrap(a_scores, b_scores, *, resamples: int = 10_000, confidence: float = 0.95,
@@ -65,7 +68,8 @@ def paired_bootstrap(a_scores, b_scores, *, resamples: int = 10_000, confidence:
     Rows are resampled jointly so each resample keeps the pairing. The interval is the percentile
     interval of the resampled differences; the two-sided p-value is twice the smaller share of
     resampled differences on either side of zero (the percentile-interval inversion, so p < alpha
-    exactly when the (1 - alpha) interval excludes 0).
+    exactly when the (1 - alpha) interval excludes 0). The same resamples give the ratio of means
+    B / A (how much of A's score B keeps) and its percentile interval.
     """
     a = np.asarray(a_scores, dtype=float)
     b = np.asarray(b_scores, dtype=float)
@@ -81,17 +85,27 @@ def paired_bootstrap(a_scores, b_scores, *, resamples: int = 10_000, confidence:
     rng = np.random.default_rng(seed)
     # Chunked so 10k resamples of a 10k-sample task stay a few MB instead of an 800 MB matrix.
     diffs = np.empty(resamples)
+    means_a = np.empty(resamples)
+    means_b = np.empty(resamples)
     chunk = max(1, 2_000_000 // max(1, d.size))
     for start in range(0, resamples, chunk):
         stop = min(resamples, start + chunk)
         idx = rng.integers(0, d.size, size=(stop - start, d.size))
         diffs[start:stop] = d[idx].mean(axis=1)
+        means_a[start:stop] = a[idx].mean(axis=1)
+        means_b[start:stop] = b[idx].mean(axis=1)
     alpha = 1 - confidence
     lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
     p = min(1.0, 2.0 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
+    ratio = r_lo = r_hi = float("nan")
+    if a.mean() > 0:
+        ratio = float(b.mean() / a.mean())
+        if np.all(means_a > 0):
+            r_lo, r_hi = (float(x) for x in np.quantile(means_b / means_a, [alpha / 2, 1 - alpha / 2]))
     return BootstrapResult(
         n=int(d.size), mean_a=float(a.mean()), mean_b=float(b.mean()), diff=float(d.mean()),
         ci_low=float(lo), ci_high=float(hi), p_value=p, resamples=resamples, confidence=confidence,
+        ratio=ratio, ratio_low=r_lo, ratio_high=r_hi,
     )
 
 

@@ -126,6 +126,10 @@ def resolve_model(ref: str, workspace: Workspace | None = None, revision: str | 
         if not path.is_dir():
             raise FtlabError(f"model path {path} is a file; give a model folder or a .gguf file")
         meta = load_training_metadata(path, required=False)
+        if not (path / "config.json").exists() and (path / "model.gguf").is_file():
+            # `ftlab export --format gguf` output: one self-contained GGUF beside its metadata.
+            return ModelSource(ref, "gguf", ((meta or {}).get("name_fields") or {}).get("base") or base_component(path.name),
+                               path=path.resolve(), gguf_file="model.gguf", metadata=meta)
         adapter = (path / "adapter_config.json").exists()
         if not adapter and not (path / "config.json").exists():
             raise FtlabError(f"model folder {path} has no config.json (nor adapter_config.json); it is not a saved model")
@@ -167,6 +171,9 @@ def resolve_dtype(name: str | None):
 
 
 def _publish_dir(tmp: Path, final: Path) -> None:
+    from ftlab.io import normalize_modes
+
+    normalize_modes(tmp)  # safetensors writes model.safetensors 0600
     try:
         os.replace(tmp, final)
     except OSError:

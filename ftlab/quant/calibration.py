@@ -15,14 +15,19 @@ from ftlab.paths import Workspace
 class TextSet:
     name: str  # task name or custom file path
     split: str
-    texts: list[str]
+    prompts: list[str]  # the generation prompt as evaluation renders it
+    answers: list[str]  # what training teaches after the prompt (answer + end of turn)
+
+    @property
+    def texts(self) -> list[str]:
+        return [p + a for p, a in zip(self.prompts, self.answers)]
 
     @property
     def hash(self) -> str:
         return texts_hash(self.texts)
 
     def describe(self) -> dict:
-        return {"dataset": self.name, "split": self.split, "samples": len(self.texts), "hash": self.hash}
+        return {"dataset": self.name, "split": self.split, "samples": len(self.prompts), "hash": self.hash}
 
 
 def texts_hash(texts: list[str]) -> str:
@@ -34,9 +39,21 @@ def texts_hash(texts: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def render_answer(tokenizer, messages: list[dict], prompt: str, target: str) -> str:
+    """The text after `prompt` in the full conversation, as TRL renders a prompt-completion row:
+    the answer plus the template's end of turn (`<|im_end|>\\n`), so its tokens are scored too.
+    Templates that rewrite earlier turns once an answer exists (the prompt is then not a prefix)
+    fall back to the bare target."""
+    if getattr(tokenizer, "chat_template", None):
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": target}], tokenize=False)
+        if full.startswith(prompt) and len(full) > len(prompt):
+            return full[len(prompt):]
+    return target
+
+
 def task_texts(dataset: str, split: str, n: int, tokenizer, *, workspace: Workspace | None = None,
                source_dir: str | os.PathLike | None = None) -> TextSet:
-    """The first `n` rows of a split as chat-formatted prompt + boxed answer."""
+    """The first `n` rows of a split as the chat-formatted prompt and its boxed answer."""
     from ftlab.data.loading import load_examples, resolve_task
     from ftlab.data.prompts import build_messages, build_target, render_prompt
 
@@ -44,5 +61,10 @@ def task_texts(dataset: str, split: str, n: int, tokenizer, *, workspace: Worksp
         raise FtlabError(f"sample count for {dataset} must be positive, got {n}")
     task = resolve_task(dataset)
     examples = load_examples(dataset, split, workspace=workspace, limit=n, source_dir=source_dir)
-    texts = [render_prompt(tokenizer, build_messages(task, ex)) + build_target(task, ex) for ex in examples]
-    return TextSet(task.name if task.name else str(dataset), split, texts)
+    prompts, answers = [], []
+    for ex in examples:
+        messages = build_messages(task, ex)
+        prompt = render_prompt(tokenizer, messages)
+        prompts.append(prompt)
+        answers.append(render_answer(tokenizer, messages, prompt, build_target(task, ex)))
+    return TextSet(task.name if task.name else str(dataset), split, prompts, answers)

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from ftlab.errors import FtlabError
 from ftlab.paths import Workspace
-from ftlab.quant.calibration import TextSet, task_texts
+from ftlab.quant.calibration import task_texts
 from ftlab.quant.registry import check_supported, complete_spec, get_engine, load_quantized, QuantJob
 from ftlab.quant.spec import QuantizationSpec
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 # Files a source folder may hold that describe the source, not the quantized model.
 _NOT_COPIED = {"training_metadata.json", "README.md", "resolved_config.yaml", "log_history.json"}
 
@@ -36,13 +36,13 @@ class QuantRequest:
     spec: QuantizationSpec  # method plus whatever the user set; engine defaults fill the rest
     calib_dataset: str = "openmath"
     calib_samples: int = 128
-    ppl_dataset: str | None = None  # default: calib_dataset
-    ppl_samples: int = 32
+    fidelity_dataset: str | None = None  # held-out task for fidelity vs the source (default: calib_dataset)
+    fidelity_samples: int = 64
     max_length: int = 512
     output: Path | None = None  # default: Models/<source name with the quant tag replaced>
     overwrite: bool = False
     source_dir: Path | None = None  # where task parquet files live (else Datasets/, $FTLAB_DATASETS)
-    measure_perplexity: bool = True
+    measure_fidelity: bool = True
 
 
 def output_name(source_name: str, tag: str) -> str:
@@ -123,6 +123,20 @@ class _Source:
     def needs_materializing(self) -> bool:
         return self.plain_dir is None
 
+    def config(self) -> dict | None:
+        """config.json of the plain model, read before any weights load (an adapter's base's)."""
+        if self.plain_dir is not None:
+            return _model_config(self.plain_dir)
+        if self.src.adapter:
+            from ftlab.models.sources import _adapter_base_ref, builtin_folder, resolve_model
+
+            base = resolve_model(_adapter_base_ref(self.src), self.workspace)
+            if base.kind == "local":
+                return _model_config(base.path)
+            if base.kind == "builtin":
+                return _model_config(builtin_folder(base.ref))
+        return None  # a hub id: its shapes are checked once it is materialized
+
     def materialize(self) -> Path:
         """Writes a merged/converted copy to a temp folder when the source is not a plain folder."""
         if self.plain_dir is not None:
@@ -146,14 +160,6 @@ class _Source:
     def source_info(self) -> dict:
         return {"ref": self.src.ref, "path": str(self.src.path) if self.src.path else None, "name": self.name,
                 "kind": self.src.kind, "adapter_merged": bool(self.src.adapter)}
-
-
-def _ppl(model, tok, texts: TextSet | None, max_length: int) -> float | None:
-    from ftlab.eval.perplexity import perplexity
-
-    if texts is None:
-        return None
-    return perplexity(model, tok, texts.texts, max_length=max_length, batch_size=4)
 
 
 def _metadata(source: _Source, name: str, spec: QuantizationSpec, ptq: dict) -> dict:
@@ -180,22 +186,28 @@ def _metadata(source: _Source, name: str, spec: QuantizationSpec, ptq: dict) -> 
     }
 
 
-def _num(value: float | None) -> str:
-    return "not measured" if value is None else f"{value:.3f}"
+def _num(value: float | None, fmt: str = ".3f") -> str:
+    return "not measured" if value is None else format(value, fmt)
 
 
 def _model_card(meta: dict) -> str:
     ptq = meta["results"]["ptq"]
     spec = meta["quantization"]
-    ppl = ptq["perplexity"]
+    fid = ptq.get("fidelity") or {}
     size = ptq["size_on_disk_bytes"]
+    texts = f"{fid['samples']} held-out {fid['dataset']} texts, {fid['tokens']} answer tokens" if fid else "not measured"
     lines = [
         f"# {meta['run_name']}", "",
         f"Post-training quantization of `{meta['source']['name']}` with **{spec['method']}** "
         f"({spec.get('bits')} bits, group size {spec.get('group_size')}, backend `{spec.get('backend')}`), made by ftlab.", "",
-        "| measure | before | after |", "|---|---|---|",
+        f"Fidelity to the source ({texts}; definitions of llama.cpp's `perplexity --kl-divergence`):", "",
+        "| measure | source | quantized |", "|---|---|---|",
         f"| weights on disk (MB) | {size['weights_before'] / 2**20:.1f} | {size['weights_after'] / 2**20:.1f} |",
-        f"| perplexity ({ppl.get('dataset')}, {ppl.get('samples')} texts) | {_num(ppl.get('before'))} | {_num(ppl.get('after'))} |",
+        f"| answer-token perplexity | {_num(fid.get('answer_perplexity_before'))} | {_num(fid.get('answer_perplexity_after'))} |",
+        f"| mean KL(source ‖ quantized), nats / 99th percentile | 0 | {_num(fid.get('kl_mean'), '.4f')} / {_num(fid.get('kl_p99'))} |",
+        f"| top-1 agreement with the source | 100% | {_num(100 * fid['top1_agreement'] if fid else None, '.1f')}% |",
+        f"| whole-text perplexity (secondary: prompt tokens dominate it) | {_num(fid.get('whole_text_perplexity_before'))} | "
+        f"{_num(fid.get('whole_text_perplexity_after'))} |",
         "", f"Quantization time: {ptq['quantization_time_s']:.1f} s; peak RSS {ptq['peak_memory']['peak_rss_mb']:.0f} MB.",
         "Calibration: " + (f"{c['samples']} texts from {c['dataset']} ({c['split']}), hash {c['hash']}."
                            if (c := ptq["calibration"]) else "none (calibration-free method)."), "",
@@ -204,19 +216,37 @@ def _model_card(meta: dict) -> str:
     return "\n".join(lines)
 
 
+def _source_pass(src_dir: Path, workspace: Workspace, session, spec: QuantizationSpec) -> dict | None:
+    """Runs the fp32 source over the held-out texts once; when the method computes in bf16/fp16,
+    also measures the cast alone, so a reader can tell the dtype's share of the loss from the rounding's."""
+    from ftlab.models.sources import load_model
+    from ftlab.quant.registry import torch_dtype
+
+    model, _, _ = load_model(str(src_dir), workspace=workspace, dtype="fp32")
+    session.run_reference(model)
+    cast = None
+    if spec.compute_dtype and spec.compute_dtype != "fp32":
+        cast = session.compare(model.to(torch_dtype(spec.compute_dtype)))
+    del model
+    _release()
+    return cast
+
+
 def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
     """Runs one PTQ request and returns the finished output folder."""
     from ftlab.env import PeakMemory
     from ftlab.io import atomic_write_text, dir_size_bytes, staging_dir
-    from ftlab.models.sources import load_model, load_tokenizer
+    from ftlab.models.sources import load_tokenizer
+    from ftlab.quant import fidelity
     from ftlab.schema import write_training_metadata
 
     workspace = workspace or Workspace.default()
     device = _device()
-    spec = complete_spec(request.spec)
-    engine = get_engine(spec.method)
+    engine = get_engine(request.spec.method)
     source = _Source(request.model, workspace)
-    check_supported(spec, device=device, model_config=_model_config(source.plain_dir))
+    model_config = source.config()
+    spec = complete_spec(request.spec, model_config)
+    check_supported(spec, device=device, model_config=model_config)
     name = output_name(source.name, spec.tag)
     final = Path(request.output) if request.output else workspace.models_dir / name
     if final.exists() and not request.overwrite:
@@ -229,8 +259,8 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
     # Unknown task names fail here, before the tokenizer or any model is loaded.
     if engine.caps.needs_calibration:
         resolve_task(request.calib_dataset)
-    if request.measure_perplexity:
-        resolve_task(request.ppl_dataset or request.calib_dataset)
+    if request.measure_fidelity:
+        resolve_task(request.fidelity_dataset or request.calib_dataset)
     try:
         tok = load_tokenizer(source.src, workspace)
     except (OSError, ValueError) as exc:
@@ -241,25 +271,21 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
         calib = task_texts(request.calib_dataset, "train", request.calib_samples, tok, workspace=workspace,
                            source_dir=request.source_dir)
         spec.calib_dataset, spec.calib_samples, spec.calib_hash = calib.name, len(calib.texts), calib.hash
-    held_out = None
-    if request.measure_perplexity:
-        held_out = task_texts(request.ppl_dataset or request.calib_dataset, "test", request.ppl_samples, tok,
+    session = None
+    if request.measure_fidelity:
+        held_out = task_texts(request.fidelity_dataset or request.calib_dataset, "test", request.fidelity_samples, tok,
                               workspace=workspace, source_dir=request.source_dir)
+        session = fidelity.Session(tok, held_out, max_length=request.max_length)
 
     try:
         src_dir = source.materialize()
         check_supported(spec, device=device, model_config=_model_config(src_dir))
-        ppl_before = None
-        if held_out is not None:
-            model, _, _ = load_model(str(src_dir), workspace=workspace, dtype="fp32")
-            ppl_before = _ppl(model, tok, held_out, request.max_length)
-            del model
-            _release()
-            log.info("perplexity before: %.3f", ppl_before)
+        cast_only = _source_pass(src_dir, workspace, session, spec) if session else None
 
         with staging_dir(final, overwrite=request.overwrite) as stage:
             job = QuantJob(source_dir=src_dir, out_dir=stage, spec=spec, tokenizer=tok,
-                           calib_texts=calib.texts if calib else [], device=device, max_length=request.max_length)
+                           calib_texts=calib.texts if calib else [], device=device, max_length=request.max_length,
+                           name=final.name)
             log.info("quantizing %s with %s -> %s", source.name, spec.tag, final)
             with PeakMemory() as peak:
                 t0 = time.perf_counter()
@@ -267,18 +293,19 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
                 elapsed = time.perf_counter() - t0
             del job
             _release()
-            tok.save_pretrained(stage)
-            for extra in ("chat_template.jinja", "generation_config.json"):
-                if (src_dir / extra).is_file() and not (stage / extra).exists():
-                    shutil.copy2(src_dir / extra, stage / extra)
+            if not engine.bundles_tokenizer:
+                tok.save_pretrained(stage)
+                for extra in ("chat_template.jinja", "generation_config.json"):
+                    if (src_dir / extra).is_file() and not (stage / extra).exists():
+                        shutil.copy2(src_dir / extra, stage / extra)
 
-            ppl_after = None
-            if held_out is not None:
+            measured = None
+            if session is not None:
                 qmodel = load_quantized(stage, spec)
-                ppl_after = _ppl(qmodel, tok, held_out, request.max_length)
+                measured = session.compare(qmodel)
                 del qmodel
                 _release()
-                log.info("perplexity after: %.3f", ppl_after)
+                log.debug("fidelity: %s", fidelity.summary_line(measured))
             ptq = {
                 "calibration": calib.describe() if calib else None,
                 "quantization_time_s": round(elapsed, 3),
@@ -287,13 +314,11 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
                     "weights_before": weights_bytes(src_dir), "weights_after": weights_bytes(stage),
                     "folder_before": dir_size_bytes(src_dir), "folder_after": dir_size_bytes(stage),
                 },
-                "perplexity": {
-                    # "before" is the source in fp32, so the delta includes any cast to bf16/fp16.
-                    "before": ppl_before, "after": ppl_after, "before_dtype": "fp32", "after_dtype": spec.compute_dtype,
-                    "delta": (ppl_after - ppl_before) if ppl_before is not None and ppl_after is not None else None,
-                    **({"dataset": held_out.name, "split": held_out.split, "samples": len(held_out.texts),
-                        "hash": held_out.hash, "max_length": request.max_length} if held_out else {}),
-                },
+                # Against the fp32 source, so it includes any cast to bf16/fp16; the cast alone is
+                # `fidelity_of_cast` (absent when the method computes in fp32).
+                "fidelity": measured and {**measured, "source_dtype": "fp32", "quantized_dtype": spec.compute_dtype},
+                "fidelity_of_cast": cast_only and {**cast_only, "source_dtype": "fp32",
+                                                   "quantized_dtype": spec.compute_dtype},
                 "device": device,
             }
             meta = _metadata(source, final.name, spec, ptq)

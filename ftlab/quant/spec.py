@@ -16,15 +16,12 @@ from ftlab.errors import FtlabError
 from ftlab.registry import closest
 
 
-class QuantMethod(str, enum.Enum):
-    NoQuant = "NoQuant"
-    QLORA = "QLORA"
-    GPTQ = "GPTQ"
-    AWQ = "AWQ"
-    HQQ = "HQQ"
-    BNB_NF4 = "BNB_NF4"
-    BNB_INT8 = "BNB_INT8"
+# Training-time settings of quant.method; every post-training method is an engine definition in
+# ftlab/quant/engines/ (its name, tag, capabilities, quantize and load live there).
+TRAINING_METHODS = ("NoQuant", "QLORA")
 
+
+class _QuantMethodBase(str, enum.Enum):
     @classmethod
     def parse(cls, value: "str | QuantMethod") -> "QuantMethod":
         if isinstance(value, QuantMethod):
@@ -40,7 +37,18 @@ class QuantMethod(str, enum.Enum):
     @property
     def is_ptq(self) -> bool:
         """Post-training methods produce a quantized model folder (QLORA is a training-time method)."""
-        return self not in (QuantMethod.NoQuant, QuantMethod.QLORA)
+        return self.value not in TRAINING_METHODS
+
+
+def _build_method_enum():
+    # Engines import no heavy library at module level, so reading their names here is cheap.
+    from ftlab.quant.registry import method_names
+
+    names = (*TRAINING_METHODS, *method_names())
+    return _QuantMethodBase("QuantMethod", [(n, n) for n in names], module=__name__)
+
+
+QuantMethod = _build_method_enum()
 
 
 _DTYPES = ("bf16", "fp16", "fp32", "fp8", "int8")
@@ -85,20 +93,26 @@ class QuantizationSpec:
         return tag_quant(self)
 
 
+def default_tag_parts(spec: "QuantizationSpec") -> list[str]:
+    """`<METHOD>_w<bits>_g<group>`: the tag head of every method that does not define its own."""
+    parts = [spec.method.value]
+    if spec.bits is not None:
+        parts.append(f"w{spec.bits}")
+    if spec.group_size is not None:
+        parts.append(f"g{spec.group_size}")
+    return parts
+
+
 def tag_quant(spec: QuantizationSpec) -> str:
     m = spec.method
-    if m is QuantMethod.NoQuant:
+    if m.value == "NoQuant":
         return "NoQuant"
-    if m is QuantMethod.BNB_NF4:
-        parts = ["BNB", "nf4"]
-    elif m is QuantMethod.BNB_INT8:
-        parts = ["BNB", "int8"]
+    if m.is_ptq:
+        from ftlab.quant.registry import get_engine
+
+        parts = get_engine(m).tag_parts(spec)
     else:
-        parts = [m.value]
-        if spec.bits is not None:
-            parts.append(f"w{spec.bits}")
-        if spec.group_size is not None:
-            parts.append(f"g{spec.group_size}")
+        parts = default_tag_parts(spec)
     if spec.act_bits is not None:
         parts.append(f"a{spec.act_bits}")
     if spec.kv_cache_dtype:
@@ -111,28 +125,34 @@ def tag_quant(spec: QuantizationSpec) -> str:
 _PART = re.compile(r"^(?:w(?P<w>\d+)|g(?P<g>-?\d+)|a(?P<a>\d+)|kv(?P<kv>[a-z0-9]+)|head(?P<head>[a-z0-9]+))$")
 
 
+def _tag_forms() -> list[tuple[tuple[str, ...], object]]:
+    """(tag head words, the definition that reads them): training methods, then engines as registered."""
+    from ftlab.quant.registry import ENGINES, method_names
+
+    method_names()  # registers the engines
+    forms: list[tuple[tuple[str, ...], object]] = [(("QLORA",), None)]
+    for _, engine in ENGINES.items():
+        forms += [(form, engine) for form in engine.tag_forms()]
+    return forms
+
+
 def parse_quant_tag(tag: str) -> QuantizationSpec:
     """Inverse of `tag_quant` for the fields a tag carries."""
     parts = tag.split("_")
     if parts == ["NoQuant"]:
         return QuantizationSpec()
-    head, rest = parts[0], parts[1:]
-    if head == "BNB":
-        if not rest or rest[0] not in ("nf4", "int8"):
-            raise FtlabError(f"bad quant tag {tag!r}: BNB must be followed by nf4 or int8")
-        spec = QuantizationSpec(QuantMethod.BNB_NF4 if rest[0] == "nf4" else QuantMethod.BNB_INT8)
-        spec.bits = 4 if rest[0] == "nf4" else 8
-        rest = rest[1:]
-    else:
-        try:
-            spec = QuantizationSpec(QuantMethod(head))
-        except ValueError:
-            raise FtlabError(
-                f"bad quant tag {tag!r}: starts with {head!r}, expected one of "
-                + ", ".join(m.value for m in QuantMethod if m not in (QuantMethod.BNB_NF4, QuantMethod.BNB_INT8))
-                + ", BNB"
-            ) from None
-    for p in rest:
+    forms = _tag_forms()
+    matching = [(head, d) for head, d in forms if tuple(parts[:len(head)]) == head]
+    if not matching:
+        if parts[0] in {h[0] for h, _ in forms}:
+            valid = " or ".join("_".join(h[1:]) for h, _ in forms if h[0] == parts[0] and len(h) > 1)
+            raise FtlabError(f"bad quant tag {tag!r}: {parts[0]} must be followed by {valid}")
+        firsts = list(dict.fromkeys(h[0] for h, _ in forms))
+        raise FtlabError(f"bad quant tag {tag!r}: starts with {parts[0]!r}, expected one of NoQuant, "
+                         + ", ".join(firsts))
+    head, definition = max(matching, key=lambda m: len(m[0]))
+    spec = QuantizationSpec(head[0]) if definition is None else definition.spec_for_tag(head)
+    for p in parts[len(head):]:
         mt = _PART.match(p)
         if not mt:
             raise FtlabError(f"bad quant tag {tag!r}: cannot read part {p!r} (expected w<bits>, g<size>, a<bits>, kv<dtype>, head<dtype>)")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import logging
 
 from ftlab.quant.registry import Capabilities, QuantEngine, QuantJob, register_engine, torch_dtype
-from ftlab.quant.spec import QuantizationSpec, QuantMethod
+
+if TYPE_CHECKING:
+    from ftlab.quant.spec import QuantizationSpec
 
 
 class _BnbEngine(QuantEngine):
@@ -41,7 +43,8 @@ class _BnbEngine(QuantEngine):
 
 @register_engine
 class BnbNf4Engine(_BnbEngine):
-    method = QuantMethod.BNB_NF4
+    name = "BNB_NF4"
+    tag_words = ("BNB", "nf4")
     backend = "bitsandbytes:nf4"
     caps = Capabilities(bits=(4,), default_bits=4, dtypes=("bf16", "fp16", "fp32"), default_dtype="fp32")
 
@@ -76,7 +79,8 @@ def _quiet_int8_cast_warning() -> None:
 
 @register_engine
 class BnbInt8Engine(_BnbEngine):
-    method = QuantMethod.BNB_INT8
+    name = "BNB_INT8"
+    tag_words = ("BNB", "int8")
     backend = "bitsandbytes:int8"
     caps = Capabilities(bits=(8,), default_bits=8, dtypes=("bf16", "fp16", "fp32"), default_dtype="fp32")
 

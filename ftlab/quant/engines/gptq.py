@@ -10,13 +10,19 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftlab.errors import FtlabError
 from ftlab.quant.registry import Capabilities, QuantEngine, QuantJob, register_engine, torch_dtype
-from ftlab.quant.spec import QuantizationSpec, QuantMethod
+
+if TYPE_CHECKING:
+    from ftlab.quant.spec import QuantizationSpec
 
 log = logging.getLogger(__name__)
+
+# Measured on SmolLM2-135M GPTQ, 2 idle threads (benchmarks/ptq.md): 32 s with an empty inductor
+# cache, 18 s with it filled; 81 s on a loaded machine.
+COMPILE_NOTE = "about 20-30 s on 2 idle cores, longer on a busy machine"
 
 # Decoder families gptqmodel ships definitions for that ftlab's loaders also handle.
 GPTQMODEL_ARCHITECTURES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
@@ -94,12 +100,68 @@ class _GptqModelEngine(QuantEngine):
         # gptqmodel's auto choice on CPU (avx512 kernels) has none.
         backend = BACKEND.TORCH if device == "cpu" else BACKEND.AUTO
         wrapped = GPTQModel.load(str(folder), device=device, backend=backend, dtype=torch_dtype(dtype))
+        if device == "cpu":
+            announce_first_compile(wrapped.model)
         return wrapped.model
 
 
+_ANNOUNCED = False
+
+
+def announce_first_compile(model) -> None:
+    """gptqmodel's CPU torch kernel compiles its de-quantization with torch.compile during the first
+    forwards of every process (COMPILE_NOTE); without a word that looks like a hang. Said once per
+    process, when the first GPTQ/AWQ folder is loaded on CPU."""
+    global _ANNOUNCED
+    if not _ANNOUNCED:
+        _ANNOUNCED = True
+        log.info("GPTQ/AWQ on CPU: the first forwards compile gptqmodel's de-quantization kernel with torch.compile "
+                 "(%s); later forwards are not slowed", COMPILE_NOTE)
+
+
+def linear_in_features(config: dict) -> dict[str, int]:
+    """Input widths of a decoder's quantized linear layers, from config.json (text config for
+    multimodal): q/k/v/gate/up read hidden_size, o_proj heads x head_dim, down_proj intermediate_size."""
+    cfg = config.get("text_config") or config
+    out = {}
+    for key in ("hidden_size", "intermediate_size"):
+        if isinstance(cfg.get(key), int):
+            out[key] = cfg[key]
+    heads, head_dim = cfg.get("num_attention_heads"), cfg.get("head_dim")
+    if isinstance(heads, int) and isinstance(head_dim, int) and heads * head_dim != out.get("hidden_size"):
+        out["num_attention_heads*head_dim"] = heads * head_dim
+    return out
+
+
+class _GroupedEngine(_GptqModelEngine):
+    """GPTQ and AWQ pack groups along each layer's input: the group size must divide every width.
+    AWQ's scale search fails mid-run otherwise; a GPTQ folder quantizes but plain transformers
+    refuses to load it (`in_features 576 must be divisible by group_size 128`, SmolLM2)."""
+
+    def fitting_group_sizes(self, config: dict) -> list[int]:
+        widths = linear_in_features(config).values()
+        return [g for g in self.caps.group_sizes if g <= 0 or all(w % g == 0 for w in widths)]
+
+    def default_group_size(self, config: dict | None) -> int | None:
+        fits = [g for g in self.fitting_group_sizes(config or {}) if 0 < g <= self.caps.default_group_size]
+        return max(fits) if fits else self.caps.default_group_size
+
+    def model_problems(self, spec: QuantizationSpec, config: dict) -> list[str]:
+        g = spec.group_size
+        if g is None or g <= 0:
+            return []
+        bad = {k: v for k, v in linear_in_features(config).items() if v % g}
+        if not bad:
+            return []
+        widths = ", ".join(f"{k}={v}" for k, v in bad.items())
+        fits = [x for x in self.fitting_group_sizes(config) if x > 0]
+        return [f"{self.name} group_size={g} must divide every quantized layer's input width ({widths}) for the "
+                f"output to load anywhere; use --group-size {' or '.join(map(str, fits)) if fits else 'another value'}"]
+
+
 @register_engine
-class GptqEngine(_GptqModelEngine):
-    method = QuantMethod.GPTQ
+class GptqEngine(_GroupedEngine):
+    name = "GPTQ"
     backend = "gptqmodel:torch"
     config_class_name = "GPTQConfig"
     caps = Capabilities(bits=(2, 3, 4, 8), default_bits=4, group_sizes=(-1, 32, 64, 128), default_group_size=128,
@@ -107,20 +169,75 @@ class GptqEngine(_GptqModelEngine):
                         needs_calibration=True, dtype_hint="gptqmodel packs and runs GPTQ layers in half precision")
 
 
-def _linear_in_features(config: dict) -> dict[str, int]:
-    """Input widths of a decoder's linear layers, from config.json (text config for multimodal)."""
-    cfg = config.get("text_config") or config
-    out = {}
-    if isinstance(cfg.get("hidden_size"), int):
-        out["hidden_size"] = cfg["hidden_size"]
-    if isinstance(cfg.get("intermediate_size"), int):
-        out["intermediate_size"] = cfg["intermediate_size"]
-    return out
+def compute_best_clip_by_matmul(self, w, input_feat, n_grid=20, max_shrink=0.5, n_sample_token=512):
+    """gptqmodel's AWQ clipping search with each candidate's outputs computed as one batched matmul
+    per group instead of a broadcast multiply-and-sum.
+
+    Same inputs, candidates, error and selection as `AWQProcessor._compute_best_clip` (gptqmodel
+    7.x): for every output-channel batch and shrink step, clamp the weights to max_val, quantize
+    them, and keep the step whose outputs on up to `n_sample_token` calibration tokens are closest
+    to the unquantized ones. The broadcast form materialises a [channels, tokens, in_features]
+    product each step; profiled on SmolLM2-135M with 2 threads it took 70% of AWQ's run
+    (benchmarks/ptq.md, "AWQ speed"). The matmul gives the same sums up to float rounding.
+    """
+    import torch
+
+    co, ci = w.shape
+    group_size = self.qcfg.group_size if self.qcfg.group_size > 0 else ci
+    n_group = ci // group_size
+    x = input_feat.reshape(-1, ci)
+    x = x[::max(1, x.shape[0] // n_sample_token)].to(w.device)
+    xg = x.reshape(x.shape[0], n_group, group_size).permute(1, 0, 2)  # [group, token, gs]
+    w4 = w.reshape(co, 1, n_group, group_size)
+    oc_batch = 256 if co % 256 == 0 else 64
+    assert co % oc_batch == 0
+    scratch_clamp = torch.empty_like(w4[:oc_batch])
+    scratch_quant = torch.empty_like(scratch_clamp)
+    best_all = []
+    with torch.inference_mode():
+        for start in range(0, co, oc_batch):
+            wb = w4[start:start + oc_batch]  # [cb, 1, group, gs]
+            org_max = wb.abs().amax(dim=-1, keepdim=True)  # [cb, 1, group, 1]
+            org_out = torch.bmm(xg, wb.reshape(-1, n_group, group_size).permute(1, 2, 0))  # [group, token, cb]
+            errs, vals = [torch.full_like(org_max, float("inf"))], [org_max]
+            for i_s in range(int(max_shrink * n_grid)):
+                max_val = org_max * (1 - i_s / n_grid)
+                torch.clamp(wb, -max_val, max_val, out=scratch_clamp)
+                self._pseudo_quantize_tensor_into(scratch_clamp, scratch_quant, abs_max=max_val)
+                cur = torch.bmm(xg, scratch_quant.reshape(-1, n_group, group_size).permute(1, 2, 0))
+                err = (cur - org_out).pow_(2).mean(dim=1)  # [group, cb]
+                errs.append(err.t().reshape(org_max.shape))
+                vals.append(max_val)
+            best = torch.stack(errs).nan_to_num(nan=torch.inf).argmin(dim=0)
+            best_all.append(torch.gather(torch.stack(vals), 0, best.unsqueeze(0)).squeeze(0))
+    return torch.cat(best_all, dim=0).squeeze(1)
+
+
+@contextlib.contextmanager
+def _fast_awq_clip():
+    """Swaps in `compute_best_clip_by_matmul` for the run when gptqmodel's method is the one it
+    replicates (same name and parameters); otherwise gptqmodel's own code runs unchanged."""
+    import inspect
+
+    from gptqmodel.looper import awq_processor
+
+    cls = getattr(awq_processor, "AWQProcessor", None)
+    original = getattr(cls, "_compute_best_clip", None)
+    expected = ["self", "w", "input_feat", "n_grid", "max_shrink", "n_sample_token"]
+    if original is None or list(inspect.signature(original).parameters) != expected:
+        log.debug("gptqmodel's AWQ clip search changed; using it as is")
+        yield
+        return
+    cls._compute_best_clip = compute_best_clip_by_matmul
+    try:
+        yield
+    finally:
+        cls._compute_best_clip = original
 
 
 @register_engine
-class AwqEngine(_GptqModelEngine):
-    method = QuantMethod.AWQ
+class AwqEngine(_GroupedEngine):
+    name = "AWQ"
     backend = "gptqmodel:torch_awq"
     config_class_name = "AWQConfig"
     caps = Capabilities(bits=(4,), default_bits=4, group_sizes=(32, 64, 128), default_group_size=128,
@@ -128,15 +245,7 @@ class AwqEngine(_GptqModelEngine):
                         needs_calibration=True,
                         dtype_hint="gptqmodel's torch AWQ kernel needs bf16/fp16 weights; fp32 fails on CPU")
 
-    def model_problems(self, spec: QuantizationSpec, config: dict) -> list[str]:
-        # gptqmodel's AWQ scale search averages weights per group and fails mid-run otherwise.
-        g = spec.group_size
-        if g is None or g <= 0:
-            return []
-        bad = {k: v for k, v in _linear_in_features(config).items() if v % g}
-        if not bad:
-            return []
-        widths = ", ".join(f"{k}={v}" for k, v in bad.items())
-        fits = [x for x in self.caps.group_sizes if all(v % x == 0 for v in _linear_in_features(config).values())]
-        return [f"AWQ group_size={g} must divide every layer's input width ({widths}); "
-                f"use --group-size {' or '.join(map(str, fits)) if fits else 'another value'}"]
+    def quantize(self, job: QuantJob) -> None:
+        import_gptqmodel()
+        with _fast_awq_clip():
+            super().quantize(job)
