@@ -32,6 +32,10 @@ class Workspace:
         return self.root / "Testing" / "metrics"
 
     @property
+    def studies_dir(self) -> Path:
+        return self.root / "Testing" / "studies"
+
+    @property
     def summary_csv(self) -> Path:
         return self.root / "Testing" / "metrics_summary.csv"
 

@@ -23,8 +23,9 @@ from ftlab.io import atomic_write_json, read_json, read_jsonl
 from ftlab.orchestrate.discovery import (
     BAD_FOLDER, FAILED, FAILED_EARLIER, INCOMPLETE, MISSING, STALE, UP_TO_DATE, EvalOptions, plan_sweep,
 )
-from ftlab.orchestrate.locks import ModelLock
-from ftlab.orchestrate.runner import EvalJob, run_job, summarize_failure
+from ftlab.jobs.locks import JobLock
+from ftlab.jobs.process import summarize_failure
+from ftlab.orchestrate.runner import EvalJob, run_job
 from ftlab.paths import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,14 +159,14 @@ def test_forwarded_options_hash_like_ftlab_evaluate(tmp_path):
 
 
 def test_busy_models_are_reported_and_not_claimed(tmp_path, tiny_template):
-    from ftlab.orchestrate.locks import lock_path
+    from ftlab.jobs.locks import lock_path
     from ftlab.orchestrate.sweep import Sweep, SweepSettings
 
     ws = Workspace(tmp_path)
     opts = canned_options(ws)
     make_model(ws, tiny_template, "scratch-tiny-base")
     sweep = Sweep(ws, opts, SweepSettings(), echo=lambda line: None)
-    other = ModelLock(lock_path(sweep.locks_dir, "scratch-tiny-base"))
+    other = JobLock(lock_path(sweep.locks_dir, "scratch-tiny-base"))
     assert other.acquire()  # another orchestrator (alive: this very process) holds it
     (item,) = sweep.plan()
     assert item.reason == "busy" and f"pid {os.getpid()}" in item.detail
@@ -215,42 +216,42 @@ def _dead_pid() -> int:
 
 def test_lock_basic_busy_and_stale_takeover(tmp_path):
     path = tmp_path / "m.lock"
-    a = ModelLock(path)
+    a = JobLock(path)
     assert a.acquire()
     data = json.loads(path.read_text())
     assert data["pid"] == os.getpid() and data["host"] == socket.gethostname()
-    assert not ModelLock(path).acquire()  # live owner (this process)
+    assert not JobLock(path).acquire()  # live owner (this process)
     a.release()
     assert not path.exists()
 
     # Owner dead on this host -> taken over.
     path.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "token": "t", "start_time": None}))
-    b = ModelLock(path)
+    b = JobLock(path)
     assert b.acquire() and json.loads(path.read_text())["token"] == b.token
     b.release()
 
     # A PID that now belongs to another process (recorded start time differs) is dead too.
     path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": "t", "start_time": 1.0}))
-    c = ModelLock(path)
+    c = JobLock(path)
     assert c.acquire()
     c.release()
 
     # Another host: liveness unknowable here, never taken over.
     path.write_text(json.dumps({"pid": _dead_pid(), "host": "some-other-host", "token": "t"}))
-    assert not ModelLock(path).acquire()
+    assert not JobLock(path).acquire()
 
     # Empty lock (owner killed between create and write): only taken after the grace period.
     path.write_text("")
-    assert not ModelLock(path).acquire()
+    assert not JobLock(path).acquire()
     os.utime(path, (time.time() - 120, time.time() - 120))
-    d = ModelLock(path)
+    d = JobLock(path)
     assert d.acquire() and d.owner().pid == os.getpid()
 
 
 def _race(path: str, stale_release_at: float, queue) -> None:
     while time.time() < stale_release_at:
         time.sleep(0.001)
-    lock = ModelLock(path)
+    lock = JobLock(path)
     won = lock.acquire()
     queue.put(won)
     time.sleep(1.0 if won else 0)  # hold it while the others try

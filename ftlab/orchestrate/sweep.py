@@ -25,7 +25,7 @@ from ftlab.orchestrate.discovery import FAILED as FAILED_REASON
 from ftlab.orchestrate.discovery import (
     BUSY, FAILED_EARLIER, RUN_REASONS, EvalOptions, PlanItem, assess, error_path, model_ref_for, plan_sweep,
 )
-from ftlab.orchestrate.locks import ModelLock, is_locked_by_other, lock_path
+from ftlab.jobs.locks import JobLock, is_locked_by_other, lock_path
 from ftlab.orchestrate.runner import EvalJob, JobResult
 from ftlab.paths import Workspace
 
@@ -109,7 +109,7 @@ class Sweep:
         self.settings = settings
         self.locks_dir = workspace.metrics_dir / ".locks"
         self.report = SweepReport()
-        self._held: dict[str, ModelLock] = {}
+        self._held: dict[str, JobLock] = {}
         self._items: dict[str, PlanItem] = {}
         self._echo = echo
         self._bar = None
@@ -138,7 +138,7 @@ class Sweep:
 
     def claim(self, item: PlanItem) -> EvalJob | None:
         """Locks the model and re-checks it; None when another orchestrator has it or finished it."""
-        lock = ModelLock(lock_path(self.locks_dir, item.model))
+        lock = JobLock(lock_path(self.locks_dir, item.model))
         if not lock.acquire():
             owner = lock.owner()
             self._record(Outcome(item.model, BUSY, f"locked by {owner.describe() if owner else 'another orchestrator'}", SKIPPED))

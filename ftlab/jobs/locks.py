@@ -1,11 +1,11 @@
-"""Per-model lock files so concurrent orchestrators never evaluate the same model twice.
+"""Lock files so concurrent drivers (orchestrators, study runs) never run the same job twice.
 
 A lock is a file created with O_CREAT|O_EXCL (atomic on local filesystems and NFSv3+) holding the
 owner's PID, host and process start time. A lock whose owner is dead on this host is taken over;
 a lock from another host is only reported, because its owner's liveness cannot be checked here.
 
 Taking over is the only step that deletes someone else's file, so it is serialised by an flock on
-a guard file: without it two orchestrators could both judge the same stale lock dead, and the
+a guard file: without it two drivers could both judge the same stale lock dead, and the
 slower one would delete the lock the faster one had just created. flock is released by the kernel
 when its holder dies, so the guard itself can never go stale.
 """
@@ -78,9 +78,9 @@ class LockOwner:
         return f"pid {self.pid} on {self.host} since {self.acquired_at}"
 
 
-class ModelLock:
-    """A non-blocking lock: `acquire()` returns False when a live owner holds it, so a sweep moves
-    on to the next model instead of waiting. The file is written with os.open(O_EXCL) rather than
+class JobLock:
+    """A non-blocking lock: `acquire()` returns False when a live owner holds it, so a driver moves
+    on to the next job instead of waiting. The file is written with os.open(O_EXCL) rather than
     ftlab.io's temp-file-and-rename because the exclusive create *is* the lock."""
 
     def __init__(self, path: str | os.PathLike):
@@ -155,7 +155,7 @@ class ModelLock:
             return
         owner = self.owner()
         # Only our own file is removed; it cannot have been taken over while we live, but a
-        # manual deletion followed by another orchestrator's lock must survive our release.
+        # manual deletion followed by another driver's lock must survive our release.
         if owner is not None and owner.token == self.token:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -166,13 +166,13 @@ class ModelLock:
             self.release()
 
 
-def lock_path(locks_dir: Path, model: str) -> Path:
-    return locks_dir / f"{model}{LOCK_SUFFIX}"
+def lock_path(locks_dir: Path, name: str) -> Path:
+    return locks_dir / f"{name}{LOCK_SUFFIX}"
 
 
 def is_locked_by_other(path: Path) -> LockOwner | None:
     """The live owner of an existing lock (for dry-run reports), else None."""
-    lock = ModelLock(path)
+    lock = JobLock(path)
     if not path.exists() or lock._owner_is_dead():
         return None
     return lock.owner()
