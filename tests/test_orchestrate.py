@@ -23,7 +23,7 @@ from ftlab.io import atomic_write_json, read_json, read_jsonl
 from ftlab.orchestrate.discovery import (
     BAD_FOLDER, FAILED, FAILED_EARLIER, INCOMPLETE, MISSING, STALE, UP_TO_DATE, EvalOptions, plan_sweep,
 )
-from ftlab.jobs.locks import JobLock
+from ftlab.jobs.locks import REMOTE_STALE_S, JobLock
 from ftlab.jobs.process import summarize_failure
 from ftlab.orchestrate.runner import EvalJob, run_job
 from ftlab.paths import Workspace
@@ -236,9 +236,19 @@ def test_lock_basic_busy_and_stale_takeover(tmp_path):
     assert c.acquire()
     c.release()
 
-    # Another host: liveness unknowable here, never taken over.
+    # Another host: its PID means nothing here; never taken over while its heartbeat is fresh...
     path.write_text(json.dumps({"pid": _dead_pid(), "host": "some-other-host", "token": "t"}))
     assert not JobLock(path).acquire()
+    # ...and taken over once the heartbeat stopped (that machine died or lost the shared storage).
+    os.utime(path, (time.time() - REMOTE_STALE_S - 5, time.time() - REMOTE_STALE_S - 5))
+    e = JobLock(path)
+    assert e.acquire() and e.owner().pid == os.getpid()
+    old = time.time() - 100
+    os.utime(path, (old, old))
+    e.touch()
+    assert path.stat().st_mtime > old + 50
+    e.release()
+    path.write_text(json.dumps({"pid": _dead_pid(), "host": "some-other-host", "token": "t"}))
 
     # Empty lock (owner killed between create and write): only taken after the grace period.
     path.write_text("")

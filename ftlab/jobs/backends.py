@@ -95,6 +95,7 @@ def run_local(engine: Engine) -> None:
                     continue
                 break
             done, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            engine.heartbeat()
             for fut in done:
                 task, gpu = running.pop(fut)
                 if gpu is not None:
@@ -180,6 +181,7 @@ def run_ray(engine: Engine) -> None:
                     continue
                 break
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
+            engine.heartbeat()
             for ref in done:
                 task, gpus = in_flight.pop(ref)
                 free["CPU"] += threads

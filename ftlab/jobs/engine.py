@@ -26,7 +26,7 @@ from typing import Callable, Protocol, Sequence
 from ftlab.env import now_iso
 from ftlab.errors import FtlabError
 from ftlab.io import append_jsonl, atomic_write_json, read_json
-from ftlab.jobs.locks import JobLock, is_locked_by_other
+from ftlab.jobs.locks import HEARTBEAT_S, JobLock, is_locked_by_other
 from ftlab.jobs.process import ProcessResult, ftlab_argv
 from ftlab.paths import Workspace
 from ftlab.registry import Registry
@@ -363,6 +363,15 @@ class Engine:
             if why:
                 self._record(Outcome(job, FAILED, why))
                 self._block(job, f"needs {job.label}, which cannot run here")
+
+    def heartbeat(self) -> None:
+        """Refreshes the locks of running jobs, so drivers on other machines see this one alive
+        (backends call it at least every POLL_S seconds)."""
+        now = time.monotonic()
+        for job_id, (lock, last) in list(self._claimed.items()):
+            if now - last >= HEARTBEAT_S:
+                lock.touch()
+                self._claimed[job_id] = (lock, now)
 
     def release_all(self) -> None:
         for lock, _ in self._claimed.values():

@@ -1,8 +1,11 @@
 """Lock files so concurrent drivers (orchestrators, study runs) never run the same job twice.
 
 A lock is a file created with O_CREAT|O_EXCL (atomic on local filesystems and NFSv3+) holding the
-owner's PID, host and process start time. A lock whose owner is dead on this host is taken over;
-a lock from another host is only reported, because its owner's liveness cannot be checked here.
+owner's PID, host and process start time. A lock whose owner is dead on this host is taken over.
+A lock from another host cannot be checked that way (its PID means nothing here), so its owner
+keeps it alive with a heartbeat (`touch`, which a running driver calls at least every
+HEARTBEAT_S seconds); one whose file has not been touched for REMOTE_STALE_S belongs to a driver on
+a machine that died or lost the shared storage, and is taken over too.
 
 Taking over is the only step that deletes someone else's file, so it is serialised by an flock on
 a guard file: without it two drivers could both judge the same stale lock dead, and the
@@ -31,6 +34,9 @@ LOCK_SUFFIX = ".lock"
 # A lock file is created empty and filled a moment later; one still empty or unreadable after this
 # many seconds belongs to an owner killed in between (there is no PID to check).
 UNREADABLE_GRACE_S = 30.0
+HEARTBEAT_S = 30.0
+# Ten missed heartbeats: generous for NFS attribute caching and clock skew between machines.
+REMOTE_STALE_S = 10 * HEARTBEAT_S
 
 
 def _process_start_time(pid: int) -> float | None:
@@ -123,7 +129,10 @@ class JobLock:
                 return False  # released meanwhile; the next create attempt will tell
             return age > UNREADABLE_GRACE_S
         if owner.host != socket.gethostname():
-            return False
+            try:
+                return time.time() - self.path.stat().st_mtime > REMOTE_STALE_S
+            except FileNotFoundError:
+                return False
         return not pid_alive(owner.pid, owner.start_time)
 
     def acquire(self) -> bool:
@@ -149,6 +158,12 @@ class JobLock:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         return False
+
+    def touch(self) -> None:
+        """The heartbeat: tells drivers on other machines that the owner is alive."""
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.path)
 
     def release(self) -> None:
         if not self.held:
