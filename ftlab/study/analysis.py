@@ -196,6 +196,12 @@ def paired_test(a: pd.DataFrame, b: pd.DataFrame, settings: StudyAnalysisSetting
     }
 
 
+def _unpaired_seeds(rows: pd.DataFrame, baseline: pd.DataFrame) -> list[int]:
+    if baseline["seed"].isna().all() or rows["seed"].isna().all():
+        return []
+    return sorted(set(rows["seed"]) - set(baseline["seed"]))
+
+
 def _configs(samples: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
     return {key: g for key, g in samples.groupby(["task", "quant", "recipe"], sort=False)}
 
@@ -247,6 +253,10 @@ def compare_to_baseline(samples: pd.DataFrame, ranking: pd.DataFrame, settings: 
         if test is None:
             notes.append(f"{r.task}: {r.recipe} ({r.quant}) shares no item with the baseline; not tested")
             continue
+        unpaired = _unpaired_seeds(configs[(r.task, r.quant, r.recipe)], base)
+        if unpaired:
+            notes.append(f"{r.task}: {r.recipe} ({r.quant}) seed(s) {', '.join(map(str, unpaired))} have no baseline "
+                         f"seed to pair with; tested on seeds {', '.join(map(str, sorted(set(base['seed']))))}")
         test = _rename(test, "baseline", "recipe")
         rows.append({"task": r.task, "quant": r.quant, "recipe": r.recipe, "baseline_quant": base_quant, **test})
     df = _holm_flags(pd.DataFrame(rows, columns=_comparison_columns("baseline", first=["recipe", "baseline_quant"])),
