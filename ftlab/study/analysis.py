@@ -34,7 +34,7 @@ renders it. The rules, in one place:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,7 @@ from ftlab.compare.plots import pareto_front
 from ftlab.compare.stats import (
     bootstrap_mean_interval, holm, mcnemar_exact, mcnemar_mdd, paired_bootstrap, paired_bootstrap_ratio,
 )
+from ftlab.config import doc_field
 from ftlab.errors import ConfigError, FtlabError
 
 NO_QUANT = "none"
@@ -55,12 +56,12 @@ _LAST_METRICS = ("fidelity_kl_mean", "fidelity_top1")
 
 @dataclass(frozen=True)
 class StudyAnalysisSettings:
-    baseline: str = field(default="base", metadata={"doc": "recipe every other is tested against ('base' = the base snapshot)"})
-    alpha: float = field(default=0.05, metadata={"doc": "family-wise error rate of the Holm-corrected tests"})
-    power: float = field(default=0.8, metadata={"doc": "power at which the minimum detectable difference is computed"})
-    resamples: int = field(default=10_000, metadata={"doc": "bootstrap resamples"})
-    seed: int = field(default=0, metadata={"doc": "bootstrap seed"})
-    confidence: float = field(default=0.95, metadata={"doc": "level of every interval"})
+    baseline: str = doc_field("base", "recipe every other is tested against ('base' = the base snapshot)")
+    alpha: float = doc_field(0.05, "family-wise error rate of the Holm-corrected tests")
+    power: float = doc_field(0.8, "power at which the minimum detectable difference is computed")
+    resamples: int = doc_field(10_000, "bootstrap resamples")
+    seed: int = doc_field(0, "bootstrap seed")
+    confidence: float = doc_field(0.95, "level of every interval")
 
     def validate(self) -> list[str]:
         problems = []

@@ -21,28 +21,39 @@ def _colors(quants) -> dict[str, tuple]:
     return {q: cmap(i % 10) for i, q in enumerate(quant_order(quants))}
 
 
-def scores_by_recipe(ranking: pd.DataFrame, confidence: float) -> bytes:
-    """Per task, each (recipe, quant) score with its interval, best at the top of each variant."""
-    tasks = list(dict.fromkeys(ranking["task"]))
-    colors = _colors(ranking["quant"])
-    height = max(len(g) for _, g in ranking.groupby("task"))
+def _interval_chart(rows: pd.DataFrame, *, value: str, labels: list[str], xlabel: str, title: str,
+                    scale: float = 1.0, reference: float | None = None) -> bytes:
+    """One panel per task: each row's `value` as a dot with its [ci_low, ci_high] bar, coloured by quant."""
+    tasks = list(dict.fromkeys(rows["task"]))
+    colors = _colors(rows["quant"])
+    rows = rows.assign(_label=labels)
+    height = max(len(g) for _, g in rows.groupby("task"))
     fig, axes = subplots(1, len(tasks), figsize=(max(5.0, 4.6 * len(tasks)), 0.38 * height + 1.6), squeeze=False,
                          layout="constrained")
     for ax, task in zip(axes[0], tasks):
-        g = ranking[ranking["task"] == task].reset_index(drop=True)
-        y = np.arange(len(g))
-        for quant, rows in g.groupby("quant", sort=False):
-            err = np.vstack([(rows["mean"] - rows["ci_low"]).clip(lower=0), (rows["ci_high"] - rows["mean"]).clip(lower=0)])
-            ax.errorbar(rows["mean"], y[rows.index], xerr=err, fmt="o", color=colors[quant], capsize=3, label=quant)
-        labels = [f"{r.recipe}" + (" (baseline)" if r.baseline else "") for r in g.itertuples(index=False)]
-        ax.set_yticks(y, labels, fontsize=8)
+        g = rows[rows["task"] == task].reset_index(drop=True)
+        for quant, q in g.groupby("quant", sort=False):
+            # An unbounded upper end (a ratio whose resampled source scored 0) is drawn to the point only.
+            err = np.vstack([(q[value] - q["ci_low"]).clip(lower=0),
+                             (q["ci_high"] - q[value]).clip(lower=0).replace(np.inf, 0)]) * scale
+            ax.errorbar(q[value] * scale, q.index, xerr=err, fmt="o", color=colors[quant], capsize=3, label=quant)
+        if reference is not None:
+            ax.axvline(reference, color="grey", lw=1, ls="--")
+        ax.set_yticks(np.arange(len(g)), g["_label"], fontsize=8)
         ax.invert_yaxis()
         ax.set_title(task)
-        ax.set_xlabel("score (mean over seeds)")
+        ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize=7, title="quant", title_fontsize=7)
-    fig.suptitle(f"score by recipe ({confidence:.0%} bootstrap interval over items)")
+    fig.suptitle(title)
     return figure_png(fig)
+
+
+def scores_by_recipe(ranking: pd.DataFrame, confidence: float) -> bytes:
+    """Per task, each (recipe, quant) score with its interval, best at the top of each variant."""
+    labels = [r.recipe + (" (baseline)" if r.baseline else "") for r in ranking.itertuples(index=False)]
+    return _interval_chart(ranking, value="mean", labels=labels, xlabel="score (mean over seeds)",
+                           title=f"score by recipe ({confidence:.0%} bootstrap interval over items)")
 
 
 def recovery(recovery_rows: pd.DataFrame, confidence: float) -> bytes | None:
@@ -50,26 +61,9 @@ def recovery(recovery_rows: pd.DataFrame, confidence: float) -> bytes | None:
     rows = recovery_rows.dropna(subset=["ratio"])
     if rows.empty:
         return None
-    tasks = list(dict.fromkeys(rows["task"]))
-    colors = _colors(rows["quant"])
-    height = max(len(g) for _, g in rows.groupby("task"))
-    fig, axes = subplots(1, len(tasks), figsize=(max(5.0, 4.6 * len(tasks)), 0.38 * height + 1.6), squeeze=False,
-                         layout="constrained")
-    for ax, task in zip(axes[0], tasks):
-        g = rows[rows["task"] == task].reset_index(drop=True)
-        lo = (g["ratio"] - g["ci_low"]).clip(lower=0)
-        hi = (g["ci_high"] - g["ratio"]).clip(lower=0).replace(np.inf, 0)
-        for i, r in g.iterrows():
-            ax.errorbar([r["ratio"] * 100], [i], xerr=[[lo[i] * 100], [hi[i] * 100]], fmt="o",
-                        color=colors[r["quant"]], capsize=3)
-        ax.axvline(100, color="grey", lw=1, ls="--")
-        ax.set_yticks(np.arange(len(g)), [f"{r.recipe} · {r.quant}" for r in g.itertuples(index=False)], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_title(task)
-        ax.set_xlabel("% of the unquantized source's score")
-        ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"quantization recovery ({confidence:.0%} paired bootstrap interval)")
-    return figure_png(fig)
+    return _interval_chart(rows, value="ratio", labels=[f"{r.recipe} · {r.quant}" for r in rows.itertuples(index=False)],
+                           xlabel="% of the unquantized source's score", scale=100.0, reference=100.0,
+                           title=f"quantization recovery ({confidence:.0%} paired bootstrap interval)")
 
 
 _AXES = (("size_bytes", "size on disk (MiB)", 2**20), ("latency_mean_s", "mean latency per sample (s)", 1.0))
