@@ -352,6 +352,9 @@ def test_bad_input_is_a_one_line_error():
         analyze_study(samples, models.drop(columns="size_bytes"), FAST)
     with pytest.raises(FtlabError, match="answered item 0 of arith twice"):
         analyze_study(pd.concat([samples, samples.iloc[:1]]), models, FAST)
+    twice = samples.assign(model=samples["model"].where(samples.index < N, "A-copy"), recipe="A", seed=0)
+    with pytest.raises(FtlabError, match="recipe 'A' \\(seed 0, quant none\\) has several models on arith: A-copy, base-sx-none"):
+        analyze_study(twice, models, StudyAnalysisSettings(baseline="A", resamples=10))
     with pytest.raises(ConfigError) as err:
         analyze_study(samples, models, StudyAnalysisSettings(alpha=0, resamples=0))
     assert len(err.value.problems) == 2

@@ -140,7 +140,8 @@ def normalize_samples(samples: pd.DataFrame) -> pd.DataFrame:
     clash = models.duplicated(["recipe", "seed", "quant", "task"], keep=False)
     if clash.any():
         r = models[clash].iloc[0]
-        names = sorted(models[clash & (models["recipe"] == r.recipe) & (models["quant"] == r.quant)]["model"])
+        same = (models["recipe"] == r.recipe) & (models["quant"] == r.quant) & (models["task"] == r.task)
+        names = sorted(models[clash & same]["model"])
         raise FtlabError(f"recipe {r.recipe!r} (seed {r.seed}, quant {r.quant}) has several models on {r.task}: "
                          f"{', '.join(names)}; give each grid point its own recipe label or seed")
     mixed = models.groupby(["recipe", "quant"])["seed"].agg(lambda s: 0 < s.isna().sum() < len(s))
