@@ -18,6 +18,7 @@ from ftlab.compare.stats import format_p, holm, mcnemar_mdd, paired_bootstrap_ra
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.study.analysis import StudyAnalysisSettings, analyze_study
 from ftlab.study.report import write_report
+from ftlab.study.verdict import verdict_text
 
 N = 40
 FAST = StudyAnalysisSettings(resamples=2000)
@@ -315,6 +316,7 @@ def test_verdict_names_ties_and_differences_too_small_to_detect():
     assert v.undetectable == [("R", "none")]
     text = "\n".join(v.sentences)
     assert "Statistically tied with it after Holm correction: `Q`" in text
+    assert verdict_text(a.verdicts).startswith("arith:\n  - Best recipe: `P`")
     assert re.search(r"Too small to detect .*`R` observed \+0\.0200, minimum detectable 0\.0\d+ \(n = 200 pairs\)", text)
     assert "Significantly above the baseline `base`" in text and "`P` +0.3000" in text
     row = a.vs_baseline.set_index("recipe").loc["R"]

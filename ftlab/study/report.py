@@ -235,20 +235,27 @@ def render_report(analysis: StudyAnalysis, *, title: str, study_summary: dict) -
     return files
 
 
-def write_report(samples: pd.DataFrame, models: pd.DataFrame, settings: StudyAnalysisSettings,
-                 out_dir: str | os.PathLike, *, title: str, study_summary: dict) -> dict[str, Path]:
-    """Analyses the study and writes its report into `out_dir`; returns {relative name: path written}.
-
-    Files: report.md (+ plots/*.png), report.html (self-contained), frame.parquet and frame.csv
-    (the tidy frame), ranking.csv, vs_baseline.csv, vs_best.csv, recovery.csv, pareto.csv.
-    """
+def write_analysis(analysis: StudyAnalysis, out_dir: str | os.PathLike, *, title: str,
+                   study_summary: dict) -> dict[str, Path]:
+    """Writes an analysed study's report into `out_dir`; returns {relative name: path written}."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FtlabError(f"report folder {out} is a file; give a folder")
-    files = render_report(analyze_study(samples, models, settings), title=title, study_summary=study_summary)
+    files = render_report(analysis, title=title, study_summary=study_summary)
     written = {name: atomic_write_bytes(out / name, data) for name, data in files.items()}
     for name in _PLOT_NAMES:  # a chart this study no longer has must not linger beside the new report
         stale = out / PLOTS_DIR / name
         if f"{PLOTS_DIR}/{name}" not in files and stale.exists():
             stale.unlink()
     return written
+
+
+def write_report(samples: pd.DataFrame, models: pd.DataFrame, settings: StudyAnalysisSettings,
+                 out_dir: str | os.PathLike, *, title: str, study_summary: dict) -> dict[str, Path]:
+    """Analyses the study and writes its report into `out_dir`; returns {relative name: path written}.
+
+    Files: report.md (+ plots/*.png), report.html (self-contained), frame.parquet and frame.csv
+    (the tidy frame), ranking.csv, vs_baseline.csv, vs_best.csv, recovery.csv, pareto.csv.
+    Nothing is written when the input is bad (the analysis runs first).
+    """
+    return write_analysis(analyze_study(samples, models, settings), out_dir, title=title, study_summary=study_summary)

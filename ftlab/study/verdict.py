@@ -118,3 +118,8 @@ def build_verdicts(ranking: pd.DataFrame, vs_baseline: pd.DataFrame, vs_best: pd
         sentences += lines + _recovery_sentences(recovery[recovery["task"] == task], settings)
         verdicts.append(TaskVerdict(task=task, best=best, tied=tied, undetectable=small, sentences=sentences))
     return verdicts
+
+
+def verdict_text(verdicts: list[TaskVerdict]) -> str:
+    """The verdict for the console: each task, then its sentences as bullets."""
+    return "\n".join(f"{v.task}:\n" + "\n".join(f"  - {line}" for line in v.sentences) for v in verdicts)
