@@ -6,6 +6,8 @@ that the two models saw identical questions, and so waste most of the statistica
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +47,28 @@ def mcnemar_exact(a_correct, b_correct) -> McNemarResult:
     )
 
 
+def _resample_indices(n: int, resamples: int, seed: int):
+    """Yields (slice of resample rows, index matrix) chunks of a seeded bootstrap over n items.
+
+    Chunked so 10k resamples of a 10k-sample task stay a few MB instead of an 800 MB matrix; the
+    generator calls are the same for every statistic, so equal seeds resample equal items.
+    """
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // max(1, n))
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        yield slice(start, stop), rng.integers(0, n, size=(stop - start, n))
+
+
+def _check_bootstrap(size: int, resamples: int, confidence: float, what: str = "answered by both models") -> None:
+    if size == 0:
+        raise FtlabError(f"bootstrap needs at least one sample {what}")
+    if not 0 < confidence < 1:
+        raise FtlabError(f"confidence={confidence} must be between 0 and 1 (e.g. 0.95)")
+    if resamples < 1:
+        raise FtlabError(f"bootstrap resamples={resamples} must be >= 1")
+
+
 @dataclass(frozen=True)
 class BootstrapResult:
     n: int
@@ -71,21 +95,11 @@ def paired_bootstrap(a_scores, b_scores, *, resamples: int = 10_000, confidence:
     b = np.asarray(b_scores, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise FtlabError(f"paired bootstrap needs two equally long score vectors, got shapes {a.shape} and {b.shape}")
-    if a.size == 0:
-        raise FtlabError("paired bootstrap needs at least one sample answered by both models")
-    if not 0 < confidence < 1:
-        raise FtlabError(f"confidence={confidence} must be between 0 and 1 (e.g. 0.95)")
-    if resamples < 1:
-        raise FtlabError(f"bootstrap resamples={resamples} must be >= 1")
+    _check_bootstrap(a.size, resamples, confidence)
     d = b - a
-    rng = np.random.default_rng(seed)
-    # Chunked so 10k resamples of a 10k-sample task stay a few MB instead of an 800 MB matrix.
     diffs = np.empty(resamples)
-    chunk = max(1, 2_000_000 // max(1, d.size))
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        idx = rng.integers(0, d.size, size=(stop - start, d.size))
-        diffs[start:stop] = d[idx].mean(axis=1)
+    for rows, idx in _resample_indices(d.size, resamples, seed):
+        diffs[rows] = d[idx].mean(axis=1)
     alpha = 1 - confidence
     lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
     p = min(1.0, 2.0 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
@@ -93,3 +107,143 @@ def paired_bootstrap(a_scores, b_scores, *, resamples: int = 10_000, confidence:
         n=int(d.size), mean_a=float(a.mean()), mean_b=float(b.mean()), diff=float(d.mean()),
         ci_low=float(lo), ci_high=float(hi), p_value=p, resamples=resamples, confidence=confidence,
     )
+
+
+def bootstrap_mean_interval(scores, *, resamples: int = 10_000, confidence: float = 0.95,
+                            seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-item scores (items resampled with replacement)."""
+    x = np.asarray(scores, dtype=float)
+    _check_bootstrap(x.size, resamples, confidence, what="to resample")
+    means = np.empty(resamples)
+    for rows, idx in _resample_indices(x.size, resamples, seed):
+        means[rows] = x[idx].mean(axis=1)
+    alpha = 1 - confidence
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class RatioResult:
+    n: int
+    mean_a: float
+    mean_b: float
+    ratio: float  # mean_b / mean_a; NaN when mean_a is 0
+    ci_low: float
+    ci_high: float
+    undefined: int  # resamples where both means were 0 (no ratio), left out of the interval
+    resamples: int
+    confidence: float
+
+
+def paired_bootstrap_ratio(a_scores, b_scores, *, resamples: int = 10_000, confidence: float = 0.95,
+                           seed: int = 0) -> RatioResult:
+    """Paired bootstrap of the ratio of mean scores B / A (e.g. quantized / its source).
+
+    Items are resampled jointly (same generator calls as `paired_bootstrap`); the interval is the
+    percentile interval of the resampled ratios, taken as order statistics ("inverted_cdf") so a
+    resample whose A mean is 0 counts as +inf (B > 0) instead of breaking an interpolation; a
+    resample with both means 0 has no ratio and is left out (counted in `undefined`). When A's
+    observed mean is 0 the ratio is undefined and everything is NaN.
+    """
+    a = np.asarray(a_scores, dtype=float)
+    b = np.asarray(b_scores, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise FtlabError(f"ratio bootstrap needs two equally long score vectors, got shapes {a.shape} and {b.shape}")
+    _check_bootstrap(a.size, resamples, confidence)
+    mean_a, mean_b = float(a.mean()), float(b.mean())
+    if mean_a == 0:
+        return RatioResult(int(a.size), mean_a, mean_b, math.nan, math.nan, math.nan, 0, resamples, confidence)
+    num = np.empty(resamples)
+    den = np.empty(resamples)
+    for rows, idx in _resample_indices(a.size, resamples, seed):
+        num[rows] = b[idx].mean(axis=1)
+        den[rows] = a[idx].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = num / den
+    defined = ratios[~np.isnan(ratios)]
+    alpha = 1 - confidence
+    if defined.size == 0:
+        return RatioResult(int(a.size), mean_a, mean_b, mean_b / mean_a, math.nan, math.nan, resamples, resamples,
+                           confidence)
+    lo, hi = np.quantile(defined, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+    return RatioResult(int(a.size), mean_a, mean_b, mean_b / mean_a, float(lo), float(hi),
+                       int(resamples - defined.size), resamples, confidence)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (Holm 1979, step-down), in the input order.
+
+    Sorted ascending, the i-th smallest of m p-values (i from 0) is multiplied by (m - i); a running
+    maximum keeps the adjusted values in the order of the raw ones, and they are capped at 1.
+    Rejecting every hypothesis whose adjusted p <= alpha is exactly Holm's procedure at level alpha
+    (family-wise error <= alpha under any dependence). NaN entries are not tests: they stay NaN and
+    do not count in m.
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1:
+        raise FtlabError(f"Holm correction needs a flat list of p-values, got shape {p.shape}")
+    if np.any((p < 0) | (p > 1)):
+        raise FtlabError(f"p-values must lie in [0, 1], got {p[(p < 0) | (p > 1)][:3].tolist()}")
+    out = np.full(p.shape, np.nan)
+    tested = ~np.isnan(p)
+    m = int(tested.sum())
+    if m:
+        raw = p[tested]
+        order = np.argsort(raw, kind="stable")
+        stepped = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * raw[order]))
+        adjusted = np.empty(m)
+        adjusted[order] = stepped
+        out[tested] = adjusted
+    return out
+
+
+def mcnemar_mdd(n_pairs: int, discordant_rate: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable difference |p10 - p01| of a two-sided McNemar test on n paired outcomes.
+
+    Connor (1987, Biometrics 43:207) gives the pairs needed to detect a difference delta between
+    the two discordant probabilities when their sum is psi (the discordance rate):
+        n = (z_a * sqrt(psi) + z_b * sqrt(psi - delta^2))^2 / delta^2,
+    z_a = Phi^-1(1 - alpha/2), z_b = Phi^-1(power). Solved for delta (squaring, the root with
+    sqrt(n) * delta - z_a * sqrt(psi) of the sign of z_b):
+        delta = (z_a * sqrt(psi * n) + z_b * sqrt(psi * (n + z_b^2 - z_a^2))) / (n + z_b^2).
+    delta is a difference in accuracy (the share of pairs). Returns +inf when delta > psi: no
+    difference is possible that large (|p10 - p01| <= psi), so at this discordance nothing is
+    detectable with the asked power. Returns NaN when psi is 0: the models never disagreed, so
+    the sample says nothing about how often they would.
+    The relation is the normal approximation: at this delta, the power computed exactly (binomial
+    sums) is 0.80-0.85 for the z-test and 0.76-0.78 for the exact McNemar test, which is
+    conservative (measured for n = 60..3000 in tests/test_study_analysis.py).
+    """
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise FtlabError(f"alpha={alpha} and power={power} must both lie strictly between 0 and 1")
+    if not 0 <= discordant_rate <= 1:
+        raise FtlabError(f"discordant_rate={discordant_rate} must lie in [0, 1]")
+    if n_pairs < 1:
+        raise FtlabError(f"minimum detectable difference needs at least one pair, got n={n_pairs}")
+    psi = float(discordant_rate)
+    if psi == 0:
+        return math.nan
+    z_a = float(_sps.norm.ppf(1 - alpha / 2))
+    z_b = float(_sps.norm.ppf(power))
+    n = float(n_pairs)
+    root = psi * (n + z_b**2 - z_a**2)
+    if root < 0:  # only for n < z_a^2 - z_b^2 (about 3 pairs): far too few to detect anything
+        return math.inf
+    delta = (z_a * math.sqrt(psi * n) + z_b * math.sqrt(root)) / (n + z_b**2)
+    return math.inf if delta > psi else delta
+
+
+def format_p(p: float, *, resamples: int | None = None) -> str:
+    """A p-value for people: never "0". A bootstrap p of 0 (no resample crossed zero) prints as
+    "< 1/B"; an exact p below 0.001 in scientific notation; one that underflowed to 0 as below the
+    smallest normal double."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "n/a"
+    p = float(p)
+    if p <= 0:
+        if resamples:
+            return f"< {1 / resamples:.2g}"
+        return f"< {sys.float_info.min:.1e}"
+    if p < 1e-3:
+        return f"{p:.2e}"
+    return f"{p:.3g}"
