@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ftlab.errors import FtlabError
     from ftlab.jobs.engine import EngineSettings
     from ftlab.paths import Workspace
     from ftlab.study.run import format_outcomes, format_plan, open_study, report_study, run_study
@@ -41,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     workspace = Workspace.at(getattr(args, "workdir", None))
     study = open_study(args.file, workspace, args.overrides)
     if args.study_command == "report":
-        paths = report_study(study)
-        print(paths["report.md"].read_text(encoding="utf-8"))
+        paths, verdict = report_study(study)
+        print(verdict)
         print(f"report: {paths['report.html']}")
         return 0
     settings = EngineSettings(workers=args.workers, threads=args.threads, timeout_s=args.timeout,
@@ -57,14 +58,10 @@ def run(args: argparse.Namespace) -> int:
     failed = sum(o.state not in ("done",) for o in outcomes)
     if not args.no_report:
         try:
-            paths = report_study(study)
-        except Exception as exc:  # noqa: BLE001 - the jobs' results stand; say why there is no report
-            from ftlab.errors import FtlabError
-
-            if not isinstance(exc, FtlabError):
-                raise
+            paths, verdict = report_study(study)
+        except FtlabError as exc:  # the jobs' results stand; say why there is no report
             print(f"no report: {exc}")
         else:
-            print(paths["report.md"].read_text(encoding="utf-8"))
+            print(verdict)
             print(f"report: {paths['report.html']}")
     return min(failed, 100)

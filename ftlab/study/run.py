@@ -94,10 +94,12 @@ def run_study(study: Study, settings: EngineSettings, echo: Callable[[str], None
     return study.engine(settings, echo).run()
 
 
-def report_study(study: Study) -> dict:
-    """Writes the verdict from whatever evaluations are finished; returns the written paths."""
+def report_study(study: Study) -> tuple[dict, str]:
+    """Writes the verdict from the finished evaluations; returns (written paths, verdict text)."""
+    from ftlab.study.analysis import StudyAnalysisSettings, analyze_study
     from ftlab.study.collect import collect
-    from ftlab.study.report import write_report, StudyAnalysisSettings
+    from ftlab.study.report import write_analysis
+    from ftlab.study.verdict import verdict_text
 
     engine = study.engine()
     finished = [study.graph.evaluations[j.id] for j in study.graph.jobs
@@ -107,9 +109,10 @@ def report_study(study: Study) -> dict:
     samples, models = collect(study.workspace, finished, list(study.spec.evaluate.datasets))
     baseline = baseline_recipe(study.spec, study.recipes)
     settings = StudyAnalysisSettings(baseline="base" if baseline is None else baseline.label)
+    analysis = analyze_study(samples, models, settings)
     total = sum(1 for j in study.graph.jobs if j.kind == "evaluate")
     summary = {"file": str(study.path), "evaluations_finished": len(finished), "evaluations_planned": total,
                "recipes": [r.label for r in study.recipes], "seeds": study.spec.train.seeds,
                "quant_variants": study.spec.quantize.variants, "tasks": study.spec.evaluate.datasets}
-    return write_report(samples, models, settings, study.folder, title=f"Study {study.spec.name}",
-                        study_summary=summary)
+    paths = write_analysis(analysis, study.folder, title=f"Study {study.spec.name}", study_summary=summary)
+    return paths, verdict_text(analysis.verdicts)
