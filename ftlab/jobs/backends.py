@@ -165,7 +165,7 @@ def run_ray(engine: Engine) -> None:
         def fits(job: Job) -> bool:
             return threads <= free["CPU"] + 1e-9 and job.resources.gpus <= free["GPU"] + 1e-9
 
-        remote = ray.remote(_ray_run_task).options(max_retries=0)
+        remote = ray.remote(max_retries=0)(_ray_run_task)
         while True:
             while True:
                 claimed = engine.next_ready(fits)
