@@ -186,14 +186,15 @@ class EvalConfig:
     backend: str = doc_field("hf", "generation backend: hf (transformers, batched greedy); canned is for tests only")
     backend_options: dict = doc_field({}, "backend-specific options (canned: response or responses_file)")
     stop_at_box: bool = doc_field(True, "stop each answer when its \\boxed{...} closes (else only at EOS/max_new_tokens)")
-    numeric_rel_tol: float = doc_field(1e-4, "numeric answers: relative tolerance for a match")
-    numeric_abs_tol: float = doc_field(1e-6, "numeric answers: absolute tolerance for a match")
+    numeric_rel_tol: float | None = doc_field(None, "numeric answers: relative tolerance for non-integer golds "
+                                                    "(integer golds match exactly); None = each task's documented tolerance")
+    numeric_abs_tol: float | None = doc_field(None, "numeric answers: absolute tolerance for non-integer golds; None = the task's")
     perplexity_max_length: int = doc_field(512, "perplexity task: tokens per text window")
 
     def validate(self) -> list[str]:
         out = []
-        if self.numeric_rel_tol < 0 or self.numeric_abs_tol < 0:
-            out.append("eval.numeric_rel_tol and eval.numeric_abs_tol must be >= 0")
+        if any(t is not None and t < 0 for t in (self.numeric_rel_tol, self.numeric_abs_tol)):
+            out.append("eval.numeric_rel_tol and eval.numeric_abs_tol must be >= 0 (or None for the task's tolerance)")
         if self.max_new_tokens is not None and self.max_new_tokens <= 0:
             out.append(f"eval.max_new_tokens={self.max_new_tokens} must be positive or None")
         if not self.datasets:

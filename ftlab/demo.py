@@ -117,7 +117,7 @@ def _train_cfg(s: DemoSettings, dataset: str | None):
     from ftlab.config import TrainRunConfig, load_config
 
     overrides = [
-        f"model.name={s.model}", f"data.dataset={dataset}", f"peft.method=LoRa", f"peft.r={s.rank}",
+        f"model.name={s.model}", f"data.dataset={dataset}", "peft.method=LoRa", f"peft.r={s.rank}",
         f"train.max_steps={s.steps}", f"train.batch_size={s.batch_size}", f"train.learning_rate={s.learning_rate}",
         f"data.max_length={s.max_length}", "data.val_size=0", "train.merge_after_train=true",
         "train.warmup_ratio=0.05", "train.report_to=tensorboard", "train.logging_steps=5",
@@ -163,14 +163,11 @@ def _remove_demo_outputs(ws, names: dict[str, str]) -> None:
 
 
 def _accuracy(ws, name: str, task: str) -> float | None:
+    from ftlab.eval.documents import load_metrics_document
     from ftlab.eval.evaluator import metrics_paths
-    from ftlab.io import read_json
 
-    path = metrics_paths(ws, name)[0]
-    if not path.exists():
-        return None
-    doc = read_json(path, "metrics")
-    return ((doc.get("datasets") or {}).get(task) or {}).get("metrics", {}).get("accuracy")
+    doc = load_metrics_document(metrics_paths(ws, name)[0], missing_ok=True)
+    return (((doc or {}).get("datasets") or {}).get(task) or {}).get("metrics", {}).get("accuracy")
 
 
 def run_demo(s: DemoSettings, workspace=None, fresh: bool = False) -> dict:
@@ -228,18 +225,17 @@ def _fmt(x: float | None) -> str:
 
 
 def _evaluate_if_needed(ws, name: str, opts, s: DemoSettings) -> None:
-    """Evaluates in this process (the model is small) unless an up-to-date result exists."""
-    from ftlab.eval.evaluator import evaluate, eval_config_hash, metrics_paths
-    from ftlab.io import read_json
+    """Evaluates in this process (the model is small) unless its demo task has a current result."""
+    from ftlab.eval.documents import load_metrics_document
+    from ftlab.eval.evaluator import evaluate, expected_settings, metrics_paths
+    from ftlab.eval.results import stale_tasks
 
     cfg = opts.resolve(ws.models_dir / name)
     if s.threads:
         cfg.eval.threads = s.threads
-    path = metrics_paths(ws, name)[0]
-    if path.exists():
-        doc = read_json(path, "metrics")
-        if doc.get("status") == "complete" and doc.get("eval_config_hash") == eval_config_hash(cfg):
-            return
+    doc = load_metrics_document(metrics_paths(ws, name)[0], missing_ok=True)
+    if doc is not None and not stale_tasks(doc, expected_settings(cfg, ws)):
+        return
     evaluate(str(ws.models_dir / name), cfg, ws, model_name=name)
 
 

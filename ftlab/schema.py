@@ -14,17 +14,17 @@ from ftlab.errors import FtlabError
 from ftlab.io import atomic_write_json, read_json
 
 TRAINING_METADATA_FILE = "training_metadata.json"
-CURRENT_VERSIONS: dict[str, int] = {"model": 1, "metrics": 1}
+# One schema version per document kind, defined here and nowhere else. Bump it together with an
+# upgrader from the previous version (registered where the kind's document is built).
+MODEL_SCHEMA_VERSION = 1
+METRICS_SCHEMA_VERSION = 2  # v2: results keyed per task with their own settings (ftlab.eval.results)
+CURRENT_VERSIONS: dict[str, int] = {"model": MODEL_SCHEMA_VERSION, "metrics": METRICS_SCHEMA_VERSION}
 _UPGRADERS: dict[tuple[str, int], Callable[[dict], dict]] = {}
 
 
 def register_upgrader(kind: str, from_version: int, fn: Callable[[dict], dict]) -> None:
     """`fn` turns a version `from_version` document into version `from_version + 1`."""
     _UPGRADERS[(kind, from_version)] = fn
-
-
-def set_current_version(kind: str, version: int) -> None:
-    CURRENT_VERSIONS[kind] = version
 
 
 def upgrade(kind: str, doc: dict, source: str = "document") -> dict:
@@ -71,7 +71,7 @@ register_upgrader("model", 0, _model_v0_to_v1)
 
 def write_training_metadata(folder: str | os.PathLike, meta: dict[str, Any]) -> Path:
     meta = dict(meta)
-    meta["schema_version"] = CURRENT_VERSIONS["model"]
+    meta["schema_version"] = MODEL_SCHEMA_VERSION
     meta.setdefault("kind", "model")
     return atomic_write_json(Path(folder) / TRAINING_METADATA_FILE, meta)
 

@@ -190,10 +190,12 @@ def test_frame_upgrades_old_documents(tmp_path):
     assert df["rank"].iloc[0] == 8.0 and df["dataset"].iloc[0] == "boolq"
 
 
-def test_frame_rejects_damaged_documents_and_skips_incomplete(tmp_path):
+def test_frame_rejects_damaged_documents_and_shows_finished_tasks_of_running_ones(tmp_path):
     ws = Workspace(tmp_path)
+    # A run on another task is in progress (or was killed): the tasks it already holds are finished
+    # results and stay visible (results accumulate; they never disappear from compare).
     atomic_write_json(ws.metrics_dir / "a-base.json", metrics_doc("a-base", {"arc": 0.5}, status="running"))
-    assert load_metrics(ws).empty
+    assert value(load_metrics(ws), "a-base", "arc") == 0.5
     (ws.metrics_dir / "b-base.json").write_text("{not json")
     with pytest.raises(FtlabError, match="b-base.json"):
         load_metrics(ws)
@@ -267,6 +269,8 @@ def test_pair_joins_on_dataset_and_index(ws):
 
 def test_pair_uses_per_sample_f1_when_both_have_it(ws):
     (ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
+    for name, acc in (("tiny-base", 0.5), ("other-base", 0.75)):
+        atomic_write_json(ws.metrics_dir / f"{name}.json", metrics_doc(name, {"squad_v2": acc}))
     write_samples(ws, "tiny-base", "squad_v2", [0, 1, 0, 1], f1=[0.2, 1.0, 0.5, 1.0])
     write_samples(ws, "other-base", "squad_v2", [0, 1, 1, 1], f1=[0.4, 1.0, 1.0, 1.0])
     res = compare_pair(ws, "tiny-base", "other-base", resamples=500).iloc[0]
@@ -340,3 +344,72 @@ def test_cli_on_empty_workspace(tmp_path):
     r = _cli(Workspace(tmp_path))
     assert r.returncode == 2 and "no metrics documents" in r.stderr
     assert not Workspace(tmp_path).summary_csv.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# per-task results from the evaluator (schema v2)
+
+
+def test_bootstrap_p_value_is_never_printed_as_zero(ws):
+    from ftlab.compare.pair import describe_pair
+    from ftlab.compare.stats import format_p
+
+    assert format_p(0.0, resamples=10_000) == "< 0.0002" and format_p(0.0312, resamples=10_000) == "0.0312"
+    assert format_p(float("nan"), resamples=100) == "n/a"
+    (ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
+    write_samples(ws, "tiny-base", "arc", [0] * 20)
+    write_samples(ws, "tiny-arc_SFT_LoRa16_NoQuant", "arc", [1] * 20)
+    res = compare_pair(ws, "tiny-base", "tiny-arc_SFT_LoRa16_NoQuant", resamples=2000)
+    assert res.iloc[0].bootstrap_p == 0.0  # no resample crossed zero
+    text = describe_pair(res, "tiny-base", "tiny-arc_SFT_LoRa16_NoQuant")
+    assert "bootstrap p < 0.001 " in text and "bootstrap p=0 " not in text
+
+
+def _evaluate(ws, name, datasets, responder, *overrides):
+    from ftlab.config import EvalRunConfig, load_config
+    from ftlab.eval.evaluator import evaluate
+    from ftlab.eval.generation import CannedGenerator
+
+    cfg = load_config(EvalRunConfig, overrides=[f"eval.datasets={datasets}", "eval.limit=6", "eval.bootstrap_samples=50",
+                                                *overrides])
+    return evaluate("scratch:tiny", cfg, ws, generator=CannedGenerator(responder), model_name=name)
+
+
+def test_compare_reads_every_current_task_of_every_model(tmp_path):
+    import re
+
+    ws = Workspace(tmp_path)
+    data = tmp_path / "capitals.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Capital number {i}?", "answer": "Paris"}) + "\n" for i in range(6)))
+
+    def right(p):
+        m = re.search(r"What is (-?\d+) ([-+*]) (-?\d+)\?", p)
+        if m:
+            a, op, b = int(m[1]), m[2], int(m[3])
+            return f"\\boxed{{{a + b if op == '+' else a - b if op == '-' else a * b}}}"
+        m = re.search(r"Which number is larger, (\d+) or (\d+)\?", p)
+        return f"\\boxed{{{max(int(m[1]), int(m[2]))}}}" if m else "\\boxed{Paris}"
+
+    for name, responder in (("a-base", "\\boxed{1}"), ("a-arith_SFT_LoRa16_NoQuant", right)):
+        _evaluate(ws, name, "synthetic-arith", responder)
+        _evaluate(ws, name, str(data), responder)  # a second task set: the first stays
+    df = load_metrics(ws)
+    for name in ("a-base", "a-arith_SFT_LoRa16_NoQuant"):
+        assert {"synthetic-arith", str(data)} <= set(df[df.model == name].task)
+    assert set(df[df.metric == "accuracy"].scoring_version.dropna()) == {2.0}
+    assert value(df, "a-arith_SFT_LoRa16_NoQuant", "synthetic-arith") == 1.0
+    res = compare_pair(ws, "a-base", "a-arith_SFT_LoRa16_NoQuant", resamples=200).set_index("task")
+    assert res.loc["synthetic-arith"].n == 6 and res.loc[str(data)].n == 6 and res.loc["all"].n == 12
+
+    # Re-evaluating one task under new settings: the pair uses only the lines behind the new result.
+    _evaluate(ws, "a-base", "synthetic-arith", right, "eval.max_new_tokens=40")
+    res = compare_pair(ws, "a-base", "a-arith_SFT_LoRa16_NoQuant", resamples=200).set_index("task")
+    assert res.loc["synthetic-arith"].n == 6 and res.loc["synthetic-arith"].a == 1.0
+
+    # Results scored by an older rule are never paired with current ones.
+    doc_path = ws.metrics_dir / "a-base.json"
+    doc = json.loads(doc_path.read_text())
+    doc["datasets"]["synthetic-arith"]["scoring_version"] = 1
+    atomic_write_json(doc_path, doc)
+    with pytest.raises(FtlabError, match="synthetic-arith: a-base was scored by scoring v1, .* by v2; rescore a-base"):
+        compare_pair(ws, "a-base", "a-arith_SFT_LoRa16_NoQuant", resamples=200)

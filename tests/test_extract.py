@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftlab.eval.extraction import extract, extract_boxed, has_closed_box, FLEXIBLE_EXTRACTORS
+from ftlab.eval.extraction import FLEXIBLE_EXTRACTORS, box_cut_off, extract, extract_boxed, has_closed_box
 
 BOXED = [
     ("The answer is \\boxed{42}.", "42"),
@@ -17,7 +17,7 @@ BOXED = [
     ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
     ("\\boxed{\\text{yes}}", "\\text{yes}"),
     ("\\boxed{}", ""),
-    ("\\boxed{1} and then \\boxed{2", "1"),  # a cut-off box does not hide a closed one
+    ("\\boxed{1} and then \\boxed{2", None),  # a cut-off last box is no answer, not the earlier box
     ("\\boxed{3", None),
     ("no box here, answer 3", None),
     ("\\boxedx{3}", None),  # another command, not a box
@@ -31,6 +31,19 @@ BOXED = [
 @pytest.mark.parametrize("text,expected", BOXED)
 def test_extract_boxed(text, expected):
     assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize("text,cut", [
+    ("\\boxed{1} and then \\boxed{2", True),
+    ("\\boxed{3", True),
+    ("\\boxed{1} and then \\boxed{2}", False),
+    ("\\boxed{\\frac{1}{2}", True),
+    ("no box", False),
+    (None, False),
+    ("ends with \\boxed", True),
+])
+def test_box_cut_off(text, cut):
+    assert box_cut_off(text) is cut
 
 
 @pytest.mark.parametrize("text,closed", [

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from ftlab.errors import FtlabError
+from ftlab.eval.evaluator import expected_settings
+from ftlab.eval.results import request_hash
 from ftlab.io import atomic_write_json, read_json, read_jsonl
 from ftlab.orchestrate.discovery import (
     BAD_FOLDER, FAILED, FAILED_EARLIER, INCOMPLETE, MISSING, STALE, UP_TO_DATE, EvalOptions, plan_sweep,
@@ -101,12 +103,14 @@ def test_discovery_reasons(tmp_path, tiny_template):
     (ws.metrics_dir / f"{partial}.json").unlink()
     lines = read_jsonl(ws.metrics_dir / f"{partial}.samples.jsonl")
     (ws.metrics_dir / f"{partial}.samples.jsonl").write_text(json.dumps(lines[0]) + "\n" + json.dumps(lines[1])[:25])
-    # stale: the document was written under another eval config.
+    # stale: the task's result was made with another token cap.
     doc = read_json(ws.metrics_dir / f"{stale}.json")
-    atomic_write_json(ws.metrics_dir / f"{stale}.json", {**doc, "eval_config_hash": "0123456789abcdef"})
-    current = doc["eval_config_hash"]
-    atomic_write_json(ws.metrics_dir / f"{failed}.error.json", {"error": "CUDA out of memory", "eval_config_hash": current})
-    atomic_write_json(ws.metrics_dir / f"{old_failed}.error.json", {"error": "boom", "eval_config_hash": "other"})
+    changed = json.loads(json.dumps(doc))
+    changed["datasets"][TASK]["settings"]["generation"]["max_new_tokens"] = 99
+    atomic_write_json(ws.metrics_dir / f"{stale}.json", changed)
+    current = request_hash(expected_settings(opts.resolve(folders[failed].resolve())))
+    atomic_write_json(ws.metrics_dir / f"{failed}.error.json", {"error": "CUDA out of memory", "request_hash": current})
+    atomic_write_json(ws.metrics_dir / f"{old_failed}.error.json", {"error": "boom", "request_hash": "other"})
     (folders[broken] / "training_metadata.json").write_text("{oops")
 
     items = {i.model: i for i in plan_sweep(ws, opts)}
@@ -114,22 +118,46 @@ def test_discovery_reasons(tmp_path, tiny_template):
         up: UP_TO_DATE, partial: INCOMPLETE, stale: STALE, failed: FAILED_EARLIER, old_failed: MISSING, broken: BAD_FOLDER,
     }
     assert "1 samples done" in items[partial].detail
-    assert "0123456789ab" in items[stale].detail
+    # The dry run names the task and the setting that changed.
+    assert items[stale].detail == f"{TASK}: generation.max_new_tokens 99 -> 24"
     assert "CUDA out of memory" in items[failed].detail and "--retry-failed" in items[failed].detail
     assert [i.model for i in items.values() if i.runs] == sorted([partial, stale, old_failed])
     assert reasons(plan_sweep(ws, opts, retry_failed=True))[failed] == FAILED
 
-    # Changing anything that affects answers makes finished models stale; batch size does not.
+    # Changing anything that affects answers makes finished tasks stale; batch size does not.
     assert reasons(plan_sweep(ws, dataclasses.replace(opts, batch_size=7)))[up] == UP_TO_DATE
     assert reasons(plan_sweep(ws, dataclasses.replace(opts, limit=4)))[up] == STALE
     assert reasons(plan_sweep(ws, dataclasses.replace(opts, overrides=["eval.system_prompt=Be brief."])))[up] == STALE
-    # A document of an older schema version is stale even with the same hash.
-    atomic_write_json(ws.metrics_dir / f"{up}.json", {"schema_version": 0, "model": up, "results": {},
-                                                      "eval_config_hash": current})
-    assert reasons(plan_sweep(ws, opts))[up] == STALE
-    # A document the evaluator left as "running" (killed between datasets) is incomplete.
-    atomic_write_json(ws.metrics_dir / f"{up}.json", {**doc, "status": "running"})
-    assert reasons(plan_sweep(ws, opts))[up] == INCOMPLETE
+
+    # Per task: a second task is only missing, the first stays current; a setting that changes
+    # only numeric answers makes only the numeric task stale.
+    data = ws.root / "capitals.jsonl"
+    data.write_text(json.dumps({"question": "Capital of France?", "answer": "Paris"}) + "\n")
+    two = dataclasses.replace(opts, datasets=[TASK, str(data)])
+    item = {i.model: i for i in plan_sweep(ws, two)}[up]
+    assert (item.reason, item.detail) == (MISSING, f"{data} not evaluated yet")
+    evaluate_in_process(ws, folders[up], two)
+    assert reasons(plan_sweep(ws, two))[up] == UP_TO_DATE
+    assert reasons(plan_sweep(ws, opts))[up] == UP_TO_DATE  # fewer tasks asked: the others are kept, not stale
+    item = {i.model: i for i in plan_sweep(ws, dataclasses.replace(two, overrides=["eval.numeric_rel_tol=0.01"]))}[up]
+    assert item.reason == STALE and item.detail == f"{TASK}: tolerance.rel 0.0 -> 0.01"
+
+    # A result scored by an older rule is stale for that task (the evaluator rescores it from the
+    # stored responses); so is one from an old document version, upgraded.
+    old_rule = json.loads(json.dumps(doc))
+    old_rule["datasets"][TASK]["settings"]["scoring_version"] = old_rule["datasets"][TASK]["scoring_version"] = 1
+    atomic_write_json(ws.metrics_dir / f"{up}.json", old_rule)
+    item = {i.model: i for i in plan_sweep(ws, opts)}[up]
+    assert (item.reason, item.detail) == (STALE, f"{TASK}: scoring_version 1 -> 2")
+    atomic_write_json(ws.metrics_dir / f"{up}.json", {"schema_version": 0, "model": up, "results": {TASK: {"n": 3, "accuracy": 1.0}}})
+    item = {i.model: i for i in plan_sweep(ws, opts)}[up]
+    assert item.reason == STALE and item.detail.startswith(f"{TASK}: scoring_version 1 -> 2; ")
+    # A document the evaluator left as "running" (killed before this task finished) is incomplete.
+    running = json.loads(json.dumps(doc))
+    running["status"], running["datasets"] = "running", {}
+    atomic_write_json(ws.metrics_dir / f"{up}.json", running)
+    item = {i.model: i for i in plan_sweep(ws, opts)}[up]
+    assert item.reason == INCOMPLETE and item.detail.startswith(f"interrupted run: {TASK} not finished")
 
     with pytest.raises(FtlabError, match="--model nope is not a model folder"):
         plan_sweep(ws, opts, only=["nope"])
@@ -137,11 +165,10 @@ def test_discovery_reasons(tmp_path, tiny_template):
 
 
 def test_forwarded_options_hash_like_ftlab_evaluate(tmp_path):
-    """The planner's hash must be the one the worker's `ftlab evaluate` writes, whatever the order
-    of options and overrides, or every finished model would look stale."""
+    """The planner's task settings must be the ones the worker's `ftlab evaluate` stores, whatever
+    the order of options and overrides, or every finished model would look stale."""
     from ftlab.cli import build_parser
     from ftlab.eval.cli_evaluate import _split_tail, build_config
-    from ftlab.eval.evaluator import eval_config_hash
     from ftlab.orchestrate.cli import _split_overrides
 
     cfg = tmp_path / "c.yaml"
@@ -155,7 +182,7 @@ def test_forwarded_options_hash_like_ftlab_evaluate(tmp_path):
         opts = EvalOptions(datasets=datasets, limit=args.limit, batch_size=args.batch_size,
                            max_new_tokens=args.max_new_tokens, config=args.config, overrides=overrides)
         ev_args = build_parser(("evaluate",)).parse_args(["evaluate", "/m", *opts.cli_args()])
-        assert eval_config_hash(build_config(_split_tail(ev_args))) == eval_config_hash(opts.resolve("/m")), argv
+        assert expected_settings(build_config(_split_tail(ev_args))) == expected_settings(opts.resolve("/m")), argv
 
 
 def test_busy_models_are_reported_and_not_claimed(tmp_path, tiny_template):
@@ -175,7 +202,7 @@ def test_busy_models_are_reported_and_not_claimed(tmp_path, tiny_template):
     assert sweep.report.outcomes[-1].reason == "busy"
     other.release()
     job = sweep.claim(item)
-    assert job is not None and job.model == "scratch-tiny-base" and job.eval_config_hash
+    assert job is not None and job.model == "scratch-tiny-base" and list(job.expected) == [TASK]
     assert json.loads(lock_path(sweep.locks_dir, "scratch-tiny-base").read_text())["pid"] == os.getpid()
     sweep.release_all()
     assert not lock_path(sweep.locks_dir, "scratch-tiny-base").exists()
@@ -294,7 +321,7 @@ def _fake_python(tmp_path: Path, body: str) -> str:
 
 
 def test_run_job_reports_signals_timeouts_and_errors(tmp_path):
-    base = dict(model="m", folder=str(tmp_path), workdir=str(tmp_path), eval_args=[], eval_config_hash="h")
+    base = dict(model="m", folder=str(tmp_path), workdir=str(tmp_path), eval_args=[], expected={})
     killed = run_job(EvalJob(**base, python=_fake_python(tmp_path, 'echo "loading"; kill -9 $$')))
     assert not killed.ok and killed.returncode == -signal.SIGKILL
     assert killed.error.startswith("killed by SIGKILL (out of memory?")
@@ -348,7 +375,7 @@ def test_failing_model_does_not_stop_the_sweep(tmp_path, tiny_template):
         assert completed(ws, n) is not None
     err = read_json(ws.metrics_dir / "scratch-tiny-arc_SFT_DoRa8_NoQuant.error.json")
     assert "has no config.json" in err["error"] and err["exit_code"] == 2
-    assert err["time"] and err["traceback_tail"] and err["eval_config_hash"]
+    assert err["time"] and err["traceback_tail"] and err["request_hash"]
     assert "FAILED  scratch-tiny-arc_SFT_DoRa8_NoQuant" in r.stdout
     assert "2 evaluated, 1 failed, 0 skipped" in r.stdout
 
@@ -396,7 +423,7 @@ def test_kill9_during_sweep_then_resume(tmp_path, tiny_template):
     assert lock["pid"] == proc.pid  # left behind by the killed orchestrator
 
     r = run_orchestrator(ws, *args, "--dry-run")
-    assert f"{models[0]}  run     incomplete      {done_before} samples done, resuming" in r.stdout
+    assert f"{models[0]}  run     incomplete      {TASK}: {done_before} samples done, resuming" in r.stdout
 
     r = run_orchestrator(ws, *args)
     assert r.returncode == 0, r.stdout + r.stderr

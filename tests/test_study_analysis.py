@@ -277,8 +277,10 @@ def test_mcnemar_mdd_edges():
 
 
 def test_format_p_never_prints_zero():
-    assert format_p(0.0, resamples=10_000) == "< 0.0001"
-    assert format_p(0.0, resamples=2000) == "< 0.0005"
+    # Two-sided bootstrap p moves in steps of 2/B: below that it prints as "< 2/B".
+    assert format_p(0.0, resamples=10_000) == "< 0.0002"
+    assert format_p(0.0, resamples=2000) == "< 0.001" and format_p(0.0008, resamples=2000) == "< 0.001"
+    assert format_p(0.001, resamples=2000) == "0.001"
     assert format_p(0.0).startswith("< ") and float(format_p(0.0)[2:]) > 0
     assert format_p(2 * 0.5**30) == "1.86e-09"
     assert format_p(0.04492) == "0.0449" and format_p(1.0) == "1" and format_p(math.nan) == "n/a"
@@ -396,7 +398,7 @@ def test_report_files_are_self_contained_and_never_print_p_zero(study, tmp_path)
     md = (out / "report.md").read_text()
     assert "![score by recipe](plots/scores.png)" in md and "## Verdict" in md and "### arith" in md
     # B's GPTQ loss (30 to 0) has McNemar p = 2^-29 and no bootstrap resample near zero difference.
-    assert "1.86e-09" in md and "< 0.0005" in md
+    assert "1.86e-09" in md and "< 0.001" in md
     for text in (md, page):
         assert not re.search(r"p = 0(\.0*)?(?![.\d])", text)
     table = _md_table(md, "| task | quant | recipe | baseline at |")

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 ID_COLUMNS = ["model", "base", "dataset", "method", "peft", "rank", "quant"]
 COLUMNS = [*ID_COLUMNS, "task", "metric", "group", "value", "ci_low", "ci_high", "n",
-           "size_on_disk_bytes", "path"]
+           "size_on_disk_bytes", "path", "scoring_version"]
 # Row groups: task scores go in the wide table; "format"/"speed" are diagnostics; "summary" is the
 # document's own cross-task aggregate (task "overall").
 SCORE, FORMAT, SPEED, SUMMARY = "score", "format", "speed", "summary"
@@ -117,25 +117,26 @@ def rows_from_document(doc: dict, workspace: Workspace | None = None) -> list[di
     }
     rows: list[dict] = []
 
-    def add(task, metric, group, value, n=math.nan, interval=None):
+    def add(task, metric, group, value, n=math.nan, interval=None, version=math.nan):
         lo = hi = math.nan
         if isinstance(interval, (list, tuple)) and len(interval) == 2:
             lo, hi = _num(interval[0]), _num(interval[1])
         rows.append({**ident, "task": task, "metric": metric, "group": group, "value": _num(value),
-                     "ci_low": lo, "ci_high": hi, "n": _num(n)})
+                     "ci_low": lo, "ci_high": hi, "n": _num(n), "scoring_version": version})
 
     for task, res in (doc.get("datasets") or {}).items():
         if not isinstance(res, dict):
             continue
         n = res.get("n", math.nan)
+        version = _num(res.get("scoring_version"))
         intervals = res.get("intervals") or {}
         for metric, value in (res.get("metrics") or {}).items():
             # Settings echoed beside the scores (a tolerance dict, a label) are not metrics.
             if isinstance(value, (int, float)) or value is None:
-                add(task, metric, SCORE, value, n, intervals.get(metric))
-        for metric in ("format_success_rate", "flexible_accuracy"):
+                add(task, metric, SCORE, value, n, intervals.get(metric), version)
+        for metric in ("format_success_rate", "flexible_accuracy", "cut_off_rate"):
             if metric in res:
-                add(task, metric, FORMAT, res[metric], n, intervals.get(metric))
+                add(task, metric, FORMAT, res[metric], n, intervals.get(metric), version)
         for key, metric in (("latency_s", "latency_mean_s"), ("new_tokens", "new_tokens_mean")):
             if isinstance(res.get(key), dict) and "mean" in res[key]:
                 add(task, metric, SPEED, res[key]["mean"], n)
@@ -155,7 +156,12 @@ def load_document(path: Path) -> dict:
     return load_metrics_document(path)
 
 
-def load_documents(source: Workspace | str | os.PathLike, *, include_incomplete: bool = False) -> list[dict]:
+def load_documents(source: Workspace | str | os.PathLike) -> list[dict]:
+    """Every model's metrics document. Each task block in a document is a finished result, so a
+    document whose latest run is still going (or was killed) contributes its finished tasks. A task
+    scored by an older scoring rule is reported, never silently set beside newer ones."""
+    from ftlab.eval.evaluator import outdated_scoring
+
     mdir = metrics_dir_of(source)
     docs = []
     for path in metrics_files(mdir):
@@ -163,9 +169,14 @@ def load_documents(source: Workspace | str | os.PathLike, *, include_incomplete:
         if doc.get("kind", "metrics") != "metrics":
             log.debug("skipping %s: kind %r", path, doc.get("kind"))
             continue
-        if doc.get("status", "complete") != "complete" and not include_incomplete:
-            log.warning("skipping %s: status %r (evaluation not finished)", path.name, doc.get("status"))
-            continue
+        if doc.get("status", "complete") != "complete":
+            log.info("%s: a run is in progress or was interrupted; showing its finished tasks", path.name)
+        old = outdated_scoring(doc)
+        if old:
+            name = (doc.get("model") or {}).get("name", path.stem)
+            tasks = ", ".join(f"{k} (scoring v{a}, current v{b})" for k, (a, b) in old.items())
+            log.warning("%s: %s scored by an older rule; `ftlab evaluate %s --datasets %s` (or ftlab orchestrate) "
+                        "rescores them from the stored responses", name, tasks, name, " ".join(old))
         docs.append(doc)
     return docs
 
@@ -173,12 +184,12 @@ def load_documents(source: Workspace | str | os.PathLike, *, include_incomplete:
 def frame_from_documents(docs: Iterable[dict], workspace: Workspace | None = None) -> pd.DataFrame:
     rows = [r for doc in docs for r in rows_from_document(doc, workspace)]
     df = pd.DataFrame(rows, columns=COLUMNS)
-    for col in ("value", "ci_low", "ci_high", "n", "rank", "size_on_disk_bytes"):
+    for col in ("value", "ci_low", "ci_high", "n", "rank", "size_on_disk_bytes", "scoring_version"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df.sort_values(["base", "model", "task", "metric"], kind="stable", na_position="last").reset_index(drop=True)
 
 
-def load_metrics(source: Workspace | str | os.PathLike | None = None, *, include_incomplete: bool = False) -> pd.DataFrame:
+def load_metrics(source: Workspace | str | os.PathLike | None = None) -> pd.DataFrame:
     """Every metrics document under `source` (a Workspace, a workspace root or a metrics folder) as
     a tidy frame with columns `COLUMNS`; old document versions are upgraded through ftlab.schema."""
     if source is None:
@@ -191,7 +202,7 @@ def load_metrics(source: Workspace | str | os.PathLike | None = None, *, include
         mdir = Path(source).resolve()
         if mdir.name == "metrics" and mdir.parent.name == "Testing":
             workspace = Workspace(mdir.parent.parent)
-    return frame_from_documents(load_documents(source, include_incomplete=include_incomplete), workspace)
+    return frame_from_documents(load_documents(source), workspace)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import pandas as pd
 
 from ftlab.compare.frame import load_document, metrics_dir_of
-from ftlab.compare.stats import mcnemar_exact, paired_bootstrap
+from ftlab.compare.stats import format_p, mcnemar_exact, paired_bootstrap
 from ftlab.errors import FtlabError
 from ftlab.io import read_jsonl
 from ftlab.paths import Workspace
@@ -26,31 +25,46 @@ def samples_path(metrics_dir, model: str):
     return metrics_dir / f"{model}.samples.jsonl"
 
 
-def load_samples(source: Workspace | str | os.PathLike, model: str) -> pd.DataFrame:
-    """The model's sample lines from its current evaluation, one per (dataset, index).
+def load_samples(source: Workspace | str | os.PathLike, model: str) -> tuple[pd.DataFrame, dict]:
+    """The sample lines behind the model's current task results, one per (task, row), and the
+    metrics document they belong to.
 
-    Lines written under another eval config (a stale run the evaluator will redo) are dropped when
-    the metrics document names the current hash; a resumed run may repeat a line, the last wins.
+    Lines of superseded settings (an older prompt, token cap or limit) stay in the samples file;
+    only those under each task block's own settings key enter a comparison (ftlab.eval.results).
     """
+    from ftlab.eval.results import current_samples
+
     mdir = metrics_dir_of(source)
     path = samples_path(mdir, model)
-    lines = read_jsonl(path)
-    if not lines:
-        raise FtlabError(f"no samples for {model!r} ({path} missing or empty); evaluate it first: ftlab evaluate {model}")
     doc_path = mdir / f"{model}.json"
-    current = load_document(doc_path).get("eval_config_hash") if doc_path.exists() else None
-    if current:
-        kept = [r for r in lines if r.get("eval_config_hash") in (None, current)]
-        if len(kept) < len(lines):
-            log.info("%s: ignoring %d sample lines from an older eval config", model, len(lines) - len(kept))
-        lines = kept
-    df = pd.DataFrame(lines)
+    if not doc_path.exists():
+        raise FtlabError(f"no metrics for {model!r} ({doc_path} missing); evaluate it first: ftlab evaluate {model}")
+    doc = load_document(doc_path)
+    lines = read_jsonl(path)
+    kept = current_samples(doc, lines)
+    if not kept:
+        raise FtlabError(f"no samples for {model!r} ({path} missing, empty or from other settings); "
+                         f"evaluate it first: ftlab evaluate {model}")
+    if len(kept) < len(lines):
+        log.info("%s: %d of %d sample lines belong to superseded settings or rescoring; using the current %d",
+                 model, len(lines) - len(kept), len(lines), len(kept))
+    df = pd.DataFrame(kept)
     for col in ("dataset", "index", "correct"):
         if col not in df.columns:
             raise FtlabError(f"samples file {path} lacks the {col!r} field; re-run ftlab evaluate {model}")
-    df = df.drop_duplicates(["dataset", "index"], keep="last")
     df["correct"] = df["correct"].fillna(False).astype(bool)
-    return df.reset_index(drop=True)
+    return df.reset_index(drop=True), doc
+
+
+def _check_same_rules(doc_a: dict, doc_b: dict, tasks, model_a: str, model_b: str) -> None:
+    """Both models' results of a task must be scored by the same rule, or the test compares rules."""
+    for task in tasks:
+        va = (doc_a["datasets"].get(task) or {}).get("scoring_version")
+        vb = (doc_b["datasets"].get(task) or {}).get("scoring_version")
+        if va != vb:
+            old = model_a if (va or 0) < (vb or 0) else model_b
+            raise FtlabError(f"{task}: {model_a} was scored by scoring v{va}, {model_b} by v{vb}; rescore {old} "
+                             f"from its stored responses first: ftlab evaluate {old} --datasets {task}")
 
 
 def _score_column(a: pd.DataFrame, b: pd.DataFrame) -> str:
@@ -65,13 +79,14 @@ def compare_pair(source: Workspace | str | os.PathLike, model_a: str, model_b: s
     """One row per task (plus `all`): McNemar on correct/incorrect, paired bootstrap of B - A."""
     if model_a == model_b:
         raise FtlabError("--pair needs two different models")
-    a = load_samples(source, model_a)
-    b = load_samples(source, model_b)
+    a, doc_a = load_samples(source, model_a)
+    b, doc_b = load_samples(source, model_b)
     joined = a.merge(b, on=["dataset", "index"], suffixes=("_a", "_b"), how="inner")
     if tasks:
         joined = joined[joined["dataset"].isin(tasks)]
     if joined.empty:
         raise FtlabError(f"{model_a!r} and {model_b!r} share no answered samples (dataset+index); evaluate both on the same tasks")
+    _check_same_rules(doc_a, doc_b, sorted(set(joined["dataset"])), model_a, model_b)
     if "prompt_hash_a" in joined.columns and "prompt_hash_b" in joined.columns:
         differ = int((joined["prompt_hash_a"] != joined["prompt_hash_b"]).sum())
         if differ:
@@ -90,7 +105,7 @@ def compare_pair(source: Workspace | str | os.PathLike, model_a: str, model_b: s
         rows.append({
             "task": task, "n": mc.n, "score": "accuracy" if score == "correct" else score,
             "a": bs.mean_a, "b": bs.mean_b, "diff": bs.diff, "ci_low": bs.ci_low, "ci_high": bs.ci_high,
-            "bootstrap_p": bs.p_value, "a_only": mc.a_only, "b_only": mc.b_only, "mcnemar_p": mc.p_value,
+            "bootstrap_p": bs.p_value, "bootstrap_resamples": bs.resamples, "a_only": mc.a_only, "b_only": mc.b_only, "mcnemar_p": mc.p_value,
         })
     return pd.DataFrame(rows)
 
@@ -99,10 +114,11 @@ def describe_pair(result: pd.DataFrame, model_a: str, model_b: str, confidence: 
     lines = [f"paired comparison: A = {model_a}, B = {model_b} (diff = B - A, {confidence:.0%} paired-bootstrap interval)"]
     for r in result.itertuples(index=False):
         verdict = "significant" if r.mcnemar_p < 1 - confidence else "not significant"
-        p_boot = "" if math.isnan(r.bootstrap_p) else f"{r.bootstrap_p:.4g}"
+        p_boot = format_p(r.bootstrap_p, resamples=r.bootstrap_resamples)
+        p_boot = f"p {p_boot}" if p_boot.startswith("<") else f"p={p_boot}"
         lines.append(
             f"  {r.task:<14} n={r.n:<5} {r.score} A={r.a:.4f} B={r.b:.4f} diff={r.diff:+.4f} "
-            f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] bootstrap p={p_boot}  "
+            f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] bootstrap {p_boot}  "
             f"McNemar: A-only={r.a_only} B-only={r.b_only} p={r.mcnemar_p:.4g} ({verdict})"
         )
     return "\n".join(lines)

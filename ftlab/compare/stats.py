@@ -234,15 +234,17 @@ def mcnemar_mdd(n_pairs: int, discordant_rate: float, *, alpha: float = 0.05, po
 
 
 def format_p(p: float, *, resamples: int | None = None) -> str:
-    """A p-value for people: never "0". A bootstrap p of 0 (no resample crossed zero) prints as
-    "< 1/B"; an exact p below 0.001 in scientific notation; one that underflowed to 0 as below the
-    smallest normal double."""
+    """A p-value for people, never "0". A bootstrap p (`resamples` = B given) below 2/B prints as
+    "< 2/B": the two-sided p is twice the smaller tail share, so it moves in steps of 2/B and the
+    resampling cannot tell smaller values apart (when no resample crossed zero the one-sided share is
+    below 1/B, the two-sided p below 2/B). An exact p below 0.001 prints in scientific notation; one
+    that underflowed to 0 as below the smallest normal double."""
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "n/a"
     p = float(p)
+    if resamples and p < 2 / resamples:
+        return f"< {2 / resamples:.2g}"
     if p <= 0:
-        if resamples:
-            return f"< {1 / resamples:.2g}"
         return f"< {sys.float_info.min:.1e}"
     if p < 1e-3:
         return f"{p:.2e}"

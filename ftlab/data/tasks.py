@@ -18,6 +18,20 @@ ANSWER_KINDS = ("numeric", "choice", "boolean", "span", "exact")
 
 
 @dataclass(frozen=True)
+class NumericTolerance:
+    """How a numeric task matches a non-integer gold; integer golds always match exactly (a relative
+    tolerance would let a six-digit integer that is off in its last digits pass)."""
+
+    rel: float = 1e-4  # |pred - gold| <= rel * |gold|
+    abs: float = 0.0
+    rounded_golds: bool = False  # a gold with 2+ decimals also matches a prediction that rounds to it
+    why: str = "non-integer golds within 1e-4 relative (ftlab's default for numeric files)"
+
+
+DEFAULT_TOLERANCE = NumericTolerance()
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     answer_kind: str  # how answers are matched: numeric, choice, boolean, span, exact
@@ -34,6 +48,7 @@ class Task:
     max_new_tokens: int = 64
     generated: Callable[[str, int | None], list[dict]] | None = None  # synthetic tasks
     doc: str = ""
+    tolerance: NumericTolerance = DEFAULT_TOLERANCE  # numeric tasks: documented per task
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -73,7 +88,11 @@ TASKS.add("openmath", Task(
     render=lambda r: str(r["question"]).strip(), gold=lambda r: format_number(r["answer"]),
     hub_id="nvidia/OpenMathInstruct-2", hub_splits={"train": "train_1M", "test": "train_1M"},
     from_hub=_openmath_from_hub, max_new_tokens=384,
-    doc="competition-style math word problems with numeric answers"))
+    doc="competition-style math word problems with numeric answers",
+    tolerance=NumericTolerance(
+        rel=1e-4, rounded_golds=True,
+        why="golds are floats the dataset rounded to 2-3 decimals (16.67 for 50/3, 0.857 for 6/7): such a gold "
+            "also matches a prediction that rounds to it; otherwise 1e-4 relative")))
 
 
 # --- arc --------------------------------------------------------------------------------------
@@ -173,7 +192,8 @@ TASKS.add("synthetic-arith", Task(
     file_stem=None, columns=("question", "answer"),
     render=lambda r: str(r["question"]), gold=lambda r: str(r["answer"]),
     generated=_synthetic, max_new_tokens=24,
-    doc="seeded 3-digit arithmetic and comparisons, generated offline (5000 train / 500 test)"))
+    doc="seeded 3-digit arithmetic and comparisons, generated offline (5000 train / 500 test)",
+    tolerance=NumericTolerance(rel=0.0, why="every answer is an integer: exact")))
 
 
 def custom_task(name: str, answer_kind: str) -> Task:

@@ -109,12 +109,22 @@ def run(args: argparse.Namespace) -> int:
     if args.print_json:
         print(json.dumps(doc, indent=2))
     else:
-        for task, block in doc["datasets"].items():
+        from ftlab.eval.evaluator import expected_settings
+
+        requested = list(expected_settings(cfg, ws))
+        for task in requested:
+            block = doc["datasets"][task]
             m = block["metrics"]
             headline = m.get("accuracy", m.get("perplexity"))
             extra = f" format={block['format_success_rate']:.3f}" if block.get("format_success_rate") is not None else ""
+            if block.get("cut_off_rate"):
+                extra += f" cut_off={block['cut_off_rate']:.3f}"
             sps = f" {block['samples_per_s']:.2f} samples/s" if block.get("samples_per_s") else ""
+            kept = " (up to date, kept)" if str(block.get("evaluated_at") or "") < str(doc.get("started_at") or "") else ""
             print(f"{task:>22}: n={block['n']} {'accuracy' if 'accuracy' in m else 'perplexity'}="
-                  f"{headline if headline is None else round(headline, 4)}{extra}{sps}")
+                  f"{headline if headline is None else round(headline, 4)}{extra}{sps}{kept}")
+        others = [t for t in doc["datasets"] if t not in requested]
+        if others:
+            print(f"{'':>22}  the document also holds {', '.join(others)}")
         print(f"metrics written to {json_path}")
     return 0

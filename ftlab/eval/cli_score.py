@@ -18,19 +18,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, help="JSONL file, one {\"response\", \"answer\"} object per line")
     parser.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples for the accuracy interval")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rel-tol", type=float, default=1e-4, help="numeric answers: relative tolerance")
-    parser.add_argument("--abs-tol", type=float, default=1e-6, help="numeric answers: absolute tolerance")
+    parser.add_argument("--rel-tol", type=float, default=None,
+                        help="numeric answers: relative tolerance for non-integer golds (default: the task's "
+                             "documented tolerance; integer golds always match exactly)")
+    parser.add_argument("--abs-tol", type=float, default=None, help="numeric answers: absolute tolerance (default: the task's)")
+    parser.add_argument("--labels", default=None, metavar="A,B,C",
+                        help="choice answers: the option letters (default: the task's; for the bare kind, any single letter)")
     parser.add_argument("--samples", action="store_true", help="also print each line's extraction and correctness")
 
 
-def answer_kind_of(task: str) -> tuple[str, str]:
-    """(task name, answer kind) for a registered task or a bare answer kind."""
-    from ftlab.data.tasks import ANSWER_KINDS, TASKS
+def task_of(task: str):
+    """The registered task, or a stand-in with the kind's defaults for a bare answer kind."""
+    from ftlab.data.tasks import ANSWER_KINDS, TASKS, custom_task
 
     if task in ANSWER_KINDS:
-        return task, task
-    t = TASKS.get(task)  # unknown names raise with the valid list
-    return t.name, t.answer_kind
+        return custom_task(task, task)
+    return TASKS.get(task)  # unknown names raise with the valid list
+
+
+def parse_labels(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    labels = tuple(part.strip().upper() for part in text.split(",") if part.strip())
+    if len(labels) < 2 or any(len(x) != 1 or not x.isalpha() for x in labels) or len(set(labels)) != len(labels):
+        raise FtlabError(f"--labels {text!r} must list two or more distinct option letters, e.g. A,B,C")
+    return labels
 
 
 def read_predictions(path: str) -> tuple[list, list]:
@@ -61,14 +73,22 @@ def read_predictions(path: str) -> tuple[list, list]:
 
 
 def score_file(task: str, predictions: str, *, bootstrap_samples: int = 1000, seed: int = 0,
-               rel_tol: float = 1e-4, abs_tol: float = 1e-6) -> tuple[dict, list]:
+               rel_tol: float | None = None, abs_tol: float | None = None,
+               labels: tuple[str, ...] | None = None) -> tuple[dict, list]:
     from ftlab.eval.metrics import ScoringOptions, get_scorer, sample_score_dict, score_responses
 
-    name, kind = answer_kind_of(task)
+    t = task_of(task)
+    for flag, value in (("--rel-tol", rel_tol), ("--abs-tol", abs_tol)):
+        if value is not None and value < 0:
+            raise FtlabError(f"{flag} {value} must be >= 0")
     responses, golds = read_predictions(predictions)
-    scorer = get_scorer(kind, ScoringOptions(rel_tol, abs_tol))
-    scores, block = score_responses(scorer, responses, golds, bootstrap_samples=bootstrap_samples, seed=seed)
-    block = {"task": name, "answer_kind": kind, **block}
+    options = ScoringOptions.for_task(t, rel_tol=rel_tol, abs_tol=abs_tol, labels=labels or t.labels or None)
+    scorer = get_scorer(t.answer_kind, options)
+    try:
+        scores, block = score_responses(scorer, responses, golds, bootstrap_samples=bootstrap_samples, seed=seed)
+    except FtlabError as exc:
+        raise FtlabError(f"--predictions {predictions} {exc}") from None
+    block = {"task": t.name, "answer_kind": t.answer_kind, "scoring_version": scorer.version, **block}
     return block, [sample_score_dict(s) for s in scores]
 
 
@@ -76,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from ftlab.io import to_jsonable
 
     block, samples = score_file(args.task, args.predictions, bootstrap_samples=args.bootstrap_samples,
-                                seed=args.seed, rel_tol=args.rel_tol, abs_tol=args.abs_tol)
+                                seed=args.seed, rel_tol=args.rel_tol, abs_tol=args.abs_tol,
+                                labels=parse_labels(args.labels))
     if args.samples:
         block["samples"] = samples
     print(json.dumps(to_jsonable(block), indent=2))

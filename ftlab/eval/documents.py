@@ -1,4 +1,9 @@
-"""The metrics document (schema kind "metrics"): registration with ftlab.schema and reading."""
+"""The metrics document (schema kind "metrics"): upgraders from older versions and reading.
+
+The version itself is `ftlab.schema.METRICS_SCHEMA_VERSION`; this module only registers how older
+documents become current ones, so readers (the evaluator, the orchestrator, `ftlab compare`) always
+see the current structure.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,10 @@ from pathlib import Path
 
 from ftlab.errors import FtlabError
 from ftlab.io import read_json
-from ftlab.schema import CURRENT_VERSIONS, register_upgrader, set_current_version, upgrade
+from ftlab.schema import register_upgrader, upgrade
 
 METRICS_KIND = "metrics"
-METRICS_VERSION = 1
-REQUIRED_KEYS = ("model", "datasets", "eval_config_hash")
+REQUIRED_KEYS = ("model", "datasets")
 
 
 def _metrics_v0_to_v1(doc: dict) -> dict:
@@ -40,14 +44,51 @@ def _metrics_v0_to_v1(doc: dict) -> dict:
     return doc
 
 
-if CURRENT_VERSIONS.get(METRICS_KIND) != METRICS_VERSION:
-    set_current_version(METRICS_KIND, METRICS_VERSION)
+# What schema v1's evaluator applied to every number, whatever the task.
+_V1_TOLERANCE = {"rel": 1e-4, "abs": 1e-6}
+
+
+def _metrics_v1_to_v2(doc: dict) -> dict:
+    """v1 keyed the whole document by one eval config hash; v2 gives every task block its own
+    `settings` (rebuilt from the v1 config), `settings_key` and `scoring_version` (1: these
+    results were scored by the v1 rules, so the orchestrator sees them as stale and the evaluator
+    rescores them from their stored responses). `legacy_eval_config_hash` lets readers find the
+    block's v1 sample lines, which carry only that hash."""
+    from ftlab.eval.results import TaskSpec, settings_key, task_settings
+
+    cfg = doc.get("eval_config") or {}
+    eval_cfg = cfg["eval"] if isinstance(cfg.get("eval"), dict) else cfg
+    model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    legacy_hash = doc.pop("eval_config_hash", None)
+    for key, block in (doc.get("datasets") or {}).items():
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("answer_kind")
+        tolerance = None
+        if kind == "numeric":
+            tolerance = {"rel": eval_cfg.get("numeric_rel_tol", _V1_TOLERANCE["rel"]),
+                         "abs": eval_cfg.get("numeric_abs_tol", _V1_TOLERANCE["abs"]), "rounded_golds": False}
+        runner = "perplexity" if str(key).startswith("perplexity:") else "generate"
+        spec = TaskSpec(key=key, runner=runner, task=block.get("task", key), answer_kind=kind, instruction=None,
+                        max_new_tokens=block.get("max_new_tokens"), tolerance=tolerance, scoring_version=1)
+        block["settings"] = task_settings(spec, eval_cfg, model_cfg)
+        block["settings_key"] = settings_key(block["settings"])
+        block["scoring_version"] = 1
+        block["legacy_eval_config_hash"] = legacy_hash
+    doc.setdefault("superseded", [])
+    return doc
+
+
 register_upgrader(METRICS_KIND, 0, _metrics_v0_to_v1)
+register_upgrader(METRICS_KIND, 1, _metrics_v1_to_v2)
 
 
-def load_metrics_document(path: str | os.PathLike) -> dict:
-    """A metrics JSON upgraded to the current version; FtlabError when missing or malformed."""
+def load_metrics_document(path: str | os.PathLike, *, missing_ok: bool = False) -> dict | None:
+    """A metrics JSON upgraded to the current version (None when absent and `missing_ok`);
+    FtlabError when missing or malformed."""
     path = Path(path)
+    if missing_ok and not path.exists():
+        return None
     doc = read_json(path, "metrics file")
     if not isinstance(doc, dict):
         raise FtlabError(f"metrics file {path} does not hold a JSON object; delete it or re-run ftlab evaluate")

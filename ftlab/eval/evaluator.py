@@ -1,47 +1,41 @@
 """Evaluate one model on the configured tasks: generate, score, write `Testing/metrics/<model>.json`.
 
-Resume: every finished sample is appended (fsync'd) to `<model>.samples.jsonl` with the config
-hash; a rerun with the same hash only generates the missing samples, and the metrics document is
-always recomputed from all stored responses. A changed config moves the old samples aside.
+Results accumulate per task (ftlab.eval.results): the document holds every task evaluated so far,
+each with the settings that made it. A run evaluates only the tasks whose stored result is missing
+or was made under other settings, and reuses every finished sample line whose prompt and settings
+still hold: a killed run resumes, a raised `limit` generates only the new rows, and a new scoring
+rule or tolerance rescores the stored responses without generating. A task whose settings changed
+is replaced in the document (its old block kept under `superseded`); its old sample lines stay in
+`<model>.samples.jsonl`, marked by their `settings_key`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ftlab.config import EvalRunConfig, config_to_dict
 from ftlab.errors import FtlabError
-from ftlab.eval.metrics import ScoringOptions, describe, get_scorer, score_responses
-from ftlab.io import append_jsonl, atomic_write_json, dir_size_bytes, read_jsonl, to_jsonable
+from ftlab.eval.metrics import ScoringOptions, describe, get_scorer, score_responses, scoring_version, task_options
+from ftlab.eval.results import SampleStore, TaskSpec, settings_changes, settings_key, task_settings
+from ftlab.io import append_jsonl, atomic_write_json, dir_size_bytes, to_jsonable
 from ftlab.paths import Workspace
 from ftlab.registry import Registry
+from ftlab.schema import METRICS_SCHEMA_VERSION
 
-if TYPE_CHECKING:  # generation imports transformers; the orchestrator only needs the hash
+if TYPE_CHECKING:  # generation imports transformers; the orchestrator only needs the settings
     from ftlab.eval.generation import Generator
 
 log = logging.getLogger(__name__)
 
-METRICS_SCHEMA_VERSION = 1
-# Knobs that change speed, not answers; changing them keeps finished samples.
-HASH_EXCLUDED = {("model", "name"), ("eval", "batch_size"), ("eval", "threads")}
 PERPLEXITY = "perplexity"
-
-
-def eval_config_hash(cfg: EvalRunConfig) -> str:
-    """Hash of everything that can change a response or a metric (not the model name: the
-    metrics file is per model; not batch size or threads)."""
-    tree = config_to_dict(cfg)
-    for section, key in HASH_EXCLUDED:
-        tree.get(section, {}).pop(key, None)
-    blob = json.dumps(tree, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+# Scoring version of runners that score with no answer-kind scorer (a perplexity is a perplexity).
+RUNNER_SCORING_VERSIONS = {PERPLEXITY: 1}
 
 
 def model_file_name(model_ref: str) -> str:
@@ -74,29 +68,101 @@ class DatasetPlan:
     name: str  # key in the metrics document
     runner: str  # key in RUNNERS
     task: Any  # ftlab.data.tasks.Task
-    examples: list
+    rows: str = ""  # the task or file the rows come from
+    examples: list = field(default_factory=list)  # empty until loaded (`_plan`)
+
+
+def _trained_task(metadata: dict | None) -> str:
+    trained = ((metadata or {}).get("dataset") or {}).get("name")
+    custom = str(trained).lower().endswith((".json", ".jsonl", ".parquet", ".csv"))
+    return trained if trained and not custom else "synthetic-arith"
+
+
+def resolve_entry(entry: str, metadata: dict | None) -> DatasetPlan:
+    """The task and runner a dataset entry names, without loading rows (the planner needs this)."""
+    from ftlab.data.loading import resolve_task
+
+    if entry == PERPLEXITY or entry.startswith(PERPLEXITY + ":"):
+        # Held-out texts of the model's own training task unless one is named (perplexity:arc).
+        target = (entry.split(":", 1)[1] if ":" in entry else None) or _trained_task(metadata)
+        task = resolve_task(target)
+        return DatasetPlan(f"{PERPLEXITY}:{task.name}", PERPLEXITY, task, target)
+    return DatasetPlan(entry, "generate", resolve_task(entry), entry)
 
 
 def _plan(entry: str, cfg: EvalRunConfig, workspace: Workspace, source) -> DatasetPlan:
-    from ftlab.data.loading import load_examples, resolve_task
+    from ftlab.data.loading import load_examples
 
     e = cfg.eval
-    if entry == PERPLEXITY or entry.startswith(PERPLEXITY + ":"):
-        # Held-out texts of the model's own training task unless one is named (perplexity:arc).
-        target = entry.split(":", 1)[1] if ":" in entry else None
-        if not target:
-            trained = ((source.metadata or {}).get("dataset") or {}).get("name")
-            target = trained if trained and not str(trained).lower().endswith((".json", ".jsonl", ".parquet", ".csv")) else "synthetic-arith"
-        task = resolve_task(target)
-        examples = load_examples(target, "test", workspace=workspace, limit=e.limit, source_dir=e.source_dir)
-        runner = PERPLEXITY
-    else:
-        task = resolve_task(entry)
-        examples = load_examples(entry, "test", workspace=workspace, limit=e.limit, source_dir=e.source_dir)
-        runner = "generate"
-    if not examples:
+    plan = resolve_entry(entry, source.metadata)
+    plan.examples = load_examples(plan.rows, "test", workspace=workspace, limit=e.limit, source_dir=e.source_dir)
+    if not plan.examples:
         raise FtlabError(f"eval.datasets: {entry!r} has no test rows; check the file or drop it from eval.datasets")
-    return DatasetPlan(entry if runner == "generate" else f"{PERPLEXITY}:{task.name}", runner, task, examples)
+    return plan
+
+
+def _check_unique(plans: list[DatasetPlan]) -> None:
+    names = [p.name for p in plans]
+    if len(set(names)) != len(names):
+        raise FtlabError(f"eval.datasets lists a dataset twice ({', '.join(names)}); remove the duplicate")
+
+
+def scoring_options(task, cfg: EvalRunConfig, labels: tuple[str, ...] | None = None) -> ScoringOptions:
+    """The task's documented tolerance unless eval.numeric_rel_tol/abs_tol override it."""
+    return ScoringOptions.for_task(task, rel_tol=cfg.eval.numeric_rel_tol, abs_tol=cfg.eval.numeric_abs_tol, labels=labels)
+
+
+def current_scoring_version(runner: str, answer_kind: str | None) -> int:
+    """The scoring rule version a task result made now would carry."""
+    if runner == "generate":
+        return scoring_version(answer_kind)
+    return RUNNER_SCORING_VERSIONS.get(runner, 1)
+
+
+def outdated_scoring(doc: dict) -> dict[str, tuple[int, int]]:
+    """Task key -> (stored, current) scoring version, for results scored by an older rule."""
+    out = {}
+    for key, block in (doc.get("datasets") or {}).items():
+        settings = block.get("settings") if isinstance(block, dict) else None
+        if not settings:
+            continue
+        stored = int(block.get("scoring_version") or 1)
+        try:
+            current = current_scoring_version(settings.get("scoring_mode"), settings.get("answer_kind"))
+        except FtlabError:  # an answer kind this ftlab does not know
+            continue
+        if stored < current:
+            out[key] = (stored, current)
+    return out
+
+
+def task_spec(plan: DatasetPlan, cfg: EvalRunConfig) -> TaskSpec:
+    e, task = cfg.eval, plan.task
+    tolerance = None
+    if task.answer_kind == "numeric" and plan.runner == "generate":
+        tolerance = scoring_options(task, cfg).tolerance()
+    version = current_scoring_version(plan.runner, task.answer_kind)
+    return TaskSpec(key=plan.name, runner=plan.runner, task=task.name, answer_kind=task.answer_kind,
+                    instruction=task.instruction, max_new_tokens=e.max_new_tokens or task.max_new_tokens,
+                    tolerance=tolerance, scoring_version=version)
+
+
+def plan_settings(plan: DatasetPlan, cfg: EvalRunConfig) -> dict:
+    tree = config_to_dict(cfg)
+    return task_settings(task_spec(plan, cfg), tree["eval"], tree["model"])
+
+
+def expected_settings(cfg: EvalRunConfig, workspace: Workspace | None = None) -> dict[str, dict]:
+    """Task key -> the settings `evaluate(cfg.model.name, cfg)` would store for it. Loads no model
+    and no rows, so the orchestrator can tell which task of which model is stale, and why."""
+    from ftlab.models.sources import resolve_model
+
+    metadata = None
+    if PERPLEXITY in cfg.eval.datasets:  # perplexity of the model's own training task: read its metadata
+        metadata = resolve_model(cfg.model.name, workspace, cfg.model.revision).metadata
+    plans = [resolve_entry(entry, metadata) for entry in cfg.eval.datasets]
+    _check_unique(plans)
+    return {p.name: plan_settings(p, cfg) for p in plans}
 
 
 def gold_of(task, example) -> Any:
@@ -110,14 +176,42 @@ def gold_of(task, example) -> Any:
 # Runners: how one dataset is evaluated
 
 
-@dataclass
 class RunContext:
-    cfg: EvalRunConfig
-    config_hash: str
-    generator: Generator
-    samples_path: Path
-    done: dict  # (dataset, index) -> stored sample line
-    previous: dict  # dataset blocks of an earlier document with the same config hash
+    """What a runner gets for one task: the config, the generator (built on first use: a run whose
+    tasks are all up to date never loads the model), this task's settings and the stored sample
+    lines it may reuse."""
+
+    def __init__(self, cfg: EvalRunConfig, plan: DatasetPlan, settings: dict, store: SampleStore,
+                 samples_path: Path, previous: dict, make_generator: Callable[[], Generator]):
+        self.cfg = cfg
+        self.settings = settings
+        self.settings_key = settings_key(settings)
+        self.samples_path = samples_path
+        self.previous = previous  # the document's blocks before this run (task key -> block)
+        self._plan_name = plan.name
+        self._store = store
+        self._make_generator = make_generator
+        self._generator: Generator | None = None
+        # (task key, row index) -> the last line written for that row under this task's settings.
+        self.done = {(plan.name, i): line for i, line in store.latest(plan.name, self.settings_key).items()}
+
+    @property
+    def generator(self) -> Generator:
+        if self._generator is None:
+            self._generator = self._make_generator()
+        return self._generator
+
+    @property
+    def config_hash(self) -> str:
+        """The identity sample lines of this task carry (older runners stamp it as `eval_config_hash`)."""
+        return self.settings_key
+
+    def reusable(self, index: int, prompt_hash: str) -> dict | None:
+        """A stored line of this row asked with exactly this prompt under this task's settings."""
+        last = self.done.get((self._plan_name, index))
+        if last is not None and last.get("prompt_hash") == prompt_hash:
+            return last
+        return self._store.find(self._plan_name, self.settings_key, index, prompt_hash)
 
 
 RUNNERS: Registry[Callable[[DatasetPlan, RunContext], dict]] = Registry("evaluation runner")
@@ -129,25 +223,42 @@ def run_generation(plan: DatasetPlan, ctx: RunContext) -> dict:
     from ftlab.env import PeakMemory
 
     e = ctx.cfg.eval
-    scorer = get_scorer(plan.task.answer_kind, ScoringOptions(e.numeric_rel_tol, e.numeric_abs_tol))
+    golds = [gold_of(plan.task, ex) for ex in plan.examples]
+    labels = task_options(plan.task, [ex.question for ex in plan.examples], golds)
+    scorer = get_scorer(plan.task.answer_kind, scoring_options(plan.task, ctx.cfg, labels))
+    for ex, gold in zip(plan.examples, golds):  # before the model loads: a bad label fails in a second
+        if scorer.norm_gold(gold) is None:
+            raise FtlabError(f"dataset {plan.name} row {ex.index}: gold answer {gold!r} is not a valid "
+                             f"{plan.task.answer_kind} answer ({scorer.gold_help()}); fix or drop that row")
     prompts = [ctx.generator.render(build_messages(plan.task, ex, e.system_prompt), e.enable_thinking)
                for ex in plan.examples]
     hashes = [_prompt_hash(p) for p in prompts]
     records: dict[int, dict] = {}
     pending = []
+    rescored = 0
     for pos, ex in enumerate(plan.examples):
-        old = ctx.done.get((plan.name, ex.index))
-        if old is not None and old.get("prompt_hash") == hashes[pos]:
-            records[pos] = old
-        else:
+        old = ctx.reusable(ex.index, hashes[pos])
+        if old is None:
             pending.append(pos)
+            continue
+        # Stored responses are scored by the current rules; a line whose verdict changed (or that
+        # is not the row's latest line) is written again, so the file's last line per row is
+        # always the one behind the document.
+        fresh = {**old, **scorer.sample_line(old.get("response"), golds[pos]), "gold": golds[pos],
+                 "settings_key": ctx.settings_key}
+        fresh.pop("eval_config_hash", None)
+        if fresh != old or ctx.done.get((plan.name, ex.index)) is not old:
+            append_jsonl(ctx.samples_path, fresh)
+            rescored += 1
+        records[pos] = fresh
     if records:
-        log.info("%s: %d of %d samples already done, generating %d", plan.name, len(records), len(prompts), len(pending))
-    max_new = e.max_new_tokens or plan.task.max_new_tokens
+        log.info("%s: %d of %d samples already done (%d rescored), generating %d", plan.name, len(records),
+                 len(prompts), rescored, len(pending))
+    max_new = ctx.settings["generation"]["max_new_tokens"]
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         batches = ctx.generator.generate([prompts[p] for p in pending], max_new_tokens=max_new,
-                                         batch_size=e.batch_size, stop_at_box=e.stop_at_box)
+                                         batch_size=e.batch_size, stop_at_box=e.stop_at_box) if pending else []
         last = t0
         for batch in batches:
             now = time.perf_counter()
@@ -156,24 +267,19 @@ def run_generation(plan: DatasetPlan, ctx: RunContext) -> dict:
             for j, gen in batch:
                 pos = pending[j]
                 ex = plan.examples[pos]
-                gold = gold_of(plan.task, ex)
-                s = scorer.score(gen.text, gold)
                 rec = {
-                    "dataset": plan.name, "index": ex.index, "prompt_hash": hashes[pos],
-                    "response": gen.text, "extracted": s.extracted, "flexible": s.flexible, "gold": gold,
-                    "correct": s.correct, "flexible_correct": s.flexible_correct,
+                    "dataset": plan.name, "index": ex.index, "prompt_hash": hashes[pos], "response": gen.text,
+                    **scorer.sample_line(gen.text, golds[pos]), "gold": golds[pos],
                     "latency_s": gen.latency_s, "new_tokens": gen.new_tokens, "stop_reason": gen.stop_reason,
                     # This sample's share of its batch's wall time: sums to the run time across resumes.
-                    "gen_time_s": share, "eval_config_hash": ctx.config_hash,
+                    "gen_time_s": share, "settings_key": ctx.settings_key,
                 }
-                if "f1" in s.extra:
-                    rec["f1"] = s.extra["f1"]  # graded score the comparison stage bootstraps
                 append_jsonl(ctx.samples_path, rec)
                 records[pos] = rec
         run_time = time.perf_counter() - t0
     ordered = [records[p] for p in range(len(plan.examples))]
     # Metrics come from the raw responses, so a resumed run is scored by the current code.
-    _, block = score_responses(scorer, [r["response"] for r in ordered], [gold_of(plan.task, ex) for ex in plan.examples],
+    _, block = score_responses(scorer, [r["response"] for r in ordered], golds,
                                bootstrap_samples=e.bootstrap_samples, seed=e.seed)
     total_time = sum(float(r.get("gen_time_s") or 0.0) for r in ordered)
     block.update(
@@ -181,8 +287,8 @@ def run_generation(plan: DatasetPlan, ctx: RunContext) -> dict:
         latency_s=describe([r["latency_s"] for r in ordered]),
         new_tokens=describe([r["new_tokens"] for r in ordered]),
         samples_per_s=(len(ordered) / total_time) if total_time > 0 else None,
-        runtime_s=total_time, generated_this_run=len(pending), runtime_this_run_s=run_time,
-        peak_memory=mem.as_dict(),
+        runtime_s=total_time, generated_this_run=len(pending), rescored_this_run=rescored,
+        runtime_this_run_s=run_time, peak_memory=mem.as_dict(),
         # Rows generated together this run: eval.batch_size, or what auto and out-of-memory
         # back-off settled on.
         batch_size=(getattr(ctx.generator, "batch_size_used", None) or e.batch_size) if pending else None,
@@ -207,9 +313,9 @@ def run_perplexity(plan: DatasetPlan, ctx: RunContext) -> dict:
     old = ctx.previous.get(plan.name)
     # Kept in the metrics document rather than the samples file: it is one number, not a sample,
     # and sample lines are what the comparison stage pairs up.
-    if old is not None and old.get("texts_hash") == text_hash:
-        log.info("%s: reusing perplexity from the previous run with the same config", plan.name)
-        return old
+    if old is not None and old.get("texts_hash") == text_hash and old.get("settings_key") == ctx.settings_key:
+        log.info("%s: reusing the perplexity computed on the same texts under the same settings", plan.name)
+        return {k: v for k, v in old.items() if k not in ("settings", "settings_key", "scoring_version")}
     from ftlab.eval.perplexity import perplexity
 
     with PeakMemory() as mem:
@@ -239,38 +345,29 @@ def _quantization_of(source) -> dict | None:
     return q if q and str(q.get("method", "NoQuant")) != "NoQuant" else None
 
 
-def _previous_datasets(json_path: Path, config_hash: str) -> dict:
-    from ftlab.io import read_json
+def _new_document(name: str, model_ref: str, source, cfg: EvalRunConfig, old: dict | None) -> dict:
+    """The document this run writes: every task block of the old document carried over."""
+    from ftlab.env import environment_info, now_iso
 
-    if not json_path.exists():
-        return {}
-    try:
-        doc = read_json(json_path, "metrics file")
-    except FtlabError:
-        return {}
-    if not isinstance(doc, dict) or doc.get("eval_config_hash") != config_hash:
-        return {}
-    return doc.get("datasets") or {}
-
-
-def _load_samples(samples_path: Path, config_hash: str) -> dict:
-    """Finished samples of this config; samples of another config are moved aside first."""
-    lines = read_jsonl(samples_path)
-    if not lines:
-        return {}
-    stale = {ln.get("eval_config_hash") for ln in lines} - {config_hash}
-    if stale:
-        aside = samples_path.with_name(samples_path.name + f".stale-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(samples_path, aside)
-        log.warning("eval config changed since %s was written; moved it to %s and starting fresh", samples_path.name, aside.name)
-        return {}
-    return {(ln["dataset"], ln["index"]): ln for ln in lines if "dataset" in ln and "index" in ln}
+    return {
+        "schema_version": METRICS_SCHEMA_VERSION, "kind": "metrics", "status": "running",
+        "model": {"name": name, "ref": str(model_ref), "path": str(source.path) if source.path else None,
+                  "source_kind": source.kind, "metadata": model_summary(source)},
+        # The config of the latest run; each task's own settings are in its block.
+        "eval_config": config_to_dict(cfg), "backend": cfg.eval.backend,
+        "datasets": dict((old or {}).get("datasets") or {}), "summary": {},
+        "superseded": list((old or {}).get("superseded") or []),
+        "quantization": _quantization_of(source), "environment": environment_info(),
+        "started_at": now_iso(), "finished_at": None,
+    }
 
 
 def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, generator: Generator | None = None,
              model_name: str | None = None) -> dict:
-    """Runs or resumes one model's evaluation and returns the metrics document it wrote."""
-    from ftlab.env import PeakMemory, environment_info, now_iso, set_threads
+    """Runs, resumes or updates one model's evaluation on `cfg.eval.datasets` and returns the
+    metrics document it wrote (which also keeps every other task evaluated before)."""
+    from ftlab.env import PeakMemory, now_iso, set_threads
+    from ftlab.eval.documents import load_metrics_document
     from ftlab.models.sources import resolve_model
 
     if cfg.eval.threads is not None:
@@ -278,38 +375,45 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
     source = resolve_model(model_ref, workspace, cfg.model.revision)
     # Every dataset is loaded and checked before the model: a typo fails in a second, not after loading.
     plans = [_plan(entry, cfg, workspace, source) for entry in cfg.eval.datasets]
-    names = [p.name for p in plans]
-    if len(set(names)) != len(names):
-        raise FtlabError(f"eval.datasets lists a dataset twice ({', '.join(names)}); remove the duplicate")
+    _check_unique(plans)
 
     name = model_name or model_file_name(model_ref)
     json_path, samples_path = metrics_paths(workspace, name)
-    config_hash = eval_config_hash(cfg)
-    done = _load_samples(samples_path, config_hash)
-    previous = _previous_datasets(json_path, config_hash)
-    started = now_iso()
-    if generator is None:
-        from ftlab.eval.generation import build_generator
+    # A damaged or newer document is an error, not something to overwrite: it holds other tasks.
+    old = load_metrics_document(json_path, missing_ok=True)
+    store = SampleStore.read(samples_path, old)
+    doc = _new_document(name, model_ref, source, cfg, old)
+    previous = dict(doc["datasets"])
 
-        generator = build_generator(model_ref, cfg, workspace)
+    def make_generator() -> Generator:
+        nonlocal generator
+        if generator is None:
+            from ftlab.eval.generation import build_generator
 
-    doc: dict[str, Any] = {
-        "schema_version": METRICS_SCHEMA_VERSION, "kind": "metrics", "status": "running",
-        "model": {"name": name, "ref": str(model_ref), "path": str(source.path) if source.path else None,
-                  "source_kind": source.kind, "metadata": model_summary(source)},
-        "eval_config": config_to_dict(cfg), "eval_config_hash": config_hash,
-        "backend": generator.name, "datasets": {}, "summary": {},
-        "quantization": _quantization_of(source), "environment": environment_info(),
-        "started_at": started, "finished_at": None,
-    }
-    ctx = RunContext(cfg, config_hash, generator, samples_path, done, previous)
+            generator = build_generator(model_ref, cfg, workspace)
+        doc["backend"] = generator.name
+        return generator
+
     t0 = time.perf_counter()
     with PeakMemory() as mem:
         for plan in plans:
+            settings = plan_settings(plan, cfg)
+            current = previous.get(plan.name)
+            if isinstance(current, dict) and current.get("settings") == settings:
+                log.info("%s: result up to date (same settings), kept", plan.name)
+                continue
             log.info("evaluating %s on %s (%d rows)", name, plan.name, len(plan.examples))
-            doc["datasets"][plan.name] = RUNNERS.get(plan.runner)(plan, ctx)
+            ctx = RunContext(cfg, plan, settings, store, samples_path, previous, make_generator)
+            block = RUNNERS.get(plan.runner)(plan, ctx)
+            block.update(settings=settings, settings_key=ctx.settings_key,
+                         scoring_version=settings["scoring_version"], evaluated_at=now_iso())
+            if isinstance(current, dict):
+                doc["superseded"].append({"task": plan.name, "replaced_at": block["evaluated_at"],
+                                          "changes": settings_changes(current.get("settings"), settings),
+                                          "block": current})
+            doc["datasets"][plan.name] = block
             doc["summary"] = _summary(doc["datasets"], time.perf_counter() - t0, mem)
-            # A partial document after each dataset: a kill leaves something readable, marked as such.
+            # After each task: a kill leaves every finished task readable, the document marked running.
             atomic_write_json(json_path, doc)
     doc["status"] = "complete"
     doc["finished_at"] = now_iso()
@@ -319,6 +423,7 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
 
 
 def _summary(datasets: dict, runtime: float, mem) -> dict:
+    """Across every task the document holds (not only this run's); runtime and memory of this run."""
     accs = [d["metrics"].get("accuracy") for d in datasets.values() if d["metrics"].get("accuracy") is not None]
     mem_now = mem.as_dict()
     from ftlab.env import current_rss_mb

@@ -48,14 +48,27 @@ def _box_spans(text: str) -> list[tuple[str | None, bool]]:
 
 
 def extract_boxed(text: str | None) -> str | None:
-    """Content of the last closed box, stripped; None when the response has no closed box.
+    """Content of the last box, stripped; None when the response has no box or its last box never
+    closes.
 
-    An unclosed trailing box (generation cut off) does not hide an earlier closed one.
+    An unclosed last box is a cut-off answer (the model was still writing or revising it): an
+    earlier closed box is not credited in its place, as in the Hendrycks MATH reference
+    (`last_boxed_only_string`). `box_cut_off` tells the two cases apart.
     """
     if not text or "\\" not in text:
         return None
-    closed = [content for content, _ in _box_spans(text) if content is not None]
-    return closed[-1].strip() if closed else None
+    spans = _box_spans(text)
+    if not spans or spans[-1][0] is None:
+        return None
+    return spans[-1][0].strip()
+
+
+def box_cut_off(text: str | None) -> bool:
+    """True when the response's last box command never closes (generation stopped inside it)."""
+    if not text or "\\" not in text:
+        return False
+    spans = _box_spans(text)
+    return bool(spans) and spans[-1][0] is None
 
 
 def has_closed_box(text: str | None) -> bool:

@@ -1,8 +1,10 @@
-"""Which model folders need an evaluation, and why.
+"""Which model folders need an evaluation, and why — task by task.
 
-A model needs one when its metrics are missing, incomplete (a partial samples file or a document
-not marked complete), stale (written under another eval config hash or an older schema version),
-or when an earlier attempt failed and the user asked to retry failures.
+Results are kept per task (ftlab.eval.results): a model needs an evaluation when a requested task
+has no result yet (missing; incomplete when a run was interrupted), when a task's stored result was
+made under other settings (stale: another prompt, limit, token cap, scoring rule, ...; the detail
+names the task and the setting), or when an earlier attempt failed and the user asked to retry
+failures. Tasks evaluated before but not requested now are kept and never make a model stale.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ftlab.config import EvalRunConfig, load_config
 from ftlab.errors import FtlabError
-from ftlab.io import read_json, read_jsonl
+from ftlab.io import read_json
 from ftlab.paths import Workspace
 from ftlab.schema import TRAINING_METADATA_FILE
 
@@ -84,6 +85,13 @@ class PlanItem:
     folder: Path
     reason: str
     detail: str = ""
+    expected: dict = field(default_factory=dict)  # task key -> settings the evaluation will store
+
+    @property
+    def request_hash(self) -> str:
+        from ftlab.eval.results import request_hash
+
+        return request_hash(self.expected)
 
     @property
     def runs(self) -> bool:
@@ -106,68 +114,62 @@ def error_path(workspace: Workspace, model: str) -> Path:
     return workspace.metrics_dir / f"{model}.error.json"
 
 
-def _eval_api():
-    from ftlab.eval.evaluator import eval_config_hash, metrics_paths
-
-    return eval_config_hash, metrics_paths
+def _describe(stale: dict[str, str]) -> str:
+    return "; ".join(f"{key}: {why}" for key, why in stale.items())
 
 
-def assess(workspace: Workspace, folder: Path, current_hash: str, *, retry_failed: bool = False,
-           metrics_paths: Callable | None = None) -> PlanItem:
-    """The plan entry for one model folder: why it runs or why it is skipped."""
-    import ftlab.eval.documents  # noqa: F401  (registers the metrics upgraders)
-    from ftlab.schema import CURRENT_VERSIONS, load_training_metadata, upgrade
+def assess(workspace: Workspace, folder: Path, cfg: EvalRunConfig, *, retry_failed: bool = False) -> PlanItem:
+    """The plan entry for one model folder: why it runs or why it is skipped. `cfg` is the config
+    `ftlab evaluate <folder>` would run with."""
+    from ftlab.eval.documents import load_metrics_document
+    from ftlab.eval.evaluator import expected_settings, metrics_paths
+    from ftlab.eval.results import NOT_EVALUATED, SampleStore, request_hash, stale_tasks
+    from ftlab.schema import load_training_metadata
 
     model = metrics_name(folder)
-    if metrics_paths is None:
-        metrics_paths = _eval_api()[1]
     try:
         load_training_metadata(folder)
     except FtlabError as exc:
         return PlanItem(model, folder, BAD_FOLDER, str(exc))
-    json_path, samples_path = metrics_paths(workspace, model)
-    json_path, samples_path = Path(json_path), Path(samples_path)
-    if json_path.exists():
-        try:
-            raw = read_json(json_path, "metrics file")
-            version = raw.get("schema_version") if isinstance(raw, dict) else None
-            doc = upgrade("metrics", raw, source=f"metrics file {json_path}")
-        except FtlabError as exc:
-            return PlanItem(model, folder, STALE, f"metrics file unreadable ({exc})")
-        if isinstance(version, int) and version < CURRENT_VERSIONS["metrics"]:
-            return PlanItem(model, folder, STALE, f"metrics schema v{version} < v{CURRENT_VERSIONS['metrics']}")
-        if doc.get("eval_config_hash") != current_hash:
-            return PlanItem(model, folder, STALE,
-                            f"eval config changed ({str(doc.get('eval_config_hash'))[:12]} -> {current_hash[:12]})")
-        if doc.get("status", "complete") != "complete":
-            return PlanItem(model, folder, INCOMPLETE, f"metrics status {doc.get('status')!r}")
-        return PlanItem(model, folder, UP_TO_DATE, "metrics current")
+    expected = expected_settings(cfg)
+
+    def item(reason: str, detail: str) -> PlanItem:
+        return PlanItem(model, folder, reason, detail, expected)
+
+    json_path, samples_path = (Path(p) for p in metrics_paths(workspace, model))
+    try:
+        doc = load_metrics_document(json_path, missing_ok=True)
+    except FtlabError as exc:
+        return item(STALE, f"metrics file unreadable ({exc})")
+    stale = stale_tasks(doc, expected)
+    if not stale:
+        return item(UP_TO_DATE, f"every task current ({', '.join(expected)})")
     err = error_path(workspace, model)
     if err.exists():
         try:
             failure = read_json(err, "error report")
         except FtlabError:
             failure = {}
-        same_config = failure.get("eval_config_hash") in (None, current_hash)
-        if same_config:
+        # A failure under another request (other tasks or settings) says nothing about this one.
+        if failure.get("request_hash", request_hash(expected)) == request_hash(expected):
             line = str(failure.get("error", "unknown error"))[:160]
             if retry_failed:
-                return PlanItem(model, folder, FAILED, f"retrying: {line}")
-            return PlanItem(model, folder, FAILED_EARLIER, f"{line} (pass --retry-failed to retry)")
-        # A failure under another config says nothing about this one.
-    lines = read_jsonl(samples_path)
-    if lines:
-        current = sum(1 for r in lines if isinstance(r, dict) and r.get("eval_config_hash") == current_hash)
-        if current:
-            return PlanItem(model, folder, INCOMPLETE, f"{current} samples done, resuming")
-        return PlanItem(model, folder, INCOMPLETE, f"{len(lines)} samples from another eval config, redoing")
-    return PlanItem(model, folder, MISSING, "no metrics")
+                return item(FAILED, f"retrying: {line}")
+            return item(FAILED_EARLIER, f"{line} (pass --retry-failed to retry)")
+    changed = {k: why for k, why in stale.items() if why != NOT_EVALUATED}
+    if changed:
+        return item(STALE, _describe(changed))
+    done = SampleStore.read(samples_path, doc).count({k: expected[k] for k in stale})
+    if doc is not None and doc.get("status") != "complete":
+        return item(INCOMPLETE, f"interrupted run: {', '.join(stale)} not finished ({done} samples done, resuming)")
+    if done:
+        return item(INCOMPLETE, f"{', '.join(stale)}: {done} samples done, resuming")
+    return item(MISSING, f"{', '.join(stale)} not evaluated yet" if doc is not None else "no metrics")
 
 
 def plan_sweep(workspace: Workspace, options: EvalOptions, *, retry_failed: bool = False,
                only: list[str] | None = None) -> list[PlanItem]:
     """Every model folder under Models/ with its reason; `only` restricts to named models."""
-    eval_config_hash, metrics_paths = _eval_api()
     folders = find_model_folders(workspace)
     if only:
         names = {p.name for p in folders}
@@ -176,11 +178,8 @@ def plan_sweep(workspace: Workspace, options: EvalOptions, *, retry_failed: bool
             raise FtlabError(f"--model {', '.join(unknown)} is not a model folder under {workspace.models_dir}"
                              f"; found: {', '.join(sorted(names)) or 'none'}")
         folders = [p for p in folders if p.name in set(only)]
-    items = []
-    for folder in folders:
-        current = eval_config_hash(options.resolve(model_ref_for(folder)))
-        items.append(assess(workspace, folder, current, retry_failed=retry_failed, metrics_paths=metrics_paths))
-    return items
+    return [assess(workspace, folder, options.resolve(model_ref_for(folder)), retry_failed=retry_failed)
+            for folder in folders]
 
 
 def metrics_name(folder: Path) -> str:

@@ -17,13 +17,19 @@ class EvalJob:
     folder: str
     workdir: str
     eval_args: list[str]
-    eval_config_hash: str
+    expected: dict  # task key -> the settings the evaluation must leave a current result for
     threads: int | None = None
     timeout_s: float | None = None
     python: str = sys.executable
     # The driver's working directory, so relative paths in the config (eval.source_dir, a
     # responses file) mean the same in the worker as in the planner that hashed them.
     cwd: str | None = None
+
+    @property
+    def request_hash(self) -> str:
+        from ftlab.eval.results import request_hash
+
+        return request_hash(self.expected)
 
     def command(self) -> list[str]:
         return ftlab_argv(self.workdir, "evaluate", self.folder, *self.eval_args, python=self.python)
@@ -50,15 +56,15 @@ def run_job(job: EvalJob) -> JobResult:
 
 
 def metrics_complete(job: EvalJob) -> bool:
+    """The worker finished its run and every requested task now has a current result."""
+    from ftlab.eval.documents import load_metrics_document
     from ftlab.eval.evaluator import metrics_paths
-    from ftlab.io import read_json
+    from ftlab.eval.results import stale_tasks
     from ftlab.paths import Workspace
 
     json_path, _ = metrics_paths(Workspace(Path(job.workdir)), job.model)
-    if not Path(json_path).exists():
-        return False
     try:
-        doc = read_json(json_path, "metrics file")
+        doc = load_metrics_document(json_path, missing_ok=True)
     except Exception:
         return False
-    return doc.get("status", "complete") == "complete" and doc.get("eval_config_hash") == job.eval_config_hash
+    return doc is not None and doc.get("status", "complete") == "complete" and not stale_tasks(doc, job.expected)

@@ -15,7 +15,6 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from ftlab.env import now_iso
@@ -129,11 +128,6 @@ class Sweep:
                 item.reason = BUSY
         return items
 
-    def _hash(self, folder: Path) -> str:
-        from ftlab.eval.evaluator import eval_config_hash
-
-        return eval_config_hash(self.options.resolve(model_ref_for(folder)))
-
     # -- the protocol backends use ---------------------------------------------------------
 
     def claim(self, item: PlanItem) -> EvalJob | None:
@@ -144,9 +138,9 @@ class Sweep:
             self._record(Outcome(item.model, BUSY, f"locked by {owner.describe() if owner else 'another orchestrator'}", SKIPPED))
             return None
         try:
-            current_hash = self._hash(item.folder)
             # Between planning and now another orchestrator may have finished this model.
-            fresh = assess(self.workspace, item.folder, current_hash, retry_failed=self.settings.retry_failed)
+            fresh = assess(self.workspace, item.folder, self.options.resolve(model_ref_for(item.folder)),
+                           retry_failed=self.settings.retry_failed)
         except BaseException:
             lock.release()
             raise
@@ -162,7 +156,7 @@ class Sweep:
         self._items[item.model] = fresh
         return EvalJob(
             model=item.model, folder=model_ref_for(item.folder), workdir=str(self.workspace.root),
-            eval_args=self.options.cli_args(), eval_config_hash=current_hash,
+            eval_args=self.options.cli_args(), expected=fresh.expected,
             threads=self.settings.threads, timeout_s=self.settings.timeout_s, cwd=os.getcwd(),
         )
 
@@ -185,7 +179,7 @@ class Sweep:
                 atomic_write_json(err, {
                     "model": job.model, "error": result.error, "exit_code": result.returncode,
                     "traceback_tail": result.output_tail, "time": now_iso(), "runtime_s": round(result.runtime_s, 2),
-                    "host": result.host or socket.gethostname(), "eval_config_hash": job.eval_config_hash,
+                    "host": result.host or socket.gethostname(), "request_hash": job.request_hash,
                     "command": job.command(),
                 })
                 outcome = Outcome(job.model, item.reason, item.detail, FAILED, result.runtime_s, error=result.error)

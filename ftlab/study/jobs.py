@@ -111,14 +111,13 @@ class EvaluateKind:
         return EvalOptions(**job.data["options"])
 
     def status(self, job: Job, workspace: Workspace) -> Status:
-        from ftlab.eval.evaluator import eval_config_hash
         from ftlab.orchestrate.discovery import MISSING, STALE as STALE_REASON, UP_TO_DATE, assess, model_ref_for
 
         folder = model_folder(workspace, job.data["model"])
         if not (folder / TRAINING_METADATA_FILE).is_file():
             return Status(TODO, "model not built yet")
-        current = eval_config_hash(self._options(job).resolve(model_ref_for(folder)))
-        item = assess(workspace, folder, current)
+        # The orchestrator's own judgement: every study task current under the study's settings.
+        item = assess(workspace, folder, self._options(job).resolve(model_ref_for(folder)))
         if item.reason == UP_TO_DATE:
             return Status(DONE, item.detail)
         if item.reason == STALE_REASON:

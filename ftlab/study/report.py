@@ -130,8 +130,8 @@ def _methods(s: StudyAnalysisSettings) -> list[str]:
         f"sqrt(psi - d^2))^2 / d^2 solved for d at the pooled pair count n and observed discordance psi (normal "
         f"approximation; the exact test's power there is about 0.77). \"Too small to detect\": not significant "
         f"and |observed accuracy difference| < MDD.",
-        f"p-values print in scientific notation below 0.001; a bootstrap p with no resample across zero prints "
-        f"as < 1/{s.resamples}.",
+        f"p-values print in scientific notation below 0.001; a bootstrap p below 2/B prints as < 2/{s.resamples} "
+        f"(the two-sided p moves in steps of 2/B, B = {s.resamples} resamples).",
     ]
 
 
