@@ -26,8 +26,7 @@ from ftlab.orchestrate.discovery import (
     BAD_FOLDER, FAILED, FAILED_EARLIER, INCOMPLETE, MISSING, STALE, UP_TO_DATE, EvalOptions, plan_sweep,
 )
 from ftlab.jobs.locks import REMOTE_STALE_S, JobLock
-from ftlab.jobs.process import summarize_failure
-from ftlab.orchestrate.runner import EvalJob, run_job
+from ftlab.jobs.process import run_process, summarize_failure
 from ftlab.paths import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,31 +191,37 @@ def test_busy_models_are_reported_and_not_claimed(tmp_path, tiny_template):
     ws = Workspace(tmp_path)
     opts = canned_options(ws)
     make_model(ws, tiny_template, "scratch-tiny-base")
-    sweep = Sweep(ws, opts, SweepSettings(), echo=lambda line: None)
+    lines: list[str] = []
+    sweep = Sweep(ws, opts, SweepSettings(), echo=lines.append)
     other = JobLock(lock_path(sweep.locks_dir, "scratch-tiny-base"))
     assert other.acquire()  # another orchestrator (alive: this very process) holds it
     (item,) = sweep.plan()
     assert item.reason == "busy" and f"pid {os.getpid()}" in item.detail
     item.reason = MISSING  # planned before the other orchestrator took it
-    assert sweep.claim(item) is None
-    assert sweep.report.outcomes[-1].reason == "busy"
+    report = sweep.run([item])
+    (outcome,) = report.outcomes
+    assert outcome.status == "skipped" and outcome.reason == "busy" and f"pid {os.getpid()}" in outcome.detail
+    assert not (ws.metrics_dir / "scratch-tiny-base.json").exists()  # not claimed, not evaluated
+    assert lines == [f"skip    scratch-tiny-base  (busy: locked by pid {os.getpid()} on {socket.gethostname()} "
+                     f"since {other.owner().acquired_at})"]
     other.release()
-    job = sweep.claim(item)
-    assert job is not None and job.model == "scratch-tiny-base" and list(job.expected) == [TASK]
-    assert json.loads(lock_path(sweep.locks_dir, "scratch-tiny-base").read_text())["pid"] == os.getpid()
-    sweep.release_all()
+    report = Sweep(ws, opts, SweepSettings(), echo=lines.append).run()
+    assert [(o.model, o.status) for o in report.outcomes] == [("scratch-tiny-base", "ok")]
     assert not lock_path(sweep.locks_dir, "scratch-tiny-base").exists()
 
     # --retry-failed retries failures older than the sweep, not one a concurrent sweep just recorded.
-    retry = Sweep(ws, opts, SweepSettings(retry_failed=True), echo=lambda line: None)
+    (ws.metrics_dir / "scratch-tiny-base.json").unlink()
+    retry = Sweep(ws, opts, SweepSettings(retry_failed=True), echo=lines.append)
     atomic_write_json(ws.metrics_dir / "scratch-tiny-base.error.json", {"error": "OOM"})
     (item,) = retry.plan()
     assert item.reason == FAILED
-    assert retry.claim(item) is None and "failed again" in retry.report.outcomes[-1].detail
+    (outcome,) = retry.run([item]).outcomes
+    assert outcome.status == "skipped" and "failed again in a concurrent sweep" in outcome.detail
     old = time.time() - 3600
     os.utime(ws.metrics_dir / "scratch-tiny-base.error.json", (old, old))
-    assert retry.claim(item) is not None
-    retry.release_all()
+    (outcome,) = retry.run([item]).outcomes[-1:]
+    assert outcome.status == "ok"
+    assert not (ws.metrics_dir / "scratch-tiny-base.error.json").exists()  # removed once it succeeded
 
 
 def test_bad_eval_options_fail_before_anything_runs(tmp_path, tiny_template, capsys):
@@ -320,22 +325,36 @@ def _fake_python(tmp_path: Path, body: str) -> str:
     return str(script)
 
 
-def test_run_job_reports_signals_timeouts_and_errors(tmp_path):
-    base = dict(model="m", folder=str(tmp_path), workdir=str(tmp_path), eval_args=[], expected={})
-    killed = run_job(EvalJob(**base, python=_fake_python(tmp_path, 'echo "loading"; kill -9 $$')))
+def test_run_process_reports_signals_timeouts_and_errors(tmp_path):
+    killed = run_process([_fake_python(tmp_path, 'echo "loading"; kill -9 $$')])
     assert not killed.ok and killed.returncode == -signal.SIGKILL
     assert killed.error.startswith("killed by SIGKILL (out of memory?")
     assert killed.output_tail == ["loading"]
 
-    slow = run_job(EvalJob(**base, timeout_s=1.0, python=_fake_python(tmp_path, "sleep 30")))
+    slow = run_process([_fake_python(tmp_path, "sleep 30")], timeout_s=1.0)
     assert not slow.ok and slow.error == "timed out after 1 s and was killed" and slow.runtime_s < 10
-
-    ok_but_nothing = run_job(EvalJob(**base, python=_fake_python(tmp_path, "exit 0")))
-    assert not ok_but_nothing.ok and ok_but_nothing.error == "finished without writing complete metrics"
 
     assert summarize_failure(2, ["x", "error: model folder /m has no config.json", ""]) == "model folder /m has no config.json"
     tb = ["Traceback (most recent call last):", '  File "x.py", line 1', "torch.OutOfMemoryError: CUDA out of memory."]
     assert summarize_failure(1, tb) == "torch.OutOfMemoryError: CUDA out of memory."
+
+
+def test_an_evaluation_that_exits_0_without_metrics_is_a_failure(tmp_path, tiny_template):
+    from ftlab.jobs.engine import Engine, EngineSettings
+    from ftlab.jobs.process import ProcessResult
+    from ftlab.orchestrate.sweep import Sweep, SweepSettings
+
+    ws = Workspace(tmp_path)
+    make_model(ws, tiny_template, "scratch-tiny-base")
+    sweep = Sweep(ws, canned_options(ws), SweepSettings(), echo=lambda line: None)
+    (item,) = sweep.plan()
+    engine = Engine([sweep.job(item)], ws, ws.jobs_dir, EngineSettings(), echo=lambda line: None)
+    job, task = engine.next_ready()
+    engine.finish(task, ProcessResult(True, 0, 0.5))
+    outcome = engine.outcomes[job.id]
+    assert outcome.state == "failed" and outcome.detail.startswith("finished without writing its output")
+    report = read_json(ws.metrics_dir / "scratch-tiny-base.error.json")
+    assert report["error"].startswith("finished without writing its output") and report["exit_code"] == 0
 
 
 # ---------------------------------------------------------------------------------------------

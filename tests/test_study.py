@@ -68,7 +68,7 @@ def run_cli(ws: Path, *args: str, timeout: int = 900) -> subprocess.CompletedPro
 
 
 def journal(ws: Path) -> list[dict]:
-    return read_jsonl(ws / "Testing" / "studies" / ".jobs" / "journal.jsonl")
+    return read_jsonl(ws / "Testing" / ".jobs" / "journal.jsonl")
 
 
 def assert_each_done_once(ws: Path, graph) -> None:
@@ -174,8 +174,10 @@ def test_plan_reports_done_to_run_and_stale_with_reasons(tmp_path):
     study = open_study(study_file(tmp_path), ws)
     snap = next(j for j in study.graph.jobs if j.kind == "snapshot")
     train = next(j for j in study.graph.jobs if j.kind == "train")
+    from ftlab.schema import write_training_metadata
+
     (ws.models_dir / snap.name).mkdir(parents=True)
-    (ws.models_dir / snap.name / "training_metadata.json").write_text("{}")
+    write_training_metadata(ws.models_dir / snap.name, {"run_name": snap.name})
     (ws.models_dir / train.name).mkdir()  # a folder ftlab did not finish
     rows = {r.job.id: r for r in study.engine().plan()}
     assert rows[snap.id].state == DONE
@@ -207,7 +209,7 @@ def test_study_end_to_end_failure_isolation_and_noop_rerun(tmp_path):
     assert "10 jobs ran, 0 were already done, 1 failed, 3 skipped" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
     bad = next(j for j in graph.jobs if j.kind == "train" and "no_such_proj" in j.info["recipe"])
-    record = json.loads((ws / "Testing" / "studies" / ".jobs" / f"{bad.id}.json").read_text())
+    record = json.loads((ws / "Testing" / ".jobs" / f"{bad.id}.json").read_text())
     assert record["state"] == "failed" and "no_such_proj" in record["error"]
     for job in graph.jobs:
         if job.kind != "evaluate":

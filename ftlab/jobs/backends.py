@@ -64,7 +64,7 @@ def _idle(engine: Engine) -> bool:
 def run_local(engine: Engine) -> None:
     """Up to `workers` jobs at once, each in its own process; a job wanting a GPU gets one of its
     own (CUDA_VISIBLE_DEVICES), CPU-only jobs see none."""
-    workers = engine.settings.workers
+    workers = engine.settings.workers or 1
     gpus = cuda_device_count()
     free_gpus = set(range(gpus))
     running: dict[Future, tuple[Task, int | None]] = {}
@@ -146,7 +146,7 @@ def run_ray(engine: Engine) -> None:
             log.info("connecting to Ray at %s", s.ray_address)
             ray.init(address=s.ray_address, logging_level=logging.WARNING, log_to_driver=False)
         else:
-            cpus = max(threads * s.workers, threads)
+            cpus = threads * (s.workers or max(1, (os.cpu_count() or 1) // threads))
             log.info("starting a local Ray with %d CPUs", cpus)
             ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         started_here = True
@@ -167,7 +167,7 @@ def run_ray(engine: Engine) -> None:
 
         remote = ray.remote(max_retries=0)(_ray_run_task)
         while True:
-            while True:
+            while not s.workers or len(in_flight) < s.workers:
                 claimed = engine.next_ready(fits)
                 if claimed is None:
                     break

@@ -33,8 +33,9 @@ from ftlab.registry import Registry
 
 log = logging.getLogger(__name__)
 
-# What a job's kind says about its output.
-DONE, TODO, STALE = "done", "to run", "stale"
+# What a job's kind says about its output (SKIP: do not run it, e.g. it failed before and the
+# driver does not retry failures, or its input is not a usable model folder).
+DONE, TODO, STALE, SKIP = "done", "to run", "stale", "skip"
 # What the engine adds: failed now, skipped because a dependency failed, run by another driver.
 FAILED, BLOCKED, BUSY, FAILED_EARLIER = "failed", "blocked", "busy", "failed earlier"
 RUNS = (TODO, STALE)
@@ -62,12 +63,21 @@ class Job:
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {self.name}"
+        return self.info.get("label") or f"{self.kind} {self.name}"
+
+
+def job_id(kind: str, payload: dict, inputs: Sequence[str]) -> str:
+    """A job's identity: a hash of its kind, its resolved settings and its inputs' identities."""
+    import hashlib
+    import json
+
+    blob = json.dumps({"kind": kind, "payload": payload, "deps": sorted(inputs)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class Status:
-    state: str  # DONE, TODO or STALE
+    state: str  # DONE, TODO, STALE or SKIP
     why: str
 
 
@@ -85,6 +95,10 @@ class JobKind(Protocol):
     def lock_path(self, job: Job, workspace: Workspace) -> Path:
         """The lock every driver takes before running this job's output (shared across studies
         and with the evaluation orchestrator for the same output)."""
+
+    def finished(self, job: Job, workspace: Workspace, result: ProcessResult, ok: bool) -> str:
+        """Called once the job's process ended and its output was judged (`ok`): records what the
+        kind keeps beside its output (an error report) and returns a note for the `done` line."""
 
 
 JOB_KINDS: Registry[JobKind] = Registry("job kind")
@@ -122,16 +136,18 @@ class PlanRow:
 
 @dataclass
 class EngineSettings:
-    workers: int = 1  # jobs at once (local backend); Ray fits what the cluster holds
+    workers: int | None = None  # jobs at once; None = 1 locally, what the cluster fits on Ray
     threads: int | None = None  # torch threads per job; None = cores // workers
     timeout_s: float | None = None
     retry_failed: bool = True  # a job that failed in an earlier run is tried again
     backend: str = "local"
     ray_address: str | None = None
     cwd: str | None = None  # the driver's folder, so relative paths mean the same in every job
+    # A job another driver is running: wait for it (its dependants need it) or skip it.
+    wait_for_busy: bool = True
 
     def validate(self) -> None:
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise FtlabError(f"--workers {self.workers} must be >= 1")
         if self.threads is not None and self.threads < 1:
             raise FtlabError(f"--threads {self.threads} must be >= 1")
@@ -139,7 +155,14 @@ class EngineSettings:
             raise FtlabError(f"--timeout {self.timeout_s} must be positive seconds")
 
     def threads_per_job(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+        """--threads, else the driver's OMP_NUM_THREADS (a budget the user already set), else the
+        cores shared among the workers."""
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        if self.threads:
+            return self.threads
+        if env.isdigit() and int(env) > 0:
+            return int(env)
+        return max(1, (os.cpu_count() or 1) // (self.workers or 1))
 
 
 def topological(jobs: Sequence[Job]) -> list[Job]:
@@ -228,6 +251,8 @@ class Engine:
         self.outcomes: dict[str, Outcome] = {}
         self._claimed: dict[str, tuple[JobLock, float]] = {}
         self._busy_until: dict[str, float] = {}
+        self._to_run: set[str] = set()
+        self._estimates: dict[str, float] = {}
 
     # -- planning --------------------------------------------------------------------------
 
@@ -306,18 +331,25 @@ class Engine:
         kind = JOB_KINDS.get(job.kind)
         lock = JobLock(kind.lock_path(job, self.workspace))
         if not lock.acquire():
+            owner = lock.owner()
+            who = owner.describe() if owner else "another driver"
+            if not self.settings.wait_for_busy:
+                self._record(Outcome(job, BUSY, f"locked by {who}"))
+                self._block(job, f"needs {job.label}, which another driver is running")
+                return None
             # Another driver runs it: look again later; it will most likely be done then.
             if job.id not in self._busy_until:
-                owner = lock.owner()
-                self._write(f"wait    {job.label}  (being run by {owner.describe() if owner else 'another driver'})")
+                self._write(f"wait    {job.label}  (being run by {who})")
             self._busy_until[job.id] = time.monotonic() + POLL_S
             return None
         self._busy_until.pop(job.id, None)
         try:
             st = kind.status(job, self.workspace)  # re-checked under the lock
-            if st.state == DONE:
+            if st.state in (DONE, SKIP):
                 lock.release()
-                self._record(Outcome(job, DONE, st.why))
+                self._record(Outcome(job, st.state, f"{st.why} (meanwhile)" if st.state == DONE else st.why))
+                if st.state == SKIP:
+                    self._block(job, f"needs {job.label}, which is skipped")
                 return None
             record = self.ledger.read(job.id)
             if record and record.get("state") == FAILED and not self.settings.retry_failed:
@@ -343,13 +375,15 @@ class Engine:
                 st = self.status(job)
                 if st.state != DONE:
                     result.ok = False
-                    result.error = f"finished, but its output is not complete ({st.why})"
+                    result.error = f"finished without writing its output ({st.why})"
             state = DONE if result.ok else FAILED
+            note = JOB_KINDS.get(job.kind).finished(job, self.workspace, result, result.ok)
             self.ledger.write(job, state, result, task.argv)
             self.ledger.log(state, job, runtime_s=round(result.runtime_s, 3), error=result.error)
         finally:
             lock.release()
-        self._record(Outcome(job, state, result.error or "", result.runtime_s, ran=True))
+        self._record(Outcome(job, state, (result.error or "") if state == FAILED else note, result.runtime_s,
+                             ran=True))
         if state == FAILED:
             self._block(job, f"needs {job.label}, which failed")
 
@@ -394,7 +428,7 @@ class Engine:
         self.outcomes[outcome.job.id] = outcome
         job = outcome.job
         if outcome.ran and outcome.state == DONE:
-            self._write(f"done    {job.label}  ({outcome.runtime_s:.1f} s)")
+            self._write(f"done    {job.label}  ({outcome.runtime_s:.1f} s)" + (f"  {outcome.detail}" if outcome.detail else ""))
         elif outcome.ran:
             self._write(f"FAILED  {job.label}  ({outcome.runtime_s:.1f} s): {outcome.detail}")
         elif outcome.state == FAILED:
@@ -403,6 +437,8 @@ class Engine:
             self._write(f"skip    {job.label}  ({outcome.detail})")
         elif outcome.state == FAILED_EARLIER:
             self._write(f"skip    {job.label}  (failed earlier: {outcome.detail})")
+        elif outcome.state in (SKIP, BUSY) or job.id in self._to_run:
+            self._write(f"skip    {job.label}  ({outcome.state}: {outcome.detail})")
         if self._bar is not None and (outcome.ran or outcome.job.id in self._to_run):
             self._bar.update(self._weight(job))
 
@@ -432,10 +468,13 @@ class Engine:
 
         backend = BACKENDS.get(self.settings.backend)
         rows = self.plan()
+        self._to_run = {r.job.id for r in rows if r.state not in (DONE, SKIP)}
         for row in rows:
             if row.state == DONE:
                 self.outcomes[row.job.id] = Outcome(row.job, DONE, row.why)
-        self._to_run = {r.job.id for r in rows if r.state != DONE}
+            elif row.state == SKIP:
+                self._record(Outcome(row.job, SKIP, row.why))
+                self._block(row.job, f"needs {row.job.label}, which is skipped")
         self._estimates = self._estimate(rows)
         total = sum(self._estimates[j] for j in self._to_run)
         # The bar counts expected seconds, so its ETA weighs a training job above an evaluation.

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--dry-run", action="store_true", help="print the plan (every job: done / to run / stale, why)")
     run.add_argument("--backend", default="local", choices=BACKENDS.names(),
                      help="local: child processes on this machine; ray: a Ray task per job")
-    run.add_argument("--workers", type=int, default=1, help="jobs at once (local backend; default 1)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="jobs at once (default: 1 locally, what the cluster fits on Ray)")
     run.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / workers)")
     run.add_argument("--timeout", type=float, default=None, metavar="S", help="kill a job after S seconds (recorded as failed)")
     run.add_argument("--skip-failed", action="store_true", help="do not retry jobs that failed in an earlier run")

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftlab.config import TrainRunConfig, config_to_dict, load_config
-from ftlab.jobs.engine import Job, Resources
+from ftlab.jobs.engine import Job, Resources, job_id
 from ftlab.naming import VARIANT_DIGITS, build_run_name, parse_run_name, peft_tag
+from ftlab.orchestrate.job import EVALUATE, evaluation_data
 from ftlab.study import jobs as _kinds  # noqa: F401  (registers the job kinds)
-from ftlab.study.jobs import job_id
 from ftlab.study.spec import BASE, Recipe, StudySpec, eval_options, quant_spec, recipe_config
 
 NONE = "none"  # the quant column of unquantized models
@@ -73,9 +73,8 @@ def build_graph(spec: StudySpec, recipes: list[Recipe]) -> StudyGraph:
     snapshots: dict[str, Job] = {}
 
     def evaluate(model_job: Job, info: dict) -> None:
-        job = g.add(Job(job_id("evaluate", eval_payload, [model_job.id]), "evaluate", model_job.name,
-                        (model_job.id,), {"model": model_job.name, "options": eval_payload},
-                        Resources(1, gpu), info))
+        job = g.add(Job(job_id(EVALUATE, eval_payload, [model_job.id]), EVALUATE, model_job.name,
+                        (model_job.id,), evaluation_data(model_job.name, options), Resources(1, gpu), info))
         g.evaluations[job.id] = info
 
     def quantize(source: Job, calib: str, info: dict) -> None:

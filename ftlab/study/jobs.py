@@ -4,14 +4,12 @@ JOB_KINDS. Each runs a real ftlab command in its own process and is judged by it
 - snapshot / train / quantize build `Models/<run name>.v<id>`: the folder only appears once
   complete (staging folder, then rename), and its name carries the job's identity, so "the folder
   exists" means "this job, with these settings and these inputs, is done";
-- evaluate writes `Testing/metrics/<model>.json`; it is done when the orchestrator's planner finds
-  that model's metrics current for the study's evaluation settings, and it takes the same lock as
-  the orchestrator, so a study and an `ftlab orchestrate` never evaluate one model at once.
+- evaluate is the orchestrator's evaluation job (ftlab.orchestrate.job): done when the model's
+  metrics file holds every study task, current, under the same lock as `ftlab orchestrate`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -23,15 +21,9 @@ from ftlab.schema import TRAINING_METADATA_FILE
 LOCKS = ".locks"
 
 
-def job_id(kind: str, payload: dict, deps: list[str]) -> str:
-    """The identity hash: the job's resolved settings and its inputs' identities."""
-    blob = json.dumps({"kind": kind, "payload": payload, "deps": sorted(deps)}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def jobs_dir(workspace: Workspace) -> Path:
     """The ledger (each job's last outcome) and the configs of train jobs, shared by all studies."""
-    return workspace.studies_dir / ".jobs"
+    return workspace.jobs_dir
 
 
 def model_folder(workspace: Workspace, name: str) -> Path:
@@ -42,6 +34,9 @@ class _ModelFolderKind:
     """Jobs whose output is a model folder named after the job (snapshot, train, quantize)."""
 
     name = ""
+
+    def finished(self, job: Job, workspace: Workspace, result, ok: bool) -> str:
+        return str(model_folder(workspace, job.name)) if ok else ""
 
     def status(self, job: Job, workspace: Workspace) -> Status:
         folder = model_folder(workspace, job.name)
@@ -100,41 +95,5 @@ class QuantizeKind(_ModelFolderKind):
         return args
 
 
-class EvaluateKind:
-    """`ftlab evaluate <model folder> --datasets ... --limit N key=value...`, as the orchestrator runs it."""
-
-    name = "evaluate"
-
-    def _options(self, job: Job):
-        from ftlab.orchestrate.discovery import EvalOptions
-
-        return EvalOptions(**job.data["options"])
-
-    def status(self, job: Job, workspace: Workspace) -> Status:
-        from ftlab.orchestrate.discovery import MISSING, STALE as STALE_REASON, UP_TO_DATE, assess, model_ref_for
-
-        folder = model_folder(workspace, job.data["model"])
-        if not (folder / TRAINING_METADATA_FILE).is_file():
-            return Status(TODO, "model not built yet")
-        # The orchestrator's own judgement: every study task current under the study's settings.
-        item = assess(workspace, folder, self._options(job).resolve(model_ref_for(folder)))
-        if item.reason == UP_TO_DATE:
-            return Status(DONE, item.detail)
-        if item.reason == STALE_REASON:
-            return Status(STALE, item.detail)
-        return Status(TODO, item.detail if item.reason != MISSING else "not evaluated yet")
-
-    def command(self, job: Job, workspace: Workspace) -> list[str]:
-        from ftlab.orchestrate.discovery import model_ref_for
-
-        folder = model_folder(workspace, job.data["model"])
-        return ["evaluate", model_ref_for(folder), *self._options(job).cli_args()]
-
-    def lock_path(self, job: Job, workspace: Workspace) -> Path:
-        from ftlab.orchestrate.discovery import metrics_name
-
-        return lock_path(workspace.metrics_dir / LOCKS, metrics_name(model_folder(workspace, job.data["model"])))
-
-
-for _kind in (SnapshotKind(), TrainKind(), QuantizeKind(), EvaluateKind()):
+for _kind in (SnapshotKind(), TrainKind(), QuantizeKind()):
     JOB_KINDS.add(_kind.name, _kind)
