@@ -46,7 +46,7 @@ def load_samples(source: Workspace | str | os.PathLike, model: str) -> tuple[pd.
         raise FtlabError(f"no samples for {model!r} ({path} missing, empty or from other settings); "
                          f"evaluate it first: ftlab evaluate {model}")
     if len(kept) < len(lines):
-        log.info("%s: %d of %d sample lines belong to superseded settings or rescoring; using the current %d",
+        log.debug("%s: %d of %d sample lines belong to superseded settings or rescoring; using the current %d",
                  model, len(lines) - len(kept), len(lines), len(kept))
     df = pd.DataFrame(kept)
     for col in ("dataset", "index", "correct"):

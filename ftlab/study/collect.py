@@ -37,7 +37,6 @@ def collect(workspace: Workspace, evaluations: list[dict], tasks: list[str]) -> 
     """`evaluations`: the info of every evaluation job whose metrics exist (recipe, seed, quant,
     model, source_model). Returns (samples, models); tasks not in the metrics are skipped."""
     from ftlab.compare.pair import load_samples
-    from ftlab.eval.documents import load_metrics_document
 
     sample_frames, model_rows = [], []
     for info in evaluations:
@@ -45,9 +44,8 @@ def collect(workspace: Workspace, evaluations: list[dict], tasks: list[str]) -> 
         doc_path = workspace.metrics_dir / f"{model}.json"
         if not doc_path.exists():
             continue
-        doc = load_metrics_document(doc_path)
+        samples, doc = load_samples(workspace, model)
         size = ((doc.get("model") or {}).get("metadata") or {}).get("size_on_disk_bytes")
-        samples = load_samples(workspace, model)
         labels = {"recipe": info["recipe"], "seed": info.get("seed"), "quant": info["quant"], "model": model,
                   "source_model": info.get("source_model")}
         fidelity = _fidelity(workspace, model) if info.get("source_model") else {}

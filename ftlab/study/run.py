@@ -102,10 +102,12 @@ def report_study(study: Study) -> tuple[dict, str]:
     from ftlab.study.verdict import verdict_text
 
     engine = study.engine()
-    finished = [study.graph.evaluations[j.id] for j in study.graph.jobs
-                if j.kind == "evaluate" and engine.status(j).state == DONE]
+    states = {j.id: engine.status(j).state for j in study.graph.jobs if j.kind == "evaluate"}
+    finished = [study.graph.evaluations[i] for i, state in states.items() if state == DONE]
     if not finished:
-        raise FtlabError(f"study {study.spec.name} has no finished evaluation yet; run `ftlab study run {study.path}`")
+        stale = sum(state == STALE for state in states.values())
+        raise FtlabError(f"study {study.spec.name} has no current evaluation yet ({len(states)} planned"
+                         + (f", {stale} stale" if stale else "") + f"); run `ftlab study run {study.path}`")
     samples, models = collect(study.workspace, finished, list(study.spec.evaluate.datasets))
     baseline = baseline_recipe(study.spec, study.recipes)
     settings = StudyAnalysisSettings(baseline="base" if baseline is None else baseline.label)
