@@ -362,7 +362,7 @@ def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
         if key not in fields:
             hint = closest(str(key), list(fields))
             problems.append(
-                f"unknown key {full!r}" + (f" (did you mean {prefix}{hint!r}?)" if hint else "")
+                f"unknown key {full!r}" + (f" (did you mean {prefix + hint!r}?)" if hint else "")
                 + f"; valid keys{' under ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}"
             )
             continue

@@ -1,4 +1,7 @@
-"""Run names: `<base>-<dataset>_<method>_<peft>_<quant_tag>` and `<base>-base[_<quant_tag>]`.
+"""Run names: `<base>-<dataset>_<method>_<peft>_<quant_tag>` and `<base>-base[_<quant_tag>]`,
+optionally followed by `.v<8 hex digits>`: the variant suffix a study gives every folder it builds,
+the first digits of the job's identity hash (settings the name cannot show, such as the learning
+rate or the seed, and the identities of its inputs), so two recipes never share a folder.
 
 Components are sanitised so a name is always one safe folder name: the base keeps letters,
 digits, `.` and `-`; a dataset keeps `-` only when it is a registered task name (so the
@@ -18,6 +21,8 @@ PEFT_PREFIXES = ("NoPeft", "LoRa", "rsLoRa", "DoRa", "VeRa")
 BASE_DATASET = "base"
 _PEFT_RE = re.compile(r"^(NoPeft|(?:LoRa|rsLoRa|DoRa|VeRa)\d+)$")
 _MAX_LEN = 200
+_VARIANT_RE = re.compile(r"\.v([0-9a-f]{8})$")
+VARIANT_DIGITS = 8
 
 
 def sanitize_component(text: str, keep: str = ".-", sep: str = "-") -> str:
@@ -78,20 +83,27 @@ class RunName:
     method: str | None = None
     peft: str | None = None
     quant_tag: str = "NoQuant"
+    variant: str | None = None  # `.v<hex>` suffix of study-built folders
 
     @property
     def is_base_snapshot(self) -> bool:
         return self.dataset == BASE_DATASET
 
     def render(self) -> str:
+        suffix = f".v{self.variant}" if self.variant else ""
         if self.is_base_snapshot:
             name = f"{self.base}-{BASE_DATASET}"
-            return name if self.quant_tag == "NoQuant" else f"{name}_{self.quant_tag}"
-        return f"{self.base}-{self.dataset}_{self.method}_{self.peft}_{self.quant_tag}"
+            return (name if self.quant_tag == "NoQuant" else f"{name}_{self.quant_tag}") + suffix
+        return f"{self.base}-{self.dataset}_{self.method}_{self.peft}_{self.quant_tag}{suffix}"
 
     def with_quant_tag(self, tag: str) -> "RunName":
         parse_quant_tag(tag)
-        return RunName(self.base, self.dataset, self.method, self.peft, tag)
+        return RunName(self.base, self.dataset, self.method, self.peft, tag, self.variant)
+
+    def with_variant(self, variant: str | None) -> "RunName":
+        if variant is not None and not re.fullmatch(rf"[0-9a-f]{{{VARIANT_DIGITS}}}", variant):
+            raise FtlabError(f"variant {variant!r} must be {VARIANT_DIGITS} lowercase hex digits")
+        return RunName(self.base, self.dataset, self.method, self.peft, self.quant_tag, variant)
 
     def __str__(self) -> str:
         return self.render()
@@ -112,6 +124,13 @@ def build_run_name(base_model: str, dataset: str | None, method: str = "SFT", pe
 
 def parse_run_name(name: str) -> RunName:
     """Inverse of `RunName.render`; raises FtlabError naming what does not fit."""
+    m = _VARIANT_RE.search(name)
+    if m:
+        return _parse_plain(name[: m.start()]).with_variant(m.group(1))
+    return _parse_plain(name)
+
+
+def _parse_plain(name: str) -> RunName:
     head, _, rest = name.partition("_")
     known = sorted([*_task_components(), BASE_DATASET], key=len, reverse=True)
     base = dataset = None

@@ -32,6 +32,15 @@ class Workspace:
         return self.root / "Testing" / "metrics"
 
     @property
+    def jobs_dir(self) -> Path:
+        """The job engine's ledger and journal (ftlab.jobs), shared by studies and sweeps."""
+        return self.root / "Testing" / ".jobs"
+
+    @property
+    def studies_dir(self) -> Path:
+        return self.root / "Testing" / "studies"
+
+    @property
     def summary_csv(self) -> Path:
         return self.root / "Testing" / "metrics_summary.csv"
 

@@ -352,10 +352,10 @@ def test_cli_on_empty_workspace(tmp_path):
 
 def test_bootstrap_p_value_is_never_printed_as_zero(ws):
     from ftlab.compare.pair import describe_pair
-    from ftlab.compare.stats import format_bootstrap_p
+    from ftlab.compare.stats import format_p
 
-    assert format_bootstrap_p(0.0, 10_000) == "< 0.0002" and format_bootstrap_p(0.0312, 10_000) == "0.0312"
-    assert format_bootstrap_p(float("nan"), 100) == ""
+    assert format_p(0.0, resamples=10_000) == "< 0.0002" and format_p(0.0312, resamples=10_000) == "0.0312"
+    assert format_p(float("nan"), resamples=100) == "n/a"
     (ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
     write_samples(ws, "tiny-base", "arc", [0] * 20)
     write_samples(ws, "tiny-arc_SFT_LoRa16_NoQuant", "arc", [1] * 20)

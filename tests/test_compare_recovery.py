@@ -52,6 +52,7 @@ def ws(tmp_path) -> Workspace:
     for name, correct, quant in ((SRC, src, "NoQuant"), (QNT, qnt, "GPTQ_w4_g64"), (ORPHAN, qnt, "HQQ_w4_g64")):
         doc = metrics_doc(name, {"synthetic-arith": float(np.mean(correct))},
                           fields=nf("tiny", "arith", "SFT", "LoRa16", quant), path=str(w.models_dir / name))
+        doc["datasets"]["synthetic-arith"]["n"] = len(correct)  # the document counts the rows written below
         atomic_write_json(w.metrics_dir / f"{name}.json", doc)
         _samples(w, name, correct)
     write_training_metadata(w.models_dir / QNT, {"run_name": QNT, "source": {"name": SRC},

@@ -38,7 +38,7 @@ def test_all_problems_collected_with_suggestions():
     text = str(ei.value)
     assert len(probs) == 5, probs
     assert "did you mean 'train'" in text
-    assert "did you mean peft.'method'" in text or "did you mean peft.'method'" in text.replace('"', "'")
+    assert "did you mean 'peft.method'" in text
     assert "peft.r=0 must be a positive integer" in text
     assert "train.batch_size='abc' is not an integer" in text
     assert "not key=value" in text

@@ -25,8 +25,8 @@ from ftlab.io import atomic_write_json, read_json, read_jsonl
 from ftlab.orchestrate.discovery import (
     BAD_FOLDER, FAILED, FAILED_EARLIER, INCOMPLETE, MISSING, STALE, UP_TO_DATE, EvalOptions, plan_sweep,
 )
-from ftlab.orchestrate.locks import ModelLock
-from ftlab.orchestrate.runner import EvalJob, run_job, summarize_failure
+from ftlab.jobs.locks import REMOTE_STALE_S, JobLock
+from ftlab.jobs.process import run_process, summarize_failure
 from ftlab.paths import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,37 +185,43 @@ def test_forwarded_options_hash_like_ftlab_evaluate(tmp_path):
 
 
 def test_busy_models_are_reported_and_not_claimed(tmp_path, tiny_template):
-    from ftlab.orchestrate.locks import lock_path
+    from ftlab.jobs.locks import lock_path
     from ftlab.orchestrate.sweep import Sweep, SweepSettings
 
     ws = Workspace(tmp_path)
     opts = canned_options(ws)
     make_model(ws, tiny_template, "scratch-tiny-base")
-    sweep = Sweep(ws, opts, SweepSettings(), echo=lambda line: None)
-    other = ModelLock(lock_path(sweep.locks_dir, "scratch-tiny-base"))
+    lines: list[str] = []
+    sweep = Sweep(ws, opts, SweepSettings(), echo=lines.append)
+    other = JobLock(lock_path(sweep.locks_dir, "scratch-tiny-base"))
     assert other.acquire()  # another orchestrator (alive: this very process) holds it
     (item,) = sweep.plan()
     assert item.reason == "busy" and f"pid {os.getpid()}" in item.detail
     item.reason = MISSING  # planned before the other orchestrator took it
-    assert sweep.claim(item) is None
-    assert sweep.report.outcomes[-1].reason == "busy"
+    report = sweep.run([item])
+    (outcome,) = report.outcomes
+    assert outcome.status == "skipped" and outcome.reason == "busy" and f"pid {os.getpid()}" in outcome.detail
+    assert not (ws.metrics_dir / "scratch-tiny-base.json").exists()  # not claimed, not evaluated
+    assert lines == [f"skip    scratch-tiny-base  (busy: locked by pid {os.getpid()} on {socket.gethostname()} "
+                     f"since {other.owner().acquired_at})"]
     other.release()
-    job = sweep.claim(item)
-    assert job is not None and job.model == "scratch-tiny-base" and list(job.expected) == [TASK]
-    assert json.loads(lock_path(sweep.locks_dir, "scratch-tiny-base").read_text())["pid"] == os.getpid()
-    sweep.release_all()
+    report = Sweep(ws, opts, SweepSettings(), echo=lines.append).run()
+    assert [(o.model, o.status) for o in report.outcomes] == [("scratch-tiny-base", "ok")]
     assert not lock_path(sweep.locks_dir, "scratch-tiny-base").exists()
 
     # --retry-failed retries failures older than the sweep, not one a concurrent sweep just recorded.
-    retry = Sweep(ws, opts, SweepSettings(retry_failed=True), echo=lambda line: None)
+    (ws.metrics_dir / "scratch-tiny-base.json").unlink()
+    retry = Sweep(ws, opts, SweepSettings(retry_failed=True), echo=lines.append)
     atomic_write_json(ws.metrics_dir / "scratch-tiny-base.error.json", {"error": "OOM"})
     (item,) = retry.plan()
     assert item.reason == FAILED
-    assert retry.claim(item) is None and "failed again" in retry.report.outcomes[-1].detail
+    (outcome,) = retry.run([item]).outcomes
+    assert outcome.status == "skipped" and "failed again in a concurrent sweep" in outcome.detail
     old = time.time() - 3600
     os.utime(ws.metrics_dir / "scratch-tiny-base.error.json", (old, old))
-    assert retry.claim(item) is not None
-    retry.release_all()
+    (outcome,) = retry.run([item]).outcomes[-1:]
+    assert outcome.status == "ok"
+    assert not (ws.metrics_dir / "scratch-tiny-base.error.json").exists()  # removed once it succeeded
 
 
 def test_bad_eval_options_fail_before_anything_runs(tmp_path, tiny_template, capsys):
@@ -242,42 +248,52 @@ def _dead_pid() -> int:
 
 def test_lock_basic_busy_and_stale_takeover(tmp_path):
     path = tmp_path / "m.lock"
-    a = ModelLock(path)
+    a = JobLock(path)
     assert a.acquire()
     data = json.loads(path.read_text())
     assert data["pid"] == os.getpid() and data["host"] == socket.gethostname()
-    assert not ModelLock(path).acquire()  # live owner (this process)
+    assert not JobLock(path).acquire()  # live owner (this process)
     a.release()
     assert not path.exists()
 
     # Owner dead on this host -> taken over.
     path.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "token": "t", "start_time": None}))
-    b = ModelLock(path)
+    b = JobLock(path)
     assert b.acquire() and json.loads(path.read_text())["token"] == b.token
     b.release()
 
     # A PID that now belongs to another process (recorded start time differs) is dead too.
     path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": "t", "start_time": 1.0}))
-    c = ModelLock(path)
+    c = JobLock(path)
     assert c.acquire()
     c.release()
 
-    # Another host: liveness unknowable here, never taken over.
+    # Another host: its PID means nothing here; never taken over while its heartbeat is fresh...
     path.write_text(json.dumps({"pid": _dead_pid(), "host": "some-other-host", "token": "t"}))
-    assert not ModelLock(path).acquire()
+    assert not JobLock(path).acquire()
+    # ...and taken over once the heartbeat stopped (that machine died or lost the shared storage).
+    os.utime(path, (time.time() - REMOTE_STALE_S - 5, time.time() - REMOTE_STALE_S - 5))
+    e = JobLock(path)
+    assert e.acquire() and e.owner().pid == os.getpid()
+    old = time.time() - 100
+    os.utime(path, (old, old))
+    e.touch()
+    assert path.stat().st_mtime > old + 50
+    e.release()
+    path.write_text(json.dumps({"pid": _dead_pid(), "host": "some-other-host", "token": "t"}))
 
     # Empty lock (owner killed between create and write): only taken after the grace period.
     path.write_text("")
-    assert not ModelLock(path).acquire()
+    assert not JobLock(path).acquire()
     os.utime(path, (time.time() - 120, time.time() - 120))
-    d = ModelLock(path)
+    d = JobLock(path)
     assert d.acquire() and d.owner().pid == os.getpid()
 
 
 def _race(path: str, stale_release_at: float, queue) -> None:
     while time.time() < stale_release_at:
         time.sleep(0.001)
-    lock = ModelLock(path)
+    lock = JobLock(path)
     won = lock.acquire()
     queue.put(won)
     time.sleep(1.0 if won else 0)  # hold it while the others try
@@ -309,22 +325,36 @@ def _fake_python(tmp_path: Path, body: str) -> str:
     return str(script)
 
 
-def test_run_job_reports_signals_timeouts_and_errors(tmp_path):
-    base = dict(model="m", folder=str(tmp_path), workdir=str(tmp_path), eval_args=[], expected={})
-    killed = run_job(EvalJob(**base, python=_fake_python(tmp_path, 'echo "loading"; kill -9 $$')))
+def test_run_process_reports_signals_timeouts_and_errors(tmp_path):
+    killed = run_process([_fake_python(tmp_path, 'echo "loading"; kill -9 $$')])
     assert not killed.ok and killed.returncode == -signal.SIGKILL
     assert killed.error.startswith("killed by SIGKILL (out of memory?")
     assert killed.output_tail == ["loading"]
 
-    slow = run_job(EvalJob(**base, timeout_s=1.0, python=_fake_python(tmp_path, "sleep 30")))
+    slow = run_process([_fake_python(tmp_path, "sleep 30")], timeout_s=1.0)
     assert not slow.ok and slow.error == "timed out after 1 s and was killed" and slow.runtime_s < 10
-
-    ok_but_nothing = run_job(EvalJob(**base, python=_fake_python(tmp_path, "exit 0")))
-    assert not ok_but_nothing.ok and ok_but_nothing.error == "finished without writing complete metrics"
 
     assert summarize_failure(2, ["x", "error: model folder /m has no config.json", ""]) == "model folder /m has no config.json"
     tb = ["Traceback (most recent call last):", '  File "x.py", line 1', "torch.OutOfMemoryError: CUDA out of memory."]
     assert summarize_failure(1, tb) == "torch.OutOfMemoryError: CUDA out of memory."
+
+
+def test_an_evaluation_that_exits_0_without_metrics_is_a_failure(tmp_path, tiny_template):
+    from ftlab.jobs.engine import Engine, EngineSettings
+    from ftlab.jobs.process import ProcessResult
+    from ftlab.orchestrate.sweep import Sweep, SweepSettings
+
+    ws = Workspace(tmp_path)
+    make_model(ws, tiny_template, "scratch-tiny-base")
+    sweep = Sweep(ws, canned_options(ws), SweepSettings(), echo=lambda line: None)
+    (item,) = sweep.plan()
+    engine = Engine([sweep.job(item)], ws, ws.jobs_dir, EngineSettings(), echo=lambda line: None)
+    job, task = engine.next_ready()
+    engine.finish(task, ProcessResult(True, 0, 0.5))
+    outcome = engine.outcomes[job.id]
+    assert outcome.state == "failed" and outcome.detail.startswith("finished without writing its output")
+    report = read_json(ws.metrics_dir / "scratch-tiny-base.error.json")
+    assert report["error"].startswith("finished without writing its output") and report["exit_code"] == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import os
 import pandas as pd
 
 from ftlab.compare.frame import load_document, metrics_dir_of
-from ftlab.compare.stats import format_bootstrap_p, mcnemar_exact, paired_bootstrap
+from ftlab.compare.stats import format_p, mcnemar_exact, paired_bootstrap
 from ftlab.errors import FtlabError
 from ftlab.io import read_jsonl
 from ftlab.paths import Workspace
@@ -46,7 +46,7 @@ def load_samples(source: Workspace | str | os.PathLike, model: str) -> tuple[pd.
         raise FtlabError(f"no samples for {model!r} ({path} missing, empty or from other settings); "
                          f"evaluate it first: ftlab evaluate {model}")
     if len(kept) < len(lines):
-        log.info("%s: %d of %d sample lines belong to superseded settings or rescoring; using the current %d",
+        log.debug("%s: %d of %d sample lines belong to superseded settings or rescoring; using the current %d",
                  model, len(lines) - len(kept), len(lines), len(kept))
     df = pd.DataFrame(kept)
     for col in ("dataset", "index", "correct"):
@@ -115,7 +115,7 @@ def describe_pair(result: pd.DataFrame, model_a: str, model_b: str, confidence: 
     lines = [f"paired comparison: A = {model_a}, B = {model_b} (diff = B - A, {confidence:.0%} paired-bootstrap interval)"]
     for r in result.itertuples(index=False):
         verdict = "significant" if r.mcnemar_p < 1 - confidence else "not significant"
-        p_boot = format_bootstrap_p(r.bootstrap_p, r.bootstrap_resamples)
+        p_boot = format_p(r.bootstrap_p, resamples=r.bootstrap_resamples)
         p_boot = f"p {p_boot}" if p_boot.startswith("<") else f"p={p_boot}"
         lines.append(
             f"  {r.task:<14} n={r.n:<5} {r.score} A={r.a:.4f} B={r.b:.4f} diff={r.diff:+.4f} "

@@ -30,11 +30,21 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def subplots(*args, **kwargs):
+    """`plt.subplots` on the Agg backend (no display needed)."""
+    return _pyplot().subplots(*args, **kwargs)
+
+
+def figure_png(fig) -> bytes:
+    """The figure as PNG bytes; the figure is closed (pyplot keeps every open one alive)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write_bytes(path, figure_png(fig))
     return path
 
 

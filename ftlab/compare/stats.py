@@ -6,6 +6,8 @@ that the two models saw identical questions, and so waste most of the statistica
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +47,28 @@ def mcnemar_exact(a_correct, b_correct) -> McNemarResult:
     )
 
 
+def _resample_indices(n: int, resamples: int, seed: int):
+    """Yields (slice of resample rows, index matrix) chunks of a seeded bootstrap over n items.
+
+    Chunked so 10k resamples of a 10k-sample task stay a few MB instead of an 800 MB matrix; the
+    generator calls are the same for every statistic, so equal seeds resample equal items.
+    """
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // max(1, n))
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        yield slice(start, stop), rng.integers(0, n, size=(stop - start, n))
+
+
+def _check_bootstrap(size: int, resamples: int, confidence: float, what: str = "answered by both models") -> None:
+    if size == 0:
+        raise FtlabError(f"bootstrap needs at least one sample {what}")
+    if not 0 < confidence < 1:
+        raise FtlabError(f"confidence={confidence} must be between 0 and 1 (e.g. 0.95)")
+    if resamples < 1:
+        raise FtlabError(f"bootstrap resamples={resamples} must be >= 1")
+
+
 @dataclass(frozen=True)
 class BootstrapResult:
     n: int
@@ -57,8 +81,9 @@ class BootstrapResult:
     resamples: int
     confidence: float
     ratio: float = float("nan")  # mean_b / mean_a (B's score as a share of A's); NaN when mean_a is 0
-    ratio_low: float = float("nan")  # percentile interval of the resampled ratios; NaN when A scores 0
-    ratio_high: float = float("nan")  # in some resample (the ratio is undefined there)
+    ratio_low: float = float("nan")  # percentile interval of the resampled ratios (see _ratio_interval);
+    ratio_high: float = float("nan")  # +inf when enough resamples have A at 0 and B above it
+    ratio_undefined: int = 0  # resamples with both means 0 (no ratio), left out of the interval
 
 
 def paired_bootstrap(a_scores, b_scores, *, resamples: int = 10_000, confidence: float = 0.95,
@@ -75,45 +100,134 @@ def paired_bootstrap(a_scores, b_scores, *, resamples: int = 10_000, confidence:
     b = np.asarray(b_scores, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise FtlabError(f"paired bootstrap needs two equally long score vectors, got shapes {a.shape} and {b.shape}")
-    if a.size == 0:
-        raise FtlabError("paired bootstrap needs at least one sample answered by both models")
-    if not 0 < confidence < 1:
-        raise FtlabError(f"confidence={confidence} must be between 0 and 1 (e.g. 0.95)")
-    if resamples < 1:
-        raise FtlabError(f"bootstrap resamples={resamples} must be >= 1")
+    _check_bootstrap(a.size, resamples, confidence)
     d = b - a
-    rng = np.random.default_rng(seed)
-    # Chunked so 10k resamples of a 10k-sample task stay a few MB instead of an 800 MB matrix.
     diffs = np.empty(resamples)
     means_a = np.empty(resamples)
     means_b = np.empty(resamples)
-    chunk = max(1, 2_000_000 // max(1, d.size))
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        idx = rng.integers(0, d.size, size=(stop - start, d.size))
-        diffs[start:stop] = d[idx].mean(axis=1)
-        means_a[start:stop] = a[idx].mean(axis=1)
-        means_b[start:stop] = b[idx].mean(axis=1)
+    for rows, idx in _resample_indices(d.size, resamples, seed):
+        diffs[rows] = d[idx].mean(axis=1)
+        means_a[rows] = a[idx].mean(axis=1)
+        means_b[rows] = b[idx].mean(axis=1)
     alpha = 1 - confidence
     lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
     p = min(1.0, 2.0 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
     ratio = r_lo = r_hi = float("nan")
+    undefined = 0
     if a.mean() > 0:
         ratio = float(b.mean() / a.mean())
-        if np.all(means_a > 0):
-            r_lo, r_hi = (float(x) for x in np.quantile(means_b / means_a, [alpha / 2, 1 - alpha / 2]))
+        r_lo, r_hi, undefined = _ratio_interval(means_a, means_b, alpha)
     return BootstrapResult(
         n=int(d.size), mean_a=float(a.mean()), mean_b=float(b.mean()), diff=float(d.mean()),
         ci_low=float(lo), ci_high=float(hi), p_value=p, resamples=resamples, confidence=confidence,
-        ratio=ratio, ratio_low=r_lo, ratio_high=r_hi,
+        ratio=ratio, ratio_low=r_lo, ratio_high=r_hi, ratio_undefined=undefined,
     )
 
 
-def format_bootstrap_p(p_value: float, resamples: int) -> str:
-    """A bootstrap p-value as printed: never `0`. With B resamples the two-sided p (twice the smaller
-    tail share) moves in steps of 2/B, so when no resample crossed zero it prints `< 2/B`: the
-    resampling cannot tell smaller values apart. NaN (no test) prints as empty."""
-    if p_value != p_value:
-        return ""
-    floor = 2.0 / resamples
-    return f"< {floor:.2g}" if p_value < floor else f"{p_value:.4g}"
+def _ratio_interval(means_a: np.ndarray, means_b: np.ndarray, alpha: float) -> tuple[float, float, int]:
+    """Percentile interval of the resampled ratios B / A, taken as order statistics
+    ("inverted_cdf"), so a resample whose A mean is 0 counts as +inf (B > 0) instead of breaking
+    an interpolation; a resample with both means 0 has no ratio and is left out (the count is
+    returned). Agrees with scipy.stats.bootstrap(paired=True, method="percentile") when no
+    resample has A at 0 (tests/test_compare_recovery.py)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = means_b / means_a
+    defined = ratios[~np.isnan(ratios)]
+    if defined.size == 0:
+        return float("nan"), float("nan"), int(ratios.size)
+    lo, hi = np.quantile(defined, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+    return float(lo), float(hi), int(ratios.size - defined.size)
+
+
+def bootstrap_mean_interval(scores, *, resamples: int = 10_000, confidence: float = 0.95,
+                            seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-item scores (items resampled with replacement)."""
+    x = np.asarray(scores, dtype=float)
+    _check_bootstrap(x.size, resamples, confidence, what="to resample")
+    means = np.empty(resamples)
+    for rows, idx in _resample_indices(x.size, resamples, seed):
+        means[rows] = x[idx].mean(axis=1)
+    alpha = 1 - confidence
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (Holm 1979, step-down), in the input order.
+
+    Sorted ascending, the i-th smallest of m p-values (i from 0) is multiplied by (m - i); a running
+    maximum keeps the adjusted values in the order of the raw ones, and they are capped at 1.
+    Rejecting every hypothesis whose adjusted p <= alpha is exactly Holm's procedure at level alpha
+    (family-wise error <= alpha under any dependence). NaN entries are not tests: they stay NaN and
+    do not count in m.
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1:
+        raise FtlabError(f"Holm correction needs a flat list of p-values, got shape {p.shape}")
+    if np.any((p < 0) | (p > 1)):
+        raise FtlabError(f"p-values must lie in [0, 1], got {p[(p < 0) | (p > 1)][:3].tolist()}")
+    out = np.full(p.shape, np.nan)
+    tested = ~np.isnan(p)
+    m = int(tested.sum())
+    if m:
+        raw = p[tested]
+        order = np.argsort(raw, kind="stable")
+        stepped = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * raw[order]))
+        adjusted = np.empty(m)
+        adjusted[order] = stepped
+        out[tested] = adjusted
+    return out
+
+
+def mcnemar_mdd(n_pairs: int, discordant_rate: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable difference |p10 - p01| of a two-sided McNemar test on n paired outcomes.
+
+    Connor (1987, Biometrics 43:207) gives the pairs needed to detect a difference delta between
+    the two discordant probabilities when their sum is psi (the discordance rate):
+        n = (z_a * sqrt(psi) + z_b * sqrt(psi - delta^2))^2 / delta^2,
+    z_a = Phi^-1(1 - alpha/2), z_b = Phi^-1(power). Solved for delta (squaring, the root with
+    sqrt(n) * delta - z_a * sqrt(psi) of the sign of z_b):
+        delta = (z_a * sqrt(psi * n) + z_b * sqrt(psi * (n + z_b^2 - z_a^2))) / (n + z_b^2).
+    delta is a difference in accuracy (the share of pairs). Returns +inf when delta > psi: no
+    difference is possible that large (|p10 - p01| <= psi), so at this discordance nothing is
+    detectable with the asked power. Returns NaN when psi is 0: the models never disagreed, so
+    the sample says nothing about how often they would.
+    The relation is the normal approximation: at this delta, the power computed exactly (binomial
+    sums) is 0.80-0.85 for the z-test and 0.76-0.78 for the exact McNemar test, which is
+    conservative (measured for n = 60..3000 in tests/test_study_analysis.py).
+    """
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise FtlabError(f"alpha={alpha} and power={power} must both lie strictly between 0 and 1")
+    if not 0 <= discordant_rate <= 1:
+        raise FtlabError(f"discordant_rate={discordant_rate} must lie in [0, 1]")
+    if n_pairs < 1:
+        raise FtlabError(f"minimum detectable difference needs at least one pair, got n={n_pairs}")
+    psi = float(discordant_rate)
+    if psi == 0:
+        return math.nan
+    z_a = float(_sps.norm.ppf(1 - alpha / 2))
+    z_b = float(_sps.norm.ppf(power))
+    n = float(n_pairs)
+    root = psi * (n + z_b**2 - z_a**2)
+    if root < 0:  # only for n < z_a^2 - z_b^2 (about 3 pairs): far too few to detect anything
+        return math.inf
+    delta = (z_a * math.sqrt(psi * n) + z_b * math.sqrt(root)) / (n + z_b**2)
+    return math.inf if delta > psi else delta
+
+
+def format_p(p: float, *, resamples: int | None = None) -> str:
+    """A p-value for people, never "0". A bootstrap p (`resamples` = B given) below 2/B prints as
+    "< 2/B": the two-sided p is twice the smaller tail share, so it moves in steps of 2/B and the
+    resampling cannot tell smaller values apart (when no resample crossed zero the one-sided share is
+    below 1/B, the two-sided p below 2/B). An exact p below 0.001 prints in scientific notation; one
+    that underflowed to 0 as below the smallest normal double."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "n/a"
+    p = float(p)
+    if resamples and p < 2 / resamples:
+        return f"< {2 / resamples:.2g}"
+    if p <= 0:
+        return f"< {sys.float_info.min:.1e}"
+    if p < 1e-3:
+        return f"{p:.2e}"
+    return f"{p:.3g}"

@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from ftlab.errors import FtlabError
-from ftlab.orchestrate.backends import BACKENDS
+from ftlab.jobs.backends import BACKENDS
 from ftlab.orchestrate.discovery import EvalOptions
 from ftlab.orchestrate.sweep import Sweep, SweepSettings, format_plan, format_summary
 from ftlab.paths import Workspace

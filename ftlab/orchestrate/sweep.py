@@ -1,31 +1,26 @@
-"""A sweep: plan, claim each model under its lock, evaluate it through a backend, record outcomes.
+"""A sweep: plan which models need an evaluation, then run those evaluations as jobs of the shared
+job engine (ftlab.jobs: one scheduler for sweeps and studies), and summarise the outcomes.
 
 Crash safety comes from the pieces, not from sweep state: nothing here is persisted except the
-per-model error reports, so a sweep killed at any point is resumed by simply running it again —
-the planner sees what is missing, incomplete or stale, and the evaluator resumes from its samples.
+per-model error reports and the engine's ledger, so a sweep killed at any point is resumed by
+simply running it again — the planner sees what is missing, incomplete or stale, and the
+evaluator resumes from its samples.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ftlab.env import now_iso
 from ftlab.errors import FtlabError
-from ftlab.io import atomic_write_json, read_json
-from ftlab.orchestrate.discovery import FAILED as FAILED_REASON
-from ftlab.orchestrate.discovery import (
-    BUSY, FAILED_EARLIER, RUN_REASONS, EvalOptions, PlanItem, assess, error_path, model_ref_for, plan_sweep,
-)
-from ftlab.orchestrate.locks import ModelLock, is_locked_by_other, lock_path
-from ftlab.orchestrate.runner import EvalJob, JobResult
+from ftlab.jobs.engine import BLOCKED, BUSY as ENGINE_BUSY, DONE, FAILED as ENGINE_FAILED, Engine, EngineSettings, Job, Resources, job_id
+from ftlab.jobs.locks import is_locked_by_other, lock_path
+from ftlab.orchestrate.discovery import BUSY, EvalOptions, PlanItem, plan_sweep
+from ftlab.orchestrate.job import EVALUATE, evaluation_data, mean_accuracy
 from ftlab.paths import Workspace
 
 log = logging.getLogger(__name__)
@@ -40,7 +35,7 @@ class SweepSettings:
     only: list[str] | None = None
     timeout_s: float | None = None
     threads: int | None = None  # torch/OMP threads per evaluation; None = backend's choice
-    max_parallel: int | None = None  # ray: evaluations in flight; None = what the cluster fits
+    max_parallel: int | None = None  # evaluations in flight; None = 1 locally, what the cluster fits on Ray
     ray_address: str | None = None
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -56,6 +51,16 @@ class SweepSettings:
             raise FtlabError(f"--num-cpus {self.num_cpus} must be > 0")
         if self.num_gpus < 0:
             raise FtlabError(f"--num-gpus {self.num_gpus} must be >= 0")
+
+    def engine_settings(self) -> EngineSettings:
+        ray = self.backend == "ray"
+        # Ray: threads follow the CPUs a task reserves, so co-located tasks do not oversubscribe.
+        threads = self.threads or (max(1, int(self.num_cpus)) if ray else None)
+        return EngineSettings(workers=self.max_parallel or (None if ray else 1), threads=threads,
+                              timeout_s=self.timeout_s, retry_failed=True, backend=self.backend,
+                              ray_address=self.ray_address, cwd=os.getcwd(),
+                              # A model another sweep is evaluating is reported, not waited for.
+                              wait_for_busy=False)
 
 
 @dataclass
@@ -86,19 +91,8 @@ class SweepReport:
         return min(len(self.failed), 100)
 
 
-def _mean_accuracy(workspace: Workspace, model: str) -> float:
-    from ftlab.eval.evaluator import metrics_paths
-
-    with contextlib.suppress(FtlabError, AttributeError, TypeError):
-        doc = read_json(metrics_paths(workspace, model)[0], "metrics file")
-        value = (doc.get("summary") or {}).get("mean_accuracy")
-        if isinstance(value, (int, float)):
-            return float(value)
-    return math.nan
-
-
 class Sweep:
-    """Backends call `claim(item)` before starting a model and `finish(job, result)` after."""
+    """Plans the models to evaluate and runs them through the job engine."""
 
     def __init__(self, workspace: Workspace, options: EvalOptions, settings: SweepSettings,
                  echo: Callable[[str], None] | None = None):
@@ -108,15 +102,10 @@ class Sweep:
         self.settings = settings
         self.locks_dir = workspace.metrics_dir / ".locks"
         self.report = SweepReport()
-        self._held: dict[str, ModelLock] = {}
-        self._items: dict[str, PlanItem] = {}
         self._echo = echo
-        self._bar = None
         self._started = time.time()
         # Resolving once up front turns a config typo into one error instead of one per model.
         options.resolve()
-
-    # -- planning --------------------------------------------------------------------------
 
     def plan(self) -> list[PlanItem]:
         items = plan_sweep(self.workspace, self.options, retry_failed=self.settings.retry_failed,
@@ -128,119 +117,42 @@ class Sweep:
                 item.reason = BUSY
         return items
 
-    # -- the protocol backends use ---------------------------------------------------------
+    def job(self, item: PlanItem) -> Job:
+        from ftlab.jobs.backends import cuda_device_count
+        from ftlab.jobs.engine import job_id
 
-    def claim(self, item: PlanItem) -> EvalJob | None:
-        """Locks the model and re-checks it; None when another orchestrator has it or finished it."""
-        lock = ModelLock(lock_path(self.locks_dir, item.model))
-        if not lock.acquire():
-            owner = lock.owner()
-            self._record(Outcome(item.model, BUSY, f"locked by {owner.describe() if owner else 'another orchestrator'}", SKIPPED))
-            return None
-        try:
-            # Between planning and now another orchestrator may have finished this model.
-            fresh = assess(self.workspace, item.folder, self.options.resolve(model_ref_for(item.folder)),
-                           retry_failed=self.settings.retry_failed)
-        except BaseException:
-            lock.release()
-            raise
-        if fresh.reason == FAILED_REASON and self._failed_since_start(item.model):
-            # --retry-failed retries failures from before this sweep; one another orchestrator
-            # recorded meanwhile has just been tried with the same config.
-            fresh.reason, fresh.detail = FAILED_EARLIER, "failed again in a concurrent sweep"
-        if fresh.reason not in RUN_REASONS:
-            lock.release()
-            self._record(Outcome(item.model, fresh.reason, f"{fresh.detail} (done meanwhile)", SKIPPED))
-            return None
-        self._held[item.model] = lock
-        self._items[item.model] = fresh
-        return EvalJob(
-            model=item.model, folder=model_ref_for(item.folder), workdir=str(self.workspace.root),
-            eval_args=self.options.cli_args(), expected=fresh.expected,
-            threads=self.settings.threads, timeout_s=self.settings.timeout_s, cwd=os.getcwd(),
-        )
-
-    def _failed_since_start(self, model: str) -> bool:
-        try:
-            return error_path(self.workspace, model).stat().st_mtime >= self._started
-        except FileNotFoundError:
-            return False
-
-    def finish(self, job: EvalJob, result: JobResult) -> None:
-        item = self._items.pop(job.model)
-        try:
-            err = error_path(self.workspace, job.model)
-            if result.ok:
-                with contextlib.suppress(FileNotFoundError):
-                    err.unlink()
-                outcome = Outcome(job.model, item.reason, item.detail, OK, result.runtime_s,
-                                  _mean_accuracy(self.workspace, job.model))
-            else:
-                atomic_write_json(err, {
-                    "model": job.model, "error": result.error, "exit_code": result.returncode,
-                    "traceback_tail": result.output_tail, "time": now_iso(), "runtime_s": round(result.runtime_s, 2),
-                    "host": result.host or socket.gethostname(), "request_hash": job.request_hash,
-                    "command": job.command(),
-                })
-                outcome = Outcome(job.model, item.reason, item.detail, FAILED, result.runtime_s, error=result.error)
-        finally:
-            lock = self._held.pop(job.model, None)
-            if lock is not None:
-                lock.release()
-        self._record(outcome)
-
-    def release_all(self) -> None:
-        for lock in self._held.values():
-            lock.release()
-        self._held.clear()
-
-    # -- output ----------------------------------------------------------------------------
-
-    def _write(self, line: str) -> None:
-        if self._echo is not None:
-            self._echo(line)
-        elif self._bar is not None:
-            self._bar.write(line, file=sys.stdout)
-        else:
-            print(line, flush=True)
-
-    def _record(self, outcome: Outcome) -> None:
-        self.report.outcomes.append(outcome)
-        if outcome.status == OK:
-            acc = "" if math.isnan(outcome.mean_accuracy) else f"  mean accuracy {outcome.mean_accuracy:.4f}"
-            self._write(f"done    {outcome.model}  ({outcome.reason}, {outcome.runtime_s:.1f} s){acc}")
-        elif outcome.status == FAILED:
-            self._write(f"FAILED  {outcome.model}  ({outcome.reason}, {outcome.runtime_s:.1f} s): {outcome.error}")
-        else:
-            self._write(f"skip    {outcome.model}  ({outcome.reason}: {outcome.detail})")
-        # Only planned-to-run models reach here (plan-time skips are appended directly), so the
-        # bar also advances for one found busy or finished meanwhile and always reaches 100%.
-        if self._bar is not None:
-            self._bar.update(1)
-
-    # -- the whole sweep -------------------------------------------------------------------
+        data = evaluation_data(item.folder.name, self.options, retry_failed=self.settings.retry_failed,
+                               since=self._started)
+        # Locally an evaluation uses the GPU when there is one; on Ray it reserves --num-gpus.
+        gpus = self.settings.num_gpus if self.settings.backend == "ray" else float(bool(cuda_device_count()))
+        return Job(job_id(EVALUATE, data["options"], [item.folder.name]), EVALUATE, item.model, (), data,
+                   Resources(self.settings.num_cpus, gpus), {"label": item.model})
 
     def run(self, items: list[PlanItem] | None = None) -> SweepReport:
-        from tqdm.auto import tqdm
-
-        from ftlab.orchestrate.backends import BACKENDS
-
-        backend = BACKENDS.get(self.settings.backend)
         items = self.plan() if items is None else items
         todo = [i for i in items if i.runs]
         for item in items:
             if not item.runs:
                 self.report.outcomes.append(Outcome(item.model, item.reason, item.detail, SKIPPED))
         log.info("%d of %d models need evaluation (backend %s)", len(todo), len(items), self.settings.backend)
-        self._bar = tqdm(total=len(todo), desc="sweep", unit="model", file=sys.stderr, dynamic_ncols=True,
-                         disable=None)
-        try:
-            if todo:
-                backend(self, todo)
-        finally:
-            self.release_all()
-            self._bar.close()
-            self._bar = None
+        if not todo:
+            return self.report
+        jobs = {item.model: self.job(item) for item in todo}
+        engine = Engine(list(jobs.values()), self.workspace, self.workspace.jobs_dir,
+                        self.settings.engine_settings(), echo=self._echo)
+        by_id = {job.id: item for item, job in zip(todo, jobs.values())}
+        for o in engine.run():
+            item = by_id[o.job.id]
+            if o.ran and o.state == DONE:
+                self.report.outcomes.append(Outcome(item.model, item.reason, item.detail, OK, o.runtime_s,
+                                                    mean_accuracy(self.workspace, item.model)))
+            elif o.state == ENGINE_FAILED:
+                self.report.outcomes.append(Outcome(item.model, item.reason, item.detail, FAILED, o.runtime_s,
+                                                    error=o.detail))
+            else:
+                reason = BUSY if o.state == ENGINE_BUSY else item.reason
+                detail = o.detail if o.state in (ENGINE_BUSY, BLOCKED) or not o.ran else item.detail
+                self.report.outcomes.append(Outcome(item.model, reason, detail, SKIPPED))
         return self.report
 
 

@@ -3,7 +3,7 @@
 Flow: resolve the model -> name the run -> load and split data -> train with TRL's SFTTrainer
 (retrying with cheaper settings on out-of-memory) -> build the model folder in a staging
 directory (weights or adapter, tokenizer + chat template, metadata, config, card, TensorBoard
-logs) -> rename it into place. Checkpoints live in `Models/.checkpoints/<run name>/` so a killed
+logs) -> rename it into place. Checkpoints live in `Models/.checkpoints/<output folder name>/` so a killed
 run resumes from the newest one; they are deleted once the folder is in place.
 """
 
@@ -735,7 +735,9 @@ def run_training(cfg: TrainRunConfig, workspace: Workspace, *, callbacks: Sequen
         raise FtlabError(f"output folder {final_dir} already exists; set train.overwrite=true to replace it")
     data = load_train_data(cfg, workspace)
     log.info("run %s: %d training rows, %d held out", name, len(data.train_rows), len(data.val_rows))
-    ckpt_dir = checkpoint_dir_for(workspace, name)
+    # Keyed by the output folder, not the run name: study variants of one run name (seeds, learning
+    # rates) may train at the same time and must not share checkpoints.
+    ckpt_dir = checkpoint_dir_for(workspace, final_dir.name)
     is_main = _is_main()
 
     attempts: list[dict] = []

@@ -1,11 +1,14 @@
-"""Per-model lock files so concurrent orchestrators never evaluate the same model twice.
+"""Lock files so concurrent drivers (orchestrators, study runs) never run the same job twice.
 
 A lock is a file created with O_CREAT|O_EXCL (atomic on local filesystems and NFSv3+) holding the
-owner's PID, host and process start time. A lock whose owner is dead on this host is taken over;
-a lock from another host is only reported, because its owner's liveness cannot be checked here.
+owner's PID, host and process start time. A lock whose owner is dead on this host is taken over.
+A lock from another host cannot be checked that way (its PID means nothing here), so its owner
+keeps it alive with a heartbeat (`touch`, which a running driver calls at least every
+HEARTBEAT_S seconds); one whose file has not been touched for REMOTE_STALE_S belongs to a driver on
+a machine that died or lost the shared storage, and is taken over too.
 
 Taking over is the only step that deletes someone else's file, so it is serialised by an flock on
-a guard file: without it two orchestrators could both judge the same stale lock dead, and the
+a guard file: without it two drivers could both judge the same stale lock dead, and the
 slower one would delete the lock the faster one had just created. flock is released by the kernel
 when its holder dies, so the guard itself can never go stale.
 """
@@ -31,6 +34,9 @@ LOCK_SUFFIX = ".lock"
 # A lock file is created empty and filled a moment later; one still empty or unreadable after this
 # many seconds belongs to an owner killed in between (there is no PID to check).
 UNREADABLE_GRACE_S = 30.0
+HEARTBEAT_S = 30.0
+# Ten missed heartbeats: generous for NFS attribute caching and clock skew between machines.
+REMOTE_STALE_S = 10 * HEARTBEAT_S
 
 
 def _process_start_time(pid: int) -> float | None:
@@ -78,9 +84,9 @@ class LockOwner:
         return f"pid {self.pid} on {self.host} since {self.acquired_at}"
 
 
-class ModelLock:
-    """A non-blocking lock: `acquire()` returns False when a live owner holds it, so a sweep moves
-    on to the next model instead of waiting. The file is written with os.open(O_EXCL) rather than
+class JobLock:
+    """A non-blocking lock: `acquire()` returns False when a live owner holds it, so a driver moves
+    on to the next job instead of waiting. The file is written with os.open(O_EXCL) rather than
     ftlab.io's temp-file-and-rename because the exclusive create *is* the lock."""
 
     def __init__(self, path: str | os.PathLike):
@@ -123,7 +129,10 @@ class ModelLock:
                 return False  # released meanwhile; the next create attempt will tell
             return age > UNREADABLE_GRACE_S
         if owner.host != socket.gethostname():
-            return False
+            try:
+                return time.time() - self.path.stat().st_mtime > REMOTE_STALE_S
+            except FileNotFoundError:
+                return False
         return not pid_alive(owner.pid, owner.start_time)
 
     def acquire(self) -> bool:
@@ -150,12 +159,18 @@ class ModelLock:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         return False
 
+    def touch(self) -> None:
+        """The heartbeat: tells drivers on other machines that the owner is alive."""
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.path)
+
     def release(self) -> None:
         if not self.held:
             return
         owner = self.owner()
         # Only our own file is removed; it cannot have been taken over while we live, but a
-        # manual deletion followed by another orchestrator's lock must survive our release.
+        # manual deletion followed by another driver's lock must survive our release.
         if owner is not None and owner.token == self.token:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -166,13 +181,13 @@ class ModelLock:
             self.release()
 
 
-def lock_path(locks_dir: Path, model: str) -> Path:
-    return locks_dir / f"{model}{LOCK_SUFFIX}"
+def lock_path(locks_dir: Path, name: str) -> Path:
+    return locks_dir / f"{name}{LOCK_SUFFIX}"
 
 
 def is_locked_by_other(path: Path) -> LockOwner | None:
     """The live owner of an existing lock (for dry-run reports), else None."""
-    lock = ModelLock(path)
+    lock = JobLock(path)
     if not path.exists() or lock._owner_is_dead():
         return None
     return lock.owner()

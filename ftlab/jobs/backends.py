@@ -1,0 +1,205 @@
+"""Where jobs run, keyed by name: `local` (child processes on this machine, up to --workers at
+once, GPUs handed out one per job) and `ray` (a Ray task per job, placed by Ray on a cluster or on
+a local Ray started here). Both follow the engine's protocol: claim with `next_ready`, run the
+task's command in a child process, report with `finish`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from ftlab.errors import FtlabError
+from ftlab.jobs.engine import POLL_S, Engine, Job, Task
+from ftlab.jobs.process import ProcessResult, kill_all, run_process
+from ftlab.registry import Registry
+
+log = logging.getLogger(__name__)
+
+BACKENDS: Registry = Registry("job backend")
+
+
+def run_task(task: Task) -> ProcessResult:
+    return run_process(task.argv, cwd=task.cwd, threads=task.threads, timeout_s=task.timeout_s, env=task.env,
+                       name=task.name)
+
+
+def _not_started(exc: BaseException) -> ProcessResult:
+    return ProcessResult(False, None, 0.0, f"could not start the job: {type(exc).__name__}: {exc}")
+
+
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+
+
+def cuda_device_count() -> int:
+    """NVIDIA GPUs this driver may hand out, without importing torch (seconds a plan need not
+    pay): the driver's GPU list, narrowed by CUDA_VISIBLE_DEVICES."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if NVIDIA_GPUS.is_dir():
+        present = sum(1 for _ in NVIDIA_GPUS.iterdir())
+    elif "torch" in sys.modules:  # elsewhere (no /proc), ask torch only when it is loaded anyway
+        import torch
+
+        present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    else:
+        present = 0
+    if visible is None:
+        return present
+    return min(present, len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]))
+
+
+def _idle(engine: Engine) -> bool:
+    """Nothing runs here: True when the engine waits on another driver (poll again), False when
+    it is finished (or stuck, which `refuse_unrunnable` turns into failures)."""
+    if engine.has_work() and engine.waiting():
+        time.sleep(POLL_S)
+        return True
+    return False
+
+
+@BACKENDS.register("local")
+def run_local(engine: Engine) -> None:
+    """Up to `workers` jobs at once, each in its own process; a job wanting a GPU gets one of its
+    own (CUDA_VISIBLE_DEVICES), CPU-only jobs see none."""
+    workers = engine.settings.workers or 1
+    gpus = cuda_device_count()
+    free_gpus = set(range(gpus))
+    running: dict[Future, tuple[Task, int | None]] = {}
+
+    def fits(job: Job) -> bool:
+        return job.resources.gpus <= len(free_gpus)
+
+    engine.refuse_unrunnable(lambda job: None if job.resources.gpus <= gpus else
+                             f"needs {job.resources.gpus:g} GPU(s); this machine has {gpus}")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ftlab-job")
+    try:
+        while True:
+            while len(running) < workers:
+                claimed = engine.next_ready(fits)
+                if claimed is None:
+                    break
+                job, task = claimed
+                gpu = None
+                if job.resources.gpus:
+                    gpu = min(free_gpus)
+                    free_gpus.discard(gpu)
+                    task.env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+                elif gpus:
+                    task.env["CUDA_VISIBLE_DEVICES"] = ""
+                running[pool.submit(run_task, task)] = (task, gpu)
+            if not running:
+                if _idle(engine):
+                    continue
+                break
+            done, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            engine.heartbeat()
+            for fut in done:
+                task, gpu = running.pop(fut)
+                if gpu is not None:
+                    free_gpus.add(gpu)
+                try:
+                    result = fut.result()
+                except Exception as exc:  # noqa: BLE001 - could not spawn: record, keep going
+                    result = _not_started(exc)
+                engine.finish(task, result)
+    except BaseException:
+        # Ctrl-C or an error here: the worker threads wait on children in their own sessions,
+        # which the terminal's SIGINT does not reach; kill them so nothing outlives its lock.
+        kill_all()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_run_task(task: Task) -> ProcessResult:
+    # Module-level so Ray pickles it by reference. The worker node's own interpreter: the
+    # driver's path need not exist on another machine.
+    import sys
+
+    task.argv = [sys.executable, *task.argv[1:]]
+    return run_task(task)
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise FtlabError("--backend ray needs the optional ray extra: uv sync --extra ray "
+                         "(or pip install 'ftlab[ray]')") from None
+    return ray
+
+
+@BACKENDS.register("ray")
+def run_ray(engine: Engine) -> None:
+    """A Ray task per job declaring the CPUs (its thread budget) and GPUs it needs; Ray places it
+    on the cluster (`--ray-address`) or on a local Ray started here and stopped at the end."""
+    ray = import_ray()
+    s = engine.settings
+    threads = s.threads_per_job()
+    started_here = False
+    in_flight: dict = {}
+    if not ray.is_initialized():
+        if s.ray_address:
+            log.info("connecting to Ray at %s", s.ray_address)
+            ray.init(address=s.ray_address, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            cpus = threads * (s.workers or max(1, (os.cpu_count() or 1) // threads))
+            log.info("starting a local Ray with %d CPUs", cpus)
+            ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        started_here = True
+    try:
+        total = ray.cluster_resources()
+        free = {"CPU": float(total.get("CPU", 1)), "GPU": float(total.get("GPU", 0))}
+        def unrunnable(job: Job) -> str | None:
+            if threads > free["CPU"]:
+                return f"needs {threads} CPUs (--threads); the Ray cluster has {free['CPU']:g}"
+            if job.resources.gpus > free["GPU"]:
+                return f"needs {job.resources.gpus:g} GPU(s); the Ray cluster has {free['GPU']:g}"
+            return None
+
+        engine.refuse_unrunnable(unrunnable)
+
+        def fits(job: Job) -> bool:
+            return threads <= free["CPU"] + 1e-9 and job.resources.gpus <= free["GPU"] + 1e-9
+
+        remote = ray.remote(max_retries=0)(_ray_run_task)
+        while True:
+            while not s.workers or len(in_flight) < s.workers:
+                claimed = engine.next_ready(fits)
+                if claimed is None:
+                    break
+                job, task = claimed
+                ref = remote.options(num_cpus=threads, num_gpus=job.resources.gpus).remote(task)
+                free["CPU"] -= threads
+                free["GPU"] -= job.resources.gpus
+                in_flight[ref] = (task, job.resources.gpus)
+            if not in_flight:
+                if _idle(engine):
+                    continue
+                break
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
+            engine.heartbeat()
+            for ref in done:
+                task, gpus = in_flight.pop(ref)
+                free["CPU"] += threads
+                free["GPU"] += gpus
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - the worker died or the task could not run
+                    first = str(exc).splitlines()[0] if str(exc) else ""
+                    result = ProcessResult(False, None, 0.0, f"Ray task failed: {type(exc).__name__}: {first}")
+                engine.finish(task, result)
+    except BaseException:
+        # Interrupted: force-cancel so no job outlives the locks the engine releases.
+        for ref in in_flight:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001
+                pass
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,68 @@
+"""`ftlab study run FILE` / `ftlab study report FILE`: a grid of recipes from training to verdict."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+HELP = "run a study (a grid of train x quantize x evaluate jobs) and write its significance-tested verdict"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ftlab.jobs.backends import BACKENDS
+
+    sub = parser.add_subparsers(dest="study_command", metavar="ACTION", required=True)
+    run = sub.add_parser("run", help="run every job that is not done, then write the report",
+                         description="Runs every job of the study that is not done (crash-safe: run it again "
+                                     "after any interruption), then writes the report.")
+    run.add_argument("file", help="study YAML file (see examples/)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan (every job: done / to run / stale, why)")
+    run.add_argument("--backend", default="local", choices=BACKENDS.names(),
+                     help="local: child processes on this machine; ray: a Ray task per job")
+    run.add_argument("--workers", type=int, default=None,
+                     help="jobs at once (default: 1 locally, what the cluster fits on Ray)")
+    run.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / workers)")
+    run.add_argument("--timeout", type=float, default=None, metavar="S", help="kill a job after S seconds (recorded as failed)")
+    run.add_argument("--skip-failed", action="store_true", help="do not retry jobs that failed in an earlier run")
+    run.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="existing Ray cluster (auto, ray://host:10001); default: a local Ray started here")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="study file overrides, e.g. evaluate.limit=50")
+    rep = sub.add_parser("report", help="write the verdict from the finished evaluations",
+                         description="Writes Testing/studies/<name>/ (report.md, report.html, frame.parquet/csv).")
+    rep.add_argument("file", help="study YAML file")
+    rep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="study file overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ftlab.errors import FtlabError
+    from ftlab.jobs.engine import EngineSettings
+    from ftlab.paths import Workspace
+    from ftlab.study.run import format_outcomes, format_plan, open_study, report_study, run_study
+
+    workspace = Workspace.at(getattr(args, "workdir", None))
+    study = open_study(args.file, workspace, args.overrides)
+    if args.study_command == "report":
+        paths, verdict = report_study(study)
+        print(verdict)
+        print(f"report: {paths['report.html']}")
+        return 0
+    settings = EngineSettings(workers=args.workers, threads=args.threads, timeout_s=args.timeout,
+                              retry_failed=not args.skip_failed, backend=args.backend,
+                              ray_address=args.ray_address, cwd=os.getcwd())
+    settings.validate()
+    if args.dry_run:
+        print(format_plan(study, study.engine(settings).plan()))
+        return 0
+    outcomes = run_study(study, settings)
+    print(format_outcomes(outcomes))
+    failed = sum(o.state not in ("done",) for o in outcomes)
+    if not args.no_report:
+        try:
+            paths, verdict = report_study(study)
+        except FtlabError as exc:  # the jobs' results stand; say why there is no report
+            print(f"no report: {exc}")
+        else:
+            print(verdict)
+            print(f"report: {paths['report.html']}")
+    return min(failed, 100)

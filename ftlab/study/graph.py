@@ -1,0 +1,138 @@
+"""A study expanded into its job graph: per base model a snapshot (evaluated as the baseline), per
+recipe and seed a training job trained from that snapshot, per trained model each PTQ variant,
+and an evaluation of every model. Jobs are listed depth-first (a recipe's training, then its
+evaluation and quantized variants) so that with several workers results arrive early.
+
+A job's id hashes its resolved settings and its inputs' ids, so a changed key changes the id of
+its job and of everything downstream, and only those run again; the model folder it builds is
+named `<run name>.v<first 8 digits of the id>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftlab.config import TrainRunConfig, config_to_dict, load_config
+from ftlab.jobs.engine import Job, Resources, job_id
+from ftlab.naming import VARIANT_DIGITS, build_run_name, parse_run_name, peft_tag
+from ftlab.orchestrate.job import EVALUATE, evaluation_data
+from ftlab.study import jobs as _kinds  # noqa: F401  (registers the job kinds)
+from ftlab.study.spec import BASE, Recipe, StudySpec, eval_options, quant_spec, recipe_config
+
+NONE = "none"  # the quant column of unquantized models
+# Keys that change how a job runs, not what it produces (as for training checkpoints).
+_NOT_IDENTITY = {("train", "resume"), ("train", "overwrite"), ("train", "output_dir"), ("train", "report_to"),
+                 ("train", "logging_steps"), ("train", "threads"), ("train", "oom_backoff"),
+                 ("train", "max_oom_retries"), ("train", "save_steps"), ("train", "save_total_limit"),
+                 ("data", "source_dir")}
+
+
+@dataclass
+class StudyGraph:
+    jobs: list[Job] = field(default_factory=list)
+    # evaluate job id -> what its results mean in the report (recipe, seed, quant, source model)
+    evaluations: dict[str, dict] = field(default_factory=dict)
+
+    def add(self, job: Job) -> Job:
+        if all(j.id != job.id for j in self.jobs):
+            self.jobs.append(job)
+        return job
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for j in self.jobs:
+            out[j.kind] = out.get(j.kind, 0) + 1
+        return out
+
+
+def _identity_config(cfg: TrainRunConfig) -> dict:
+    tree = config_to_dict(cfg)
+    for section, key in _NOT_IDENTITY:
+        tree.get(section, {}).pop(key, None)
+    tree["model"].pop("name", None)  # the snapshot's id stands for the base model
+    return tree
+
+
+def _variant(job_hash: str) -> str:
+    return job_hash[:VARIANT_DIGITS]
+
+
+def _wants_gpu() -> float:
+    from ftlab.jobs.backends import cuda_device_count
+
+    return 1.0 if cuda_device_count() else 0.0
+
+
+def build_graph(spec: StudySpec, recipes: list[Recipe]) -> StudyGraph:
+    from ftlab.models.sources import resolve_model
+
+    g = StudyGraph()
+    gpu = _wants_gpu()
+    options = eval_options(spec)
+    eval_payload = {"datasets": options.datasets, "limit": options.limit, "overrides": options.overrides}
+    snapshots: dict[str, Job] = {}
+
+    def evaluate(model_job: Job, info: dict) -> None:
+        job = g.add(Job(job_id(EVALUATE, eval_payload, [model_job.id]), EVALUATE, model_job.name,
+                        (model_job.id,), evaluation_data(model_job.name, options), Resources(1, gpu), info))
+        g.evaluations[job.id] = info
+
+    def quantize(source: Job, calib: str, info: dict) -> None:
+        for variant in spec.quantize.variants:
+            q = quant_spec(variant)
+            payload = {"spec": q.to_dict(), "calib_dataset": variant.get("calib_dataset") or calib,
+                       "calib_samples": variant.get("calib_samples", 128)}
+            jid = job_id("quantize", payload, [source.id])
+            name = parse_run_name(source.name).with_quant_tag(q.tag).with_variant(_variant(jid)).render()
+            data = {"source": source.name, "method": q.method.value if hasattr(q.method, "value") else str(q.method),
+                    "bits": q.bits, "group_size": q.group_size, "lm_head": variant.get("lm_head"),
+                    "calib_dataset": payload["calib_dataset"], "calib_samples": payload["calib_samples"],
+                    "data_dir": spec.data_dir}
+            job = g.add(Job(jid, "quantize", name, (source.id,), data, Resources(1, gpu), {**info, "quant": q.tag}))
+            evaluate(job, {**info, "quant": q.tag, "model": name, "source_model": source.name})
+
+    for base in spec.bases:
+        src = resolve_model(base)
+        # The snapshot pins the base: fixed model.* keys (revision, dtype) apply to it too.
+        model_keys = {k: v for k, v in spec.train.fixed.items() if k.startswith("model.")}
+        snap_cfg = load_config(TrainRunConfig, base=_snapshot_tree(base, model_keys))
+        payload = {"base": base, "model": {k: v for k, v in config_to_dict(snap_cfg.model).items() if k != "name"}}
+        sid = job_id("snapshot", payload, [])
+        name = build_run_name(src.base_name, None).with_variant(_variant(sid)).render()
+        info = {"recipe": BASE, "seed": None, "quant": NONE, "base": base, "dataset": None, "model": name,
+                "source_model": None, "role": "base"}
+        snap = g.add(Job(sid, "snapshot", name, (), {"config": config_to_dict(snap_cfg)}, Resources(1, 0), info))
+        snapshots[base] = snap
+        evaluate(snap, info)
+        if spec.quantize.base:
+            quantize(snap, spec.datasets[0], info)
+
+    for recipe in recipes:
+        snap = snapshots[recipe.base]
+        for seed in spec.train.seeds:
+            cfg = recipe_config(spec, recipe, seed)
+            tid = job_id("train", _identity_config(cfg), [snap.id])
+            src = resolve_model(recipe.base)
+            run = build_run_name(src.base_name, cfg.data.dataset, cfg.train.method,
+                                 peft_tag(cfg.peft.method, cfg.peft.r), _quant_tag(cfg))
+            name = run.with_variant(_variant(tid)).render()
+            info = {"recipe": recipe.label, "seed": seed, "quant": NONE, "base": recipe.base,
+                    "dataset": recipe.dataset, "model": name, "source_model": None, "role": "recipe"}
+            job = g.add(Job(tid, "train", name, (snap.id,), {"config": config_to_dict(cfg), "source": snap.name},
+                            Resources(1, gpu), info))
+            evaluate(job, info)
+            quantize(job, recipe.dataset, info)
+    return g
+
+
+def _snapshot_tree(base: str, model_keys: dict) -> dict:
+    tree: dict = {"model": {"name": base}, "data": {"dataset": None}}
+    for key, value in model_keys.items():
+        tree["model"][key.split(".", 1)[1]] = value
+    return tree
+
+
+def _quant_tag(cfg: TrainRunConfig) -> str:
+    from ftlab.train.runner import quantization_spec
+
+    return quantization_spec(cfg).tag

@@ -1,0 +1,99 @@
+"""The four kinds of study job — snapshot, train, quantize, evaluate — registered in the engine's
+JOB_KINDS. Each runs a real ftlab command in its own process and is judged by its output:
+
+- snapshot / train / quantize build `Models/<run name>.v<id>`: the folder only appears once
+  complete (staging folder, then rename), and its name carries the job's identity, so "the folder
+  exists" means "this job, with these settings and these inputs, is done";
+- evaluate is the orchestrator's evaluation job (ftlab.orchestrate.job): done when the model's
+  metrics file holds every study task, current, under the same lock as `ftlab orchestrate`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftlab.jobs.engine import DONE, JOB_KINDS, STALE, TODO, Job, Status
+from ftlab.jobs.locks import lock_path
+from ftlab.paths import Workspace
+from ftlab.schema import TRAINING_METADATA_FILE
+
+LOCKS = ".locks"
+
+
+def jobs_dir(workspace: Workspace) -> Path:
+    """The ledger (each job's last outcome) and the configs of train jobs, shared by all studies."""
+    return workspace.jobs_dir
+
+
+def model_folder(workspace: Workspace, name: str) -> Path:
+    return workspace.models_dir / name
+
+
+class _ModelFolderKind:
+    """Jobs whose output is a model folder named after the job (snapshot, train, quantize)."""
+
+    name = ""
+
+    def finished(self, job: Job, workspace: Workspace, result, ok: bool) -> str:
+        return str(model_folder(workspace, job.name)) if ok else ""
+
+    def status(self, job: Job, workspace: Workspace) -> Status:
+        folder = model_folder(workspace, job.name)
+        if (folder / TRAINING_METADATA_FILE).is_file():
+            return Status(DONE, "model folder complete")
+        if folder.exists():
+            # Folders are published whole, so this one was put here by hand or by another tool.
+            return Status(STALE, f"{folder} exists but is not a finished ftlab model folder")
+        return Status(TODO, "not built yet")
+
+    def lock_path(self, job: Job, workspace: Workspace) -> Path:
+        return lock_path(workspace.models_dir / LOCKS, job.name)
+
+
+class _TrainKind(_ModelFolderKind):
+    """`ftlab train --config <the recipe's full config>` (also base snapshots: data.dataset=None)."""
+
+    def command(self, job: Job, workspace: Workspace) -> list[str]:
+        import yaml
+
+        from ftlab.io import atomic_write_text
+
+        config = json.loads(json.dumps(job.data["config"]))
+        config["train"]["output_dir"] = str(model_folder(workspace, job.name))
+        source = job.data.get("source")  # the base snapshot a recipe trains from
+        if source:
+            config["model"]["name"] = str(model_folder(workspace, source))
+            config["model"]["revision"] = None  # the snapshot pinned it
+        path = jobs_dir(workspace) / f"{job.id}.train.yaml"
+        atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+        return ["train", "--config", str(path)]
+
+
+class SnapshotKind(_TrainKind):
+    name = "snapshot"
+
+
+class TrainKind(_TrainKind):
+    name = "train"
+
+
+class QuantizeKind(_ModelFolderKind):
+    """`ftlab quantize --model <source folder> ... --output Models/<name>`."""
+
+    name = "quantize"
+
+    def command(self, job: Job, workspace: Workspace) -> list[str]:
+        d = job.data
+        args = ["quantize", "--model", str(model_folder(workspace, d["source"])), "--method", d["method"],
+                "--output", str(model_folder(workspace, job.name))]
+        for flag, key in (("--bits", "bits"), ("--group-size", "group_size"), ("--lm-head", "lm_head"),
+                          ("--calib-dataset", "calib_dataset"), ("--calib-samples", "calib_samples"),
+                          ("--data-dir", "data_dir")):
+            if d.get(key) is not None:
+                args += [flag, str(d[key])]
+        return args
+
+
+for _kind in (SnapshotKind(), TrainKind(), QuantizeKind()):
+    JOB_KINDS.add(_kind.name, _kind)

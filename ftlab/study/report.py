@@ -1,0 +1,261 @@
+"""A study's verdict as files: report.md, a self-contained report.html, the tidy frame, the tables.
+
+`write_report()` analyses the engine's frames (`ftlab.study.analysis`) and renders one list of
+blocks (heading, paragraph, bullets, table, image) twice: as markdown, whose images are PNG files
+in `plots/`, and as HTML with the same PNGs embedded as base64 and inline CSS, so the page reads
+offline and references nothing outside itself. Everything is rendered in memory before the first
+file is written, and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ftlab.compare.frame import to_markdown
+from ftlab.compare.stats import format_p
+from ftlab.errors import FtlabError
+from ftlab.io import atomic_write_bytes
+from ftlab.study import figures
+from ftlab.study.analysis import StudyAnalysis, StudyAnalysisSettings, analyze_study
+
+PLOTS_DIR = "plots"
+_PLOT_NAMES = ("scores.png", "recovery.png", "pareto.png")
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.8em 0;font-size:.85em}th,td{border:1px solid #ccc;padding:.25em .5em}
+th{background:#f2f2f2}td{text-align:right}td:first-child,td.t{text-align:left}img{max-width:100%}
+code{background:#f4f4f4;padding:0 .2em}li{margin:.3em 0}"""
+
+
+def _num(v, fmt="{:.4f}") -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def _interval(lo, hi, fmt="{:.4f}") -> str:
+    return "" if math.isnan(lo) else f"[{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def _mdd(v) -> str:
+    return "none detectable" if v == math.inf else _num(v)
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+def _ranking_table(a: StudyAnalysis) -> pd.DataFrame:
+    r = a.ranking
+    return pd.DataFrame({
+        "task": r["task"], "quant": r["quant"], "rank": r["rank"].astype(str),
+        "recipe": r["recipe"] + r["baseline"].map({True: " (baseline)", False: ""}),
+        "seeds": r["seeds"].astype(str), "items": r["n_items"].astype(str), "score": r["mean"].map(_num),
+        "seed std": r["seed_std"].map(_num),
+        f"{a.settings.confidence:.0%} interval": [_interval(lo, hi) for lo, hi in zip(r["ci_low"], r["ci_high"])],
+    })
+
+
+def _status(r) -> str:
+    if r.significant:
+        return "significant"
+    if r.discordance == 0:
+        return "identical outcomes"
+    return "too small to detect" if r.undetectable else "not significant"
+
+
+def _baseline_table(a: StudyAnalysis) -> pd.DataFrame:
+    rows, b = [], a.settings.resamples
+    for r in a.vs_baseline.itertuples(index=False):
+        rows.append({"task": r.task, "quant": r.quant, "recipe": r.recipe, "baseline at": r.baseline_quant,
+                     "pairs": str(r.n_pairs), "diff": _num(r.diff, "{:+.4f}"),
+                     "interval": _interval(r.ci_low, r.ci_high, "{:+.4f}"), "bootstrap p": format_p(r.bootstrap_p, resamples=b),
+                     "recipe-only / baseline-only": f"{r.recipe_only} / {r.baseline_only}",
+                     "McNemar p": format_p(r.mcnemar_p), "Holm p": format_p(r.p_holm), "MDD": _mdd(r.mdd),
+                     "verdict": _status(r)})
+    return pd.DataFrame(rows)
+
+
+def _best_table(a: StudyAnalysis) -> pd.DataFrame:
+    rows = []
+    for r in a.vs_best.itertuples(index=False):
+        rows.append({"task": r.task, "quant": r.quant, "best": r.best, "recipe": r.recipe, "pairs": str(r.n_pairs),
+                     "diff": _num(r.diff, "{:+.4f}"), "best-only / recipe-only": f"{r.best_only} / {r.recipe_only}",
+                     "McNemar p": format_p(r.mcnemar_p), "Holm p (task)": format_p(r.p_holm),
+                     "verdict": "tied" if r.tied else "below the best"})
+    return pd.DataFrame(rows)
+
+
+def _recovery_table(a: StudyAnalysis) -> pd.DataFrame:
+    rows = []
+    for r in a.recovery.itertuples(index=False):
+        rows.append({"task": r.task, "recipe": r.recipe, "quant": r.quant, "models": str(r.models),
+                     "pairs": str(r.n_pairs), "source": _num(r.source_score), "quantized": _num(r.quant_score),
+                     "ratio": _num(r.ratio, "{:.1%}"), "interval": _interval(r.ci_low, r.ci_high, "{:.1%}"),
+                     "source-only / quant-only": f"{r.source_only} / {r.quant_only}",
+                     "McNemar p": format_p(r.mcnemar_p), "Holm p": format_p(r.p_holm)})
+    return pd.DataFrame(rows)
+
+
+def _pareto_table(a: StudyAnalysis) -> pd.DataFrame:
+    p = a.pareto
+    mark = {True: "yes", False: ""}
+    return pd.DataFrame({
+        "task": p["task"], "recipe": p["recipe"], "quant": p["quant"], "score": p["score"].map(_num),
+        "size (MiB)": (p["size_bytes"] / 2**20).map(lambda v: _num(v, "{:.1f}")),
+        "latency (s)": p["latency_mean_s"].map(lambda v: _num(v, "{:.4g}")),
+        "size front": p["on_size_front"].map(mark), "latency front": p["on_latency_front"].map(mark),
+    })
+
+
+def _methods(s: StudyAnalysisSettings) -> list[str]:
+    return [
+        f"Score: the mean per-item score (F1 for span tasks, else 0/1 correctness), averaged over seeds; seed std "
+        f"uses ddof=1. Intervals: {s.confidence:.0%} percentile bootstrap over items ({s.resamples} resamples, "
+        f"seed {s.seed}) of the per-item mean-over-seeds score; they measure item sampling, not seed variation.",
+        "Paired tests on the items both models answered, seed by seed (a model without seeds faces every seed "
+        "of the other with its single outcome). Exact McNemar pools all (seed, item) pairs and treats them as "
+        "independent; the paired bootstrap of the score difference resamples items with their seeds together, "
+        "so when the two disagree the bootstrap is the more cautious.",
+        f"Holm-Bonferroni correction over the whole family of tests against the baseline (every recipe x quant x "
+        f"task); significant means Holm-adjusted McNemar p <= {s.alpha:g}. Ties with the best: each recipe against "
+        f"the top one of its task and quant variant, Holm-corrected within the task. Recovery tests are their own "
+        f"family.",
+        f"MDD (minimum detectable difference): the accuracy difference a two-sided McNemar test at alpha "
+        f"{s.alpha:g} detects with power {s.power:g}, from Connor's (1987) relation n = (z_a sqrt(psi) + z_b "
+        f"sqrt(psi - d^2))^2 / d^2 solved for d at the pooled pair count n and observed discordance psi (normal "
+        f"approximation; the exact test's power there is about 0.77). \"Too small to detect\": not significant "
+        f"and |observed accuracy difference| < MDD.",
+        f"p-values print in scientific notation below 0.001; a bootstrap p below 2/B prints as < 2/{s.resamples} "
+        f"(the two-sided p moves in steps of 2/B, B = {s.resamples} resamples).",
+    ]
+
+
+# ------------------------------------------------------------------------------------------ blocks
+
+def _blocks(a: StudyAnalysis, title: str, study_summary: dict, plots: dict[str, bytes]) -> list[tuple]:
+    s = a.settings
+    summary = {**study_summary, "baseline": s.baseline, "alpha": s.alpha, "power": s.power,
+               "bootstrap resamples": s.resamples, "confidence": s.confidence, "bootstrap seed": s.seed}
+    summary_table = pd.DataFrame({"": list(summary), "value": [
+        v if isinstance(v, str) else json.dumps(v, default=str) for v in summary.values()]})
+    blocks: list[tuple] = [("h", 1, title), ("table", summary_table), ("h", 2, "Verdict")]
+    for v in a.verdicts:
+        blocks += [("h", 3, v.task), ("ul", v.sentences)]
+    if a.notes:
+        blocks += [("h", 2, "Not computed"), ("ul", a.notes)]
+    blocks += [("h", 2, "Ranking"), ("p", "Per task and quantization variant, recipes by mean score over seeds."),
+               ("table", _ranking_table(a)), ("img", "scores.png", "score by recipe")]
+    blocks += [("h", 2, f"Against the baseline `{s.baseline}`"),
+               ("p", "diff = recipe - baseline (score); the interval is the paired bootstrap of that difference; "
+                     "MDD is the minimum detectable accuracy difference.")]
+    blocks.append(("table", _baseline_table(a)) if not a.vs_baseline.empty else ("p", "No recipe besides the baseline."))
+    if not a.vs_best.empty:
+        blocks += [("h", 2, "Ties with the best"), ("table", _best_table(a))]
+    if not a.recovery.empty:
+        blocks += [("h", 2, "Quantization recovery"),
+                   ("p", "Each quantized model against its own unquantized source, pooled over seeds."),
+                   ("table", _recovery_table(a)), ("img", "recovery.png", "quantization recovery")]
+    blocks += [("h", 2, "Pareto front"), ("table", _pareto_table(a)), ("img", "pareto.png", "Pareto fronts")]
+    blocks += [("h", 2, "Methods"), ("ul", _methods(s))]
+    return [b for b in blocks if b[0] != "img" or b[1] in plots]
+
+
+def render_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for kind, *rest in blocks:
+        if kind == "h":
+            out.append(f"{'#' * rest[0]} {rest[1]}")
+        elif kind == "p":
+            out.append(rest[0])
+        elif kind == "ul":
+            out.append("\n".join(f"- {item}" for item in rest[0]))
+        elif kind == "table":
+            out.append(to_markdown(rest[0]))
+        elif kind == "img":
+            out.append(f"![{rest[1]}]({PLOTS_DIR}/{rest[0]})")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{_inline(str(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(blocks: list[tuple], plots: dict[str, bytes]) -> str:
+    out = []
+    for kind, *rest in blocks:
+        if kind == "h":
+            out.append(f"<h{rest[0]}>{_inline(rest[1])}</h{rest[0]}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline(rest[0])}</p>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in rest[0]) + "</ul>")
+        elif kind == "table":
+            out.append(_html_table(rest[0]))
+        elif kind == "img":
+            data = base64.b64encode(plots[rest[0]]).decode("ascii")
+            out.append(f'<p><img alt="{html.escape(rest[1])}" src="data:image/png;base64,{data}"></p>')
+    title = next((b[2] for b in blocks if b[0] == "h" and b[1] == 1), "study report")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+# ------------------------------------------------------------------------------------------ files
+
+def _parquet(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def render_report(analysis: StudyAnalysis, *, title: str, study_summary: dict) -> dict[str, bytes]:
+    """Every file of the report, by its path relative to the output folder."""
+    s = analysis.settings
+    plots = {"scores.png": figures.scores_by_recipe(analysis.ranking, s.confidence),
+             "recovery.png": figures.recovery(analysis.recovery, s.confidence),
+             "pareto.png": figures.pareto(analysis.pareto)}
+    plots = {name: png for name, png in plots.items() if png is not None}
+    blocks = _blocks(analysis, title, study_summary, plots)
+    files = {"report.md": render_markdown(blocks).encode(), "report.html": render_html(blocks, plots).encode(),
+             "frame.parquet": _parquet(analysis.tidy), "frame.csv": analysis.tidy.to_csv(index=False).encode()}
+    for name in ("ranking", "vs_baseline", "vs_best", "recovery", "pareto"):
+        files[f"{name}.csv"] = getattr(analysis, name).to_csv(index=False).encode()
+    files.update({f"{PLOTS_DIR}/{name}": png for name, png in plots.items()})
+    return files
+
+
+def write_analysis(analysis: StudyAnalysis, out_dir: str | os.PathLike, *, title: str,
+                   study_summary: dict) -> dict[str, Path]:
+    """Writes an analysed study's report into `out_dir`; returns {relative name: path written}."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FtlabError(f"report folder {out} is a file; give a folder")
+    files = render_report(analysis, title=title, study_summary=study_summary)
+    written = {name: atomic_write_bytes(out / name, data) for name, data in files.items()}
+    for name in _PLOT_NAMES:  # a chart this study no longer has must not linger beside the new report
+        stale = out / PLOTS_DIR / name
+        if f"{PLOTS_DIR}/{name}" not in files and stale.exists():
+            stale.unlink()
+    return written
+
+
+def write_report(samples: pd.DataFrame, models: pd.DataFrame, settings: StudyAnalysisSettings,
+                 out_dir: str | os.PathLike, *, title: str, study_summary: dict) -> dict[str, Path]:
+    """Analyses the study and writes its report into `out_dir`; returns {relative name: path written}.
+
+    Files: report.md (+ plots/*.png), report.html (self-contained), frame.parquet and frame.csv
+    (the tidy frame), ranking.csv, vs_baseline.csv, vs_best.csv, recovery.csv, pareto.csv.
+    Nothing is written when the input is bad (the analysis runs first).
+    """
+    return write_analysis(analyze_study(samples, models, settings), out_dir, title=title, study_summary=study_summary)

@@ -1,0 +1,120 @@
+"""`ftlab study run|report`: resolve the study file -> build its job graph -> run what is not done
+(local processes or Ray) -> collect the results -> write the verdict under Testing/studies/<name>/."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ftlab.errors import FtlabError
+from ftlab.io import atomic_write_json
+from ftlab.jobs.engine import BLOCKED, BUSY, DONE, FAILED, FAILED_EARLIER, RUNS, STALE, TODO, Engine, EngineSettings, Outcome, PlanRow
+from ftlab.paths import Workspace
+from ftlab.study.graph import StudyGraph, build_graph
+from ftlab.study.jobs import jobs_dir
+from ftlab.study.spec import Recipe, StudySpec, baseline_recipe, load_study, spec_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Study:
+    path: Path
+    spec: StudySpec
+    recipes: list[Recipe]
+    graph: StudyGraph
+    workspace: Workspace
+
+    @property
+    def folder(self) -> Path:
+        return self.workspace.studies_dir / self.spec.name
+
+    def engine(self, settings: EngineSettings | None = None, echo: Callable[[str], None] | None = None) -> Engine:
+        return Engine(self.graph.jobs, self.workspace, jobs_dir(self.workspace), settings, echo=echo)
+
+
+def open_study(path: str | Path, workspace: Workspace, overrides: list[str] = ()) -> Study:
+    spec, recipes = load_study(path, list(overrides))
+    return Study(Path(path), spec, recipes, build_graph(spec, recipes), workspace)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+
+
+def format_plan(study: Study, rows: list[PlanRow]) -> str:
+    counts = study.graph.counts()
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row.state] = states.get(row.state, 0) + 1
+    kinds = ", ".join(f"{n} {k}" for k, n in counts.items())
+    head = (f"study {study.spec.name}: {len(rows)} jobs ({kinds}); "
+            + ", ".join(f"{states.get(s, 0)} {s}" for s in (DONE, TODO, STALE, FAILED_EARLIER, BUSY) if states.get(s) or s in (DONE, TODO, STALE)))
+    width = max([len(r.job.name) for r in rows] + [6])
+    lines = [head, f"{'state':<14}  {'kind':<8}  {'output':<{width}}  recipe / why"]
+    for r in rows:
+        info = r.job.info
+        who = info.get("recipe", "")
+        if info.get("seed") is not None:
+            who += f", seed {info['seed']}"
+        if info.get("quant") not in (None, "none"):
+            who += f", {info['quant']}"
+        lines.append(f"{r.state:<14}  {r.job.kind:<8}  {r.job.name:<{width}}  [{who}] {r.why}")
+    todo = sum(1 for r in rows if r.state in RUNS or r.state == BUSY)
+    lines.append(f"{todo} of {len(rows)} jobs would run")
+    return "\n".join(lines)
+
+
+def format_outcomes(outcomes: list[Outcome]) -> str:
+    ran = [o for o in outcomes if o.ran]
+    failed = [o for o in outcomes if o.state in (FAILED, FAILED_EARLIER)]
+    blocked = [o for o in outcomes if o.state == BLOCKED]
+    done = [o for o in outcomes if o.state == DONE and not o.ran]
+    lines = [f"{sum(o.state == DONE for o in ran)} jobs ran, {len(done)} were already done, "
+             f"{len(failed)} failed, {len(blocked)} skipped"]
+    for o in failed:
+        lines.append(f"  FAILED {o.job.label}: {o.detail}")
+    for o in blocked:
+        lines.append(f"  skipped {o.job.label}: {o.detail}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running and reporting
+
+
+def run_study(study: Study, settings: EngineSettings, echo: Callable[[str], None] | None = None) -> list[Outcome]:
+    atomic_write_json(study.folder / "plan.json", {
+        "study": spec_summary(study.spec), "file": str(study.path.resolve()),
+        "jobs": [{"id": j.id, "kind": j.kind, "name": j.name, "deps": list(j.deps), "info": j.info}
+                 for j in study.graph.jobs],
+    })
+    return study.engine(settings, echo).run()
+
+
+def report_study(study: Study) -> tuple[dict, str]:
+    """Writes the verdict from the finished evaluations; returns (written paths, verdict text)."""
+    from ftlab.study.analysis import StudyAnalysisSettings, analyze_study
+    from ftlab.study.collect import collect
+    from ftlab.study.report import write_analysis
+    from ftlab.study.verdict import verdict_text
+
+    engine = study.engine()
+    states = {j.id: engine.status(j).state for j in study.graph.jobs if j.kind == "evaluate"}
+    finished = [study.graph.evaluations[i] for i, state in states.items() if state == DONE]
+    if not finished:
+        stale = sum(state == STALE for state in states.values())
+        raise FtlabError(f"study {study.spec.name} has no current evaluation yet ({len(states)} planned"
+                         + (f", {stale} stale" if stale else "") + f"); run `ftlab study run {study.path}`")
+    samples, models = collect(study.workspace, finished, list(study.spec.evaluate.datasets))
+    baseline = baseline_recipe(study.spec, study.recipes)
+    settings = StudyAnalysisSettings(baseline="base" if baseline is None else baseline.label)
+    analysis = analyze_study(samples, models, settings)
+    total = sum(1 for j in study.graph.jobs if j.kind == "evaluate")
+    summary = {"file": str(study.path), "evaluations_finished": len(finished), "evaluations_planned": total,
+               "recipes": [r.label for r in study.recipes], "seeds": study.spec.train.seeds,
+               "quant_variants": study.spec.quantize.variants, "tasks": study.spec.evaluate.datasets}
+    paths = write_analysis(analysis, study.folder, title=f"Study {study.spec.name}", study_summary=summary)
+    return paths, verdict_text(analysis.verdicts)

@@ -1,0 +1,328 @@
+"""The study file: a grid of training recipes, the PTQ variants applied to each, the evaluation,
+and the baseline every recipe is tested against. Loaded like every ftlab config (typed sections,
+every problem reported at once, the closest valid key), then expanded into recipes.
+
+```yaml
+name: lora-vs-dora
+bases: [smollm2-135m-instruct]
+datasets: [synthetic-arith]
+train:
+  fixed: {train.max_steps: 80, train.batch_size: 16, train.learning_rate: 4.0e-4}
+  grid: {peft.method: [LoRa, DoRa], peft.r: [8, 16]}
+  seeds: [0, 1]
+quantize:
+  variants: [{method: HQQ, bits: 4, group_size: 64}]
+evaluate:
+  datasets: [synthetic-arith]
+  limit: 100
+baseline: base
+```
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftlab.config import TrainRunConfig, config_to_dict, doc_field, load_config
+from ftlab.errors import ConfigError, FtlabError
+
+BASE = "base"  # baseline: the untrained base snapshot of each recipe's base model
+# Keys the study sets itself; in `fixed` or `grid` they would silently fight the study.
+MANAGED_KEYS = {
+    "model.name": "list base models under bases:",
+    "data.dataset": "list training datasets under datasets:",
+    "train.seed": "list seeds under train.seeds:",
+    "train.output_dir": "the study names every folder itself",
+    "train.overwrite": "a study never overwrites a folder",
+    "train.resume": "a study always resumes an interrupted job",
+    "train.threads": "use `ftlab study run --threads`",
+    "data.source_dir": "set data_dir: at the top of the study file",
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass
+class TrainSection:
+    fixed: dict = doc_field({}, "`ftlab train` keys (dotted, e.g. train.max_steps) set the same for every recipe")
+    grid: dict = doc_field({}, "keys to vary: key -> list of values; every combination is a recipe")
+    seeds: list[int] = doc_field([0], "train.seed values; every recipe is trained once per seed")
+    include: list[dict] = doc_field([], "extra recipes beyond the grid: mappings of keys to values (over fixed)")
+    exclude: list[dict] = doc_field([], "recipes to drop: one whose values match every key of an entry is removed")
+
+
+@dataclass
+class QuantizeSection:
+    variants: list[dict] = doc_field([], "PTQ variants applied to every trained model: "
+                                         "{method, bits, group_size, lm_head, calib_dataset, calib_samples}")
+    base: bool = doc_field(False, "also quantize each base snapshot with every variant")
+
+
+@dataclass
+class EvaluateSection:
+    datasets: list[str] = doc_field([], "tasks every model is evaluated on (as for `ftlab evaluate --datasets`)")
+    limit: int | None = doc_field(None, "only the first N test rows of each task; None = all")
+    settings: dict = doc_field({}, "other `ftlab evaluate` keys (dotted, e.g. eval.max_new_tokens)")
+
+
+@dataclass
+class StudySpec:
+    name: str = doc_field("", "the study's name: Testing/studies/<name>/ holds its report")
+    bases: list[str] = doc_field([], "base models (hub ids, folders, built-in names or scratch:<preset>)")
+    datasets: list[str] = doc_field([], "training datasets (task names or files)")
+    data_dir: str | None = doc_field(None, "folder with train-*/test-*.parquet (training and evaluation data)")
+    train: TrainSection = field(default_factory=TrainSection)
+    quantize: QuantizeSection = field(default_factory=QuantizeSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    baseline: Any = doc_field(BASE, "`base` (each base model's snapshot) or a recipe as a mapping of grid keys, "
+                                    "e.g. {peft.method: LoRa, peft.r: 8}")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.name:
+            problems.append("name: give the study a name (letters, digits, '.', '_', '-')")
+        elif not _NAME_RE.match(self.name):
+            problems.append(f"name {self.name!r}: use letters, digits, '.', '_' and '-' only (it names a folder)")
+        if not self.bases:
+            problems.append("bases: list at least one base model, e.g. [smollm2-135m-instruct]")
+        if not self.evaluate.datasets:
+            problems.append("evaluate.datasets: list at least one task to evaluate on")
+        if self.evaluate.limit is not None and self.evaluate.limit <= 0:
+            problems.append(f"evaluate.limit={self.evaluate.limit} must be a positive number of rows")
+        if not self.train.seeds:
+            problems.append("train.seeds: list at least one seed, e.g. [0]")
+        if len(set(self.train.seeds)) != len(self.train.seeds):
+            problems.append(f"train.seeds {self.train.seeds} lists a seed twice")
+        for section, keys in (("train.fixed", self.train.fixed), ("train.grid", self.train.grid)):
+            for key in keys:
+                if key in MANAGED_KEYS:
+                    problems.append(f"{section}: {key} is set by the study ({MANAGED_KEYS[key]})")
+        for key, values in self.train.grid.items():
+            if not isinstance(values, list) or not values:
+                problems.append(f"train.grid.{key} must be a non-empty list of values, e.g. [8, 16]")
+            elif len({repr(v) for v in values}) != len(values):
+                problems.append(f"train.grid.{key} lists a value twice: {values}")
+        overlap = sorted(set(self.train.grid) & set(self.train.fixed))
+        if overlap:
+            problems.append(f"train: {', '.join(overlap)} is both fixed and in the grid; keep it in one")
+        for i, v in enumerate(self.quantize.variants):
+            if not isinstance(v, dict) or "method" not in v:
+                problems.append(f"quantize.variants[{i}] must be a mapping with at least method: (e.g. HQQ)")
+        if not isinstance(self.baseline, (str, dict)) or (isinstance(self.baseline, str) and self.baseline != BASE):
+            problems.append(f"baseline {self.baseline!r}: use `base` or a mapping of grid keys naming one recipe")
+        return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One training configuration (without the seed), with the values that set it apart."""
+
+    values: tuple[tuple[str, Any], ...]  # (key, value) pairs over every varied key, in study order
+    base: str
+    dataset: str
+    settings: tuple[tuple[str, Any], ...] = ()  # every key the study sets (fixed, grid, include)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={_show(v)}" for k, v in self.values) or "recipe"
+
+    def matches(self, partial: dict) -> bool:
+        mine = dict(self.settings) | dict(self.values) | {"model.name": self.base, "data.dataset": self.dataset}
+        return all(k in mine and _same(mine[k], v) for k, v in partial.items())
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return str(a) == str(b)
+
+
+def _tree(flat: dict) -> dict:
+    """{"peft.r": 8} -> {"peft": {"r": 8}} (a config tree load_config accepts as its base)."""
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        parts = str(key).split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def varied_keys(spec: StudySpec) -> list[str]:
+    """Keys whose values differ between recipes: the grid's, those of include entries, and the
+    base model / dataset when the study lists several."""
+    keys = (["model.name"] if len(spec.bases) > 1 else []) + (["data.dataset"] if len(spec.datasets) > 1 else [])
+    keys += list(spec.train.grid)
+    for entry in spec.train.include:
+        keys += [k for k in entry if k not in keys]
+    return list(dict.fromkeys(keys))
+
+
+def expand_recipes(spec: StudySpec) -> list[Recipe]:
+    """The grid's combinations plus `include`, minus `exclude`, for every base and dataset."""
+    keys = varied_keys(spec)
+    grid_keys = list(spec.train.grid)
+    combos = [dict(zip(grid_keys, values)) for values in itertools.product(*spec.train.grid.values())]
+    combos += [dict(entry) for entry in spec.train.include]
+    recipes: list[Recipe] = []
+    for base in spec.bases:
+        for dataset in spec.datasets:
+            for combo in combos:
+                full = {"model.name": base, "data.dataset": dataset, **spec.train.fixed, **combo}
+                values = tuple((k, full.get(k, _default(k))) for k in keys)
+                settings = tuple((k, v) for k, v in full.items() if k not in ("model.name", "data.dataset"))
+                recipe = Recipe(values, base, dataset, settings)
+                if any(recipe.matches(ex) for ex in spec.train.exclude) or recipe in recipes:
+                    continue
+                recipes.append(recipe)
+    return recipes
+
+
+def _default(key: str) -> Any:
+    """The default of a dotted train key (shown for include entries that do not set a grid key)."""
+    node: Any = TrainRunConfig()
+    for part in key.split("."):
+        node = getattr(node, part, None)
+    return node
+
+
+def recipe_config(spec: StudySpec, recipe: Recipe, seed: int) -> TrainRunConfig:
+    """The full `ftlab train` config of one recipe and seed (raises ConfigError)."""
+    flat = {**dict(recipe.settings), "model.name": recipe.base, "data.dataset": recipe.dataset, "train.seed": seed}
+    if spec.data_dir:
+        flat["data.source_dir"] = spec.data_dir
+    return load_config(TrainRunConfig, base=_tree(flat))
+
+
+def baseline_recipe(spec: StudySpec, recipes: list[Recipe]) -> Recipe | None:
+    """None for the base snapshot; else the one recipe the baseline mapping names."""
+    if spec.baseline == BASE:
+        return None
+    hits = [r for r in recipes if r.matches(spec.baseline)]
+    if len(hits) != 1:
+        named = ", ".join(f"{k}={_show(v)}" for k, v in spec.baseline.items())
+        raise FtlabError(f"baseline {{{named}}} matches {len(hits)} recipes; it must name exactly one"
+                         + (f" (candidates: {'; '.join(r.label for r in hits[:5])})" if hits else ""))
+    return hits[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_study(path: str | Path, overrides: list[str] = ()) -> tuple[StudySpec, list[Recipe]]:
+    """The study file validated and expanded; every problem (of the file and of each recipe's
+    training config) is reported in one ConfigError before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FtlabError(f"study file {path} not found; pass the path of a study YAML (see examples/)")
+    spec = load_config(StudySpec, path, overrides)
+    if not spec.datasets:
+        raise ConfigError(["datasets: list at least one training dataset, e.g. [synthetic-arith]"])
+    recipes = expand_recipes(spec)
+    problems: list[str] = []
+    if not recipes:
+        problems.append("train: the grid, include and exclude leave no recipe to train")
+    for recipe in recipes:
+        try:
+            recipe_config(spec, recipe, spec.train.seeds[0])
+        except ConfigError as exc:
+            problems += [f"recipe [{recipe.label}]: {p}" for p in exc.problems if f"recipe [{recipe.label}]: {p}" not in problems]
+    problems += _eval_problems(spec)
+    problems += _quant_problems(spec)
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    baseline_recipe(spec, recipes)
+    return spec, recipes
+
+
+def eval_overrides(spec: StudySpec) -> list[str]:
+    """`key=value` overrides of the evaluation settings, in the orchestrator's option form."""
+    import yaml
+
+    out = []
+    for key, value in spec.evaluate.settings.items():
+        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+        if text.endswith("\n...") or text.endswith("..."):
+            text = text.split("\n")[0]
+        out.append(f"{key}={text}")
+    if spec.data_dir and "eval.source_dir" not in spec.evaluate.settings:
+        out.append(f"eval.source_dir={spec.data_dir}")
+    return out
+
+
+def eval_options(spec: StudySpec):
+    from ftlab.orchestrate.discovery import EvalOptions
+
+    return EvalOptions(datasets=list(spec.evaluate.datasets), limit=spec.evaluate.limit,
+                       overrides=eval_overrides(spec))
+
+
+def _eval_problems(spec: StudySpec) -> list[str]:
+    managed = [k for k in spec.evaluate.settings if k in ("eval.datasets", "eval.limit", "model.name")]
+    problems = [f"evaluate.settings: {k} is set by evaluate.datasets / evaluate.limit / the study" for k in managed]
+    try:
+        eval_options(spec).resolve()
+    except ConfigError as exc:
+        problems += [f"evaluate: {p}" for p in exc.problems]
+    return problems
+
+
+QUANT_KEYS = ("method", "bits", "group_size", "lm_head", "calib_dataset", "calib_samples")
+
+
+def quant_spec(variant: dict):
+    """The completed QuantizationSpec of one variant (defaults filled in, checked)."""
+    from ftlab.quant.registry import complete_spec, get_engine
+    from ftlab.quant.spec import QuantizationSpec
+
+    engine = get_engine(str(variant["method"]))
+    lm_head = str(variant["lm_head"]).lower() if variant.get("lm_head") else None
+    return complete_spec(QuantizationSpec(method=engine.method, bits=variant.get("bits"),
+                                          group_size=variant.get("group_size"), lm_head_dtype=lm_head,
+                                          compute_dtype=lm_head))
+
+
+def _quant_problems(spec: StudySpec) -> list[str]:
+    from ftlab.registry import closest
+
+    problems = []
+    for i, variant in enumerate(spec.quantize.variants):
+        if not isinstance(variant, dict) or "method" not in variant:
+            continue  # reported by validate()
+        for key in variant:
+            if key not in QUANT_KEYS:
+                hint = closest(str(key), list(QUANT_KEYS))
+                problems.append(f"unknown key quantize.variants[{i}].{key}"
+                                + (f" (did you mean {hint!r}?)" if hint else "") + f"; valid: {', '.join(QUANT_KEYS)}")
+        try:
+            quant_spec(variant)
+        except ConfigError as exc:
+            problems += [f"quantize.variants[{i}]: {p}" for p in exc.problems]
+        except FtlabError as exc:
+            problems.append(f"quantize.variants[{i}]: {exc}")
+    tags = []
+    for variant in spec.quantize.variants:
+        try:
+            tags.append(quant_spec(variant).tag)
+        except (FtlabError, KeyError, TypeError):
+            continue
+    if len(set(tags)) != len(tags):
+        problems.append(f"quantize.variants: two variants give the same quant tag ({', '.join(tags)})")
+    return problems
+
+
+def spec_summary(spec: StudySpec) -> dict:
+    return config_to_dict(spec)
