@@ -1,20 +1,25 @@
-"""`ftlab demo --quick` end to end in a temporary workspace (the real SmolLM2 model, on CPU)."""
+"""`ftlab demo --quick` end to end in a temporary workspace (the real SmolLM2 model, on CPU): the
+demo is a study run, ends in its report, and a rerun reuses every job."""
 
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
+from ftlab.naming import parse_run_name
+
 
 @pytest.mark.slow
-def test_demo_quick_end_to_end_and_rerun_reuses(tmp_path):
-    env_cmd = [sys.executable, "-m", "ftlab", "--workdir", str(tmp_path), "demo", "--quick", "--threads", "1"]
-    r = subprocess.run(env_cmd, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_demo_quick_is_a_study_ending_in_a_report_and_a_rerun_reuses_everything(tmp_path):
+    cmd = [sys.executable, "-m", "ftlab", "--workdir", str(tmp_path), "demo", "--quick", "--threads", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     models = sorted(p.name for p in (tmp_path / "Models").iterdir() if not p.name.startswith("."))
-    assert models == [
+    plain = [parse_run_name(m).with_variant(None).render() for m in models]
+    assert plain == [
         "SmolLM2-135M-Instruct-base",
         "SmolLM2-135M-Instruct-synthetic-arith_SFT_LoRa16_GPTQ_w4_g64",
         "SmolLM2-135M-Instruct-synthetic-arith_SFT_LoRa16_NoQuant",
@@ -23,15 +28,18 @@ def test_demo_quick_end_to_end_and_rerun_reuses(tmp_path):
     for m in models:
         doc = json.loads((metrics / f"{m}.json").read_text())
         assert doc["status"] == "complete" and doc["datasets"]["synthetic-arith"]["n"] == 24
-        assert (metrics / f"{m}.samples.jsonl").exists()
         assert (tmp_path / "Models" / m / "training_metadata.json").exists()
-    assert (tmp_path / "Testing" / "metrics_summary.csv").exists()
-    assert list((tmp_path / "Testing" / "plots").glob("*.png"))
-    for m in models:
-        assert m in out  # the comparison table names every model
-    assert "[6/6] compare" in out and "synthetic-arith accuracy: base" in out
+    report = tmp_path / "Testing" / "studies" / "demo-quick"
+    for name in ("report.md", "report.html", "frame.parquet", "frame.csv"):
+        assert (report / name).is_file(), name
+    assert "6 jobs ran, 0 were already done, 0 failed, 0 skipped" in out
+    assert "synthetic-arith:" in out and "Best recipe" in out and f"report: {report / 'report.html'}" in out
+    assert "recovery" in (report / "report.md").read_text().lower()  # the GPTQ model against its fine-tune
+    assert "Traceback" not in r.stderr
 
-    # A rerun reuses everything: no training, no evaluation.
-    r2 = subprocess.run(env_cmd, capture_output=True, text=True, timeout=600)
+    # A rerun reuses every job: nothing trains, quantizes or evaluates again.
+    t0 = time.monotonic()
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert "reused" in r2.stdout and "0 evaluated, 0 failed" in r2.stdout
+    assert "0 jobs ran, 6 were already done, 0 failed, 0 skipped" in r2.stdout
+    assert time.monotonic() - t0 < 120

@@ -50,7 +50,7 @@ def graph_of(path: Path):
     from ftlab.study.spec import load_study
 
     spec, recipes = load_study(path)
-    return spec, recipes, build_graph(spec, recipes)
+    return spec, recipes, build_graph(spec, recipes, Workspace(path.parent))
 
 
 def ids(graph) -> dict[tuple[str, str], str]:

@@ -35,34 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftlab.errors import FtlabError
     from ftlab.jobs.engine import EngineSettings
     from ftlab.paths import Workspace
-    from ftlab.study.run import format_outcomes, format_plan, open_study, report_study, run_study
+    from ftlab.study.run import execute, open_study, print_report
 
     workspace = Workspace.at(getattr(args, "workdir", None))
     study = open_study(args.file, workspace, args.overrides)
     if args.study_command == "report":
-        paths, verdict = report_study(study)
-        print(verdict)
-        print(f"report: {paths['report.html']}")
+        print_report(study)
         return 0
     settings = EngineSettings(workers=args.workers, threads=args.threads, timeout_s=args.timeout,
                               retry_failed=not args.skip_failed, backend=args.backend,
                               ray_address=args.ray_address, cwd=os.getcwd())
-    settings.validate()
-    if args.dry_run:
-        print(format_plan(study, study.engine(settings).plan()))
-        return 0
-    outcomes = run_study(study, settings)
-    print(format_outcomes(outcomes))
-    failed = sum(o.state not in ("done",) for o in outcomes)
-    if not args.no_report:
-        try:
-            paths, verdict = report_study(study)
-        except FtlabError as exc:  # the jobs' results stand; say why there is no report
-            print(f"no report: {exc}")
-        else:
-            print(verdict)
-            print(f"report: {paths['report.html']}")
-    return min(failed, 100)
+    return execute(study, settings, dry_run=args.dry_run, report=not args.no_report)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ftlab.config import TrainRunConfig, config_to_dict, load_config
 from ftlab.jobs.engine import Job, Resources, job_id
 from ftlab.naming import VARIANT_DIGITS, build_run_name, parse_run_name, peft_tag
+from ftlab.paths import Workspace
 from ftlab.orchestrate.job import EVALUATE, evaluation_data
 from ftlab.study import jobs as _kinds  # noqa: F401  (registers the job kinds)
 from ftlab.study.spec import BASE, Recipe, StudySpec, eval_options, quant_spec, recipe_config
@@ -63,7 +64,42 @@ def _wants_gpu() -> float:
     return 1.0 if cuda_device_count() else 0.0
 
 
-def build_graph(spec: StudySpec, recipes: list[Recipe]) -> StudyGraph:
+def base_config(src, workspace: Workspace) -> dict | None:
+    """The base model's config.json (PTQ group sizes are fitted to its layer widths), cached in the
+    job folder: finding it may convert a built-in model or ask the hub, which a plan should pay
+    once, not on every no-op rerun. None when it cannot be had (no hub): the defaults apply."""
+    import json
+
+    from ftlab.io import atomic_write_json, read_json
+    from ftlab.jobs.engine import job_id as identity
+
+    path = workspace.jobs_dir / "configs" / f"{identity('config', {'ref': src.ref, 'revision': src.revision}, [])}.json"
+    if path.is_file():
+        return read_json(path, "cached model config")
+    config = None
+    if src.kind == "local" and src.path and (src.path / "config.json").is_file():
+        config = json.loads((src.path / "config.json").read_text())
+    elif src.kind == "builtin":
+        from ftlab.models.sources import builtin_folder
+
+        config = json.loads((builtin_folder(src.ref) / "config.json").read_text())
+    elif src.kind == "scratch":
+        from ftlab.models.sources import load_model
+
+        config = load_model(src.ref)[0].config.to_dict()
+    elif src.kind == "hub":
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(src.ref, revision=src.revision).to_dict()
+        except (OSError, ValueError):
+            return None
+    if config is not None:
+        atomic_write_json(path, config)
+    return config
+
+
+def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace) -> StudyGraph:
     from ftlab.models.sources import resolve_model
 
     g = StudyGraph()
@@ -77,9 +113,9 @@ def build_graph(spec: StudySpec, recipes: list[Recipe]) -> StudyGraph:
                         (model_job.id,), evaluation_data(model_job.name, options), Resources(1, gpu), info))
         g.evaluations[job.id] = info
 
-    def quantize(source: Job, calib: str, info: dict) -> None:
+    def quantize(source: Job, calib: str, info: dict, config: dict | None) -> None:
         for variant in spec.quantize.variants:
-            q = quant_spec(variant)
+            q = quant_spec(variant, config)
             payload = {"spec": q.to_dict(), "calib_dataset": variant.get("calib_dataset") or calib,
                        "calib_samples": variant.get("calib_samples", 128)}
             jid = job_id("quantize", payload, [source.id])
@@ -91,8 +127,10 @@ def build_graph(spec: StudySpec, recipes: list[Recipe]) -> StudyGraph:
             job = g.add(Job(jid, "quantize", name, (source.id,), data, Resources(1, gpu), {**info, "quant": q.tag}))
             evaluate(job, {**info, "quant": q.tag, "model": name, "source_model": source.name})
 
+    configs: dict[str, dict | None] = {}
     for base in spec.bases:
-        src = resolve_model(base)
+        src = resolve_model(base, revision=spec.train.fixed.get("model.revision"))
+        configs[base] = base_config(src, workspace) if spec.quantize.variants else None
         # The snapshot pins the base: fixed model.* keys (revision, dtype) apply to it too.
         model_keys = {k: v for k, v in spec.train.fixed.items() if k.startswith("model.")}
         snap_cfg = load_config(TrainRunConfig, base=_snapshot_tree(base, model_keys))
@@ -105,7 +143,7 @@ def build_graph(spec: StudySpec, recipes: list[Recipe]) -> StudyGraph:
         snapshots[base] = snap
         evaluate(snap, info)
         if spec.quantize.base:
-            quantize(snap, spec.datasets[0], info)
+            quantize(snap, spec.datasets[0], info, configs[base])
 
     for recipe in recipes:
         snap = snapshots[recipe.base]
@@ -121,7 +159,7 @@ def build_graph(spec: StudySpec, recipes: list[Recipe]) -> StudyGraph:
             job = g.add(Job(tid, "train", name, (snap.id,), {"config": config_to_dict(cfg), "source": snap.name},
                             Resources(1, gpu), info))
             evaluate(job, info)
-            quantize(job, recipe.dataset, info)
+            quantize(job, recipe.dataset, info, configs[recipe.base])
     return g
 
 

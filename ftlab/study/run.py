@@ -37,7 +37,7 @@ class Study:
 
 def open_study(path: str | Path, workspace: Workspace, overrides: list[str] = ()) -> Study:
     spec, recipes = load_study(path, list(overrides))
-    return Study(Path(path), spec, recipes, build_graph(spec, recipes), workspace)
+    return Study(Path(path), spec, recipes, build_graph(spec, recipes, workspace), workspace)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,3 +118,58 @@ def report_study(study: Study) -> tuple[dict, str]:
                "quant_variants": study.spec.quantize.variants, "tasks": study.spec.evaluate.datasets}
     paths = write_analysis(analysis, study.folder, title=f"Study {study.spec.name}", study_summary=summary)
     return paths, verdict_text(analysis.verdicts)
+
+
+def print_report(study: Study) -> None:
+    paths, verdict = report_study(study)
+    print(verdict)
+    print(f"report: {paths['report.html']}")
+
+
+def execute(study: Study, settings: EngineSettings, *, dry_run: bool = False, report: bool = True) -> int:
+    """`study run`: the plan (dry run), or every job that is not done, then the verdict. Returns
+    the exit code: the number of jobs that failed or were skipped (capped at 100)."""
+    settings.validate()
+    if dry_run:
+        print(format_plan(study, study.engine(settings).plan()))
+        return 0
+    outcomes = run_study(study, settings)
+    print(format_outcomes(outcomes))
+    if report:
+        try:
+            print_report(study)
+        except FtlabError as exc:  # the jobs' results stand; say why there is no report
+            print(f"no report: {exc}")
+    return min(sum(o.state != DONE for o in outcomes), 100)
+
+
+def remove_outputs(study: Study) -> list[Path]:
+    """Deletes what this study's jobs built (model folders, metrics, job records) and its report
+    folder, so the next run starts over; other studies' and hand-made outputs stay. Returns the
+    paths removed."""
+    import shutil
+
+    from ftlab.orchestrate.discovery import error_path
+    from ftlab.orchestrate.job import EVALUATE
+
+    ws = study.workspace
+    removed: list[Path] = []
+    for job in study.graph.jobs:
+        paths = [study.engine().ledger.path(job.id), jobs_dir(ws) / f"{job.id}.train.yaml"]
+        if job.kind == EVALUATE:
+            paths += [ws.metrics_dir / f"{job.name}.json", ws.metrics_dir / f"{job.name}.samples.jsonl",
+                      error_path(ws, job.name)]
+        else:
+            paths.append(ws.models_dir / job.name)
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            else:
+                continue
+            removed.append(path)
+    if study.folder.exists():
+        shutil.rmtree(study.folder)
+        removed.append(study.folder)
+    return removed

@@ -131,7 +131,9 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={_show(v)}" for k, v in self.values) or "recipe"
+        """The values that set this recipe apart; a study of one recipe names its PEFT settings."""
+        shown = self.values or tuple((k, v) for k, v in self.settings if k in ("peft.method", "peft.r"))
+        return ", ".join(f"{k}={_show(v)}" for k, v in shown) or "recipe"
 
     def matches(self, partial: dict) -> bool:
         mine = dict(self.settings) | dict(self.values) | {"model.name": self.base, "data.dataset": self.dataset}
@@ -283,16 +285,21 @@ def _eval_problems(spec: StudySpec) -> list[str]:
 QUANT_KEYS = ("method", "bits", "group_size", "lm_head", "calib_dataset", "calib_samples")
 
 
-def quant_spec(variant: dict):
-    """The completed QuantizationSpec of one variant (defaults filled in, checked)."""
+def quant_spec(variant: dict, model_config: dict | None = None):
+    """The completed QuantizationSpec of one variant: defaults filled in (the group size fitted to
+    the base model's layer widths when its config.json is known), checked against those widths."""
     from ftlab.quant.registry import complete_spec, get_engine
     from ftlab.quant.spec import QuantizationSpec
 
     engine = get_engine(str(variant["method"]))
     lm_head = str(variant["lm_head"]).lower() if variant.get("lm_head") else None
-    return complete_spec(QuantizationSpec(method=engine.method, bits=variant.get("bits"),
+    spec = complete_spec(QuantizationSpec(method=engine.method, bits=variant.get("bits"),
                                           group_size=variant.get("group_size"), lm_head_dtype=lm_head,
-                                          compute_dtype=lm_head))
+                                          compute_dtype=lm_head), model_config)
+    problems = engine.model_problems(spec, model_config) if model_config else []
+    if problems:
+        raise FtlabError("; ".join(problems))
+    return spec
 
 
 def _quant_problems(spec: StudySpec) -> list[str]:
