@@ -19,8 +19,6 @@ from ftlab.errors import FtlabError
 
 log = logging.getLogger(__name__)
 
-HELP = "the whole pipeline offline on the built-in SmolLM2 model"
-
 
 @dataclass(frozen=True)
 class DemoSettings:

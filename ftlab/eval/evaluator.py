@@ -272,6 +272,7 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
     """Runs or resumes one model's evaluation and returns the metrics document it wrote."""
     from ftlab.env import PeakMemory, environment_info, now_iso, set_threads
     from ftlab.models.sources import resolve_model
+    from ftlab.naming import checked_name
 
     if cfg.eval.threads is not None:
         set_threads(cfg.eval.threads)
@@ -282,7 +283,8 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
     if len(set(names)) != len(names):
         raise FtlabError(f"eval.datasets lists a dataset twice ({', '.join(names)}); remove the duplicate")
 
-    name = model_name or model_file_name(model_ref)
+    # A given name is one file name inside Testing/metrics/, never a path (`../Models/X/config`).
+    name = checked_name(model_name, "--name") if model_name else model_file_name(model_ref)
     json_path, samples_path = metrics_paths(workspace, name)
     config_hash = eval_config_hash(cfg)
     done = _load_samples(samples_path, config_hash)

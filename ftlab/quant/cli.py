@@ -11,8 +11,6 @@ from ftlab.errors import FtlabError
 
 log = logging.getLogger(__name__)
 
-HELP = "post-training quantization (GPTQ, AWQ, HQQ, bitsandbytes NF4/int8) of a model folder"
-
 _METHODS_DOC = "GPTQ, AWQ, HQQ, BNB_NF4, BNB_INT8"
 
 
@@ -36,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-perplexity", action="store_true", help="skip the perplexity before/after measurement")
     parser.add_argument("--max-length", type=int, default=512, help="token cap per perplexity text")
     parser.add_argument("--data-dir", default=None, help="folder with <split>-<task>.parquet files (else Datasets/)")
-    parser.add_argument("--output", default=None, help="output folder (default: Models/<model name with quant tag>)")
+    parser.add_argument("--output", default=None,
+                        help="output folder name under Models/ (default: Models/<model name with quant tag>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--list-methods", action="store_true", help="print what each method supports and exit")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
