@@ -725,7 +725,6 @@ def run_training(cfg: TrainRunConfig, workspace: Workspace, *, callbacks: Sequen
 
     if cfg.train.threads:
         set_threads(cfg.train.threads)
-    ensure_peft_usable()
     source = resolve_model(cfg.model.name, workspace, revision=cfg.model.revision)
     if cfg.data.dataset is None:
         return save_base_snapshot(cfg, workspace, source)
@@ -739,6 +738,7 @@ def run_training(cfg: TrainRunConfig, workspace: Workspace, *, callbacks: Sequen
     log.info("run %s: %d training rows, %d held out", name, len(data.train_rows), len(data.val_rows))
     ckpt_dir = checkpoint_dir_for(workspace, name)
     is_main = _is_main()
+    ensure_peft_usable()  # imports peft (seconds): after every cheap check above
     with contextlib.ExitStack() as claims:
         if is_main:  # a second `ftlab train` aiming at the same folders fails here, before training
             for folder in dict.fromkeys([workspace.models_dir / name, final_dir]):  # checkpoints go by run name
