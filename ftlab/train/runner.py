@@ -738,11 +738,11 @@ def run_training(cfg: TrainRunConfig, workspace: Workspace, *, callbacks: Sequen
     log.info("run %s: %d training rows, %d held out", name, len(data.train_rows), len(data.val_rows))
     ckpt_dir = checkpoint_dir_for(workspace, name)
     is_main = _is_main()
-    ensure_peft_usable()  # imports peft (seconds): after every cheap check above
     with contextlib.ExitStack() as claims:
         if is_main:  # a second `ftlab train` aiming at the same folders fails here, before training
             for folder in dict.fromkeys([workspace.models_dir / name, final_dir]):  # checkpoints go by run name
                 claims.enter_context(output_claim(folder))
+        ensure_peft_usable()  # imports peft (seconds): after every cheap check and the claim
         return _train_and_publish(cfg, workspace, source, data, name, final_dir, ckpt_dir, callbacks, is_main)
 
 
