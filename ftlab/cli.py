@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
@@ -28,20 +27,24 @@ COMMANDS: dict[str, str] = {
     "doctor": "ftlab.doctor",
 }
 
-# One-line help shown by `ftlab --help` without importing each module.
+# Each command's one-line help, the only copy: `ftlab --help` shows it without importing each
+# module, and a module that needs its own description (a script's parser) reads it from here.
 SUMMARY: dict[str, str] = {
     "train": "fine-tune (SFT: NoPeft, LoRA, rsLoRA, DoRA, VeRA, QLoRA) or pre-train a scratch model",
-    "quantize": "post-training quantization (GPTQ, AWQ, HQQ, bitsandbytes) of a model folder",
-    "export": "export a model folder as GGUF (llama.cpp, Ollama) with tokenizer, chat template and Modelfile",
-    "evaluate": "boxed-answer evaluation of one model into Testing/metrics/<model>.json",
-    "orchestrate": "evaluate every untested or stale model under Models/ (crash-safe sweep)",
-    "study": "run a grid of recipes (train x quantize x evaluate) and write its significance-tested verdict",
-    "compare": "comparison tables, CSV, significance tests and plots from Testing/metrics",
-    "score": "recompute a task's metrics from a JSONL of raw responses",
+    "quantize": "post-training quantization (GPTQ, AWQ, HQQ, bitsandbytes NF4/int8) of a model folder",
+    "export": "export a model folder as GGUF (llama.cpp, Ollama) with its tokenizer, chat template and a Modelfile",
+    "evaluate": "evaluate one model (boxed answers, log-likelihood, perplexity) into Testing/metrics/<model>.json; "
+                "results accumulate per task; resumable",
+    "orchestrate": "evaluate every model under Models/ whose metrics are missing, incomplete, stale (or failed); "
+                   "crash-safe sweep",
+    "study": "run a study (a grid of train x quantize x evaluate jobs) and write its significance-tested verdict",
+    "compare": "compare evaluated models: tables, deltas vs baseline, recovery vs source, paired significance tests, "
+               "CSV, plots",
+    "score": "recompute a task's metrics from a JSONL of raw responses ({\"response\": ..., \"answer\": ...} per line)",
     "datasets": "list, prepare and validate datasets",
     "models": "list built-in offline models and the model folders under Models/",
     "chat": "answer one prompt with a model",
-    "demo": "the whole pipeline offline on the built-in SmolLM2 model",
+    "demo": "a small study offline on the built-in SmolLM2 model: fine-tune, quantize, evaluate, verdict",
     "doctor": "print the environment: torch, devices, engines, offline models, datasets, disk",
 }
 
@@ -63,11 +66,9 @@ def build_parser(with_subcommands: tuple[str, ...] = ()) -> argparse.ArgumentPar
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # transformers/torch are chatty at INFO; keep ours readable.
-    for noisy in ("httpx", "urllib3", "filelock", "torch", "datasets"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    from ftlab import console
+
+    console.setup(verbose, quiet)
 
 
 def _hoist_workdir(argv: list[str]) -> list[str]:
@@ -89,6 +90,9 @@ def _hoist_workdir(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = _hoist_workdir(list(sys.argv[1:] if argv is None else argv))
+    # Before any library is imported (parsing imports the chosen command's module): third-party
+    # noise is switched off at its source, unless -v asks for it.
+    _setup_logging("-v" in argv or "--verbose" in argv, "-q" in argv or "--quiet" in argv)
     # Only the chosen subcommand's module is imported (its arguments are needed to parse).
     chosen = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser((chosen,) if chosen else ())
@@ -131,6 +135,18 @@ def guarded(fn) -> int:
     except Terminated as exc:
         print("terminated", file=sys.stderr)
         return int(exc.code)
+    except Exception as exc:
+        # A full disk hit by a library's own writer (Trainer checkpoints) is still one line; any
+        # other exception is a bug and keeps its traceback.
+        from ftlab.io import disk_full_error
+        from ftlab.paths import Workspace
+
+        root = Workspace.default().root
+        err = disk_full_error(exc, root, writing=f"files under {root}")
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

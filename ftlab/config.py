@@ -146,7 +146,7 @@ class TrainConfig:
     report_to: list[str] = doc_field(["tensorboard"], "loggers: tensorboard, wandb, mlflow, none")
     seed: int = doc_field(42, "training seed")
     threads: int | None = doc_field(None, "torch CPU threads; None = all cores")
-    output_dir: str | None = doc_field(None, "output folder; None = Models/<run name>")
+    output_dir: str | None = doc_field(None, "output folder name under Models/; None = Models/<run name>")
     overwrite: bool = doc_field(False, "replace an existing output folder")
 
     def validate(self) -> list[str]:

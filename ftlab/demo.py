@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ftlab.errors import FtlabError
 
-HELP = "a small study offline on the built-in SmolLM2 model: fine-tune, quantize, evaluate, verdict"
 
 DEMO_FILE = "demo-study.yaml"
 QUICK_FILE = "demo-study-quick.yaml"

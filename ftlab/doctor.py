@@ -8,8 +8,6 @@ import importlib.util
 import os
 import shutil
 
-HELP = "print the environment: torch, devices, engines, offline models, datasets, disk"
-
 ENGINES = ("bitsandbytes", "gptqmodel", "hqq", "peft", "trl", "ray")
 
 

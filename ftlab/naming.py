@@ -6,12 +6,18 @@ rate or the seed, and the identities of its inputs), so two recipes never share 
 Components are sanitised so a name is always one safe folder name: the base keeps letters,
 digits, `.` and `-`; a dataset keeps `-` only when it is a registered task name (so the
 `<base>-<dataset>` split stays unambiguous); `_` separates the fields.
+
+Names a user types (a metrics name, an output folder, `train.output_dir`) follow the same rule
+through `checked_name` / `output_folder`: already safe, or refused with the sanitised suggestion,
+so no name ever becomes a path outside its folder.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from ftlab.errors import FtlabError
 from ftlab.quant.spec import parse_quant_tag
@@ -36,6 +42,43 @@ def sanitize_component(text: str, keep: str = ".-", sep: str = "-") -> str:
     if not out:
         raise FtlabError(f"name component {text!r} is empty after sanitising; use letters or digits")
     return out[:_MAX_LEN]
+
+
+def checked_name(name: str, what: str) -> str:
+    """A user-given name that becomes one file or folder name, returned unchanged when the run-name
+    sanitiser leaves it as it is (letters, digits, `.`, `-`, `_`; no separator, `..`, leading dot or
+    control character); otherwise refused, naming the option and a safe spelling."""
+    text = str(name)
+    try:
+        safe = sanitize_component(text, keep="._-", sep="_")
+    except FtlabError:
+        safe = None
+    if safe != text:
+        last = re.split(r"[/\\]", text.rstrip("/\\"))[-1]  # a path-looking name: suggest its last part
+        try:
+            hint = f"; use e.g. {sanitize_component(last, keep='._-', sep='_')!r}"
+        except FtlabError:
+            hint = ""
+        raise FtlabError(f"{what} {text!r} is not a plain name (letters, digits, '.', '-', '_'; no path separators, "
+                         f"'..', leading dot or control characters){hint}")
+    return text
+
+
+def output_folder(value: str | os.PathLike, parent: Path, what: str) -> Path:
+    """The folder a user-given output name or path means, always directly inside `parent`
+    (Models/): `X`, `Models/X` (relative to the workspace root, `parent.parent`) or an absolute
+    path inside `parent`; anything else is refused with one line."""
+    text = str(value)
+    if "/" not in text and "\\" not in text and not text.startswith("~"):
+        return parent / checked_name(text, what)
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = parent.parent / path
+    resolved, home = path.resolve(), parent.resolve()
+    if resolved.parent != home:
+        raise FtlabError(f"{what} {text!r} is outside {home}; give a folder name (written to {home}/NAME) "
+                         "or use --workdir for another workspace")
+    return parent / checked_name(resolved.name, what)
 
 
 def base_component(model_ref: str) -> str:

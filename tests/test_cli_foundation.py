@@ -88,3 +88,21 @@ def test_sigterm_exits_143_and_removes_staging_folder(tmp_path, capsys):
     assert list((tmp_path / "Models").iterdir()) == []
     assert "terminated" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored for the rest of the process
+
+
+def test_command_help_has_one_source():
+    """`ftlab --help`, each subcommand's description and the scripts' parsers all read cli.SUMMARY;
+    no command module keeps a second copy that could drift."""
+    import argparse
+    import re
+    from pathlib import Path
+
+    from ftlab.cli import COMMANDS, SUMMARY, build_parser
+
+    assert set(COMMANDS) == set(SUMMARY)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert {name: p.description for name, p in sub.choices.items()} == SUMMARY
+    root = Path(__file__).resolve().parents[1]
+    for module in COMMANDS.values():
+        source = (root / (module.replace(".", "/") + ".py")).read_text()
+        assert not re.search(r"^HELP\s*=", source, re.M), module

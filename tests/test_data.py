@@ -87,7 +87,7 @@ def test_answer_kind_inference(tmp_path):
     ("", "empty"),
     ('{"question": "x"', "not valid JSON"),
     ('{"foo": 1}\n', "expected alpaca"),
-    ('{"messages": [{"role": "user", "content": "q"}]}\n', "last message must be the assistant"),
+    ('{"messages": [{"role": "user", "content": "q"}]}\n', "no usable rows.*final assistant turn"),
 ])
 def test_bad_custom_files(tmp_path, content, match):
     p = tmp_path / "bad.jsonl"

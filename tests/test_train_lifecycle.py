@@ -56,7 +56,7 @@ def _history(folder):
 def test_resume_after_kill_matches_uninterrupted_run(tiny_model_dir, workspace, tmp_path):  # noqa: F811
     common = dict(train__max_steps=8, train__save_steps=2, train__save_total_limit=2,
                   train__lr_scheduler="cosine", train__warmup_ratio=0.25, peft__dropout=0.0)
-    ref = run_training(_cfg(tiny_model_dir, train__output_dir=str(tmp_path / "ref"), **common), workspace)
+    ref = run_training(_cfg(tiny_model_dir, train__output_dir="ref", **common), workspace)
 
     cfg = _cfg(tiny_model_dir, **common)
     with pytest.raises(InjectedKill):
@@ -209,12 +209,12 @@ def test_tensorboard_and_full_sequence_loss(tiny_model_dir, workspace):  # noqa:
 
 
 def test_padding_free_and_packing(tiny_model_dir, workspace, tmp_path):  # noqa: F811
-    pf = run_training(_cfg(tiny_model_dir, train__padding_free=True, train__output_dir=str(tmp_path / "pf")),
+    pf = run_training(_cfg(tiny_model_dir, train__padding_free=True, train__output_dir="pf"),
                       workspace)
     meta = load_training_metadata(pf)
     assert meta["training_args"]["padding_free"] is True
     assert meta["results"]["last_logged_loss"] < meta["results"]["first_logged_loss"]
-    packed = run_training(_cfg(tiny_model_dir, train__packing=True, train__output_dir=str(tmp_path / "pk")),
+    packed = run_training(_cfg(tiny_model_dir, train__packing=True, train__output_dir="pk"),
                           workspace)
     assert load_training_metadata(packed)["training_args"]["packing"] is True
 

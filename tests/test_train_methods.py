@@ -130,7 +130,7 @@ def test_lora_merge_matches_adapter(tiny_model_dir, workspace, tmp_path):  # noq
     merged_dir = run_training(_cfg(tiny_model_dir, train__merge_after_train=True, train__max_steps=3,
                                    peft__dropout=0.0), workspace)
     adapter_dir = run_training(_cfg(tiny_model_dir, train__max_steps=3, peft__dropout=0.0,
-                                    train__output_dir=str(tmp_path / "adapter")), workspace)
+                                    train__output_dir="adapter"), workspace)
     meta = load_training_metadata(merged_dir)
     assert meta["merged"] and not meta["adapter_only"] and meta["peft"]["method"] == "LoRa"
     tok = AutoTokenizer.from_pretrained(merged_dir)

@@ -16,8 +16,6 @@ from ftlab.paths import Workspace
 
 log = logging.getLogger(__name__)
 
-HELP = "compare evaluated models: table, deltas vs baseline, paired significance, plots"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", action="append", metavar="TASK", help="only these tasks (repeat or comma-separate)")

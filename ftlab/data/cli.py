@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "list, prepare and validate datasets"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)

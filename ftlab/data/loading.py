@@ -107,13 +107,13 @@ def _chat_to_qa(messages: list, path: Path, n: int) -> dict:
         if role not in ("system", "user", "assistant") or not isinstance(content, str):
             raise FtlabError(f"dataset file {path} row {n}: message roles must be system/user/assistant (or human/gpt) with text content")
         norm.append({"role": role, "content": content})
-    if norm[-1]["role"] != "assistant":
-        raise FtlabError(f"dataset file {path} row {n}: the last message must be the assistant's answer")
-    prompt = norm[:-1]
+    # A conversation that does not end with the assistant's turn has no answer to learn or score:
+    # it counts as an empty answer (dropped and reported in validate_rows), like one without a
+    # user turn counts as an empty question.
+    answer = norm[-1]["content"] if norm[-1]["role"] == "assistant" else None
+    prompt = norm[:-1] if answer is not None else norm
     users = [m for m in prompt if m["role"] == "user"]
-    if not users:
-        raise FtlabError(f"dataset file {path} row {n}: needs a user message before the assistant's answer")
-    return {"question": users[-1]["content"], "answer": norm[-1]["content"], "messages": prompt}
+    return {"question": users[-1]["content"] if users else None, "answer": answer, "messages": prompt}
 
 
 def _read_custom_rows(path: Path) -> list[dict]:
@@ -145,7 +145,7 @@ def _read_custom_rows(path: Path) -> list[dict]:
 
 
 def _infer_answer_kind(answers: list) -> str:
-    vals = [str(a).strip() for a in answers if a is not None]
+    vals = [str(a).strip() for a in answers if not _is_empty(a)]
     if vals and all(re.fullmatch(r"[A-Ea-e]", v) for v in vals):
         return "choice"
     if vals and all(v.lower() in ("yes", "no", "true", "false") for v in vals):
@@ -219,21 +219,21 @@ def validate_rows(task: Task, rows: list[dict], origin: str) -> tuple[list[dict]
             f"dataset {task.name} ({origin}) lacks column(s) {missing}; has {sorted(rows[0])}. "
             f"Required: {list(task.columns)}"
         )
-    warnings, kept, empty = [], [], 0
+    warnings, kept, no_question, no_answer = [], [], 0, 0
     for r in rows:
-        q = r.get("question")
-        a = r.get("answer")
-        if q is None or (isinstance(q, float) and q != q) or not str(q).strip():
-            empty += 1
-            continue
-        if a is None and task.answer_kind != "span":
-            empty += 1
-            continue
-        kept.append(r)
-    if empty:
-        warnings.append(f"{empty} empty row(s) dropped")
+        if _is_empty(r.get("question")):
+            no_question += 1
+        elif _is_empty(r.get("answer")) and task.answer_kind != "span":  # SQuAD's empty answer = unanswerable
+            no_answer += 1
+        else:
+            kept.append(r)
+    if no_question:
+        warnings.append(f"{no_question} row(s) with an empty question (or no user turn) dropped")
+    if no_answer:
+        warnings.append(f"{no_answer} row(s) with an empty answer (or no final assistant turn) dropped")
     if not kept:
-        raise FtlabError(f"dataset {task.name} ({origin}) has no usable rows (all questions or answers empty)")
+        raise FtlabError(f"dataset {task.name} ({origin}) has no usable rows: all {len(rows)} have an empty question "
+                         "or answer (or lack a user or final assistant turn); fill them in")
     if task.labels:
         bad = sorted({task.gold(r) for r in kept} - set(task.labels))
         if bad:
@@ -250,6 +250,13 @@ def validate_rows(task: Task, rows: list[dict], origin: str) -> tuple[list[dict]
     if dups:
         warnings.append(f"{dups} duplicate row(s) (kept)")
     return kept, warnings
+
+
+def _is_empty(value: Any) -> bool:
+    """None, NaN (pandas' missing value) or whitespace-only text; 0 and False are answers."""
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    return isinstance(value, str) and not value.strip()
 
 
 def _is_number(s: str) -> bool:

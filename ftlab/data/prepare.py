@@ -1,8 +1,9 @@
 """Writes `Datasets/train-*.parquet` and `test-*.parquet` from a local folder or the hub.
 
 Rows are normalised (ARC digit labels -> letters, openmath floats -> canonical numbers kept as
-given, squad's empty answer = unanswerable) and validated before anything is written; each file
-is written atomically, so a failure leaves the previous files intact.
+given, squad's empty answer = unanswerable) and validated. A prepare is all or nothing: every file
+is written into a staging folder first and the set is published together once all of them are
+complete, so a failure on any source (or Ctrl-C, or a full disk) leaves `Datasets/` as it was.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from ftlab.data.loading import _hub_rows, _read_table, validate_rows
 from ftlab.data.tasks import TASKS, Task
 from ftlab.errors import FtlabError
-from ftlab.io import atomic_write_bytes
+from ftlab.io import atomic_write_bytes, staged_files
 from ftlab.paths import Workspace
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ def prepare_datasets(tasks: list[str] | None = None, workspace: Workspace | None
     if src is not None and not src.is_dir():
         raise FtlabError(f"--from {src} is not a folder")
     report = []
-    for task in selected:
-        report += prepare_task(task, ws.datasets_dir, src, limit)
+    with staged_files(ws.datasets_dir) as stage:
+        for task in selected:
+            report += prepare_task(task, stage, src, limit)
+    for r in report:
+        r["file"] = str(ws.datasets_dir / Path(r["file"]).name)
     return report

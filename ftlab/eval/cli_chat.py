@@ -6,8 +6,6 @@ import argparse
 
 from ftlab.errors import FtlabError
 
-HELP = "answer one prompt with a model"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model folder, run name, hub id, built-in name or scratch:<preset>")

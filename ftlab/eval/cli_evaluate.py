@@ -12,8 +12,6 @@ from ftlab.errors import FtlabError
 
 log = logging.getLogger(__name__)
 
-HELP = "evaluate one model on the registered tasks into Testing/metrics/<model>.json (resumable)"
-
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", nargs="+", default=None, metavar="TASK",
@@ -42,7 +40,9 @@ def _split_tail(args: argparse.Namespace) -> argparse.Namespace:
     tail = list(getattr(args, "overrides", None) or [])
     if any(t in ("-h", "--help") for t in tail):
         # `ftlab evaluate MODEL --help`: the tail parser below has no help of its own.
-        full = argparse.ArgumentParser(prog="ftlab evaluate", description=HELP)
+        from ftlab.cli import SUMMARY
+
+        full = argparse.ArgumentParser(prog="ftlab evaluate", description=SUMMARY["evaluate"])
         add_arguments(full)
         full.print_help()
         raise SystemExit(0)

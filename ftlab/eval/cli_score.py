@@ -8,8 +8,6 @@ from pathlib import Path
 
 from ftlab.errors import FtlabError
 
-HELP = "recompute a task's metrics from a JSONL of raw responses ({\"response\": ..., \"answer\": ...} per line)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True,

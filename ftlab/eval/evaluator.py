@@ -369,6 +369,7 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
     from ftlab.env import PeakMemory, now_iso, set_threads
     from ftlab.eval.documents import load_metrics_document
     from ftlab.models.sources import resolve_model
+    from ftlab.naming import checked_name
 
     if cfg.eval.threads is not None:
         set_threads(cfg.eval.threads)
@@ -377,7 +378,8 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
     plans = [_plan(entry, cfg, workspace, source) for entry in cfg.eval.datasets]
     _check_unique(plans)
 
-    name = model_name or model_file_name(model_ref)
+    # A given name is one file name inside Testing/metrics/, never a path (`../Models/X/config`).
+    name = checked_name(model_name, "--name") if model_name else model_file_name(model_ref)
     json_path, samples_path = metrics_paths(workspace, name)
     # A damaged or newer document is an error, not something to overwrite: it holds other tasks.
     old = load_metrics_document(json_path, missing_ok=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "list built-in offline models and the model folders under Models/"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--convert", metavar="NAME", default=None,

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ftlab.errors import FtlabError
+from ftlab.models.integrity import check_model_folder, load_report_as_error, loading
 from ftlab.paths import Workspace, cache_dir
-from ftlab.registry import Registry
+from ftlab.registry import Registry, closest
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,13 @@ class ModelSource:
 
 
 def resolve_model(ref: str, workspace: Workspace | None = None, revision: str | None = None) -> ModelSource:
-    from ftlab.naming import base_component
+    from ftlab.naming import base_component, sanitize_component
     from ftlab.schema import load_training_metadata
 
     if not ref or not str(ref).strip():
         raise FtlabError("model reference is empty; give a hub id, folder, .gguf file, built-in name or scratch:<preset>")
     ref = str(ref).strip()
+    ws = workspace or Workspace.default()
     if ref.startswith("scratch:"):
         from ftlab.models.scratch import SCRATCH_PRESETS
 
@@ -115,9 +117,7 @@ def resolve_model(ref: str, workspace: Workspace | None = None, revision: str | 
     if ref in BUILTIN_MODELS:
         b = BUILTIN_MODELS.get(ref)
         return ModelSource(b.name, "builtin", b.base_name)
-    path = Path(ref).expanduser()
-    if not path.exists() and workspace is not None and (workspace.models_dir / ref).exists():
-        path = workspace.models_dir / ref  # a bare run name
+    path = local_path(ref, ws) or Path(ref).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise FtlabError(f"GGUF file {path} not found")
@@ -133,19 +133,75 @@ def resolve_model(ref: str, workspace: Workspace | None = None, revision: str | 
         adapter = (path / "adapter_config.json").exists()
         if not adapter and not (path / "config.json").exists():
             raise FtlabError(f"model folder {path} has no config.json (nor adapter_config.json); it is not a saved model")
+        check_model_folder(path)
         base_name = base_component(path.name)
         if meta and isinstance(meta.get("name_fields"), dict) and meta["name_fields"].get("base"):
-            base_name = meta["name_fields"]["base"]
-        return ModelSource(ref, "local", base_name, path=path.resolve(), metadata=meta, adapter=adapter)
-    if ref.startswith((".", "/", "~")) or os.sep in ref.strip("/") and ref.count("/") > 1:
-        raise FtlabError(f"model folder {ref} does not exist")
+            # Run names are built from it, so a hand-edited metadata file must not steer them outside Models/.
+            base_name = sanitize_component(meta["name_fields"]["base"])
+        src = ModelSource(ref, "local", base_name, path=path.resolve(), metadata=meta, adapter=adapter)
+        if adapter:
+            _adapter_base_ref(src, ws)  # a vanished base fails now, not after data loading
+        return src
+    if looks_like_path(ref, ws):
+        raise FtlabError(missing_folder_message(ref, ws))
     if ref.count("/") != 1:
         valid = ", ".join(BUILTIN_MODELS.names())
+        hint = closest(ref, [*_model_folder_names(ws), *BUILTIN_MODELS.names()])
+        did_you_mean = f" (did you mean {hint!r}?)" if hint else ""
         raise FtlabError(
-            f"model {ref!r} is not a folder, .gguf file, built-in name ({valid}) or scratch:<preset>, "
+            f"model {ref!r}{did_you_mean} is not a folder, .gguf file, built-in name ({valid}) or scratch:<preset>, "
             "and not a hub id of the form org/name"
         )
     return ModelSource(ref, "hub", base_component(ref), revision=revision)
+
+
+def local_path(ref: str, workspace: Workspace) -> Path | None:
+    """An existing file or folder `ref` names: as given (relative to the current folder), relative
+    to the workspace root (`Models/X` as the docs write it), or a bare run name under Models/."""
+    path = Path(ref).expanduser()
+    candidates = [path] if path.is_absolute() else [path, workspace.root / path, workspace.models_dir / path]
+    return next((p for p in candidates if p.exists()), None)
+
+
+def looks_like_path(ref: str, workspace: Workspace) -> bool:
+    """A reference meant as a local folder, not a hub id (`org/name`, exactly one slash): it starts
+    with `.`, `/`, `~` or `Models/`, has a backslash, a trailing or second slash, or its first part
+    is an existing local folder."""
+    if ref.startswith((".", "/", "~")) or "\\" in ref or ref.endswith("/"):
+        return True
+    parts = ref.split("/")
+    if len(parts) > 2:
+        return True
+    if len(parts) == 2:
+        head = parts[0]
+        return head == workspace.models_dir.name or Path(head).is_dir() or (workspace.root / head).is_dir()
+    return False
+
+
+def _model_folder_names(workspace: Workspace) -> list[str]:
+    d = workspace.models_dir
+    return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
+
+
+def missing_folder_message(ref: str, workspace: Workspace) -> str:
+    """`model folder X does not exist; did you mean Y?` with the closest folder next to where X
+    would be, else under Models/; no hub lookup."""
+    typed = Path(ref).expanduser()
+    parents = [typed.parent] if typed.is_absolute() else [typed.parent, workspace.root / typed.parent]
+    options: dict[str, str] = {}  # folder name -> how to write it
+    for parent in [*parents, workspace.models_dir]:
+        if not parent.is_dir():
+            continue
+        for d in sorted(parent.iterdir()):
+            if d.is_dir() and not d.name.startswith(".") and d.name not in options:
+                rel = os.path.relpath(d)
+                options[d.name] = rel if not rel.startswith("..") else str(d)
+    hint = closest(typed.name, list(options))
+    if hint:
+        return f"model folder {ref} does not exist; did you mean {options[hint]}?"
+    found = _model_folder_names(workspace)
+    listing = f"model folders there: {', '.join(found[:8])}{', ...' if len(found) > 8 else ''}" if found else "it has no model folders"
+    return f"model folder {ref} does not exist and nothing under {workspace.models_dir} is close ({listing})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,6 +247,11 @@ def builtin_folder(name: str) -> Path:
     b = BUILTIN_MODELS.get(name)
     final = cache_dir() / "models" / b.name
     if (final / "config.json").exists():
+        try:
+            check_model_folder(final)
+        except FtlabError as exc:
+            raise FtlabError(f"{exc} (it is the cached conversion of {b.name}: delete that folder and "
+                             "ftlab converts it again)") from None
         return final
     gguf = b.locate()
     log.info("converting built-in model %s from %s (once; cached in %s)", b.name, gguf.name, final)
@@ -267,8 +328,9 @@ def load_tokenizer(source: ModelSource | str, workspace: Workspace | None = None
     elif src.kind == "local":
         folder = src.path
         if not (folder / "tokenizer_config.json").exists() and src.adapter:
-            return load_tokenizer(_adapter_base_ref(src), workspace)
-        tok = AutoTokenizer.from_pretrained(folder)
+            return load_tokenizer(_adapter_base_ref(src, workspace), workspace)
+        with loading(folder):
+            tok = AutoTokenizer.from_pretrained(folder)
     else:
         try:
             tok = AutoTokenizer.from_pretrained(src.ref, revision=src.revision)
@@ -278,9 +340,12 @@ def load_tokenizer(source: ModelSource | str, workspace: Workspace | None = None
     return tok
 
 
-def _adapter_base_ref(src: ModelSource) -> str:
-    meta = src.metadata or {}
-    ref = (meta.get("base_model") or {}).get("ref")
+def _adapter_base_ref(src: ModelSource, workspace: Workspace | None = None) -> str:
+    """The base an adapter loads onto; a local base that is gone is named as such (the adapter
+    is fine, its base is not), instead of a bare "folder does not exist"."""
+    ws = workspace or Workspace.default()
+    base = (src.metadata or {}).get("base_model") or {}
+    ref = base.get("ref")
     if not ref:
         import json
 
@@ -288,6 +353,16 @@ def _adapter_base_ref(src: ModelSource) -> str:
         ref = cfg.get("base_model_name_or_path")
     if not ref:
         raise FtlabError(f"adapter folder {src.path} names no base model (training_metadata.json base_model.ref or adapter_config.json base_model_name_or_path)")
+    ref = str(ref)
+    if ref in BUILTIN_MODELS or ref.startswith("scratch:") or local_path(ref, ws) is not None:
+        return ref
+    # A relative ref means the folder it was trained from; the recorded absolute path still finds it.
+    recorded = base.get("path")
+    if recorded and base.get("source_kind") == "local" and Path(recorded).is_dir():
+        return str(recorded)
+    if looks_like_path(ref, ws) or base.get("source_kind") in ("local", "gguf"):
+        raise FtlabError(f"adapter {src.path} was trained on base {ref}, which no longer exists; "
+                         "restore that folder (or retrain the adapter)")
     return ref
 
 
@@ -318,26 +393,37 @@ def load_model(ref: str | ModelSource, *, workspace: Workspace | None = None, dt
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     elif src.kind == "builtin":
-        model = AutoModelForCausalLM.from_pretrained(builtin_folder(src.ref), **kw)
+        folder = builtin_folder(src.ref)
+        with load_report_as_error(folder) as info:
+            model, loaded = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, **kw)
+            info.update(loaded)
     elif src.kind == "gguf":
-        model = AutoModelForCausalLM.from_pretrained(str(src.path), gguf_file=src.gguf_file, **kw)
+        with loading(src.path / src.gguf_file, "GGUF file"):
+            model = AutoModelForCausalLM.from_pretrained(str(src.path), gguf_file=src.gguf_file, **kw)
         _drop_gguf_quantizer(model)
     elif src.kind == "local" and src.adapter:
         from peft import PeftModel
 
-        base, _, _ = load_model(_adapter_base_ref(src), workspace=workspace, dtype=dtype,
+        from ftlab.train.compat import ensure_peft_usable
+
+        ensure_peft_usable()
+        base, _, _ = load_model(_adapter_base_ref(src, workspace), workspace=workspace, dtype=dtype,
                                 quantization_config=quantization_config, device_map=device_map,
                                 trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
-        model = PeftModel.from_pretrained(base, str(src.path))
+        with loading(src.path, "adapter folder"):
+            model = PeftModel.from_pretrained(base, str(src.path))
         if merge_adapter:
             model = model.merge_and_unload()
     elif src.kind == "local" and _ptq_spec(src) is not None:
         from ftlab.quant.registry import load_quantized
 
-        model = load_quantized(src.path, _ptq_spec(src), dtype=dtype, device_map=device_map)
+        with loading(src.path):
+            model = load_quantized(src.path, _ptq_spec(src), dtype=dtype, device_map=device_map)
     elif src.kind == "local":
-        model = AutoModelForCausalLM.from_pretrained(src.path, use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code, **kw)
+        with load_report_as_error(src.path) as info:
+            model, loaded = AutoModelForCausalLM.from_pretrained(src.path, use_safetensors=True, output_loading_info=True,
+                                                                 trust_remote_code=trust_remote_code, **kw)
+            info.update(loaded)
     else:
         try:
             model = AutoModelForCausalLM.from_pretrained(src.ref, revision=src.revision, use_safetensors=True,

@@ -13,8 +13,6 @@ from ftlab.paths import Workspace
 
 log = logging.getLogger(__name__)
 
-HELP = "evaluate every model folder whose metrics are missing, incomplete, stale (or failed)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev = parser.add_argument_group("evaluation options (as for `ftlab evaluate`)")

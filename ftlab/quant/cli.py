@@ -11,9 +11,6 @@ from ftlab.errors import FtlabError
 
 log = logging.getLogger(__name__)
 
-HELP = "post-training quantization (GPTQ, AWQ, HQQ, bitsandbytes NF4/int8) of a model folder"
-
-
 
 def _methods_doc() -> str:
     from ftlab.quant.registry import method_names
@@ -55,7 +52,8 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the fidelity measurement (source and quantized forward passes)")
     parser.add_argument("--max-length", type=int, default=512, help="token cap per held-out text")
     parser.add_argument("--data-dir", default=None, help="folder with <split>-<task>.parquet files (else Datasets/)")
-    parser.add_argument("--output", default=None, help="output folder (default: Models/<model name with quant tag>)")
+    parser.add_argument("--output", default=None,
+                        help="output folder name under Models/ (default: Models/<model name with quant tag>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 

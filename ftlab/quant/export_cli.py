@@ -11,7 +11,6 @@ import argparse
 
 from ftlab.errors import FtlabError
 
-HELP = "export a model folder as GGUF (llama.cpp, Ollama) with its tokenizer, chat template and a Modelfile"
 FORMATS = ("gguf",)
 
 

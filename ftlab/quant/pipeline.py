@@ -238,6 +238,7 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
     from ftlab.io import atomic_write_text, dir_size_bytes, staging_dir
     from ftlab.models.sources import load_tokenizer
     from ftlab.quant import fidelity
+    from ftlab.naming import output_folder
     from ftlab.schema import write_training_metadata
 
     workspace = workspace or Workspace.default()
@@ -248,7 +249,7 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
     spec = complete_spec(request.spec, model_config)
     check_supported(spec, device=device, model_config=model_config)
     name = output_name(source.name, spec.tag)
-    final = Path(request.output) if request.output else workspace.models_dir / name
+    final = output_folder(request.output, workspace.models_dir, "--output") if request.output else workspace.models_dir / name
     if final.exists() and not request.overwrite:
         raise FtlabError(f"output folder {final} already exists; pass --overwrite to replace it")
     if request.max_length <= 0:

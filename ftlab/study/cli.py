@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 
-HELP = "run a study (a grid of train x quantize x evaluate jobs) and write its significance-tested verdict"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

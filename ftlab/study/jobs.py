@@ -48,7 +48,9 @@ class _ModelFolderKind:
         return Status(TODO, "not built yet")
 
     def lock_path(self, job: Job, workspace: Workspace) -> Path:
-        return lock_path(workspace.models_dir / LOCKS, job.name)
+        # Not Models/.locks: the job's own `ftlab train`/`quantize` process claims the output folder
+        # there (ftlab.io.output_claim) while this driver holds the job's lock.
+        return lock_path(workspace.jobs_dir / LOCKS, job.name)
 
 
 class _TrainKind(_ModelFolderKind):

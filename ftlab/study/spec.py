@@ -22,13 +22,13 @@ baseline: base
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ftlab.config import TrainRunConfig, config_to_dict, doc_field, load_config
 from ftlab.errors import ConfigError, FtlabError
+from ftlab.naming import checked_name
 
 BASE = "base"  # baseline: the untrained base snapshot of each recipe's base model
 # Keys the study sets itself; in `fixed` or `grid` they would silently fight the study.
@@ -42,9 +42,6 @@ MANAGED_KEYS = {
     "train.threads": "use `ftlab study run --threads`",
     "data.source_dir": "set data_dir: at the top of the study file",
 }
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
 @dataclass
 class TrainSection:
     fixed: dict = doc_field({}, "`ftlab train` keys (dotted, e.g. train.max_steps) set the same for every recipe")
@@ -84,8 +81,11 @@ class StudySpec:
         problems = []
         if not self.name:
             problems.append("name: give the study a name (letters, digits, '.', '_', '-')")
-        elif not _NAME_RE.match(self.name):
-            problems.append(f"name {self.name!r}: use letters, digits, '.', '_' and '-' only (it names a folder)")
+        else:
+            try:  # the one sanitiser every user-given name passes (it names Testing/studies/<name>/)
+                checked_name(self.name, "name")
+            except FtlabError as exc:
+                problems.append(str(exc))
         if not self.bases:
             problems.append("bases: list at least one base model, e.g. [smollm2-135m-instruct]")
         if not self.evaluate.datasets:

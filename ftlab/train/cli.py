@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-HELP = "fine-tune (SFT: NoPeft, LoRA, rsLoRA, DoRA, VeRA, QLoRA) or pre-train a scratch model"
-
 log = logging.getLogger(__name__)
 
 
@@ -47,9 +45,9 @@ def main_script(base: dict, argv: list[str] | None = None, prog: str = "01_Train
     import os
     import sys
 
-    from ftlab.cli import _setup_logging, guarded
+    from ftlab.cli import SUMMARY, _setup_logging, guarded
 
-    parser = argparse.ArgumentParser(prog=prog, description=HELP)
+    parser = argparse.ArgumentParser(prog=prog, description=SUMMARY["train"])
     parser.add_argument("--workdir", default=None, help="workspace root (default: $FTLAB_HOME or the current folder)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")

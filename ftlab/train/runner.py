@@ -168,7 +168,9 @@ def check_combination(cfg: TrainRunConfig, source) -> None:
 
 def final_dir_for(cfg: TrainRunConfig, workspace: Workspace, name: str) -> Path:
     if cfg.train.output_dir:
-        return Path(cfg.train.output_dir).expanduser().resolve()
+        from ftlab.naming import output_folder
+
+        return output_folder(cfg.train.output_dir, workspace.models_dir, "train.output_dir")
     return workspace.models_dir / name
 
 
@@ -716,14 +718,13 @@ def run_training(cfg: TrainRunConfig, workspace: Workspace, *, callbacks: Sequen
     `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, tests injecting faults).
     """
     from ftlab.env import set_threads
+    from ftlab.io import output_claim
     from ftlab.models.sources import resolve_model
     from ftlab.train.compat import ensure_peft_usable
     from ftlab.train.data import load_train_data
-    from ftlab.train.oom import is_oom, next_settings, release_memory, settings_summary
 
     if cfg.train.threads:
         set_threads(cfg.train.threads)
-    ensure_peft_usable()
     source = resolve_model(cfg.model.name, workspace, revision=cfg.model.revision)
     if cfg.data.dataset is None:
         return save_base_snapshot(cfg, workspace, source)
@@ -739,6 +740,17 @@ def run_training(cfg: TrainRunConfig, workspace: Workspace, *, callbacks: Sequen
     # rates) may train at the same time and must not share checkpoints.
     ckpt_dir = checkpoint_dir_for(workspace, final_dir.name)
     is_main = _is_main()
+    with contextlib.ExitStack() as claims:
+        if is_main:  # a second `ftlab train` aiming at the same folders fails here, before training
+            for folder in dict.fromkeys([workspace.models_dir / name, final_dir]):  # checkpoints go by run name
+                claims.enter_context(output_claim(folder))
+        ensure_peft_usable()  # imports peft (seconds): after every cheap check and the claim
+        return _train_and_publish(cfg, workspace, source, data, name, final_dir, ckpt_dir, callbacks, is_main)
+
+
+def _train_and_publish(cfg: TrainRunConfig, workspace: Workspace, source, data, name: str, final_dir: Path,
+                       ckpt_dir: Path, callbacks: Sequence[Any], is_main: bool) -> Path:
+    from ftlab.train.oom import is_oom, next_settings, release_memory, settings_summary
 
     attempts: list[dict] = []
     current, position = cfg, 0

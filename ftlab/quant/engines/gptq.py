@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftlab.console import quiet_third_party
 from ftlab.errors import FtlabError
 from ftlab.quant.registry import Capabilities, QuantEngine, QuantJob, register_engine, torch_dtype
 
@@ -51,7 +52,8 @@ def import_gptqmodel():
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, min(4, os.cpu_count() or 2))))
     with _preserve_env("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE"):
         try:
-            import gptqmodel
+            with quiet_third_party():  # its banner and GIL/environment advice, unless -v
+                import gptqmodel
         except ImportError as exc:
             raise FtlabError(f"gptqmodel is not importable ({exc}); install it with `uv sync`") from None
     return gptqmodel
