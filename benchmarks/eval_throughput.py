@@ -103,7 +103,8 @@ def side_ftlab(args) -> dict:
     from ftlab.config import EvalRunConfig, load_config
     from ftlab.env import PeakMemory
     from ftlab.eval.evaluator import evaluate, metrics_paths, model_file_name
-    from ftlab.eval.generation import build_generator, shared_prefix_length
+    from ftlab.eval.generation import build_generator
+    from ftlab.eval.kv_cache import shared_prefix_length
     from ftlab.io import read_jsonl
     from ftlab.paths import Workspace
 

@@ -15,7 +15,7 @@ from ftlab.config import EvalRunConfig, load_config
 from ftlab.errors import FtlabError
 from ftlab.eval import load_metrics_document
 from ftlab.eval.evaluator import eval_config_hash, evaluate, metrics_paths, model_file_name
-from ftlab.eval.generation import CannedGenerator
+from ftlab.eval.canned import CannedGenerator
 from ftlab.io import atomic_write_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def chat(model_ref: str, prompt: str, *, system: str | None = None, max_new_tokens: int = 256, dtype: str = "auto",
          enable_thinking: bool = False, stop_at_box: bool = False, workspace=None):
     """(response text, Generation) for one prompt."""
-    from ftlab.eval.generation import HFGenerator, default_device_map
+    from ftlab.eval.hf_generator import HFGenerator, default_device_map
     from ftlab.models.sources import load_model
 
     if not prompt or not prompt.strip():

@@ -1,0 +1,61 @@
+"""How a prompt reaches a model: through its chat template, or as plain text it continues.
+
+`eval.prompt_format` (and `ftlab chat --raw / --no-raw`) chooses: `chat`, `plain`, or `auto`, the
+chat template when the model learned one. A template that ftlab supplies for a base model shipped
+without one (gemma-3-270m's GGUF) does not count until a fine-tune has trained on it: asked
+"The capital of France is" inside invented turns, gemma-3-270m answers "devenue", while the same
+text given plainly continues sensibly.
+"""
+
+from __future__ import annotations
+
+from ftlab.errors import FtlabError
+
+PROMPT_FORMATS = ("auto", "chat", "plain")
+
+
+def supplied_templates() -> set[str]:
+    """Chat templates ftlab attaches to built-in base models whose files carry none."""
+    from ftlab.models.sources import BUILTIN_MODELS
+
+    return {b.chat_template for _, b in BUILTIN_MODELS.items() if b.chat_template}
+
+
+def has_learned_template(tokenizer, source=None) -> bool:
+    """The tokenizer has a chat template the model's weights were trained with: its own, or an
+    ftlab-supplied one that a fine-tune (training metadata naming a dataset) trained on."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return False
+    if not isinstance(template, str) or template not in supplied_templates():
+        return True
+    return bool((getattr(source, "metadata", None) or {}).get("dataset"))
+
+
+def resolve_prompt_format(requested: str, tokenizer, source=None, field: str = "eval.prompt_format") -> str:
+    """`chat` or `plain` for this model."""
+    if requested not in PROMPT_FORMATS:
+        raise FtlabError(f"{field}={requested!r} is unknown; valid: {', '.join(PROMPT_FORMATS)}")
+    if requested == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise FtlabError(f"{field}=chat, but the model's tokenizer has no chat template; use plain (or auto)")
+        return "chat"
+    if requested == "plain":
+        return "plain"
+    return "chat" if has_learned_template(tokenizer, source) else "plain"
+
+
+def bos_ids(tokenizer) -> list[int]:
+    """[BOS] when the tokenizer's own encoding starts every text with it (Gemma, Llama), else [].
+    Plain prompts get it as the model saw it in pretraining; chat templates write it themselves."""
+    cached = getattr(tokenizer, "_ftlab_bos_ids", None)
+    if cached is not None:
+        return cached
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    out = [bos] if bos is not None and ids and ids[0] == bos else []
+    try:
+        tokenizer._ftlab_bos_ids = out
+    except AttributeError:  # some tokenizers forbid new attributes; recomputing is only slower
+        pass
+    return out
