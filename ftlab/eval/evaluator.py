@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -75,12 +75,16 @@ class DatasetPlan:
     runner: str  # key in RUNNERS
     task: Any  # ftlab.data.tasks.Task
     examples: list
+    shots: list = field(default_factory=list)  # few-shot examples (eval.num_fewshot), ftlab.eval.fewshot
 
 
 def _plan(entry: str, cfg: EvalRunConfig, workspace: Workspace, source) -> DatasetPlan:
     from ftlab.data.loading import load_examples, resolve_task
+    from ftlab.eval.fewshot import draw_shots
+    from ftlab.eval.modes import resolve_entry
 
     e = cfg.eval
+    shots: list = []
     if entry == PERPLEXITY or entry.startswith(PERPLEXITY + ":"):
         # Held-out texts of the model's own training task unless one is named (perplexity:arc).
         target = entry.split(":", 1)[1] if ":" in entry else None
@@ -91,12 +95,17 @@ def _plan(entry: str, cfg: EvalRunConfig, workspace: Workspace, source) -> Datas
         examples = load_examples(target, "test", workspace=workspace, limit=e.limit, source_dir=e.source_dir)
         runner = PERPLEXITY
     else:
-        task = resolve_task(entry)
-        examples = load_examples(entry, "test", workspace=workspace, limit=e.limit, source_dir=e.source_dir)
-        runner = "generate"
+        ref, mode = resolve_entry(entry, getattr(e, "scoring", "generate"))
+        task = resolve_task(ref)
+        mode.check(entry, task.answer_kind)
+        examples = load_examples(ref, "test", workspace=workspace, limit=e.limit, source_dir=e.source_dir)
+        shots = draw_shots(ref, task, examples, getattr(e, "num_fewshot", 0), e.seed, workspace=workspace,
+                           source_dir=e.source_dir)
+        runner = mode.runner
     if not examples:
         raise FtlabError(f"eval.datasets: {entry!r} has no test rows; check the file or drop it from eval.datasets")
-    return DatasetPlan(entry if runner == "generate" else f"{PERPLEXITY}:{task.name}", runner, task, examples)
+    name = f"{PERPLEXITY}:{task.name}" if runner == PERPLEXITY else mode.key(ref)
+    return DatasetPlan(name, runner, task, examples, shots)
 
 
 def gold_of(task, example) -> Any:
@@ -130,7 +139,7 @@ def run_generation(plan: DatasetPlan, ctx: RunContext) -> dict:
 
     e = ctx.cfg.eval
     scorer = get_scorer(plan.task.answer_kind, ScoringOptions(e.numeric_rel_tol, e.numeric_abs_tol))
-    prompts = [ctx.generator.render(build_messages(plan.task, ex, e.system_prompt), e.enable_thinking)
+    prompts = [ctx.generator.render(build_messages(plan.task, ex, e.system_prompt, plan.shots), e.enable_thinking)
                for ex in plan.examples]
     hashes = [_prompt_hash(p) for p in prompts]
     records: dict[int, dict] = {}
@@ -195,13 +204,13 @@ PERPLEXITY_AUTO_BATCH = 8  # eval.batch_size=None: full-sequence forwards keep e
 
 @RUNNERS.register(PERPLEXITY)
 def run_perplexity(plan: DatasetPlan, ctx: RunContext) -> dict:
-    from ftlab.data.prompts import build_messages, build_target, render_prompt
+    from ftlab.data.prompts import build_messages, build_target
     from ftlab.env import PeakMemory
 
     g = ctx.generator
     if getattr(g, "model", None) is None:
         raise FtlabError(f"eval.datasets: {plan.name} needs model weights; the {g.name!r} backend has none (use eval.backend=hf)")
-    texts = [render_prompt(g.tokenizer, build_messages(plan.task, ex, ctx.cfg.eval.system_prompt)) + build_target(plan.task, ex)
+    texts = [g.render(build_messages(plan.task, ex, ctx.cfg.eval.system_prompt)) + build_target(plan.task, ex)
              for ex in plan.examples]
     text_hash = _prompt_hash("\x00".join(texts))
     old = ctx.previous.get(plan.name)
@@ -330,3 +339,6 @@ def _summary(datasets: dict, runtime: float, mem) -> dict:
         "runtime_s": runtime,
         "peak_memory": mem_now,
     }
+
+
+from ftlab.eval import loglikelihood as _loglikelihood  # noqa: E402,F401  (registers the "loglikelihood" runner)

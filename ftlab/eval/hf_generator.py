@@ -32,7 +32,7 @@ class HFGenerator:
     name = "hf"
 
     def __init__(self, model, tokenizer, *, progress: bool = True, continuous: bool = True,
-                 prompt_format: str = "auto", source=None):
+                 prompt_format: str = "auto", source=None, format_option: str = "eval.prompt_format"):
         self.model = model
         self.tokenizer = tokenizer
         self.progress = progress
@@ -40,7 +40,7 @@ class HFGenerator:
         # Continuous batching (own decode loop) when the model's KV cache allows it; otherwise
         # fixed batches through model.generate.
         self.continuous = continuous
-        self.prompt_format = resolve_prompt_format(prompt_format, tokenizer, source)
+        self.prompt_format = resolve_prompt_format(prompt_format, tokenizer, source, format_option)
         if tokenizer.pad_token_id is None:
             raise FtlabError("the tokenizer has no pad token (nor EOS to use as one); set tokenizer.pad_token in the model folder")
 

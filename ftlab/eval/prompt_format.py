@@ -32,13 +32,14 @@ def has_learned_template(tokenizer, source=None) -> bool:
     return bool((getattr(source, "metadata", None) or {}).get("dataset"))
 
 
-def resolve_prompt_format(requested: str, tokenizer, source=None, field: str = "eval.prompt_format") -> str:
-    """`chat` or `plain` for this model."""
+def resolve_prompt_format(requested: str, tokenizer, source=None, option: str = "eval.prompt_format") -> str:
+    """`chat` or `plain` for this model; `option` names the setting in error messages."""
     if requested not in PROMPT_FORMATS:
-        raise FtlabError(f"{field}={requested!r} is unknown; valid: {', '.join(PROMPT_FORMATS)}")
+        raise FtlabError(f"{option}={requested!r} is unknown; valid: {', '.join(PROMPT_FORMATS)}")
     if requested == "chat":
         if not getattr(tokenizer, "chat_template", None):
-            raise FtlabError(f"{field}=chat, but the model's tokenizer has no chat template; use plain (or auto)")
+            raise FtlabError(f"{option} asks for the chat template, but the model's tokenizer has none; "
+                             "give the prompt as plain text instead")
         return "chat"
     if requested == "plain":
         return "plain"
