@@ -382,3 +382,43 @@ def test_chat_raw_continues_the_prompt_verbatim(capsys):
     assert text == tok.decode(ref[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert main(["chat", "scratch:tiny", "--prompt", "The capital of France is", "--raw", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out == text + "\n"
+
+
+def test_chat_format_stops_at_the_templates_end_of_turn(tiny):
+    """Gemma's template ends a turn with <end_of_turn> while its EOS is <eos>: without stopping
+    there a chat answer runs on into invented next turns (the answer shown several times)."""
+    from ftlab.eval.hf_generator import HFGenerator
+    from ftlab.eval.prompt_format import end_of_turn_ids
+
+    model, tok = tiny
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn_ids(tok) == [im_end]
+    saved = tok.chat_template
+    tok.chat_template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|endoftext|>\n{% endfor %}"
+    tok._ftlab_end_of_turn = None
+    try:
+        end = tok.convert_tokens_to_ids("<|endoftext|>")
+        assert end_of_turn_ids(tok) == [end]
+        assert end in HFGenerator(model, tok, progress=False, prompt_format="chat").eos_ids()
+        assert end not in HFGenerator(model, tok, progress=False, prompt_format="plain").eos_ids()
+    finally:
+        tok.chat_template = saved
+        tok._ftlab_end_of_turn = None
+
+
+@pytest.mark.slow
+def test_gemma_base_continues_a_plain_prompt(capsys):
+    """`ftlab chat gemma-3-270m --prompt "The capital of France is"`: a base model without a
+    learned template continues the text (after its BOS), once."""
+    from ftlab.models.sources import load_model
+
+    prompt = "The capital of France is"
+    assert main(["chat", "gemma-3-270m", "--prompt", prompt, "--max-new-tokens", "8", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    model, tok, _ = load_model("gemma-3-270m", dtype="fp32")
+    enc = tok(prompt, return_tensors="pt")  # Gemma's tokenizer starts the text with <bos>
+    assert enc["input_ids"][0, 0] == tok.bos_token_id
+    with torch.inference_mode():
+        ref = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    expected = tok.decode(ref[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert printed == expected + "\n" and "Paris" in expected

@@ -5,8 +5,9 @@ task machinery (a task YAML written to tmp_path that reads the local ARC parquet
 arc_challenge task reads the hub copy: `Question: ...\\nAnswer:`, the option texts as choices,
 acc and acc_norm) on the same items as `ftlab evaluate ... arc:ll`. Asserted: on every item the
 same option under acc and under acc_norm, log-probabilities equal to float precision, and equal
-acc / acc_norm. Two settings: the chat template (ftlab's default for this model), zero-shot, on
-100 items; plain text with two few-shot examples (the base-model path) on 20 items.
+acc / acc_norm. Two settings: plain text (the base-model path), zero-shot, on 100 items; the chat
+template (ftlab's default for this model) with two few-shot examples on 10 items. Together about
+two minutes at one thread, most of it lm-eval's (it runs the context once per option).
 
 Nothing comes from a network: the parquet builder of `datasets` is local, the model is the
 built-in one, and conftest sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE.
@@ -128,27 +129,37 @@ def _compare(ours: list[dict], block: dict, theirs: list[dict], results: dict) -
     assert block["metrics"]["acc_norm"] == pytest.approx(results["acc_norm,none"], abs=1e-12)
 
 
-def test_arc_log_likelihood_equals_lm_eval_with_chat_template(smollm2, tmp_path, shared_datasets):
-    n = 100
-    ours, block = _ftlab(smollm2, tmp_path, shared_datasets, n, "chat", 0)
-    assert block["prompt_format"] == "chat" and block["kv_cache_reuse"] is True
-    theirs, results = _lm_eval(smollm2, tmp_path, shared_datasets, n, chat=True, shot_rows=None)
-    _compare(ours, block, theirs, results)
-
-
-def test_arc_log_likelihood_equals_lm_eval_plain_text_few_shot(smollm2, tmp_path, shared_datasets):
+def _shot_rows(shared_datasets, n: int, k: int) -> list[dict]:
+    """The shots ftlab draws for the first n test rows (same draw as the evaluator's), as rows of
+    the original file, for lm-eval's first_n sampler."""
     from ftlab.data.loading import load_examples
     from ftlab.data.tasks import get_task
     from ftlab.eval.fewshot import draw_shots
 
-    n, k = 20, 2
-    ours, block = _ftlab(smollm2, tmp_path, shared_datasets, n, "plain", k)
-    assert block["prompt_format"] == "plain" and block["num_fewshot"] == k
-    # The shots ftlab used (same draw as the evaluator's) as rows of the original file.
     test = load_examples("arc", "test", limit=n, source_dir=shared_datasets)
     shots = draw_shots("arc", get_task("arc"), test, k, seed=0, source_dir=shared_datasets)
     train = pd.read_parquet(shared_datasets / "train-ai2_arc.parquet")
-    rows = [train.iloc[s.index][["title", "question", "answer"]].to_dict() for s in shots]
-    theirs, results = _lm_eval(smollm2, tmp_path, shared_datasets, n, chat=False, shot_rows=rows)
-    assert theirs[0]["arguments"][0][0].count("\nAnswer:") == k + 1  # the shots are in lm-eval's prompt
+    return [train.iloc[s.index][["title", "question", "answer"]].to_dict() for s in shots]
+
+
+def test_arc_log_likelihood_equals_lm_eval_plain_text(smollm2, tmp_path, shared_datasets):
+    """The base-model path: plain text, zero-shot, 100 items."""
+    n = 100
+    ours, block = _ftlab(smollm2, tmp_path, shared_datasets, n, "plain", 0)
+    assert block["prompt_format"] == "plain" and block["kv_cache_reuse"] is True
+    theirs, results = _lm_eval(smollm2, tmp_path, shared_datasets, n, chat=False, shot_rows=None)
+    assert theirs[0]["arguments"][0][0].startswith("Question: ")  # no template around the question
+    _compare(ours, block, theirs, results)
+
+
+def test_arc_log_likelihood_equals_lm_eval_chat_template_few_shot(smollm2, tmp_path, shared_datasets):
+    """The chat-model path (ftlab's default for this model): the template's turns, two few-shot
+    exchanges, and a context ending in the assistant turn's newline (which moves to the
+    continuation). Fewer items: lm-eval recomputes the long contexts once per option."""
+    n, k = 10, 2
+    ours, block = _ftlab(smollm2, tmp_path, shared_datasets, n, "chat", k)
+    assert block["prompt_format"] == "chat" and block["num_fewshot"] == k
+    theirs, results = _lm_eval(smollm2, tmp_path, shared_datasets, n, chat=True, shot_rows=_shot_rows(shared_datasets, n, k))
+    context = theirs[0]["arguments"][0][0]
+    assert context.count("<|im_start|>user") == k + 1 and context.endswith("<|im_start|>assistant\n")
     _compare(ours, block, theirs, results)

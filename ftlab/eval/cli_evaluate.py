@@ -17,7 +17,8 @@ HELP = "evaluate one model on the registered tasks into Testing/metrics/<model>.
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", nargs="+", default=None, metavar="TASK",
-                        help="tasks or data files (see `ftlab datasets list`; `perplexity` or perplexity:<task> for held-out perplexity)")
+                        help="tasks or data files (see `ftlab datasets list`; <task>:ll scores choice/yes-no tasks by "
+                             "log-likelihood; `perplexity` or perplexity:<task> for held-out perplexity)")
     parser.add_argument("--limit", type=int, default=None, help="first N test rows of each task")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts generated together")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens (default: per task)")
@@ -113,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
             m = block["metrics"]
             headline = m.get("accuracy", m.get("perplexity"))
             extra = f" format={block['format_success_rate']:.3f}" if block.get("format_success_rate") is not None else ""
+            if m.get("acc_norm") is not None:  # log-likelihood scoring
+                extra += f" acc_norm={m['acc_norm']:.4f}"
             sps = f" {block['samples_per_s']:.2f} samples/s" if block.get("samples_per_s") else ""
             print(f"{task:>22}: n={block['n']} {'accuracy' if 'accuracy' in m else 'perplexity'}="
                   f"{headline if headline is None else round(headline, 4)}{extra}{sps}")

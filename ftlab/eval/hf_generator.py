@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 from ftlab.errors import FtlabError
 from ftlab.eval import sizing
 from ftlab.eval.generation import Generation
-from ftlab.eval.prompt_format import bos_ids, resolve_prompt_format
+from ftlab.eval.prompt_format import bos_ids, end_of_turn_ids, resolve_prompt_format
 from ftlab.eval.stopping import BoxClosedCriteria
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,14 @@ class HFGenerator:
         return [prefix + row for row in ids] if prefix else ids
 
     def eos_ids(self) -> list[int]:
+        """Tokens that end an answer: the model's EOS, and in chat format the template's end of turn."""
         eos = getattr(self.model.generation_config, "eos_token_id", None)
         if eos is None:
             eos = self.tokenizer.eos_token_id
-        ids = eos if isinstance(eos, (list, tuple)) else [eos]
-        return [int(i) for i in ids if i is not None]
+        ids = [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]) if i is not None]
+        if self.chat:
+            ids += [i for i in end_of_turn_ids(self.tokenizer) if i not in ids]
+        return ids
 
     def resolve_batch_size(self, encoded: list[list[int]], max_new_tokens: int, batch_size: int | None) -> int:
         if batch_size is None:

@@ -60,3 +60,27 @@ def bos_ids(tokenizer) -> list[int]:
     except AttributeError:  # some tokenizers forbid new attributes; recomputing is only slower
         pass
     return out
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The special token the chat template writes right after an assistant message (`<|im_end|>`,
+    Gemma's `<end_of_turn>`), or [] when it writes none. Generation in chat format stops there:
+    models whose EOS is another token (Gemma: `<eos>`) otherwise write the next turns too."""
+    cached = getattr(tokenizer, "_ftlab_end_of_turn", None)
+    if cached is not None:
+        return cached
+    marker = "\x00ftlab-answer\x00"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
+                                             tokenize=False)
+    except Exception:  # noqa: BLE001 - templates that reject this exchange: no extra stop token
+        text = ""
+    tail = text.split(marker, 1)[1] if marker in text else ""
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    special = {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)}
+    out = [ids[0]] if ids and ids[0] in special else []
+    try:
+        tokenizer._ftlab_end_of_turn = out
+    except AttributeError:  # some tokenizers forbid new attributes; recomputing is only slower
+        pass
+    return out
