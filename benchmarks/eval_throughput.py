@@ -240,12 +240,14 @@ def side_lmeval_ll(args) -> dict:
 
     from ftlab.data.tasks import get_task
     from ftlab.eval.choice_prompts import build_item, render
-    from ftlab.eval.hf_generator import HFGenerator
+    from ftlab.eval.modes import SCORING_MODES
+    from ftlab.eval.prompt_format import resolve_prompt_format
     from ftlab.models.sources import load_model
 
     torch.set_num_threads(args.threads)
-    model, tok, source = load_model(args.model, dtype="fp32")
-    chat = HFGenerator(model, tok, progress=False, source=source).chat  # the evaluator's own choice
+    model, tok, _ = load_model(args.model, dtype="fp32")
+    # The evaluator's own choice at eval.prompt_format=auto.
+    chat = resolve_prompt_format("auto", tok, auto=SCORING_MODES.get("loglikelihood").auto_prompt_format) == "chat"
     task = get_task("arc")
     rendered = [render(build_item(task, ex), [], chat=chat, tokenizer=tok) for ex in _ll_examples(args)]
     requests, owner = [], []

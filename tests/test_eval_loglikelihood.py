@@ -114,14 +114,14 @@ def _naive_logprobs(model, req: ChoiceRequest) -> list[float]:
     return out
 
 
-def _requests(n: int = 9) -> list[ChoiceRequest]:
+def _requests(n: int = 9, context=(9, 12)) -> list[ChoiceRequest]:
     g = torch.Generator().manual_seed(1)
 
     def rand(lo, hi):
         return torch.randint(20, 500, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
 
     shared = list(range(5, 16))  # a prefix every context shares (computed once)
-    return [ChoiceRequest(shared + rand(1, 12), [rand(1, 5) for _ in range(4)]) for _ in range(n)]
+    return [ChoiceRequest(shared + rand(*context), [rand(1, 5) for _ in range(4)]) for _ in range(n)]
 
 
 @pytest.mark.parametrize("cached", [True, False])
@@ -136,6 +136,20 @@ def test_choice_logprobs_equal_a_forward_per_option(tiny, cached, max_questions)
     for group in scorer.score(reqs, max_questions=max_questions):
         got.update(dict(group))
     assert scorer.questions_per_forward == (max_questions or len(reqs))
+    for i, req in enumerate(reqs):
+        assert got[i] == pytest.approx(_naive_logprobs(model, req), abs=1e-4)
+
+
+def test_contexts_of_very_different_lengths_do_not_share_a_forward(tiny):
+    model, tok = tiny
+    reqs = _requests(8, context=(1, 12))  # own context tokens 1..11 after the shared prefix
+    scorer = ChoiceScorer(model, tok.pad_token_id)
+    got = {}
+    for group in scorer.score(reqs):
+        own = [len(reqs[i].context) - 11 for i, _ in group]
+        assert min(own) >= 0.75 * max(own)  # little padding in each prefill
+        got.update(dict(group))
+    assert sorted(got) == list(range(8))
     for i, req in enumerate(reqs):
         assert got[i] == pytest.approx(_naive_logprobs(model, req), abs=1e-4)
 
@@ -203,7 +217,8 @@ def test_both_modes_in_one_evaluation_and_resume(workspace, shared_datasets, cap
     for key, labels in (("arc:ll", None), ("boolq:ll", ["no", "yes"])):
         block = doc["datasets"][key]
         assert block["n"] == 8 and block["scoring"] == "loglikelihood" and block["num_fewshot"] == 0
-        assert block["prompt_format"] == "chat" and block["kv_cache_reuse"] is True
+        # plain text for every model (the same question for a base model and its fine-tune)
+        assert block["prompt_format"] == "plain" and block["kv_cache_reuse"] is True
         mine = [ln for ln in lines if ln["dataset"] == key]
         assert sorted(ln["index"] for ln in mine) == list(range(8))
         for ln in mine:

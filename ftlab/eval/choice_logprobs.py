@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ftlab.eval import sizing
-from ftlab.eval.kv_cache import PrefixCache, accepts_logits_to_keep, select_rows, supports_cache_surgery
+from ftlab.eval.kv_cache import PrefixCache, accepts_logits_to_keep, copy_rows, supports_cache_surgery
 
 log = logging.getLogger(__name__)
 
 # Bytes of logits one forward may hold (rows x positions x vocabulary x 4): with a 262k-word
 # vocabulary (Gemma 3) a few hundred option tokens already take that much.
 LOGITS_BUDGET_BYTES = 512 * 2**20
+# Rows share a forward only when each is at least this share of the longest one (padding is
+# computed like real tokens): ARC options run from 1 to 20+ tokens, contexts from 30 to 90.
+MIN_FILL = 0.75
 
 
 @dataclass
@@ -31,12 +34,14 @@ class ChoiceRequest:
     options: list[list[int]]  # continuation tokens, each non-empty
 
 
-def _budget_rows(cost_fn, order: Sequence[int], start: int, budget: int, max_items: int | None) -> int:
-    """How many items from order[start:] fit in one forward: at least one, then while `cost_fn`
-    of the group stays within budget."""
+def _budget_rows(cost_fn, order: Sequence[int], start: int, budget: int, max_items: int | None,
+                 width: Callable[[int], int]) -> int:
+    """How many items from order[start:] (longest first) share one forward: at least one, then
+    while `cost_fn` of the group stays within budget and each is at least MIN_FILL of the first's
+    `width` (shorter ones would be mostly padding)."""
     n = 1
     while start + n < len(order) and (max_items is None or n < max_items):
-        if cost_fn(order[start:start + n + 1]) > budget:
+        if width(order[start + n]) < MIN_FILL * width(order[start]) or cost_fn(order[start:start + n + 1]) > budget:
             break
         n += 1
     return n
@@ -81,7 +86,8 @@ class ChoiceScorer:
         try:
             while start < len(order):
                 cost = self._cost_cached(requests, len(prefix)) if self.cached else self._cost_full(requests)
-                n = _budget_rows(cost, order, start, budget, max_questions)
+                n = _budget_rows(cost, order, start, budget, max_questions,
+                                 lambda i: len(requests[i].context) - len(prefix))
                 group = order[start:start + n]
                 try:
                     with torch.inference_mode():
@@ -120,10 +126,7 @@ class ChoiceScorer:
         def cost(group):
             reqs = [requests[i] for i in group]
             ctx = len(group) * max(len(r.context) - prefix_len for r in reqs)
-            rows = [len(o) - 1 for r in reqs for o in r.options if len(o) > 1]
-            opt = len(rows) * max(rows) if rows else 0
-            # Budget over tokens computed; the logits of the option forward are budgeted apart.
-            return ctx + opt if opt <= self.max_logit_tokens else float("inf")
+            return ctx + sum(len(o) - 1 for r in reqs for o in r.options)
         return cost
 
     def _context_forward(self, ids, mask, pos, cache):
@@ -133,17 +136,35 @@ class ChoiceScorer:
         return self.torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), out.past_key_values
 
     def _score_cached(self, reqs: list[ChoiceRequest], prefix: PrefixCache) -> list[list[float]]:
-        torch = self.torch
         first, cache, mask, next_pos = prefix.prefill(self.model, [r.context for r in reqs], self.pad_id,
                                                       self.device, self._context_forward)
         # Each option's first token is predicted by its context's last position.
         scores = [[float(first[q, opt[0]]) for opt in r.options] for q, r in enumerate(reqs)]
-        rows = [(q, o) for q, r in enumerate(reqs) for o, opt in enumerate(r.options) if len(opt) > 1]
-        if not rows:
-            return scores
+        # The other tokens: options longest first, in chunks of similar length (little padding)
+        # whose logits fit the logits budget.
+        rows = sorted(((q, o) for q, r in enumerate(reqs) for o, opt in enumerate(r.options) if len(opt) > 1),
+                      key=lambda qo: -len(reqs[qo[0]].options[qo[1]]))
+        lengths = [len(reqs[q].options[o]) - 1 for q, o in rows]
+        start = 0
+        while start < len(rows):
+            width = lengths[start]
+            cap = max(1, self.max_logit_tokens // width)
+            n = 1
+            # A row joins while it is at least MIN_FILL of the chunk's width (padding is wasted work).
+            while n < cap and start + n < len(rows) and lengths[start + n] >= MIN_FILL * width:
+                n += 1
+            chunk = rows[start:start + n]
+            for (q, o), total in zip(chunk, self._option_tokens(reqs, chunk, width, cache, mask, next_pos)):
+                scores[q][o] += total
+            start += n
+        return scores
+
+    def _option_tokens(self, reqs, rows, width: int, cache, mask, next_pos) -> list[float]:
+        """Summed log-probabilities of option tokens 2.. for `rows` ((question, option) pairs),
+        each row on a copy of its question's context cache."""
+        torch = self.torch
         idx = torch.tensor([q for q, _ in rows], device=self.device)
-        cache, ctx_mask = select_rows(cache, mask, idx)  # one copy of its question's cache per option row
-        width = max(len(reqs[q].options[o]) - 1 for q, o in rows)
+        rows_cache, ctx_mask = copy_rows(cache, mask, idx)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         opt_mask = torch.zeros((len(rows), width), dtype=torch.long)
         targets = torch.zeros((len(rows), width), dtype=torch.long)
@@ -154,14 +175,11 @@ class ChoiceScorer:
             ids[r, :len(opt) - 1] = torch.tensor(opt[:-1])
             targets[r, :len(opt) - 1] = torch.tensor(opt[1:])
             opt_mask[r, :len(opt) - 1] = 1
+        opt_mask = opt_mask.to(self.device)
         pos = next_pos[idx][:, None] + torch.arange(width, device=self.device)[None]
-        out = self.model(input_ids=ids.to(self.device), attention_mask=torch.cat([ctx_mask, opt_mask.to(self.device)], 1),
-                         position_ids=pos, past_key_values=cache, use_cache=True)
-        picked = _token_logprobs(out.logits, targets.to(self.device)) * opt_mask.to(self.device)
-        for r, total in enumerate(picked.sum(-1).tolist()):
-            q, o = rows[r]
-            scores[q][o] += total
-        return scores
+        out = self.model(input_ids=ids.to(self.device), attention_mask=torch.cat([ctx_mask, opt_mask], 1),
+                         position_ids=pos, past_key_values=rows_cache, use_cache=True)
+        return (_token_logprobs(out.logits, targets.to(self.device)) * opt_mask).sum(-1).tolist()
 
     # -- whole-sequence path: one row per option over context + option ---------------------------
 

@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 from ftlab.errors import FtlabError
 from ftlab.eval import sizing
 from ftlab.eval.generation import Generation
-from ftlab.eval.prompt_format import bos_ids, end_of_turn_ids, resolve_prompt_format
+from ftlab.eval.prompt_format import encode_prompts, end_of_turn_ids, resolve_prompt_format
 from ftlab.eval.stopping import BoxClosedCriteria
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,7 @@ class HFGenerator:
         return render_prompt(self.tokenizer, messages, enable_thinking=enable_thinking)
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        # Rendered chat prompts already carry the template's special tokens (BOS included where
-        # the template wants it); adding them again would change the model's input. Plain
-        # prompts start with BOS where the tokenizer's own encoding does.
-        ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        prefix = [] if self.chat else bos_ids(self.tokenizer)
-        return [prefix + row for row in ids] if prefix else ids
+        return encode_prompts(self.tokenizer, prompts, self.chat)
 
     def eos_ids(self) -> list[int]:
         """Tokens that end an answer: the model's EOS, and in chat format the template's end of turn."""

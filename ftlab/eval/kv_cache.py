@@ -124,6 +124,17 @@ def select_rows(cache, mask, idx):
     return cache, mask[:, start:]
 
 
+def copy_rows(cache, mask, idx):
+    """A new cache (and mask) holding rows `idx` of `cache` (repeats allowed: one copy of a
+    question's context per option); `cache` itself is left as it was."""
+    from transformers.cache_utils import DynamicCache
+
+    new = DynamicCache()
+    for layer_idx, layer in enumerate(cache_layers(cache)):
+        new.update(layer.keys[idx], layer.values[idx], layer_idx)
+    return new, mask[idx]
+
+
 def splice_rows(cache, mask, new_cache, new_mask):
     """Appends the rows of `new_cache` to `cache`, left-padding whichever is shorter."""
     import torch

@@ -76,14 +76,19 @@ def run_loglikelihood(plan: DatasetPlan, ctx: RunContext) -> dict:
     from ftlab.env import PeakMemory
     from ftlab.eval.choice_logprobs import ChoiceRequest, ChoiceScorer
     from ftlab.eval.choice_prompts import build_item, encode, render
+    from ftlab.eval.modes import SCORING_MODES
+    from ftlab.eval.prompt_format import encode_prompts, resolve_prompt_format
 
     g = ctx.generator
     if getattr(g, "model", None) is None:
         raise FtlabError(f"eval.datasets: {plan.name} needs model weights; the {g.name!r} backend has none (use eval.backend=hf)")
     e = ctx.cfg.eval
+    fmt = resolve_prompt_format(getattr(e, "prompt_format", "auto"), g.tokenizer,
+                                auto=SCORING_MODES.get("loglikelihood").auto_prompt_format)
+    chat = fmt == "chat"
     items = [build_item(plan.task, ex) for ex in plan.examples]
     shots = [build_item(plan.task, ex) for ex in plan.shots]
-    rendered = [render(item, shots, chat=g.chat, tokenizer=g.tokenizer, system=e.system_prompt,
+    rendered = [render(item, shots, chat=chat, tokenizer=g.tokenizer, system=e.system_prompt,
                        enable_thinking=e.enable_thinking) for item in items]
     hashes = [_prompt_hash("\x00".join([context, *conts])) for context, conts in rendered]
     lines: dict[int, dict] = {}
@@ -99,7 +104,8 @@ def run_loglikelihood(plan: DatasetPlan, ctx: RunContext) -> dict:
     scorer = ChoiceScorer(g.model, g.tokenizer.pad_token_id, progress=getattr(g, "progress", False))
     with PeakMemory() as mem:
         t0 = time.perf_counter()
-        requests = [ChoiceRequest(*encode(*rendered[p], g.encode)) for p in pending]
+        requests = [ChoiceRequest(*encode(*rendered[p], lambda texts: encode_prompts(g.tokenizer, texts, chat)))
+                    for p in pending]
         last = t0
         for group in scorer.score(requests, max_questions=e.batch_size):
             now = time.perf_counter()
@@ -116,7 +122,7 @@ def run_loglikelihood(plan: DatasetPlan, ctx: RunContext) -> dict:
     total_time = sum(float(r.get("gen_time_s") or 0.0) for r in ordered)
     block.update(
         task=plan.task.name, answer_kind=plan.task.answer_kind, scoring="loglikelihood",
-        scoring_version=SCORING_VERSION, num_fewshot=len(shots), prompt_format=g.prompt_format,
+        scoring_version=SCORING_VERSION, num_fewshot=len(shots), prompt_format=fmt,
         samples_per_s=(len(ordered) / total_time) if total_time > 0 else None,
         runtime_s=total_time, scored_this_run=len(pending), runtime_this_run_s=run_time, peak_memory=mem.as_dict(),
         # Questions whose options were scored in one forward (eval.batch_size caps it; None = token budget).

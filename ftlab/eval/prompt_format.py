@@ -1,10 +1,11 @@
 """How a prompt reaches a model: through its chat template, or as plain text it continues.
 
-`eval.prompt_format` (and `ftlab chat --raw / --no-raw`) chooses: `chat`, `plain`, or `auto`, the
-chat template when the model learned one. A template that ftlab supplies for a base model shipped
-without one (gemma-3-270m's GGUF) does not count until a fine-tune has trained on it: asked
-"The capital of France is" inside invented turns, gemma-3-270m answers "devenue", while the same
-text given plainly continues sensibly.
+`eval.prompt_format` (and `ftlab chat --raw / --no-raw`) chooses: `chat`, `plain`, or `auto`. For
+generation `auto` is the chat template when the model learned one. A template that ftlab supplies
+for a base model shipped without one (gemma-3-270m's GGUF) does not count until a fine-tune has
+trained on it: asked "The capital of France is" inside invented turns, gemma-3-270m answers
+"devenue", while the same text given plainly continues sensibly. A scoring mode may fix `auto`
+instead (log-likelihood: plain text, see ftlab.eval.modes).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ def has_learned_template(tokenizer, source=None) -> bool:
     return bool((getattr(source, "metadata", None) or {}).get("dataset"))
 
 
-def resolve_prompt_format(requested: str, tokenizer, source=None, option: str = "eval.prompt_format") -> str:
-    """`chat` or `plain` for this model; `option` names the setting in error messages."""
+def resolve_prompt_format(requested: str, tokenizer, source=None, option: str = "eval.prompt_format",
+                          auto: str | None = None) -> str:
+    """`chat` or `plain` for this model; `option` names the setting in error messages; `auto`, when
+    given, is what `auto` means (a scoring mode's fixed choice)."""
+    if requested == "auto" and auto is not None:
+        requested = auto
     if requested not in PROMPT_FORMATS:
         raise FtlabError(f"{option}={requested!r} is unknown; valid: {', '.join(PROMPT_FORMATS)}")
     if requested == "chat":
@@ -44,6 +49,15 @@ def resolve_prompt_format(requested: str, tokenizer, source=None, option: str = 
     if requested == "plain":
         return "plain"
     return "chat" if has_learned_template(tokenizer, source) else "plain"
+
+
+def encode_prompts(tokenizer, prompts, chat: bool) -> list[list[int]]:
+    """Token ids of rendered prompts. Chat-rendered prompts already carry the template's special
+    tokens (BOS included where the template wants it); adding them again would change the
+    model's input. Plain prompts start with BOS where the tokenizer's own encoding does."""
+    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    prefix = [] if chat else bos_ids(tokenizer)
+    return [prefix + row for row in ids] if prefix else ids
 
 
 def bos_ids(tokenizer) -> list[int]:
