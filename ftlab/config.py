@@ -190,6 +190,11 @@ class EvalConfig:
                                                     "(integer golds match exactly); None = each task's documented tolerance")
     numeric_abs_tol: float | None = doc_field(None, "numeric answers: absolute tolerance for non-integer golds; None = the task's")
     perplexity_max_length: int = doc_field(512, "perplexity task: tokens per text window")
+    scoring: str = doc_field("generate", "how entries without a suffix are scored: generate (boxed answer) or "
+                                         "loglikelihood (likeliest option; choice and boolean tasks); `arc:ll` picks it per task")
+    num_fewshot: int = doc_field(0, "solved examples from the task's train split shown before each question")
+    prompt_format: str = doc_field("auto", "chat (the chat template), plain (text the model continues) or auto "
+                                           "(chat when the model learned its template)")
 
     def validate(self) -> list[str]:
         out = []
@@ -203,6 +208,17 @@ class EvalConfig:
             out.append(f"eval.limit={self.limit} must be positive or None")
         if self.batch_size is not None and self.batch_size <= 0:
             out.append(f"eval.batch_size={self.batch_size} must be >= 1 (or None for auto)")
+        if self.num_fewshot < 0:
+            out.append(f"eval.num_fewshot={self.num_fewshot} must be >= 0")
+        from ftlab.eval.modes import SCORING_MODES
+        from ftlab.eval.prompt_format import PROMPT_FORMATS
+
+        for key, value, valid in (("scoring", self.scoring, SCORING_MODES.names()),
+                                  ("prompt_format", self.prompt_format, list(PROMPT_FORMATS))):
+            if value not in valid:
+                hint = closest(value, valid)
+                out.append(f"eval.{key}={value!r} is unknown" + (f" (did you mean {hint!r}?)" if hint else "")
+                           + f"; valid: {', '.join(valid)}")
         return out
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_eval_throughput_benchmark_runs_and_matches_answers(tmp_path):
+def test_eval_throughput_benchmark_runs_and_matches_answers(tmp_path, shared_datasets):
     out = tmp_path / "eval.json"
     env = dict(os.environ, FTLAB_CACHE=os.environ.get("FTLAB_CACHE", str(tmp_path / "cache")))
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "eval_throughput.py"), "--model", "scratch:tiny", "--n", "6",
-         "--sweep", "2", "--threads", "1", "--out", str(out)],
+         "--sweep", "2", "--threads", "1", "--ll-n", "8", "--source-dir", str(shared_datasets), "--out", str(out)],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
@@ -28,3 +28,15 @@ def test_eval_throughput_benchmark_runs_and_matches_answers(tmp_path):
         assert 0 < row["matmul_floor_s"] and row["max_speedup_at_floor"] > 0
     tokens = doc["ftlab_tokens"]
     assert tokens["prefill_tokens"] == tokens["prompt_tokens"] - 6 * tokens["shared_prefix_tokens"]
+    # The peer: lm-eval's generate_until at auto and at ftlab's batch gives the same answers.
+    peer = doc["lm_eval_generate_until"]
+    assert [r["batch_size"] for r in peer] == ["auto", 6] and peer[1]["batch_size_used"] == 6
+    for r in peer:
+        assert r["identical_answers_runs"] == [1.0, 1.0] and r["identical_until_early_stop_runs"] == [1.0, 1.0]
+        assert r["wall_s"] > 0 and r["ftlab_speedup_wall"] > 0
+    assert doc["speedup_vs_lm_eval_wall"] == min(r["ftlab_speedup_wall"] for r in peer)
+    # Log-likelihood: lm-eval's loglikelihood on the pairs ftlab scores picks the same options.
+    ll = doc["loglikelihood"]
+    assert ll["n"] == 8 and ll["identical_predictions"] == 1.0 and ll["identical_norm_predictions"] == 1.0
+    assert ll["max_abs_logprob_diff"] < 1e-3 and ll["speedup_samples_per_s"] > 0
+    assert ll["ftlab"]["questions_per_forward"] == 8 and ll["kv_cache_reuse"] is True

@@ -497,7 +497,7 @@ def test_disk_full_is_one_line_even_when_the_writer_does_not_say_so(tmp_path, mo
     monkeypatch.setattr(fio, "disk_free_bytes", lambda path: 10 << 30)
     final = tmp_path / "Models" / "run"
     with pytest.raises(FtlabError, match=f"disk full: .* while writing {final}"):
-        with fio.staging_dir(final) as stage:
+        with fio.staging_dir(final):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert not final.parent.exists() or list(final.parent.iterdir()) == []
 

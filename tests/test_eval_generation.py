@@ -6,8 +6,10 @@ import torch
 
 from ftlab.cli import main
 from ftlab.eval import load_metrics_document
+from ftlab.eval.cli_chat import chat
 from ftlab.eval.evaluator import metrics_paths
-from ftlab.eval.generation import BoxClosedCriteria, HFGenerator
+from ftlab.eval.hf_generator import HFGenerator
+from ftlab.eval.stopping import BoxClosedCriteria
 from ftlab.io import read_jsonl
 
 PROMPTS = [
@@ -127,7 +129,11 @@ def test_cli_evaluate_and_chat_on_scratch_model(workspace, capsys):
     assert doc["summary"]["mean_accuracy"] == block["metrics"]["accuracy"]  # perplexity is not an accuracy
     assert "metrics written to" in capsys.readouterr().out
     assert main(["chat", "scratch:tiny", "--prompt", "Hello there", "--max-new-tokens", "4", "--threads", "1"]) == 0
-    assert capsys.readouterr().out.strip() != "" or True  # random weights may emit only special tokens
+    printed = capsys.readouterr().out
+    # The CLI prints the model's greedy answer once, exactly (random weights may answer with
+    # special tokens only, i.e. an empty text).
+    text, gen = chat("scratch:tiny", "Hello there", max_new_tokens=4)
+    assert printed == text + "\n" and 1 <= gen.new_tokens <= 4
     assert main(["chat", "scratch:tiny", "--prompt", " ", "--threads", "1"]) == 2
 
 
@@ -173,7 +179,7 @@ def test_kv_bytes_per_token_matches_a_real_cache(kv_heads):
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.cache_utils import DynamicCache
 
-    from ftlab.eval.generation import kv_bytes_per_token
+    from ftlab.eval.sizing import kv_bytes_per_token
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
@@ -187,23 +193,23 @@ def test_kv_bytes_per_token_matches_a_real_cache(kv_heads):
 
 
 def test_auto_batch_size_follows_free_memory_and_caps(tiny, monkeypatch):
-    from ftlab.eval import generation
-    from ftlab.eval.generation import auto_batch_size, kv_bytes_per_token
+    from ftlab.eval import sizing
+    from ftlab.eval.sizing import auto_batch_size, kv_bytes_per_token
 
     model, _ = tiny
     per_token = kv_bytes_per_token(model)
-    monkeypatch.setattr(generation, "free_memory_bytes", lambda device: 40 * per_token * 100)
+    monkeypatch.setattr(sizing, "free_memory_bytes", lambda device: 40 * per_token * 100)
     # A quarter of free memory holds the KV cache of 10 rows of 100 tokens.
     assert auto_batch_size(model, 100, 1000) == 10
     assert auto_batch_size(model, 100, 3) == 3  # never more rows than prompts
-    monkeypatch.setattr(generation, "free_memory_bytes", lambda device: 10**15)
-    assert auto_batch_size(model, 100, 1000) == generation.AUTO_MAX_ROWS["cpu"]
-    monkeypatch.setattr(generation, "free_memory_bytes", lambda device: 1)
+    monkeypatch.setattr(sizing, "free_memory_bytes", lambda device: 10**15)
+    assert auto_batch_size(model, 100, 1000) == sizing.AUTO_MAX_ROWS["cpu"]
+    monkeypatch.setattr(sizing, "free_memory_bytes", lambda device: 1)
     assert auto_batch_size(model, 100, 1000) == 1
 
 
 def test_auto_batch_and_prefill_budget_keep_greedy_outputs(tiny, monkeypatch):
-    from ftlab.eval import generation
+    from ftlab.eval import sizing
 
     model, tok = tiny
     gen = HFGenerator(model, tok, progress=False)
@@ -212,28 +218,28 @@ def test_auto_batch_and_prefill_budget_keep_greedy_outputs(tiny, monkeypatch):
     auto = _run(gen, prompts, max_new_tokens=12, batch_size=None)
     assert gen.batch_size_used == len(PROMPTS)  # plenty of memory: one row per prompt
     # A prefill budget of a few tokens admits one prompt per prefill.
-    monkeypatch.setattr(generation, "PREFILL_TOKEN_BUDGET", 4)
+    monkeypatch.setattr(sizing, "PREFILL_TOKEN_BUDGET", 4)
     trickled = _run(gen, prompts, max_new_tokens=12, batch_size=4)
     assert [g.text for g in auto] == [g.text for g in alone]
     assert [g.text for g in trickled] == [g.text for g in alone]
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_outputs(tiny, monkeypatch, caplog):
-    from ftlab.eval import generation
+    from ftlab.eval.continuous import ContinuousBatcher
 
     model, tok = tiny
     gen = HFGenerator(model, tok, progress=False)
     prompts = [gen.render([{"role": "user", "content": p}]) for p in PROMPTS]
     alone = _run(gen, prompts, max_new_tokens=12, batch_size=1)
-    real_forward = generation._ContinuousBatcher._forward
+    real_forward = ContinuousBatcher._forward
 
     def forward(self, ids, mask, pos, cache):
         if ids.shape[0] > 2:  # "memory" holds two rows
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_forward(self, ids, mask, pos, cache)
 
-    monkeypatch.setattr(generation._ContinuousBatcher, "_forward", forward)
-    with caplog.at_level("WARNING", logger="ftlab.eval.generation"):
+    monkeypatch.setattr(ContinuousBatcher, "_forward", forward)
+    with caplog.at_level("WARNING", logger="ftlab.eval.continuous"):
         backed_off = _run(gen, prompts, max_new_tokens=12, batch_size=5)
     assert [g.text for g in backed_off] == [g.text for g in alone]
     assert gen.batch_size_used == 2
@@ -241,12 +247,12 @@ def test_out_of_memory_halves_the_batch_and_keeps_outputs(tiny, monkeypatch, cap
 
 
 def _every_forward_raises(monkeypatch, exc: Exception) -> None:
-    from ftlab.eval import generation
+    from ftlab.eval.continuous import ContinuousBatcher
 
     def forward(self, ids, mask, pos, cache):
         raise exc
 
-    monkeypatch.setattr(generation._ContinuousBatcher, "_forward", forward)
+    monkeypatch.setattr(ContinuousBatcher, "_forward", forward)
 
 
 def test_out_of_memory_with_one_row_is_a_clear_error(tiny, monkeypatch):

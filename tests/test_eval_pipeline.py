@@ -20,7 +20,7 @@ from ftlab.eval.evaluator import evaluate, expected_settings, metrics_paths, mod
 from ftlab.data.tasks import TASKS
 from ftlab.eval.metrics import ScoringOptions, get_scorer, score_responses
 from ftlab.eval.results import settings_key
-from ftlab.eval.generation import CannedGenerator
+from ftlab.eval.canned import CannedGenerator
 from ftlab.io import append_jsonl, atomic_write_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,6 @@ and ftlab evaluates the folder like any other model."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from ftlab.data.loading import Example
 from ftlab.data.tasks import TASKS, Task
 
@@ -14,16 +16,24 @@ def user_content(task: Task | str, example: Example) -> str:
     return f"{example.question}\n\n{_task(task).instruction}"
 
 
-def build_messages(task: Task | str, example: Example, system: str | None = None) -> list[dict]:
-    """Chat messages up to (not including) the assistant's answer."""
-    if example.meta.get("messages"):
-        msgs = [dict(m) for m in example.meta["messages"]]
-        if system and msgs[0]["role"] != "system":
-            msgs.insert(0, {"role": "system", "content": system})
-        return msgs
+def build_messages(task: Task | str, example: Example, system: str | None = None,
+                   shots: Sequence[Example] = ()) -> list[dict]:
+    """Chat messages up to (not including) the assistant's answer; each few-shot example in
+    `shots` comes first as a solved user/assistant exchange."""
     msgs = [{"role": "system", "content": system}] if system else []
-    msgs.append({"role": "user", "content": user_content(task, example)})
-    return msgs
+    for shot in shots:
+        msgs += [m for m in _turns(task, shot) if m["role"] != "system"]
+        msgs.append({"role": "assistant", "content": build_target(task, shot)})
+    turns = _turns(task, example)
+    if turns[0]["role"] == "system":  # chat data brings its own system message
+        msgs = [turns.pop(0)] + [m for m in msgs if m["role"] != "system"]
+    return msgs + turns
+
+
+def _turns(task: Task | str, example: Example) -> list[dict]:
+    if example.meta.get("messages"):
+        return [dict(m) for m in example.meta["messages"]]
+    return [{"role": "user", "content": user_content(task, example)}]
 
 
 def build_target(task: Task | str, example: Example) -> str:
@@ -40,6 +50,10 @@ def render_prompt(tokenizer, messages: list[dict], enable_thinking: bool = False
         return tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
         )
-    # No template (raw base models): a plain transcript the model can continue.
+    return render_plain(messages)
+
+
+def render_plain(messages: list[dict]) -> str:
+    """The prompt for a model without a (learned) chat template: a plain transcript it can continue."""
     parts = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n\n".join(parts) + "\n\nAssistant:"

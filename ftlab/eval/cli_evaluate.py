@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", nargs="+", default=None, metavar="TASK",
-                        help="tasks or data files (see `ftlab datasets list`; `perplexity` or perplexity:<task> for held-out perplexity)")
+                        help="tasks or data files (see `ftlab datasets list`; <task>:ll scores choice/yes-no tasks by "
+                             "log-likelihood; `perplexity` or perplexity:<task> for held-out perplexity)")
     parser.add_argument("--limit", type=int, default=None, help="first N test rows of each task")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts generated together")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens (default: per task)")
@@ -116,9 +117,13 @@ def run(args: argparse.Namespace) -> int:
             block = doc["datasets"][task]
             m = block["metrics"]
             headline = m.get("accuracy", m.get("perplexity"))
-            extra = f" format={block['format_success_rate']:.3f}" if block.get("format_success_rate") is not None else ""
+            ci = (block.get("intervals") or {}).get("accuracy") or block.get("accuracy_ci")
+            extra = f" [95% CI {ci[0]:.3f}-{ci[1]:.3f}]" if ci and headline is not None else ""
+            extra += f" format={block['format_success_rate']:.3f}" if block.get("format_success_rate") is not None else ""
             if block.get("cut_off_rate"):
                 extra += f" cut_off={block['cut_off_rate']:.3f}"
+            if m.get("acc_norm") is not None:  # log-likelihood scoring
+                extra += f" acc_norm={m['acc_norm']:.4f}"
             sps = f" {block['samples_per_s']:.2f} samples/s" if block.get("samples_per_s") else ""
             kept = " (up to date, kept)" if str(block.get("evaluated_at") or "") < str(doc.get("started_at") or "") else ""
             print(f"{task:>22}: n={block['n']} {'accuracy' if 'accuracy' in m else 'perplexity'}="

@@ -34,8 +34,10 @@ if TYPE_CHECKING:  # generation imports transformers; the orchestrator only need
 log = logging.getLogger(__name__)
 
 PERPLEXITY = "perplexity"
+LOGLIKELIHOOD = "loglikelihood"
 # Scoring version of runners that score with no answer-kind scorer (a perplexity is a perplexity).
-RUNNER_SCORING_VERSIONS = {PERPLEXITY: 1}
+# Bump the log-likelihood one when ftlab.eval.loglikelihood changes a stored prediction or metric.
+RUNNER_SCORING_VERSIONS = {PERPLEXITY: 1, LOGLIKELIHOOD: 1}
 
 
 def model_file_name(model_ref: str) -> str:
@@ -70,6 +72,7 @@ class DatasetPlan:
     task: Any  # ftlab.data.tasks.Task
     rows: str = ""  # the task or file the rows come from
     examples: list = field(default_factory=list)  # empty until loaded (`_plan`)
+    shots: list = field(default_factory=list)  # few-shot examples (eval.num_fewshot), ftlab.eval.fewshot
 
 
 def _trained_task(metadata: dict | None) -> str:
@@ -78,26 +81,35 @@ def _trained_task(metadata: dict | None) -> str:
     return trained if trained and not custom else "synthetic-arith"
 
 
-def resolve_entry(entry: str, metadata: dict | None) -> DatasetPlan:
-    """The task and runner a dataset entry names, without loading rows (the planner needs this)."""
+def resolve_entry(entry: str, metadata: dict | None, scoring: str = "generate") -> DatasetPlan:
+    """The task and runner a dataset entry names, without loading rows (the planner needs this).
+    `scoring` (eval.scoring) is the mode of entries without a mode suffix (ftlab.eval.modes)."""
     from ftlab.data.loading import resolve_task
+    from ftlab.eval.modes import resolve_entry as entry_mode
 
     if entry == PERPLEXITY or entry.startswith(PERPLEXITY + ":"):
         # Held-out texts of the model's own training task unless one is named (perplexity:arc).
         target = (entry.split(":", 1)[1] if ":" in entry else None) or _trained_task(metadata)
         task = resolve_task(target)
         return DatasetPlan(f"{PERPLEXITY}:{task.name}", PERPLEXITY, task, target)
-    return DatasetPlan(entry, "generate", resolve_task(entry), entry)
+    ref, mode = entry_mode(entry, scoring)
+    task = resolve_task(ref)
+    mode.check(entry, task.answer_kind)
+    return DatasetPlan(mode.key(ref), mode.runner, task, ref)
 
 
 def _plan(entry: str, cfg: EvalRunConfig, workspace: Workspace, source) -> DatasetPlan:
     from ftlab.data.loading import load_examples
+    from ftlab.eval.fewshot import draw_shots
 
     e = cfg.eval
-    plan = resolve_entry(entry, source.metadata)
+    plan = resolve_entry(entry, source.metadata, e.scoring)
     plan.examples = load_examples(plan.rows, "test", workspace=workspace, limit=e.limit, source_dir=e.source_dir)
     if not plan.examples:
         raise FtlabError(f"eval.datasets: {entry!r} has no test rows; check the file or drop it from eval.datasets")
+    if plan.runner != PERPLEXITY:
+        plan.shots = draw_shots(plan.rows, plan.task, plan.examples, e.num_fewshot, e.seed, workspace=workspace,
+                                source_dir=e.source_dir)
     return plan
 
 
@@ -160,7 +172,7 @@ def expected_settings(cfg: EvalRunConfig, workspace: Workspace | None = None) ->
     metadata = None
     if PERPLEXITY in cfg.eval.datasets:  # perplexity of the model's own training task: read its metadata
         metadata = resolve_model(cfg.model.name, workspace, cfg.model.revision).metadata
-    plans = [resolve_entry(entry, metadata) for entry in cfg.eval.datasets]
+    plans = [resolve_entry(entry, metadata, cfg.eval.scoring) for entry in cfg.eval.datasets]
     _check_unique(plans)
     return {p.name: plan_settings(p, cfg) for p in plans}
 
@@ -201,11 +213,6 @@ class RunContext:
             self._generator = self._make_generator()
         return self._generator
 
-    @property
-    def config_hash(self) -> str:
-        """The identity sample lines of this task carry (older runners stamp it as `eval_config_hash`)."""
-        return self.settings_key
-
     def reusable(self, index: int, prompt_hash: str) -> dict | None:
         """A stored line of this row asked with exactly this prompt under this task's settings."""
         last = self.done.get((self._plan_name, index))
@@ -230,7 +237,7 @@ def run_generation(plan: DatasetPlan, ctx: RunContext) -> dict:
         if scorer.norm_gold(gold) is None:
             raise FtlabError(f"dataset {plan.name} row {ex.index}: gold answer {gold!r} is not a valid "
                              f"{plan.task.answer_kind} answer ({scorer.gold_help()}); fix or drop that row")
-    prompts = [ctx.generator.render(build_messages(plan.task, ex, e.system_prompt), e.enable_thinking)
+    prompts = [ctx.generator.render(build_messages(plan.task, ex, e.system_prompt, plan.shots), e.enable_thinking)
                for ex in plan.examples]
     hashes = [_prompt_hash(p) for p in prompts]
     records: dict[int, dict] = {}
@@ -301,13 +308,13 @@ PERPLEXITY_AUTO_BATCH = 8  # eval.batch_size=None: full-sequence forwards keep e
 
 @RUNNERS.register(PERPLEXITY)
 def run_perplexity(plan: DatasetPlan, ctx: RunContext) -> dict:
-    from ftlab.data.prompts import build_messages, build_target, render_prompt
+    from ftlab.data.prompts import build_messages, build_target
     from ftlab.env import PeakMemory
 
     g = ctx.generator
     if getattr(g, "model", None) is None:
         raise FtlabError(f"eval.datasets: {plan.name} needs model weights; the {g.name!r} backend has none (use eval.backend=hf)")
-    texts = [render_prompt(g.tokenizer, build_messages(plan.task, ex, ctx.cfg.eval.system_prompt)) + build_target(plan.task, ex)
+    texts = [g.render(build_messages(plan.task, ex, ctx.cfg.eval.system_prompt)) + build_target(plan.task, ex)
              for ex in plan.examples]
     text_hash = _prompt_hash("\x00".join(texts))
     old = ctx.previous.get(plan.name)
@@ -437,3 +444,6 @@ def _summary(datasets: dict, runtime: float, mem) -> dict:
         "runtime_s": runtime,
         "peak_memory": mem_now,
     }
+
+
+from ftlab.eval import loglikelihood as _loglikelihood  # noqa: E402,F401  (registers the "loglikelihood" runner)

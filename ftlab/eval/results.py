@@ -64,7 +64,8 @@ def task_settings(spec: TaskSpec, eval_cfg: dict, model_cfg: dict) -> dict:
         "model": {k: m.get(k) for k in MODEL_SETTINGS},
         "backend": {"name": e.get("backend"), "options": e.get("backend_options") or {}},
         "prompt": {"instruction": spec.instruction, "system_prompt": e.get("system_prompt"),
-                   "enable_thinking": bool(e.get("enable_thinking")), "num_fewshot": int(e.get("num_fewshot") or 0)},
+                   "enable_thinking": bool(e.get("enable_thinking")), "num_fewshot": int(e.get("num_fewshot") or 0),
+                   "prompt_format": e.get("prompt_format") or "auto"},
         "rows": {"limit": e.get("limit"), "source_dir": e.get("source_dir")},
         "bootstrap": {"samples": e.get("bootstrap_samples"), "seed": e.get("seed")},
     }

@@ -119,7 +119,6 @@ class Sweep:
 
     def job(self, item: PlanItem) -> Job:
         from ftlab.jobs.backends import cuda_device_count
-        from ftlab.jobs.engine import job_id
 
         data = evaluation_data(item.folder.name, self.options, retry_failed=self.settings.retry_failed,
                                since=self._started)

@@ -4,7 +4,6 @@ per (model, task), labelled with the recipe, seed and quant variant each model s
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 

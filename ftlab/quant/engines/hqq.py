@@ -126,7 +126,6 @@ def _hqq_layer(meta: dict, tensors: dict, compute_dtype, device: str):
 
 def load_hqq(folder: Path, compute_dtype, device: str):
     """Rebuilds the model from config.json and `hqq_model.safetensors` (no pickle, nothing evaluated)."""
-    import torch
     from accelerate import init_empty_weights
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -1,0 +1,169 @@
+"""Continuous batching for the `hf` backend: greedy decoding with a rolling batch.
+
+Rows live in one left-padded KV cache. A row leaves as soon as it finishes (box closed, EOS or
+max_new_tokens) and waiting prompts are prefilled as a group and spliced in, so the batch stays
+full instead of idling until its longest answer ends. Each row keeps its own position ids and
+attention mask, so its tokens are the ones it would get alone (up to float summation order,
+which the throughput benchmark measures).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from ftlab.eval import sizing
+from ftlab.eval.generation import Generation
+from ftlab.eval.kv_cache import PrefixCache, accepts_logits_to_keep, select_rows, splice_rows
+from ftlab.eval.stopping import closing_token_ids, finish_reason
+
+if TYPE_CHECKING:
+    from ftlab.eval.hf_generator import HFGenerator
+
+log = logging.getLogger(__name__)
+
+
+class ContinuousBatcher:
+    def __init__(self, gen: HFGenerator, max_new_tokens: int, batch_size: int | None, stop_at_box: bool):
+        import torch
+
+        self.gen = gen
+        self.model = gen.model
+        self.tok = gen.tokenizer
+        self.max_new = max_new_tokens
+        self.batch_size = batch_size
+        self.stop_at_box = stop_at_box
+        self.eos = set(gen.eos_ids())
+        self.close_ids = set(closing_token_ids(self.tok))
+        self.pad_id = self.tok.pad_token_id
+        self.device = next(self.model.parameters()).device
+        self.logits_kw = {"logits_to_keep": 1} if accepts_logits_to_keep(self.model) else {}
+        self.torch = torch
+        self.prefix = PrefixCache()
+
+    def _forward(self, ids, mask, pos, cache):
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                         use_cache=True, **self.logits_kw)
+        return out.logits[:, -1, :].float().argmax(-1), out.past_key_values
+
+    def run(self, prompts: Sequence[str]) -> Iterator[list[tuple[int, Generation]]]:
+        from tqdm.auto import tqdm
+
+        torch = self.torch
+        self.encoded = self.gen.encode(prompts)
+        self._set_batch_size(self.gen.resolve_batch_size(self.encoded, self.max_new, self.batch_size))
+        self.queue = collections.deque(sorted(range(len(prompts)), key=lambda i: -len(self.encoded[i])))
+        self.rows: list[dict] = []  # per active row: prompt index, tokens, admission time
+        self.cache = self.mask = self.pos = self.last = None
+        bar = tqdm(total=len(prompts), desc="generate", unit="sample", disable=not self.gen.progress, leave=False)
+        self.model.eval()
+        try:
+            try:
+                with torch.inference_mode():
+                    self.prefix = PrefixCache.compute(self.model, self.encoded, self._forward, self.device)
+            except RuntimeError as exc:  # torch.OutOfMemoryError is one
+                if not sizing.is_out_of_memory(exc):
+                    raise
+                raise sizing.single_row_oom(exc) from None
+            while self.queue or self.rows:
+                # Inference mode per step, not around the loop: the consumer runs between yields.
+                try:
+                    with torch.inference_mode():
+                        done = self._step()
+                except RuntimeError as exc:  # torch.OutOfMemoryError is one
+                    if not sizing.is_out_of_memory(exc):
+                        raise
+                    self._back_off(exc)
+                    continue
+                if done:
+                    bar.update(len(done))
+                    yield done
+        finally:
+            bar.close()
+
+    def _set_batch_size(self, rows: int) -> None:
+        self.batch_size = rows
+        self.gen.batch_size_used = rows
+        # Refill in groups: one prefill for several prompts costs about as much as for one.
+        self.refill_at = max(1, rows // 8)
+
+    def _back_off(self, exc: BaseException) -> None:
+        """Out of memory: the active rows go back to the front of the queue and restart with half
+        as many rows. Greedy rows are independent, so their answers do not change."""
+        if self.batch_size <= 1:
+            raise sizing.single_row_oom(exc) from None
+        for row in reversed(self.rows):
+            self.queue.appendleft(row["i"])
+        self.rows = []
+        self.cache = self.mask = self.pos = self.last = None
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+        log.warning("out of memory with %d rows; retrying their prompts with %d", self.batch_size, self.batch_size // 2)
+        self._set_batch_size(self.batch_size // 2)
+
+    def _admit(self) -> int:
+        """Prefills the next waiting prompts (at most the free slots and the prefill token budget)
+        and splices them into the batch; returns the index of the first new row."""
+        torch = self.torch
+        free = self.batch_size - len(self.rows)
+        # The queue is longest first, so its head is the widest prompt of this prefill.
+        width = max(1, len(self.encoded[self.queue[0]]) - len(self.prefix))
+        n_take = max(1, min(free, len(self.queue), sizing.PREFILL_TOKEN_BUDGET // width))
+        take = [self.queue.popleft() for _ in range(n_take)]
+        t_admit = time.perf_counter()
+        try:
+            n_next, n_cache, n_mask, n_pos = self.prefix.prefill(
+                self.model, [self.encoded[i] for i in take], self.pad_id, self.device, self._forward)
+            if self.rows:
+                self.cache, self.mask = splice_rows(self.cache, self.mask, n_cache, n_mask)
+                self.pos, self.last = torch.cat([self.pos, n_pos]), torch.cat([self.last, n_next])
+            else:
+                self.cache, self.mask, self.pos, self.last = n_cache, n_mask, n_pos, n_next
+        except BaseException:
+            self.queue.extendleft(reversed(take))  # not admitted: they wait again (e.g. out of memory)
+            raise
+        first_new = len(self.rows)
+        self.rows += [{"i": i, "tokens": [int(t)], "t0": t_admit} for i, t in zip(take, n_next.tolist())]
+        return first_new
+
+    def _decode(self) -> None:
+        """One greedy token for every active row."""
+        torch = self.torch
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        self.last, self.cache = self._forward(self.last[:, None], self.mask, self.pos[:, None], self.cache)
+        self.pos = self.pos + 1
+        for row, t in zip(self.rows, self.last.tolist()):
+            row["tokens"].append(int(t))
+
+    def _step(self) -> list[tuple[int, Generation]]:
+        """Admits waiting prompts when enough slots are free, else decodes one token for every
+        row; returns the rows that finished."""
+        free = self.batch_size - len(self.rows)
+        if self.queue and (not self.rows or free >= min(self.refill_at, len(self.queue))):
+            first_changed = self._admit()
+        else:
+            self._decode()
+            first_changed = 0
+        done, keep = [], []
+        now = time.perf_counter()
+        for r, row in enumerate(self.rows):
+            # Rows that did not move this iteration were checked before.
+            reason = None
+            if r >= first_changed:
+                reason = finish_reason(row["tokens"], self.tok, self.eos, self.close_ids, self.stop_at_box, self.max_new)
+            if reason is None:
+                keep.append(r)
+                continue
+            text = self.tok.decode(row["tokens"], skip_special_tokens=True)
+            done.append((row["i"], Generation(text, len(row["tokens"]), now - row["t0"], reason)))
+        if done:
+            self.rows = [self.rows[r] for r in keep]
+            if self.rows:
+                idx = self.torch.tensor(keep, device=self.device)
+                self.cache, self.mask = select_rows(self.cache, self.mask, idx)
+                self.pos, self.last = self.pos[idx], self.last[idx]
+            else:
+                self.cache = self.mask = self.pos = self.last = None
+        return done
