@@ -449,33 +449,41 @@ def generation_comparison(args, parts: list[str], run) -> dict:
 
 
 def loglikelihood_comparison(args, run) -> dict:
-    """ftlab's `arc:ll` against lm-eval's loglikelihood on the same (context, continuation) pairs."""
+    """ftlab's `arc:ll` against lm-eval's loglikelihood on the same (context, continuation) pairs:
+    lm-eval at batch_size=auto (its probe for the batch size included, as a user pays it) and
+    again at the batch size auto settled on, given explicitly (no probe)."""
     import numpy as np
 
     from ftlab.eval.loglikelihood import predictions
 
     ours = run("ftlab_ll", None)
-    peer = run("lmeval_ll", None)
+    peers = [run("lmeval_ll", None)]
+    if peers[0].get("batch_size_used"):
+        peers.append(run("lmeval_ll", peers[0]["batch_size_used"]))
     n = len(ours["logprobs"])
-    same = same_norm = 0
-    diff = 0.0
-    for mine, theirs, lengths in zip(ours["logprobs"], peer["logprobs"], ours["lengths"]):
-        a, b = predictions(mine, lengths), predictions(theirs, lengths)
-        same += a[0] == b[0]
-        same_norm += a[1] == b[1]
-        diff = max(diff, float(np.max(np.abs(np.asarray(mine) - np.asarray(theirs)))))
+
+    def agreement(peer: dict) -> dict:
+        same = same_norm = 0
+        diff = 0.0
+        for mine, theirs, lengths in zip(ours["logprobs"], peer["logprobs"], ours["lengths"]):
+            a, b = predictions(mine, lengths), predictions(theirs, lengths)
+            same += a[0] == b[0]
+            same_norm += a[1] == b[1]
+            diff = max(diff, float(np.max(np.abs(np.asarray(mine) - np.asarray(theirs)))))
+        return {"identical_predictions": same / n, "identical_norm_predictions": same_norm / n,
+                "max_abs_logprob_diff": diff}
+
     return {
         "task": "arc", "n": n, "prompt_format": ours["prompt_format"], "kv_cache_reuse": ours["kv_cache_reuse"],
         "ftlab": {"wall_s": ours["wall_s"], "cpu_s": ours["cpu_s"], "samples_per_s": n / ours["wall_s"],
                   "peak_rss_mb": ours["peak_rss_mb"], "questions_per_forward": ours["questions_per_forward"],
                   "acc": ours["acc"], "acc_norm": ours["acc_norm"], "load_average_1min": ours["load_average_1min"]},
-        "lm_eval": {"batch_size": "auto", "batch_size_used": peer["batch_size_used"], "wall_s": peer["wall_s"],
-                    "cpu_s": peer["cpu_s"], "samples_per_s": n / peer["wall_s"], "peak_rss_mb": peer["peak_rss_mb"],
-                    "max_length": peer["max_length"],
-                    "load_average_1min": peer["load_average_1min"]},
-        "speedup_samples_per_s": peer["wall_s"] / ours["wall_s"],
-        "identical_predictions": same / n, "identical_norm_predictions": same_norm / n,
-        "max_abs_logprob_diff": diff,
+        "lm_eval": [{"batch_size": "auto" if i == 0 else peer["batch_size_used"],
+                     "batch_size_used": peer["batch_size_used"], "wall_s": peer["wall_s"], "cpu_s": peer["cpu_s"],
+                     "samples_per_s": n / peer["wall_s"], "peak_rss_mb": peer["peak_rss_mb"],
+                     "max_length": peer["max_length"], "load_average_1min": peer["load_average_1min"],
+                     "ftlab_speedup_samples_per_s": peer["wall_s"] / ours["wall_s"], **agreement(peer)}
+                    for i, peer in enumerate(peers)],
     }
 
 

@@ -235,12 +235,16 @@ def test_both_modes_in_one_evaluation_and_resume(workspace, shared_datasets, cap
         assert lo <= m["acc_norm"] <= hi
         recomputed = metrics_block(_task(key), mine, bootstrap_samples=50, seed=0)
         assert recomputed["metrics"] == m
-    # A rerun scores nothing again and gives the same document.
+    # A rerun with the same settings keeps every result as it is and scores nothing.
     assert _evaluate("--datasets", "arc", "arc:ll", "boolq:ll", "--limit", "8", "eval.max_new_tokens=4", src) == 0
     again = load_metrics_document(json_path)
-    assert again["datasets"]["arc:ll"]["scored_this_run"] == 0
-    assert again["datasets"]["arc:ll"]["metrics"] == doc["datasets"]["arc:ll"]["metrics"]
+    assert again["datasets"] == doc["datasets"]
     assert len(read_jsonl(samples_path)) == len(lines)
+    # A higher limit scores only the new rows: the 8 stored lines are reused.
+    assert _evaluate("--datasets", "arc:ll", "--limit", "10", src) == 0
+    more = load_metrics_document(json_path)["datasets"]["arc:ll"]
+    assert more["n"] == 10 and more["scored_this_run"] == 2
+    assert len(read_jsonl(samples_path)) == len(lines) + 2
 
 
 def _task(key):

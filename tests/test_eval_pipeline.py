@@ -436,12 +436,13 @@ def test_enable_thinking_reaches_the_chat_template(workspace):
 
 def test_a_bad_gold_label_fails_before_the_model_is_used(workspace):
     workspace.datasets_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"question": ["What is 2+2?", "What is 3+3?"], "answer": ["4", ""]}).to_parquet(
-        workspace.datasets_dir / "test-OpenMathInstruct-2.parquet")
+    # A yes/no task whose second gold is neither (an empty gold is dropped at loading, issue 13).
+    pd.DataFrame({"question": ["Is 2+2 four?", "Is 3+3 six?"], "answer": ["yes", "maybe"],
+                  "context": ["Arithmetic.", "Arithmetic."]}).to_parquet(workspace.datasets_dir / "test-boolq.parquet")
 
     class Untouchable(CannedGenerator):
         def render(self, messages, enable_thinking=False):
             raise AssertionError("the model must not be used")
 
-    with pytest.raises(FtlabError, match="dataset openmath row 1: gold answer '' is not a valid numeric answer"):
-        evaluate("scratch:tiny", cfg_of("eval.datasets=openmath"), workspace, generator=Untouchable("x"))
+    with pytest.raises(FtlabError, match=r"dataset boolq \(.*test-boolq.parquet\) has answers outside the label set \['yes', 'no'\]: \['maybe'\]"):
+        evaluate("scratch:tiny", cfg_of("eval.datasets=boolq"), workspace, generator=Untouchable("x"))

@@ -19,7 +19,7 @@ import numpy as np
 
 from ftlab.errors import FtlabError
 from ftlab.eval.evaluator import LOGLIKELIHOOD, RUNNERS, DatasetPlan, RunContext, _prompt_hash
-from ftlab.eval.metrics import SampleScore, bootstrap_interval, get_scorer
+from ftlab.eval.metrics import SampleScore, ScoringOptions, bootstrap_interval, get_scorer
 from ftlab.io import append_jsonl
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,10 @@ def metrics_block(task, lines: list[dict], *, bootstrap_samples: int, seed: int)
     """The dataset block's quality part, recomputed from stored log-probabilities: the answer
     kind's metrics (accuracy, macro-F1, per-class, confusion matrix) for the acc predictions,
     plus acc_norm, each with a bootstrap interval."""
-    scorer = get_scorer(task.answer_kind)
+    # The label set is the options the questions offered (a custom 3-option file has three
+    # classes), as for generative scoring (ftlab.eval.metrics.task_options).
+    labels = tuple(task.labels) if task.labels else tuple(sorted({x for ln in lines for x in ln["choice_labels"]}))
+    scorer = get_scorer(task.answer_kind, ScoringOptions.for_task(task, labels=labels or None))
     scores, norm = [], []
     for line in lines:
         labels, gold = line["choice_labels"], line["gold"]
