@@ -12,14 +12,16 @@ import copy
 import gc
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 from ftlab.config import TrainRunConfig
+from ftlab.errors import FtlabError
 from ftlab.train.peft_methods import get_kind
 
 log = logging.getLogger(__name__)
 
 MIN_MAX_LENGTH = 64
+T = TypeVar("T")
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -135,3 +137,39 @@ def settings_summary(cfg: TrainRunConfig) -> dict:
             "r": cfg.peft.r if get_kind(cfg.peft.method).adapter else None,
             "alpha": cfg.peft.alpha, "target_modules": list(cfg.peft.target_modules),
             "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum}
+
+
+def train_with_backoff(cfg: TrainRunConfig, attempt: Callable[[TrainRunConfig], T],
+                       on_retry: Callable[[], None] = lambda: None) -> tuple[T, TrainRunConfig, list[dict]]:
+    """Runs `attempt(settings)` until it does not run out of memory, stepping through PROTOCOL.
+
+    Returns (its result, the settings that worked, every attempt as recorded in the metadata);
+    `on_retry` runs before each retry (the runner drops the old settings' checkpoints there).
+    Errors other than out-of-memory are re-raised as they are."""
+    attempts: list[dict] = []
+    current, position = cfg, 0
+    while True:
+        try:
+            result = attempt(current)
+            attempts.append({"settings": settings_summary(current), "status": "ok"})
+            return result, current, attempts
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
+            if not is_oom(exc):
+                raise
+            release_memory()
+            attempts.append({"settings": settings_summary(current), "status": "oom",
+                             "error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})
+            retries = len(attempts)
+            nxt = next_settings(current, position) if cfg.train.oom_backoff else None
+            if nxt is None or retries > cfg.train.max_oom_retries:
+                why = ("train.oom_backoff is off" if not cfg.train.oom_backoff
+                       else f"train.max_oom_retries={cfg.train.max_oom_retries} reached" if nxt
+                       else "the back-off protocol is exhausted")
+                raise FtlabError(
+                    f"out of memory after {retries} attempt(s) ({why}); lower data.max_length, "
+                    "train.batch_size or peft.r, or use quant.method=QLORA"
+                ) from None
+            current, step, change, position = nxt
+            attempts[-1].update(next_step=step, change=change)
+            log.warning("out of memory; retrying with %s (%s)", step, change)
+            on_retry()
