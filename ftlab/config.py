@@ -30,26 +30,22 @@ def doc_field(default: Any = dataclasses.MISSING, doc: str = "", **kw: Any) -> A
     return field(default=default, metadata={"doc": doc}, **kw)
 
 
+def _peft_kinds():
+    from ftlab.train.peft_methods import PEFT_KINDS  # the registry's kinds import no torch/peft
+
+    return PEFT_KINDS
+
+
 class _PeftKindsDoc:
     """peft.method's doc, read from the PEFT kind registry when help is printed (one list of kinds)."""
 
     def __str__(self) -> str:
-        from ftlab.train.peft_methods import PEFT_KINDS
-
-        return "PEFT kind: " + ", ".join(PEFT_KINDS.names()) + " (NoPeft = full fine-tune; see docs)"
-
-
-def _peft_kind_names() -> list[str]:
-    from ftlab.train.peft_methods import PEFT_KINDS
-
-    return PEFT_KINDS.names()
+        return f"PEFT kind: {', '.join(_peft_kinds().names())} (NoPeft = full fine-tune; the README says what each does)"
 
 
 def _is_adapter(method: str) -> bool:
     """True for a registered adapter kind; NoPeft and unknown names (reported elsewhere) are not."""
-    from ftlab.train.peft_methods import PEFT_KINDS
-
-    return method in PEFT_KINDS.names() and PEFT_KINDS.get(method).adapter
+    return method in _peft_kinds().names() and _peft_kinds().get(method).adapter
 
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -105,7 +101,7 @@ class PeftConfig:
 
     def validate(self) -> list[str]:
         out = []
-        kinds = _peft_kind_names()
+        kinds = _peft_kinds().names()
         if self.method not in kinds:
             hint = closest(self.method, kinds)
             out.append(f"peft.method={self.method!r} is unknown" + (f" (did you mean {hint!r}?)" if hint else "") + f"; valid: {', '.join(kinds)}")
@@ -128,8 +124,11 @@ class QuantConfig:
 
     def validate(self) -> list[str]:
         out = []
-        if self.method not in ("NoQuant", "QLORA"):
-            out.append(f"quant.method={self.method!r} is not a training-time method; use NoQuant or QLORA (post-training methods: ftlab quantize)")
+        from ftlab.quant.spec import TRAINING_METHODS
+
+        if self.method not in TRAINING_METHODS:
+            out.append(f"quant.method={self.method!r} is not a training-time method; use {' or '.join(TRAINING_METHODS)} "
+                       "(post-training methods: ftlab quantize)")
         if self.method == "QLORA" and self.bits not in (4, 8):
             out.append(f"quant.bits={self.bits} is not supported by bitsandbytes QLoRA; use 4 or 8")
         if self.compute_dtype not in DTYPES:
