@@ -86,6 +86,7 @@ def test_saved_adapter_applies_to_the_original_base(method, tiny_model_dir, work
     assert meta["peft"]["method"] == method and meta["peft"]["init_lora_weights"] == method.lower()
     assert "rank 2r" in meta["peft"]["saved_as"]
     assert json.loads((adapter_dir / "adapter_config.json").read_text())["r"] == 32
+    assert "| adapter saved as | LoRA adapter of rank 2r" in (adapter_dir / "README.md").read_text()
 
     tok = AutoTokenizer.from_pretrained(adapter_dir)
     ids = tok("What is 1 + 2?", return_tensors="pt")["input_ids"]
