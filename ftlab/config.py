@@ -30,7 +30,24 @@ def doc_field(default: Any = dataclasses.MISSING, doc: str = "", **kw: Any) -> A
     return field(default=default, metadata={"doc": doc}, **kw)
 
 
-PEFT_METHODS = ("NoPeft", "LoRa", "rsLoRa", "DoRa", "VeRa")
+def _peft_kinds():
+    from ftlab.train.peft_methods import PEFT_KINDS  # the registry's kinds import no torch/peft
+
+    return PEFT_KINDS
+
+
+class _PeftKindsDoc:
+    """peft.method's doc, read from the PEFT kind registry when help is printed (one list of kinds)."""
+
+    def __str__(self) -> str:
+        return f"PEFT kind: {', '.join(_peft_kinds().names())} (NoPeft = full fine-tune; the README says what each does)"
+
+
+def _is_adapter(method: str) -> bool:
+    """True for a registered adapter kind; NoPeft and unknown names (reported elsewhere) are not."""
+    return method in _peft_kinds().names() and _peft_kinds().get(method).adapter
+
+
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -74,7 +91,7 @@ class DataConfig:
 
 @dataclass
 class PeftConfig:
-    method: str = doc_field("LoRa", "NoPeft (full fine-tune), LoRa, rsLoRa, DoRa or VeRa")
+    method: str = doc_field("LoRa", _PeftKindsDoc())
     r: int = doc_field(16, "adapter rank (VeRA: rank of the shared random matrices, typically 256)")
     alpha: float | None = doc_field(None, "LoRA alpha; None = 2*r (rsLoRA scales by alpha/sqrt(r))")
     dropout: float = doc_field(0.05, "dropout on the adapter input")
@@ -84,10 +101,11 @@ class PeftConfig:
 
     def validate(self) -> list[str]:
         out = []
-        if self.method not in PEFT_METHODS:
-            hint = closest(self.method, list(PEFT_METHODS))
-            out.append(f"peft.method={self.method!r} is unknown" + (f" (did you mean {hint!r}?)" if hint else "") + f"; valid: {', '.join(PEFT_METHODS)}")
-        if self.method != "NoPeft" and self.r <= 0:
+        kinds = _peft_kinds().names()
+        if self.method not in kinds:
+            hint = closest(self.method, kinds)
+            out.append(f"peft.method={self.method!r} is unknown" + (f" (did you mean {hint!r}?)" if hint else "") + f"; valid: {', '.join(kinds)}")
+        if _is_adapter(self.method) and self.r <= 0:
             out.append(f"peft.r={self.r} must be a positive integer (e.g. peft.r=16)")
         if not 0 <= self.dropout < 1:
             out.append(f"peft.dropout={self.dropout} must be in [0, 1)")
@@ -106,8 +124,11 @@ class QuantConfig:
 
     def validate(self) -> list[str]:
         out = []
-        if self.method not in ("NoQuant", "QLORA"):
-            out.append(f"quant.method={self.method!r} is not a training-time method; use NoQuant or QLORA (post-training methods: ftlab quantize)")
+        from ftlab.quant.spec import TRAINING_METHODS
+
+        if self.method not in TRAINING_METHODS:
+            out.append(f"quant.method={self.method!r} is not a training-time method; use {' or '.join(TRAINING_METHODS)} "
+                       "(post-training methods: ftlab quantize)")
         if self.method == "QLORA" and self.bits not in (4, 8):
             out.append(f"quant.bits={self.bits} is not supported by bitsandbytes QLoRA; use 4 or 8")
         if self.compute_dtype not in DTYPES:
@@ -231,11 +252,27 @@ class TrainRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> list[str]:
-        out = []
-        if self.quant.method == "QLORA" and self.peft.method == "NoPeft":
-            out.append("quant.method=QLORA needs an adapter: set peft.method to LoRa, rsLoRa, DoRa or VeRa (a quantized base cannot be fully fine-tuned)")
-        if self.train.method == "PT" and not self.model.name.startswith("scratch:") and self.data.dataset is None:
+        """Cross-section rules that need no model, so they fail before any weights load."""
+        from ftlab.train.peft_methods import run_problems
+
+        out = run_problems(self)  # the PEFT kind's own rules (QLoRA base, merge, ...)
+        t, scratch = self.train, self.model.name.startswith("scratch:")
+        if t.method == "PT" and not scratch and self.data.dataset is None:
             out.append("train.method=PT needs data.dataset (raw text or SFT data)")
+        if t.method == "PT" and scratch and _is_adapter(self.peft.method) and self.data.dataset is not None:
+            out.append(f"train.method=PT on {self.model.name} trains every weight of a random model; "
+                       "set peft.method=NoPeft (an adapter on random weights learns nothing useful)")
+        if t.early_stopping_patience and not t.eval_steps:
+            out.append("train.early_stopping_patience needs train.eval_steps > 0 (it counts evaluations)")
+        if t.early_stopping_patience and not self.data.val_size:
+            out.append("train.early_stopping_patience needs a held-out split: set data.val_size > 0")
+        if t.eval_steps and not self.data.val_size:
+            out.append("train.eval_steps > 0 needs a held-out split: set data.val_size > 0")
+        if t.early_stopping_patience and t.eval_steps and t.save_steps and t.save_steps % t.eval_steps:
+            out.append(f"train.save_steps={t.save_steps} must be a multiple of train.eval_steps="
+                       f"{t.eval_steps} with early stopping (the best checkpoint is restored)")
+        if not 0 <= t.warmup_ratio < 1:
+            out.append(f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1) (a share of the steps)")
         return out
 
 

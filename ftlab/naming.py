@@ -23,9 +23,7 @@ from ftlab.errors import FtlabError
 from ftlab.quant.spec import parse_quant_tag
 
 METHODS = ("SFT", "PT")
-PEFT_PREFIXES = ("NoPeft", "LoRa", "rsLoRa", "DoRa", "VeRa")
 BASE_DATASET = "base"
-_PEFT_RE = re.compile(r"^(NoPeft|(?:LoRa|rsLoRa|DoRa|VeRa)\d+)$")
 _MAX_LEN = 200
 _VARIANT_RE = re.compile(r"\.v([0-9a-f]{8})$")
 VARIANT_DIGITS = 8
@@ -110,13 +108,29 @@ def dataset_component(dataset: str) -> str:
 
 
 def peft_tag(method: str, r: int | None = None) -> str:
-    if method == "NoPeft":
-        return "NoPeft"
-    if method not in PEFT_PREFIXES:
-        raise FtlabError(f"unknown PEFT method {method!r}; valid: {', '.join(PEFT_PREFIXES)}")
-    if r is None or r <= 0:
-        raise FtlabError(f"peft.r must be a positive integer for {method}, got {r}")
-    return f"{method}{r}"
+    """The run name's PEFT field (`NoPeft`, `LoRa16`), as the PEFT kind registry defines it."""
+    from ftlab.train.peft_methods import PEFT_KINDS
+
+    if method not in PEFT_KINDS.names():  # exact spelling: the tag is part of a folder name
+        raise FtlabError(f"unknown PEFT method {method!r}; valid: {', '.join(PEFT_KINDS.names())}")
+    return PEFT_KINDS.get(method).tag(r)
+
+
+def _peft_field_ok(text: str) -> bool:
+    """True when `text` is a PEFT field some registered kind writes (`NoPeft`, `<kind><rank>`)."""
+    from ftlab.train.peft_methods import PEFT_KINDS
+
+    m = re.fullmatch(r"([A-Za-z]+?)(\d*)", text)
+    if not m or m.group(1) not in PEFT_KINDS.names():
+        return False
+    kind = PEFT_KINDS.get(m.group(1))
+    return bool(m.group(2)) == kind.adapter
+
+
+def _peft_field_doc() -> str:
+    from ftlab.train.peft_methods import PEFT_KINDS
+
+    return ", ".join(f"{n}<r>" if k.adapter else n for n, k in PEFT_KINDS.items())
 
 
 @dataclass(frozen=True)
@@ -159,8 +173,8 @@ def build_run_name(base_model: str, dataset: str | None, method: str = "SFT", pe
         return RunName(base, BASE_DATASET, quant_tag=quant_tag)
     if method not in METHODS:
         raise FtlabError(f"unknown training method {method!r}; valid: {', '.join(METHODS)}")
-    if not _PEFT_RE.match(peft):
-        raise FtlabError(f"bad PEFT tag {peft!r}; expected NoPeft or LoRa<r>, rsLoRa<r>, DoRa<r>, VeRa<r>")
+    if not _peft_field_ok(peft):
+        raise FtlabError(f"bad PEFT tag {peft!r}; expected {_peft_field_doc()}")
     parse_quant_tag(quant_tag)
     return RunName(base, dataset_component(dataset), method, peft, quant_tag)
 
@@ -195,8 +209,8 @@ def _parse_plain(name: str) -> RunName:
     method, peft, tag = fields
     if method not in METHODS:
         raise FtlabError(f"run name {name!r}: unknown method {method!r}; valid: {', '.join(METHODS)}")
-    if not _PEFT_RE.match(peft):
-        raise FtlabError(f"run name {name!r}: bad PEFT part {peft!r}")
+    if not _peft_field_ok(peft):
+        raise FtlabError(f"run name {name!r}: bad PEFT part {peft!r}; expected {_peft_field_doc()}")
     parse_quant_tag(tag)
     return RunName(base, dataset, method, peft, tag)
 

@@ -76,6 +76,69 @@ def write_training_metadata(folder: str | os.PathLike, meta: dict[str, Any]) -> 
     return atomic_write_json(Path(folder) / TRAINING_METADATA_FILE, meta)
 
 
+# --- the model-metadata document -------------------------------------------------------------
+
+# Every model folder ftlab writes (training run, base snapshot, post-training quantization) carries
+# these keys; `model_metadata` builds the document and `write_model_metadata` checks it on write.
+MODEL_METADATA_KEYS = ("kind", "run_name", "name_fields", "base_model", "dataset", "method", "peft", "adapter_only",
+                       "merged", "quantization", "history", "training_args", "results", "environment",
+                       "created_at")
+_MODEL_METADATA_TYPES: dict[str, tuple[type, ...]] = {
+    "run_name": (str,), "name_fields": (dict, type(None)), "base_model": (dict,), "dataset": (dict, str, type(None)),
+    "method": (str, type(None)), "peft": (dict, type(None)), "adapter_only": (bool,), "merged": (bool,),
+    "quantization": (dict,), "history": (list,), "training_args": (dict, type(None)), "results": (dict,),
+    "environment": (dict,), "created_at": (str,),
+}
+
+
+def model_metadata(*, run_name: str, base_model: dict, quantization: dict, results: dict, dataset: dict | None = None,
+                   method: str | None = None, peft: dict | None = None, adapter_only: bool = False,
+                   merged: bool = False, history: list | None = None, training_args: dict | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """The model-metadata document of a folder named `run_name` (name fields parsed from it when it
+    is a run name), stamped with this machine's environment and the time; `extra` adds
+    kind-specific sections (oom_backoff, requested_config, source)."""
+    from ftlab.env import environment_info, now_iso
+    from ftlab.naming import parse_run_name
+
+    try:
+        name_fields = vars(parse_run_name(run_name))
+    except FtlabError:
+        name_fields = None
+    return {
+        "kind": "model", "run_name": run_name, "name_fields": name_fields, "base_model": base_model,
+        "dataset": dataset, "method": method, "peft": peft, "adapter_only": adapter_only, "merged": merged,
+        "quantization": quantization, "history": list(history or []), "training_args": training_args,
+        "results": results, **extra, "environment": environment_info(), "created_at": now_iso(),
+    }
+
+
+def model_metadata_problems(meta: dict[str, Any]) -> list[str]:
+    """What is missing or mistyped in a model-metadata document (empty when it is well formed)."""
+    from ftlab.quant.spec import QuantizationSpec
+
+    problems = [f"missing key {k!r}" for k in MODEL_METADATA_KEYS if k not in meta]
+    for key, types in _MODEL_METADATA_TYPES.items():
+        if key in meta and not isinstance(meta[key], types):
+            problems.append(f"{key} is a {type(meta[key]).__name__}, expected {' or '.join(t.__name__ for t in types)}")
+    if meta.get("kind", "model") != "model":
+        problems.append(f"kind is {meta['kind']!r}, expected 'model'")
+    if isinstance(meta.get("quantization"), dict):
+        try:
+            QuantizationSpec.from_dict(meta["quantization"])
+        except (FtlabError, TypeError) as exc:
+            problems.append(f"quantization: {exc}")
+    return problems
+
+
+def write_model_metadata(folder: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Checks a document built by `model_metadata` and writes it atomically as training_metadata.json."""
+    problems = model_metadata_problems(meta)
+    if problems:
+        raise FtlabError(f"model metadata for {folder} is malformed (an ftlab bug): {'; '.join(problems)}")
+    return write_training_metadata(folder, meta)
+
+
 def load_training_metadata(folder: str | os.PathLike, required: bool = True) -> dict | None:
     path = Path(folder) / TRAINING_METADATA_FILE
     if not path.exists():

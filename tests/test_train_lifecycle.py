@@ -12,7 +12,7 @@ from ftlab.config import TrainRunConfig, load_config
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.schema import load_training_metadata
 from ftlab.train import run_training
-from ftlab.train.runner import checkpoint_dir_for
+from ftlab.train.checkpoints import checkpoint_dir_for
 from test_train_fixtures import tiny_model_dir, tiny_overrides  # noqa: F401 - fixture
 
 
@@ -243,7 +243,7 @@ def test_pretraining_from_scratch_on_raw_text(workspace):
 
 
 def test_resume_skips_checkpoint_cut_short(tmp_path):
-    from ftlab.train.runner import newest_complete_checkpoint
+    from ftlab.train.checkpoints import newest_complete_checkpoint
 
     for step in (2, 4, 6):
         (tmp_path / f"checkpoint-{step}").mkdir()

@@ -208,22 +208,11 @@ def missing_folder_message(ref: str, workspace: Workspace) -> str:
 
 
 def resolve_dtype(name: str | None):
-    """`auto`: bf16 on GPUs that support it, else fp16 on GPU; fp32 on CPU (bf16 matmuls are slow
-    on CPUs without AMX, and fp32 keeps greedy decoding bit-stable)."""
-    import torch
+    """The torch dtype a model is loaded in: ftlab's one dtype rule for weights (`auto`: bf16 or fp16
+    on GPU, fp32 on CPU; see ftlab.dtypes)."""
+    from ftlab.dtypes import torch_dtype
 
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-    if name is None or name == "auto":
-        if torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if isinstance(name, torch.dtype):
-        return name
-    try:
-        return table[name]
-    except KeyError:
-        raise FtlabError(f"dtype {name!r} is not one of auto, bf16, fp16, fp32") from None
+    return torch_dtype(name, "weights")
 
 
 def _publish_dir(tmp: Path, final: Path) -> None:

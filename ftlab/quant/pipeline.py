@@ -163,27 +163,20 @@ class _Source:
 
 
 def _metadata(source: _Source, name: str, spec: QuantizationSpec, ptq: dict) -> dict:
-    from ftlab.env import environment_info, now_iso
-    from ftlab.naming import parse_run_name
+    from ftlab.schema import model_metadata
 
     prev = dict(source.meta or {})
     history = list(prev.pop("history", None) or [])
     if prev:
         # Earlier metadata without bulky/volatile parts keeps the lineage readable.
         history.append({k: v for k, v in prev.items() if k not in ("environment",)})
-    try:
-        name_fields = vars(parse_run_name(name))
-    except FtlabError:
-        name_fields = None
     base_model = prev.get("base_model") or {**source.src.describe(), "base_name": source.src.base_name}
-    return {
-        "kind": "model", "run_name": name, "name_fields": name_fields, "base_model": base_model,
-        "dataset": prev.get("dataset"), "method": prev.get("method"), "peft": prev.get("peft"),
-        "adapter_only": False, "merged": bool(prev.get("merged")) or bool(source.src.adapter),
-        "quantization": spec.to_dict(), "history": history, "training_args": prev.get("training_args"),
-        "results": {"ptq": ptq}, "source": source.source_info(),
-        "environment": environment_info(), "created_at": now_iso(),
-    }
+    return model_metadata(
+        run_name=name, base_model=base_model, dataset=prev.get("dataset"), method=prev.get("method"),
+        peft=prev.get("peft"), adapter_only=False, merged=bool(prev.get("merged")) or bool(source.src.adapter),
+        quantization=spec.to_dict(), history=history, training_args=prev.get("training_args"),
+        results={"ptq": ptq}, source=source.source_info(),
+    )
 
 
 def _num(value: float | None, fmt: str = ".3f") -> str:
@@ -239,7 +232,7 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
     from ftlab.models.sources import load_tokenizer
     from ftlab.quant import fidelity
     from ftlab.naming import output_folder
-    from ftlab.schema import write_training_metadata
+    from ftlab.schema import write_model_metadata
 
     workspace = workspace or Workspace.default()
     device = _device()
@@ -323,7 +316,7 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
                 "device": device,
             }
             meta = _metadata(source, final.name, spec, ptq)
-            write_training_metadata(stage, meta)
+            write_model_metadata(stage, meta)
             atomic_write_text(stage / "README.md", _model_card(meta))
     finally:
         source.cleanup()

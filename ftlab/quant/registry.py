@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# dtype names are ftlab's one dtype rule (ftlab.dtypes); engines spell them through this module
+from ftlab.dtypes import DTYPE_NAMES, dtype_name, torch_dtype  # noqa: F401
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.registry import Registry
 
@@ -22,34 +24,6 @@ if TYPE_CHECKING:  # spec.py builds QuantMethod from this registry, so it is imp
     from ftlab.quant.spec import QuantizationSpec, QuantMethod
 
 log = logging.getLogger(__name__)
-
-DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
-def torch_dtype(name: Any):
-    """`bf16`/`fp16`/`fp32` (or the long torch names, or a torch.dtype) -> torch.dtype."""
-    import torch
-
-    if isinstance(name, torch.dtype):
-        return name
-    long = DTYPE_NAMES.get(str(name), str(name))
-    value = getattr(torch, long, None)
-    if not isinstance(value, torch.dtype) or long not in DTYPE_NAMES.values():
-        raise FtlabError(f"dtype {name!r} is not one of {', '.join(DTYPE_NAMES)}")
-    return value
-
-
-def dtype_name(dtype: Any) -> str:
-    """torch.dtype or name -> the short name used in specs and tags (`bf16`)."""
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        for short, long in DTYPE_NAMES.items():
-            if getattr(torch, long) == dtype:
-                return short
-        raise FtlabError(f"dtype {dtype} is not one of {', '.join(DTYPE_NAMES)}")
-    torch_dtype(dtype)  # validates
-    return next((s for s, long in DTYPE_NAMES.items() if dtype in (s, long)), str(dtype))
 
 
 @dataclass(frozen=True)

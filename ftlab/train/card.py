@@ -37,6 +37,9 @@ def model_card(meta: dict) -> str:
     if peft:
         lines.append(f"| rank / alpha | {peft.get('r')} / {peft.get('alpha')} |")
         lines.append(f"| target modules | {', '.join(peft.get('target_modules') or [])} |")
+        for key, label in (("init_lora_weights", "adapter initialisation"), ("saved_as", "adapter saved as")):
+            if peft.get(key):
+                lines.append(f"| {label} | {peft[key]} |")
     if res:
         tp = res.get("trainable_parameters") or {}
         lines += [

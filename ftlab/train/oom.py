@@ -1,8 +1,9 @@
 """Out-of-memory back-off: a fixed, ordered protocol of cheaper settings tried one at a time.
 
 Order (each retry applies the next step that still changes something):
-shorter max_length -> lower rank -> DoRA off -> fewer target modules -> batch 1 with more
-accumulation (same effective batch). Every attempt is recorded in the training metadata.
+shorter max_length -> lower rank -> the PEFT kind's own fallback (DoRA -> LoRA; declared by the
+kind) -> fewer target modules -> batch 1 with more accumulation (same effective batch). Every attempt
+is recorded in the training metadata.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import copy
 import gc
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 from ftlab.config import TrainRunConfig
+from ftlab.errors import FtlabError
+from ftlab.train.peft_methods import get_kind
 
 log = logging.getLogger(__name__)
 
 MIN_MAX_LENGTH = 64
+T = TypeVar("T")
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -43,6 +47,10 @@ def release_memory() -> None:
 class BackoffStep:
     name: str
     apply: Callable[[TrainRunConfig], str | None]  # mutates a copy; returns what changed, None if nothing
+    label: Callable[[TrainRunConfig], str] | None = None  # the recorded step name, when it depends on cfg
+
+    def name_for(self, cfg: TrainRunConfig) -> str:
+        return self.label(cfg) if self.label else self.name
 
 
 def _shorter_max_length(cfg: TrainRunConfig) -> str | None:
@@ -55,7 +63,7 @@ def _shorter_max_length(cfg: TrainRunConfig) -> str | None:
 
 
 def _lower_rank(cfg: TrainRunConfig) -> str | None:
-    if cfg.peft.method == "NoPeft" or cfg.peft.r <= 1:
+    if not get_kind(cfg.peft.method).adapter or cfg.peft.r <= 1:
         return None
     old = cfg.peft.r
     cfg.peft.r = max(1, old // 2)
@@ -65,18 +73,24 @@ def _lower_rank(cfg: TrainRunConfig) -> str | None:
     return f"peft.r {old} -> {cfg.peft.r}"
 
 
-def _dora_off(cfg: TrainRunConfig) -> str | None:
-    if cfg.peft.method != "DoRa":
+def _peft_fallback(cfg: TrainRunConfig) -> str | None:
+    fallback = get_kind(cfg.peft.method).oom_fallback
+    if fallback is None:
         return None
-    cfg.peft.method = "LoRa"
-    return "peft.method DoRa -> LoRa"
+    old, cfg.peft.method = cfg.peft.method, fallback[1]
+    return f"peft.method {old} -> {cfg.peft.method}"
+
+
+def _peft_fallback_name(cfg: TrainRunConfig) -> str:
+    fallback = get_kind(cfg.peft.method).oom_fallback
+    return fallback[0] if fallback else "peft_fallback"
 
 
 _FEWER_TARGETS = {"all-linear": ["qkvo"], "qkvo": ["qv"]}
 
 
 def _fewer_targets(cfg: TrainRunConfig) -> str | None:
-    if cfg.peft.method == "NoPeft":
+    if not get_kind(cfg.peft.method).adapter:
         return None
     old = list(cfg.peft.target_modules)
     if len(old) == 1 and old[0] in _FEWER_TARGETS:
@@ -101,7 +115,7 @@ def _batch_one(cfg: TrainRunConfig) -> str | None:
 PROTOCOL: tuple[BackoffStep, ...] = (
     BackoffStep("shorter_max_length", _shorter_max_length),
     BackoffStep("lower_rank", _lower_rank),
-    BackoffStep("dora_off", _dora_off),
+    BackoffStep("peft_fallback", _peft_fallback, _peft_fallback_name),
     BackoffStep("fewer_target_modules", _fewer_targets),
     BackoffStep("batch_one", _batch_one),
 )
@@ -114,12 +128,48 @@ def next_settings(cfg: TrainRunConfig, position: int) -> tuple[TrainRunConfig, s
         new = copy.deepcopy(cfg)
         change = PROTOCOL[i].apply(new)
         if change:
-            return new, PROTOCOL[i].name, change, i + 1
+            return new, PROTOCOL[i].name_for(cfg), change, i + 1
     return None
 
 
 def settings_summary(cfg: TrainRunConfig) -> dict:
     return {"max_length": cfg.data.max_length, "peft_method": cfg.peft.method,
-            "r": cfg.peft.r if cfg.peft.method != "NoPeft" else None,
+            "r": cfg.peft.r if get_kind(cfg.peft.method).adapter else None,
             "alpha": cfg.peft.alpha, "target_modules": list(cfg.peft.target_modules),
             "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum}
+
+
+def train_with_backoff(cfg: TrainRunConfig, attempt: Callable[[TrainRunConfig], T],
+                       on_retry: Callable[[], None] = lambda: None) -> tuple[T, TrainRunConfig, list[dict]]:
+    """Runs `attempt(settings)` until it does not run out of memory, stepping through PROTOCOL.
+
+    Returns (its result, the settings that worked, every attempt as recorded in the metadata);
+    `on_retry` runs before each retry (the runner drops the old settings' checkpoints there).
+    Errors other than out-of-memory are re-raised as they are."""
+    attempts: list[dict] = []
+    current, position = cfg, 0
+    while True:
+        try:
+            result = attempt(current)
+            attempts.append({"settings": settings_summary(current), "status": "ok"})
+            return result, current, attempts
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
+            if not is_oom(exc):
+                raise
+            release_memory()
+            attempts.append({"settings": settings_summary(current), "status": "oom",
+                             "error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})
+            retries = len(attempts)
+            nxt = next_settings(current, position) if cfg.train.oom_backoff else None
+            if nxt is None or retries > cfg.train.max_oom_retries:
+                why = ("train.oom_backoff is off" if not cfg.train.oom_backoff
+                       else f"train.max_oom_retries={cfg.train.max_oom_retries} reached" if nxt
+                       else "the back-off protocol is exhausted")
+                raise FtlabError(
+                    f"out of memory after {retries} attempt(s) ({why}); lower data.max_length, "
+                    "train.batch_size or peft.r, or use quant.method=QLORA"
+                ) from None
+            current, step, change, position = nxt
+            attempts[-1].update(next_step=step, change=change)
+            log.warning("out of memory; retrying with %s (%s)", step, change)
+            on_retry()

@@ -1,121 +1,97 @@
-"""PEFT kinds (name -> builder of the peft config) and target-module resolution.
+"""PEFT kinds: each one is a single `PeftKind` definition registered in `PEFT_KINDS` by name.
 
-`PEFT_KINDS` maps `peft.method` to a `PeftKind`; adding a method is one `register` call.
-Target modules are resolved to explicit suffixes (`q_proj`, ...) before training so the
-metadata records exactly what was adapted and bad names fail before any weights load twice.
+A kind carries everything ftlab knows about it: its name (the `peft.method` value and the prefix of
+the run name's PEFT field, `LoRa16`), the builder of its peft config, the fields it adds to the
+model metadata, its model-free config rules, hooks run once the trainer exists and when the adapter
+is saved, and its out-of-memory fallback. Config validation, naming, the runner and the OOM
+back-off read these fields; none of them branches on kind names. Adding a kind is one `PeftKind`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-from ftlab.config import PeftConfig
 from ftlab.errors import FtlabError
 from ftlab.registry import Registry
+from ftlab.train.targets import linear_types, module_suffixes, resolve_target_modules
+
+if TYPE_CHECKING:
+    from ftlab.config import PeftConfig, TrainRunConfig
 
 log = logging.getLogger(__name__)
 
-
-# --- target modules --------------------------------------------------------------------------
-
-
-def _linear_types() -> tuple[type, ...]:
-    import torch.nn as nn
-    from transformers.pytorch_utils import Conv1D
-
-    types: list[type] = [nn.Linear, Conv1D]
-    try:  # bitsandbytes layers subclass nn.Linear today; listed explicitly in case that changes
-        import bitsandbytes as bnb
-
-        types += [bnb.nn.Linear4bit, bnb.nn.Linear8bitLt]
-    except Exception:  # noqa: BLE001 - bitsandbytes missing or without a usable backend
-        pass
-    return tuple(types)
+INITIAL_ADAPTER_DIRNAME = "initial_adapter"
 
 
-def module_suffixes(model) -> dict[str, list[Any]]:
-    """Last name component -> modules with that name (e.g. `q_proj` -> every layer's q_proj)."""
-    out: dict[str, list[Any]] = {}
-    for name, module in model.named_modules():
-        if name:
-            out.setdefault(name.rsplit(".", 1)[-1], []).append(module)
-    return out
+def _no_problems(run: "TrainRunConfig") -> list[str]:
+    return []
 
 
-def _output_head_suffix(model) -> str | None:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
-        return None
-    for name, module in model.named_modules():
-        if module is head:
-            return name.rsplit(".", 1)[-1]
+def _no_summary(cfg: "PeftConfig") -> dict:
+    return {}
+
+
+def _nothing_after_trainer(model, work_dir: Path, is_main: bool) -> None:
     return None
 
 
-def linear_suffixes(model) -> list[str]:
-    """Suffixes of the linear layers inside the transformer blocks (never the output head)."""
-    linear = _linear_types()
-    head = _output_head_suffix(model)
-    names = [s for s, mods in module_suffixes(model).items() if s != head and all(isinstance(m, linear) for m in mods)]
-    return sorted(names)
-
-
-TARGET_PRESETS: Registry[Callable[[Any], list[str]]] = Registry("target-module preset")
-TARGET_PRESETS.add("all-linear", linear_suffixes)
-TARGET_PRESETS.add("qkvo", lambda model: ["q_proj", "k_proj", "v_proj", "o_proj"])
-TARGET_PRESETS.add("qv", lambda model: ["q_proj", "v_proj"])
-TARGET_PRESETS.add("mlp", lambda model: ["gate_proj", "up_proj", "down_proj"])
-
-
-def resolve_target_modules(spec: list[str], model) -> list[str]:
-    """Presets and explicit names -> the sorted module suffixes present in `model`."""
-    present = module_suffixes(model)
-    head = _output_head_suffix(model)
-    out: list[str] = []
-    for item in spec:
-        names = TARGET_PRESETS.get(item)(model) if item in TARGET_PRESETS else [item]
-        for n in names:
-            if n not in present:
-                valid = ", ".join(linear_suffixes(model))
-                src = f" (from preset {item!r})" if item in TARGET_PRESETS else ""
-                raise FtlabError(
-                    f"peft.target_modules: {n!r}{src} is not a module of {type(model).__name__}; "
-                    f"use all-linear, a preset ({', '.join(TARGET_PRESETS.names())}) or names from: {valid}"
-                )
-            if n == head:
-                raise FtlabError(
-                    f"peft.target_modules: {n!r} is the output head, which TRL scores through its weight directly "
-                    "(an adapter there would never train); remove it"
-                )
-            if n not in out:
-                out.append(n)
-    if not out:
-        raise FtlabError("peft.target_modules resolved to no module; use all-linear or name modules explicitly")
-    return sorted(out)
-
-
-# --- kinds -----------------------------------------------------------------------------------
+def _plain_save(model, folder: Path, work_dir: Path) -> dict:
+    model.save_pretrained(folder)
+    return {}
 
 
 @dataclass(frozen=True)
 class PeftKind:
-    name: str
-    build: Callable[[PeftConfig, list[str]], Any]  # -> peft.PeftConfig, or None for full fine-tuning
+    name: str  # peft.method value and run-name prefix (LoRa -> LoRa16)
+    doc: str
+    build: Callable[["PeftConfig", list[str]], Any]  # -> peft.PeftConfig, or None for full fine-tuning
+    adapter: bool = True  # False: every weight trains, no rank, no adapter folder
+    summary: Callable[["PeftConfig"], dict] = _no_summary  # kind-specific fields of the metadata's `peft`
+    problems: Callable[["TrainRunConfig"], list[str]] = _no_problems  # model-free rules, in config validation
     supported_modules: Callable[[], tuple[type, ...]] | None = None  # None: whatever peft supports
-    doc: str = ""
+    needs_cuda: str = ""  # why the kind cannot run on CPU (empty: it can)
+    after_trainer: Callable[[Any, Path, bool], None] = _nothing_after_trainer  # (peft model, work dir, is main)
+    save: Callable[[Any, Path, Path], dict] = _plain_save  # (model, folder, work dir) -> notes for `peft`
+    oom_fallback: tuple[str, str] | None = None  # (back-off step name, cheaper kind) tried on out-of-memory
+    no_qlora: str = ""  # why the kind cannot train on a quantized (QLoRA) base (empty: it can)
+
+    def tag(self, r: int | None) -> str:
+        """The run name's PEFT field: the name, followed by the rank for adapter kinds."""
+        if not self.adapter:
+            return self.name
+        if r is None or r <= 0:
+            raise FtlabError(f"peft.r must be a positive integer for {self.name}, got {r}")
+        return f"{self.name}{r}"
 
 
 PEFT_KINDS: Registry[PeftKind] = Registry("PEFT method")
 
 
-def lora_alpha(cfg: PeftConfig) -> float:
+def get_kind(name: str) -> PeftKind:
+    return PEFT_KINDS.get(name)
+
+
+def adapter_kind_names() -> list[str]:
+    return [n for n, k in PEFT_KINDS.items() if k.adapter]
+
+
+def kinds_doc() -> str:
+    return "; ".join(f"{n}: {k.doc}" for n, k in PEFT_KINDS.items())
+
+
+def lora_alpha(cfg: "PeftConfig") -> float:
     return float(cfg.alpha) if cfg.alpha is not None else float(2 * cfg.r)
 
 
-def _lora(**extra: Any) -> Callable[[PeftConfig, list[str]], Any]:
-    def build(cfg: PeftConfig, targets: list[str]):
+# --- LoRA and its variants -------------------------------------------------------------------
+
+
+def _lora(**extra: Any) -> Callable[["PeftConfig", list[str]], Any]:
+    def build(cfg: "PeftConfig", targets: list[str]):
         from peft import LoraConfig
 
         return LoraConfig(r=cfg.r, lora_alpha=lora_alpha(cfg), lora_dropout=cfg.dropout,
@@ -124,7 +100,71 @@ def _lora(**extra: Any) -> Callable[[PeftConfig, list[str]], Any]:
     return build
 
 
-def _vera(cfg: PeftConfig, targets: list[str]):
+def _lora_summary(rslora: bool = False, dora: bool = False, init: str | None = None):
+    def summary(cfg: "PeftConfig") -> dict:
+        alpha = lora_alpha(cfg)
+        out = {"alpha": alpha, "use_rslora": rslora, "use_dora": dora,
+               "scaling": alpha / (math.sqrt(cfg.r) if rslora else cfg.r)}
+        if init:
+            out["init_lora_weights"] = init
+        return out
+
+    return summary
+
+
+# PiSSA and OLoRA initialise the adapter from the base weight (SVD / QR) and subtract it from the
+# base, so base' + BA equals the original model at step 0. An adapter trained on base' does not apply
+# to the original base, so the saved adapter is peft's conversion of the update to a plain LoRA
+# adapter of rank 2r (`path_initial_model_for_weight_conversion`), which does.
+
+
+def _save_initial_adapter(model, work_dir: Path, is_main: bool) -> None:
+    if not is_main:
+        return
+    config = model.peft_config["default"]
+    init = config.init_lora_weights
+    config.init_lora_weights = True  # peft: the initial adapter must not re-run the decomposition on load
+    try:
+        model.save_pretrained(work_dir / INITIAL_ADAPTER_DIRNAME)
+    finally:
+        config.init_lora_weights = init
+
+
+def _save_converted(model, folder: Path, work_dir: Path) -> dict:
+    initial = work_dir / INITIAL_ADAPTER_DIRNAME
+    if not hasattr(model, "peft_config"):  # merged: base' + BA is the trained model, nothing to convert
+        model.save_pretrained(folder)
+        return {}
+    if not (initial / "adapter_model.safetensors").is_file():
+        raise FtlabError(f"the initial adapter {initial} is missing, so the trained adapter cannot be converted "
+                         "for the original base; train again (train.resume=never)")
+    model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial))
+    return {"saved_as": "LoRA adapter of rank 2r for the original base (peft's conversion of the update)"}
+
+
+def _loftq_problems(run: "TrainRunConfig") -> list[str]:
+    out = []
+    if not run.train.merge_after_train:
+        out.append("peft.method=LoftQ replaces the base weights with their 4-bit approximation, so the adapter "
+                   "alone does not apply to the original base; set train.merge_after_train=true")
+    return out
+
+
+def _loftq(cfg: "PeftConfig", targets: list[str]):
+    from peft import LoftQConfig
+
+    # peft's defaults (4-bit NF4, one alternating step), recorded in the metadata summary.
+    return _lora(init_lora_weights="loftq", loftq_config=LoftQConfig(loftq_bits=4, loftq_iter=1))(cfg, targets)
+
+
+def _loftq_summary(cfg: "PeftConfig") -> dict:
+    return {**_lora_summary(init="loftq")(cfg), "loftq_bits": 4, "loftq_iter": 1}
+
+
+# --- VeRA ------------------------------------------------------------------------------------
+
+
+def _vera(cfg: "PeftConfig", targets: list[str]):
     """VeRA shares one pair of frozen random matrices across all adapted layers; peft sizes them
     for the largest layer and slices them per layer, so q/k/v/o/MLP layers of different shapes
     can share them. What VeRA cannot adapt is a non-linear module (embeddings, norms): rejected in
@@ -138,18 +178,86 @@ def _vera(cfg: PeftConfig, targets: list[str]):
                       task_type="CAUSAL_LM")
 
 
-PEFT_KINDS.add("NoPeft", PeftKind("NoPeft", lambda cfg, targets: None, doc="full fine-tuning of every weight"))
-PEFT_KINDS.add("LoRa", PeftKind("LoRa", _lora(), doc="low-rank adapters, scale alpha/r"))
-PEFT_KINDS.add("rsLoRa", PeftKind("rsLoRa", _lora(use_rslora=True), doc="rank-stabilised LoRA, scale alpha/sqrt(r)"))
-PEFT_KINDS.add("DoRa", PeftKind("DoRa", _lora(use_dora=True), doc="weight-decomposed LoRA (magnitude + direction)"))
-PEFT_KINDS.add("VeRa", PeftKind("VeRa", _vera, supported_modules=_linear_types,
-                                doc="shared frozen random projections, trainable scaling vectors"))
+def _vera_summary(cfg: "PeftConfig") -> dict:
+    return {"d_initial": cfg.vera_d_initial, "prng_key": cfg.vera_prng_key, "alpha": None}
 
 
-def build_peft_config(cfg: PeftConfig, model) -> tuple[Any, list[str]]:
+def _align_vera_projections(model, work_dir: Path, is_main: bool) -> None:
+    """TRL casts QLoRA's trainable adapter weights to bf16 but VeRA's frozen shared projections
+    are buffers it does not touch; matmuls between the two then fail on dtype. Bring the
+    projections to the dtype of VeRA's scaling vectors."""
+    dtype = next((p.dtype for n, p in model.named_parameters() if "vera_lambda" in n), None)
+    if dtype is None:
+        return
+    seen: set[int] = set()
+    for module in model.modules():
+        for attr in ("vera_A", "vera_B"):
+            buffers = getattr(module, attr, None)
+            if buffers is None or id(buffers) in seen or not hasattr(buffers, "keys"):
+                continue
+            seen.add(id(buffers))
+            for key in list(buffers.keys()):
+                if buffers[key].dtype != dtype:
+                    buffers[key] = buffers[key].to(dtype)
+
+
+# --- the kinds -------------------------------------------------------------------------------
+
+
+for _kind in (
+    PeftKind("NoPeft", "full fine-tuning of every weight", lambda cfg, targets: None, adapter=False,
+             no_qlora="a quantized base cannot be fully fine-tuned"),
+    PeftKind("LoRa", "low-rank adapters, scale alpha/r", _lora(), summary=_lora_summary()),
+    PeftKind("rsLoRa", "rank-stabilised LoRA, scale alpha/sqrt(r)", _lora(use_rslora=True),
+             summary=_lora_summary(rslora=True)),
+    PeftKind("DoRa", "weight-decomposed LoRA (magnitude + direction)", _lora(use_dora=True),
+             summary=_lora_summary(dora=True), oom_fallback=("dora_off", "LoRa")),
+    PeftKind("VeRa", "shared frozen random projections, trainable scaling vectors", _vera, summary=_vera_summary,
+             supported_modules=linear_types, after_trainer=_align_vera_projections),
+    PeftKind("PiSSA", "LoRA initialised from the principal singular vectors of each weight (the base keeps the rest)",
+             _lora(init_lora_weights="pissa"), summary=_lora_summary(init="pissa"),
+             no_qlora="peft decomposes full-precision weights only",
+             after_trainer=_save_initial_adapter, save=_save_converted),
+    PeftKind("OLoRa", "LoRA initialised from a QR decomposition of each weight (the base keeps the rest)",
+             _lora(init_lora_weights="olora"), summary=_lora_summary(init="olora"),
+             after_trainer=_save_initial_adapter, save=_save_converted),
+    PeftKind("LoftQ", "LoRA initialised so 4-bit base + adapter approximates the full-precision weight",
+             _loftq, summary=_loftq_summary, problems=_loftq_problems,
+             no_qlora="LoftQ quantizes the full-precision base itself",
+             needs_cuda="peft's LoftQ initialisation (peft.utils.loftq_utils) quantizes on cuda/xpu only; "
+                        "on CPU use PiSSA or OLoRa"),
+):
+    PEFT_KINDS.add(_kind.name, _kind)
+
+
+# --- using a kind ----------------------------------------------------------------------------
+
+
+def run_problems(run: "TrainRunConfig") -> list[str]:
+    """Model-free rules of the chosen kind (TrainRunConfig.validate calls this)."""
+    if run.peft.method not in PEFT_KINDS.names():
+        return []  # PeftConfig.validate reports the unknown name
+    kind = get_kind(run.peft.method)
+    out = list(kind.problems(run))
+    if run.quant.method == "QLORA" and kind.no_qlora:
+        usable = ", ".join(n for n, k in PEFT_KINDS.items() if not k.no_qlora)
+        needs = "needs an adapter" if not kind.adapter else f"cannot train peft.method={kind.name}"
+        out.append(f"quant.method=QLORA {needs} ({kind.no_qlora}): set peft.method to one of {usable}, "
+                   "or quant.method=NoQuant")
+    return out
+
+
+def check_device(method: str, cuda: bool) -> None:
+    """Refuses a kind that cannot run here, before any model loads."""
+    kind = get_kind(method)
+    if kind.needs_cuda and not cuda:
+        raise FtlabError(f"peft.method={kind.name} needs a CUDA GPU: {kind.needs_cuda}")
+
+
+def build_peft_config(cfg: "PeftConfig", model) -> tuple[Any, list[str]]:
     """(peft config or None, resolved target suffixes) for `cfg`, validated against `model`."""
-    kind = PEFT_KINDS.get(cfg.method)
-    if kind.name == "NoPeft":
+    kind = get_kind(cfg.method)
+    if not kind.adapter:
         return None, []
     if cfg.r <= 0:
         raise FtlabError(f"peft.r={cfg.r} must be a positive integer (e.g. peft.r=16)")
@@ -164,6 +272,15 @@ def build_peft_config(cfg: PeftConfig, model) -> tuple[Any, list[str]]:
                 f"({type(present[bad[0]][0]).__name__}); use all-linear, qkvo or linear module names"
             )
     return kind.build(cfg, targets), targets
+
+
+def peft_summary(cfg: "PeftConfig", targets: list[str]) -> dict | None:
+    """The metadata's `peft` section (None for full fine-tuning)."""
+    kind = get_kind(cfg.method)
+    if not kind.adapter:
+        return None
+    return {"method": kind.name, "r": cfg.r, "target_modules": targets, "dropout": cfg.dropout,
+            "requested_target_modules": list(cfg.target_modules), **kind.summary(cfg)}
 
 
 def trainable_parameters(model) -> dict[str, float]:
