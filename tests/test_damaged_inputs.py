@@ -421,7 +421,7 @@ def test_signal_during_quantize_removes_its_staging_folder(sig, code, said, ws):
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         staging = Path(marker.read_text())
-        assert staging.name.startswith(".staging-") and (staging / "qmodel.pt").is_file()
+        assert staging.name.startswith(".staging-") and (staging / "hqq_model.safetensors").is_file()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -574,7 +574,7 @@ def test_full_disk_fails_in_one_line_naming_the_disk(tmp_path, tiny_model_dir): 
         assert res["previous"] == ["previous"] * 3, what
         assert not [p for p in res["tree"] if ".staging-" in p or ".replaced-" in p or p.endswith(".tmp")], res["tree"]
     assert "Models/tiny-synthetic-arith_SFT_LoRa16_NoQuant/config.json" not in results["train"]["tree"]
-    assert "Models/tiny_HQQ_w4_g64/qmodel.pt" not in results["quantize"]["tree"]
+    assert "Models/tiny_HQQ_w4_g64/hqq_model.safetensors" not in results["quantize"]["tree"]
     metrics = results["evaluate"]["metrics"]
     assert metrics is None or json.loads(metrics)["status"] != "complete"  # nothing that looks finished
 
