@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from ftlab.cli import main as ftlab_main
-from test_train_fixtures import tiny_model_dir, tiny_overrides  # noqa: F401 - fixture
+from tiny_models import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["data.dataset=synthetic-arith", "data.trunc_train=16", "data.val_size=0", "train.max_steps=2",
@@ -81,7 +81,7 @@ def tree(root: Path) -> list[str]:
 
 
 @pytest.fixture
-def ws(tmp_path, tiny_model_dir) -> Path:  # noqa: F811
+def ws(tmp_path, tiny_model_dir) -> Path:
     """A workspace with Models/tiny (a 400-token Llama that trains in a second)."""
     shutil.copytree(tiny_model_dir, tmp_path / "Models" / "tiny")
     return tmp_path
@@ -188,7 +188,7 @@ def test_weights_that_do_not_fit_the_config_are_one_line(ws, capsys):
     assert not (ws / "Testing").exists()
 
 
-def test_folder_checks_pass_intact_models_and_name_each_damage(tiny_model_dir, tmp_path):  # noqa: F811
+def test_folder_checks_pass_intact_models_and_name_each_damage(tiny_model_dir, tmp_path):
     from ftlab.errors import FtlabError
     from ftlab.models.integrity import check_model_folder, check_safetensors
 
@@ -352,7 +352,7 @@ def test_typos_in_chat_and_train(ref, expected, ws, capsys, monkeypatch):
 # 5. faults beyond bad input
 
 
-def test_adapter_whose_base_is_gone(ws, capsys, tiny_model_dir):  # noqa: F811
+def test_adapter_whose_base_is_gone(ws, capsys, tiny_model_dir):
     from ftlab.config import TrainRunConfig, load_config
     from ftlab.paths import Workspace
     from ftlab.train.runner import run_training
@@ -554,7 +554,7 @@ def _mount_namespace() -> list[str] | None:
     return None
 
 
-def test_full_disk_fails_in_one_line_naming_the_disk(tmp_path, tiny_model_dir):  # noqa: F811
+def test_full_disk_fails_in_one_line_naming_the_disk(tmp_path, tiny_model_dir):
     """train, quantize and evaluate on a 4 MB tmpfs filled to a few KB: one line naming the disk,
     no finished-looking output, earlier results untouched."""
     prefix = _mount_namespace()

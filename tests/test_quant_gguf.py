@@ -11,7 +11,7 @@ import pytest
 
 from ftlab.paths import Workspace
 from ftlab.schema import load_training_metadata
-from tests.test_quant_engines import build_tiny_model
+from tiny_models import build_quant_tiny_model
 
 SOURCE = "tinyg-base"
 
@@ -22,7 +22,7 @@ def ws(tmp_path_factory) -> Workspace:
     from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("gguf")
-    folder = build_tiny_model(root / "Models" / SOURCE, hidden=64, vocab=300)
+    folder = build_quant_tiny_model(root / "Models" / SOURCE, hidden=64, vocab=300)
     # Peaked distributions (see test_quant_fidelity): rounding then moves them measurably.
     model = AutoModelForCausalLM.from_pretrained(folder)
     with torch.no_grad():
