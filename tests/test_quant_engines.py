@@ -242,6 +242,7 @@ def test_list_methods(tmp_path, capsys):
     assert hqq["options"]["optimize"]["default"] is False and hqq["options"]["axis"]["choices"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_gptqmodel_import_keeps_hf_home():
     """Importing gptqmodel bare sets HF_HOME to a temp folder; ftlab's import must not leak that."""
     env = {k: v for k, v in os.environ.items() if k != "HF_HOME"}

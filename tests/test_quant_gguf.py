@@ -103,6 +103,7 @@ def test_bad_export_arguments(ws, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_orchestrator_evaluates_gguf_folders(exported, ws):
     """Discovery finds the GGUF folder by its metadata and the evaluator loads model.gguf."""
     from ftlab.orchestrate.discovery import EvalOptions
