@@ -140,28 +140,51 @@ def _params_ok(obj, args: str) -> list[str]:
     return problems
 
 
+def _lookup_qualified(name: str):
+    """(object, problem) for an `ftlab.`-qualified name."""
+    try:
+        obj, rest = _import_dotted(name)
+    except AssertionError as exc:
+        return None, str(exc)
+    where = obj.__name__
+    for part in rest:
+        if not _has_attr(obj, part):
+            return None, f"{name}: {where} has no {part!r}"
+        obj, where = getattr(obj, part, None), f"{where}.{part}"
+    return obj, None
+
+
+def _lookup_in(modules: list[str], name: str):
+    """The object `name` names in the first of `modules` that has it, or _MISSING."""
+    for mod_name in modules:
+        mod, rest = _import_dotted(mod_name)
+        mod = _resolve(mod, rest)
+        parts = name.split(".")
+        if parts[0] == mod_name.rsplit(".", 1)[-1] and len(parts) > 1:
+            parts = parts[1:]  # `cli.COMMANDS` in the row of ftlab/cli.py
+        obj = _resolve(mod, parts)
+        if obj is not _MISSING:
+            return obj
+    return _MISSING
+
+
+def _block_modules(block: str, codes: list[str]) -> list[str]:
+    """The modules a table row (its first column) or a paragraph cites: where its bare names live."""
+    cited = _CODE.findall(block.split("|")[1]) if block.startswith("|") else []
+    out = [m for c in cited + codes if (m := _module_of_path(c))]
+    return out + [c for c in codes if c.startswith("ftlab.") and _NAME.match(c) and "(" not in c]
+
+
 def check_doc(text: str, repo: Path = REPO) -> list[str]:
     """Every problem with the paths and names `text` cites, one line each; [] when all exist."""
     problems: list[str] = []
     blocks = _blocks(text)
-    foundation: list[str] = []
+    foundation = [m for b in blocks if b.startswith("|") for m in _block_modules(b, [])]
     for block in blocks:
-        if block.startswith("|"):
-            first = block.split("|")[1]
-            foundation += [m for c in _CODE.findall(first) if (m := _module_of_path(c))]
-
-    for block in blocks:
-        codes = _CODE.findall(block)
-        if block.startswith("|"):
-            cells = block.split("|")
-            row_modules = [m for c in _CODE.findall(cells[1]) if (m := _module_of_path(c))]
-        else:
-            row_modules = []
-        local = row_modules + [m for c in codes if (m := _module_of_path(c))]
-        local += [c for c in codes if c.startswith("ftlab.") and _NAME.match(c) and "(" not in c]
+        codes = [c.strip() for c in _CODE.findall(block)]
+        local = _block_modules(block, codes)
         last_class = None
         for code in codes:
-            code = code.strip()
             if _NOT_CHECKED.search(code):
                 continue
             if _PATH.match(code):
@@ -170,48 +193,28 @@ def check_doc(text: str, repo: Path = REPO) -> list[str]:
                 continue
             m = _NAME.match(code)
             if not m:
-                continue
+                continue  # a value, an expression, a JSON shape
             name, call, args = m.group("name"), m.group("call"), m.group("args") or ""
             first = name.lstrip(".").split(".")[0]
             if name.startswith("ftlab."):
-                try:
-                    obj, rest = _import_dotted(name)
-                except AssertionError as exc:
-                    problems.append(str(exc))
+                obj, problem = _lookup_qualified(name)
+                if problem:
+                    problems.append(problem)
                     continue
-                where = obj.__name__
-                for part in rest:
-                    if not _has_attr(obj, part):
-                        problems.append(f"{name}: {where} has no {part!r}")
-                        obj = None
-                        break
-                    obj, where = getattr(obj, part, None), f"{where}.{part}"
             elif name.startswith("."):
                 if last_class is not None and not _has_attr(last_class, name[1:].split(".")[0]):
                     problems.append(f"{code}: {last_class.__name__} has no {name[1:]!r}")
                 continue
             elif "." in name and not first[0].isupper() and first not in {m.rsplit(".", 1)[-1] for m in local}:
                 continue  # `logging.getLogger(...)`, `base_model.ref`: another library, or a document path
-            elif call or first[0].isupper() and len(first) > 1 or "." in name:
-                modules = local + [f for f in foundation if f not in local]
-                for mod_name in modules:
-                    mod, rest = _import_dotted(mod_name)
-                    for part in rest:
-                        mod = getattr(mod, part)
-                    parts = name.split(".")
-                    if parts[0] == mod_name.rsplit(".", 1)[-1] and len(parts) > 1:
-                        parts = parts[1:]  # `cli.COMMANDS` in the row of ftlab/cli.py
-                    obj = _resolve(mod, parts)
-                    if obj is not _MISSING:
-                        break
-                else:
+            elif call or (first[0].isupper() and len(first) > 1) or "." in name:
+                obj = _lookup_in(local + [f for f in foundation if f not in local], name)
+                if obj is _MISSING:
                     where = ", ".join(dict.fromkeys(local)) or "the foundation table's modules"
                     problems.append(f"{code}: {name} not found in {where}")
                     continue
             else:
-                continue
-            if obj is None:
-                continue
+                continue  # a bare lowercase word (`tiny`, `numeric`) is a value
             if inspect.isclass(obj):
                 last_class = obj
             if call and callable(obj):
