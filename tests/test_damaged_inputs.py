@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from ftlab.cli import main as ftlab_main
+from ftlab.quant.engines.hqq import WEIGHTS_FILE as HQQ_WEIGHTS  # the file HQQ writes (no pickle)
 from tiny_models import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,6 +409,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_signal_during_quantize_removes_its_staging_folder(sig, code, said, ws):
     """`ftlab quantize` (the real CLI, paused inside the engine) is interrupted while its staging
@@ -421,7 +423,7 @@ def test_signal_during_quantize_removes_its_staging_folder(sig, code, said, ws):
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         staging = Path(marker.read_text())
-        assert staging.name.startswith(".staging-") and (staging / "qmodel.pt").is_file()
+        assert staging.name.startswith(".staging-") and (staging / HQQ_WEIGHTS).is_file()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -430,6 +432,7 @@ def test_signal_during_quantize_removes_its_staging_folder(sig, code, said, ws):
     assert not staging.exists() and sorted(p.name for p in (ws / "Models").iterdir()) == ["tiny"]
 
 
+@pytest.mark.slow
 def test_two_trains_to_one_name_publish_one_folder(ws):
     args = ["train", "model.name=Models/tiny", *TINY_TRAIN, "train.max_steps=30"]
     runs = [subprocess.Popen([sys.executable, "-m", "ftlab", "--workdir", str(ws), *args], env=_env(), cwd=ws,
@@ -554,6 +557,7 @@ def _mount_namespace() -> list[str] | None:
     return None
 
 
+@pytest.mark.slow
 def test_full_disk_fails_in_one_line_naming_the_disk(tmp_path, tiny_model_dir):
     """train, quantize and evaluate on a 4 MB tmpfs filled to a few KB: one line naming the disk,
     no finished-looking output, earlier results untouched."""
@@ -574,7 +578,7 @@ def test_full_disk_fails_in_one_line_naming_the_disk(tmp_path, tiny_model_dir):
         assert res["previous"] == ["previous"] * 3, what
         assert not [p for p in res["tree"] if ".staging-" in p or ".replaced-" in p or p.endswith(".tmp")], res["tree"]
     assert "Models/tiny-synthetic-arith_SFT_LoRa16_NoQuant/config.json" not in results["train"]["tree"]
-    assert "Models/tiny_HQQ_w4_g64/qmodel.pt" not in results["quantize"]["tree"]
+    assert f"Models/tiny_HQQ_w4_g64/{HQQ_WEIGHTS}" not in results["quantize"]["tree"]
     metrics = results["evaluate"]["metrics"]
     assert metrics is None or json.loads(metrics)["status"] != "complete"  # nothing that looks finished
 
