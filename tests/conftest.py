@@ -47,3 +47,23 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"{SHARED_DATASETS} not present (CI and dev machines have it beside the repo)")
     return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved 2-layer Llama with a 400-token BPE (tests/tiny_models.py), built once per session."""
+    from tiny_models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """`scratch:tiny` loaded in fp32 with seed 0: (model, tokenizer), shared by one test module."""
+    import torch
+
+    from ftlab.models.sources import load_model
+
+    torch.manual_seed(0)
+    model, tok, _ = load_model("scratch:tiny", dtype="fp32")
+    return model, tok

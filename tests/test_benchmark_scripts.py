@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_eval_throughput_benchmark_runs_and_matches_answers(tmp_path, shared_datasets):
     out = tmp_path / "eval.json"
     env = dict(os.environ, FTLAB_CACHE=os.environ.get("FTLAB_CACHE", str(tmp_path / "cache")))

@@ -54,16 +54,23 @@ def test_console_script_exit_code_for_bad_input(tmp_path):
 
 
 def test_tools_prepare_datasets_script(tmp_path, shared_datasets):
-    import shutil
     from pathlib import Path
+
+    import pandas as pd
+
+    from ftlab.paths import Workspace
 
     repo = Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, str(repo / "tools" / "prepare_datasets.py"), "--workdir", str(tmp_path), "--tasks", "arc", "--from", str(shared_datasets)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, timeout=300)
     # --workdir belongs to the top-level parser; the script forwards its args after `datasets prepare`.
-    if r.returncode != 0:
-        pytest.fail(r.stderr)
-    shutil.rmtree(tmp_path, ignore_errors=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # It wrote arc (both splits, the same rows as the shared copy) into the given workspace, and only arc.
+    datasets_dir = Workspace(tmp_path).datasets_dir
+    assert sorted(p.name for p in datasets_dir.glob("*.parquet")) == ["test-ai2_arc.parquet", "train-ai2_arc.parquet"]
+    for name in ("test-ai2_arc.parquet", "train-ai2_arc.parquet"):
+        written, shared = pd.read_parquet(datasets_dir / name), pd.read_parquet(shared_datasets / name)
+        assert len(written) == len(shared) > 0 and set(written["answer"]) == {"A", "B", "C", "D"}
 
 
 def test_sigterm_exits_143_and_removes_staging_folder(tmp_path, capsys):

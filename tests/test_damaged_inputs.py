@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from ftlab.cli import main as ftlab_main
-from test_train_fixtures import tiny_model_dir, tiny_overrides  # noqa: F401 - fixture
+from ftlab.quant.engines.hqq import WEIGHTS_FILE as HQQ_WEIGHTS  # the file HQQ writes (no pickle)
+from tiny_models import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["data.dataset=synthetic-arith", "data.trunc_train=16", "data.val_size=0", "train.max_steps=2",
@@ -81,7 +82,7 @@ def tree(root: Path) -> list[str]:
 
 
 @pytest.fixture
-def ws(tmp_path, tiny_model_dir) -> Path:  # noqa: F811
+def ws(tmp_path, tiny_model_dir) -> Path:
     """A workspace with Models/tiny (a 400-token Llama that trains in a second)."""
     shutil.copytree(tiny_model_dir, tmp_path / "Models" / "tiny")
     return tmp_path
@@ -188,7 +189,7 @@ def test_weights_that_do_not_fit_the_config_are_one_line(ws, capsys):
     assert not (ws / "Testing").exists()
 
 
-def test_folder_checks_pass_intact_models_and_name_each_damage(tiny_model_dir, tmp_path):  # noqa: F811
+def test_folder_checks_pass_intact_models_and_name_each_damage(tiny_model_dir, tmp_path):
     from ftlab.errors import FtlabError
     from ftlab.models.integrity import check_model_folder, check_safetensors
 
@@ -352,7 +353,7 @@ def test_typos_in_chat_and_train(ref, expected, ws, capsys, monkeypatch):
 # 5. faults beyond bad input
 
 
-def test_adapter_whose_base_is_gone(ws, capsys, tiny_model_dir):  # noqa: F811
+def test_adapter_whose_base_is_gone(ws, capsys, tiny_model_dir):
     from ftlab.config import TrainRunConfig, load_config
     from ftlab.paths import Workspace
     from ftlab.train.runner import run_training
@@ -408,6 +409,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_signal_during_quantize_removes_its_staging_folder(sig, code, said, ws):
     """`ftlab quantize` (the real CLI, paused inside the engine) is interrupted while its staging
@@ -421,7 +423,7 @@ def test_signal_during_quantize_removes_its_staging_folder(sig, code, said, ws):
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         staging = Path(marker.read_text())
-        assert staging.name.startswith(".staging-") and (staging / "hqq_model.safetensors").is_file()
+        assert staging.name.startswith(".staging-") and (staging / HQQ_WEIGHTS).is_file()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -430,6 +432,7 @@ def test_signal_during_quantize_removes_its_staging_folder(sig, code, said, ws):
     assert not staging.exists() and sorted(p.name for p in (ws / "Models").iterdir()) == ["tiny"]
 
 
+@pytest.mark.slow
 def test_two_trains_to_one_name_publish_one_folder(ws):
     args = ["train", "model.name=Models/tiny", *TINY_TRAIN, "train.max_steps=30"]
     runs = [subprocess.Popen([sys.executable, "-m", "ftlab", "--workdir", str(ws), *args], env=_env(), cwd=ws,
@@ -554,7 +557,8 @@ def _mount_namespace() -> list[str] | None:
     return None
 
 
-def test_full_disk_fails_in_one_line_naming_the_disk(tmp_path, tiny_model_dir):  # noqa: F811
+@pytest.mark.slow
+def test_full_disk_fails_in_one_line_naming_the_disk(tmp_path, tiny_model_dir):
     """train, quantize and evaluate on a 4 MB tmpfs filled to a few KB: one line naming the disk,
     no finished-looking output, earlier results untouched."""
     prefix = _mount_namespace()
@@ -574,7 +578,7 @@ def test_full_disk_fails_in_one_line_naming_the_disk(tmp_path, tiny_model_dir): 
         assert res["previous"] == ["previous"] * 3, what
         assert not [p for p in res["tree"] if ".staging-" in p or ".replaced-" in p or p.endswith(".tmp")], res["tree"]
     assert "Models/tiny-synthetic-arith_SFT_LoRa16_NoQuant/config.json" not in results["train"]["tree"]
-    assert "Models/tiny_HQQ_w4_g64/hqq_model.safetensors" not in results["quantize"]["tree"]
+    assert f"Models/tiny_HQQ_w4_g64/{HQQ_WEIGHTS}" not in results["quantize"]["tree"]
     metrics = results["evaluate"]["metrics"]
     assert metrics is None or json.loads(metrics)["status"] != "complete"  # nothing that looks finished
 
@@ -583,9 +587,27 @@ def test_full_disk_fails_in_one_line_naming_the_disk(tmp_path, tiny_model_dir): 
 # a quiet console (issue 14 §5)
 
 
-def test_train_prints_only_ftlab_lines(ws):
-    r = ftlab(ws, "train", "model.name=Models/tiny", *TINY_TRAIN)
+# `python -m ftlab ARGS`, and at exit the quantization engines' packages it imported, into a file.
+_IMPORTED_ENGINES = """
+import atexit, json, runpy, sys
+out, sys.argv = sys.argv[1], ["ftlab", *sys.argv[2:]]
+engines = ("gptqmodel", "awq", "auto_gptq", "llama_cpp")
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(m for m in engines if m in sys.modules))))
+runpy.run_module("ftlab", run_name="__main__")
+"""
+
+
+def test_train_prints_only_ftlab_lines(ws, tmp_path):
+    imported = tmp_path / "imported.json"
+    r = subprocess.run([sys.executable, "-c", _IMPORTED_ENGINES, str(imported), "--workdir", str(ws), "train",
+                        "model.name=Models/tiny", *TINY_TRAIN], capture_output=True, text=True, env=_env(), cwd=ws,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    # A plain LoRA run does not import gptqmodel (whose import prints a banner and GIL advice) or the
+    # other quantization packages; ftlab's engine modules import theirs only inside the methods that
+    # use them. hqq and bitsandbytes are not asserted: `import peft` itself imports both when they
+    # are installed (measured with peft 0.21.2), silently.
+    assert json.loads(imported.read_text()) == []
     assert foreign_lines(r.stderr) == [], r.stderr[-3000:]
     for noise in ("GPT-QModel", "GIL", "_pytree", "FutureWarning", "kernels-community"):
         assert noise not in r.stderr + r.stdout

@@ -21,15 +21,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from ftlab.models.sources import load_model
-
-    torch.manual_seed(0)
-    model, tok, _ = load_model("scratch:tiny", dtype="fp32")
-    return model, tok
-
-
 def _run(gen, prompts, **kw):
     out = {}
     for batch in gen.generate(prompts, **kw):

@@ -16,15 +16,6 @@ from ftlab.eval.loglikelihood import metrics_block, predictions
 from ftlab.io import read_jsonl
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from ftlab.models.sources import load_model
-
-    torch.manual_seed(0)
-    model, tok, _ = load_model("scratch:tiny", dtype="fp32")
-    return model, tok
-
-
 # ---------------------------------------------------------------------------------------------
 # What is asked
 

@@ -70,4 +70,5 @@ def test_peft_tag_rejects_rank_zero():
     with pytest.raises(FtlabError, match="positive"):
         peft_tag("LoRa", 0)
     assert peft_tag("NoPeft") == "NoPeft"
-    assert isinstance(RunName("a", "base"), RunName)
+    # A RunName with the "base" dataset is a base snapshot: it renders without method or PEFT and parses back.
+    assert str(RunName("a", "base")) == "a-base" and parse_run_name("a-base") == RunName("a", "base")

@@ -378,6 +378,7 @@ def completed(ws: Workspace, model: str) -> dict | None:
     return doc if doc.get("status") == "complete" else None
 
 
+@pytest.mark.slow
 def test_failing_model_does_not_stop_the_sweep(tmp_path, tiny_template):
     ws = Workspace(tmp_path)
     opts = canned_options(ws)
@@ -413,6 +414,7 @@ def test_failing_model_does_not_stop_the_sweep(tmp_path, tiny_template):
     assert "1 evaluated, 0 failed, 2 skipped" in r.stdout
 
 
+@pytest.mark.slow
 def test_kill9_during_sweep_then_resume(tmp_path, tiny_template):
     ws = Workspace(tmp_path)
     # One model keeps the test short: the second process would only repeat the first's load time.
@@ -476,6 +478,7 @@ def test_two_orchestrators_evaluate_each_model_once(tmp_path, tiny_template):
         assert len(read_jsonl(ws.metrics_dir / f"{n}.samples.jsonl")) == 5
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_backend_end_to_end(tmp_path, tiny_template):
     pytest.importorskip("ray", reason="the optional ray extra is not installed (uv sync --extra ray)")

@@ -15,7 +15,7 @@ from ftlab.naming import build_run_name, parse_run_name, peft_tag
 from ftlab.schema import load_training_metadata
 from ftlab.train import run_training
 from ftlab.train.peft_methods import PEFT_KINDS, build_peft_config
-from test_train_fixtures import tiny_model_dir, tiny_overrides  # noqa: F401 - fixture
+from tiny_models import tiny_overrides
 
 
 def _tiny_llama(seed: int = 0):
@@ -71,7 +71,7 @@ def test_plain_lora_leaves_the_base_alone():
 
 
 @pytest.mark.parametrize("method", ["PiSSA", "OLoRa"])
-def test_saved_adapter_applies_to_the_original_base(method, tiny_model_dir, workspace):  # noqa: F811
+def test_saved_adapter_applies_to_the_original_base(method, tiny_model_dir, workspace):
     """Trained on the residual base, the adapter is saved converted (rank 2r), so plain peft on the
     untouched base reproduces the trained model (the merged run of the same seed)."""
     from peft import PeftModel
@@ -99,7 +99,7 @@ def test_saved_adapter_applies_to_the_original_base(method, tiny_model_dir, work
     assert torch.allclose(adapted, merged, atol=1e-4)
 
 
-def test_loftq_refused_on_cpu_before_anything_loads(tiny_model_dir, workspace):  # noqa: F811
+def test_loftq_refused_on_cpu_before_anything_loads(tiny_model_dir, workspace):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     cfg = load_config(TrainRunConfig, None, tiny_overrides(tiny_model_dir, peft__method="LoftQ",

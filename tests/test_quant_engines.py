@@ -15,52 +15,16 @@ from ftlab.errors import FtlabError
 from ftlab.paths import Workspace
 from ftlab.quant.pipeline import QuantRequest, quantize
 from ftlab.quant.spec import QuantizationSpec, parse_quant_tag
+from tiny_models import build_quant_tiny_model
 
-CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 SOURCE = "tiny-base"
-
-
-def build_tiny_model(folder: Path, hidden: int = 128, layers: int = 2, vocab: int = 400) -> Path:
-    """A 2-layer Llama whose linear shapes fit every kernel (multiples of 64) and a 400-token BPE,
-    so the output head does not dominate CPU time."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from ftlab.data.loading import load_examples
-    from ftlab.data.prompts import build_messages, build_target
-
-    corpus = []
-    for ex in load_examples("synthetic-arith", "train", limit=300):
-        corpus += [m["content"] for m in build_messages("synthetic-arith", ex)] + [build_target("synthetic-arith", ex)]
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(corpus + ["user assistant system\n"] * 5, trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  bos_token="<|im_start|>")
-    tok.chat_template = CHATML
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      bos_token_id=tok.bos_token_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Workspace:
     """One workspace per module holding Models/tiny-base; each test writes differently named outputs."""
     root = tmp_path_factory.mktemp("ptq")
-    build_tiny_model(root / "Models" / SOURCE)
+    build_quant_tiny_model(root / "Models" / SOURCE)
     return Workspace(root)
 
 
@@ -220,7 +184,7 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     from ftlab.schema import load_training_metadata
 
     monkeypatch.setenv("FTLAB_HOME", str(tmp_path))
-    build_tiny_model(tmp_path / "Models" / SOURCE)
+    build_quant_tiny_model(tmp_path / "Models" / SOURCE)
     common = ["--calib-dataset", "synthetic-arith", "--fidelity-samples", "4", "--max-length", "96", "--threads", "1"]
     rc = _cli(tmp_path, "--model", f"Models/{SOURCE}", "--method", "hqq", "--bits", "4", "--group-size", "32",
               "--lm-head", "bf16", *common)
@@ -278,6 +242,7 @@ def test_list_methods(tmp_path, capsys):
     assert hqq["options"]["optimize"]["default"] is False and hqq["options"]["axis"]["choices"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_gptqmodel_import_keeps_hf_home():
     """Importing gptqmodel bare sets HF_HOME to a temp folder; ftlab's import must not leak that."""
     env = {k: v for k, v in os.environ.items() if k != "HF_HOME"}

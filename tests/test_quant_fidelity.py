@@ -16,7 +16,7 @@ from ftlab.quant import fidelity
 from ftlab.quant.calibration import task_texts
 from ftlab.quant.pipeline import QuantRequest, quantize
 from ftlab.quant.spec import QuantizationSpec
-from tests.test_quant_engines import build_tiny_model
+from tiny_models import build_quant_tiny_model
 
 SOURCE = "tiny-fid"
 
@@ -27,7 +27,7 @@ def ws(tmp_path_factory) -> Workspace:
     from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("fid")
-    folder = build_tiny_model(root / "Models" / SOURCE, hidden=64, vocab=300)
+    folder = build_quant_tiny_model(root / "Models" / SOURCE, hidden=64, vocab=300)
     # Random init gives near-uniform next-token distributions whose argmax no rounding moves; 5x the
     # weights makes them peaked like a trained model's (measured top-1 at 8/4/2 bits: 99/72/19%).
     model = AutoModelForCausalLM.from_pretrained(folder)

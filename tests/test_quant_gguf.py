@@ -11,7 +11,7 @@ import pytest
 
 from ftlab.paths import Workspace
 from ftlab.schema import load_training_metadata
-from tests.test_quant_engines import build_tiny_model
+from tiny_models import build_quant_tiny_model
 
 SOURCE = "tinyg-base"
 
@@ -22,7 +22,7 @@ def ws(tmp_path_factory) -> Workspace:
     from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("gguf")
-    folder = build_tiny_model(root / "Models" / SOURCE, hidden=64, vocab=300)
+    folder = build_quant_tiny_model(root / "Models" / SOURCE, hidden=64, vocab=300)
     # Peaked distributions (see test_quant_fidelity): rounding then moves them measurably.
     model = AutoModelForCausalLM.from_pretrained(folder)
     with torch.no_grad():
@@ -103,6 +103,7 @@ def test_bad_export_arguments(ws, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_orchestrator_evaluates_gguf_folders(exported, ws):
     """Discovery finds the GGUF folder by its metadata and the evaluator loads model.gguf."""
     from ftlab.orchestrate.discovery import EvalOptions

@@ -14,7 +14,7 @@ from ftlab.paths import Workspace
 from ftlab.quant.pipeline import QuantRequest, quantize
 from ftlab.quant.registry import check_supported, complete_spec, load_quantized
 from ftlab.quant.spec import QuantizationSpec
-from tests.test_quant_engines import build_tiny_model
+from tiny_models import build_quant_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2_SHAPES = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
@@ -77,19 +77,19 @@ def test_group_size_must_divide_every_layer_width(method):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("portable") / "Models" / "tiny-port")
+def tiny_port(tmp_path_factory) -> Path:
+    return build_quant_tiny_model(tmp_path_factory.mktemp("portable") / "Models" / "tiny-port")
 
 
 @pytest.mark.parametrize("method", ["GPTQ", "AWQ"])
-def test_gptq_awq_reload_with_plain_transformers(method, tiny, caplog, monkeypatch):
+def test_gptq_awq_reload_with_plain_transformers(method, tiny_port, caplog, monkeypatch):
     """The folder alone is enough: transformers' own loader (via its gptqmodel integration) gives the
     same logits on CPU as ftlab's loader."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    ws = Workspace(tiny.parent.parent)
-    folder = quantize(QuantRequest(model=str(tiny), spec=QuantizationSpec(method), calib_dataset="synthetic-arith",
+    ws = Workspace(tiny_port.parent.parent)
+    folder = quantize(QuantRequest(model=str(tiny_port), spec=QuantizationSpec(method), calib_dataset="synthetic-arith",
                                    calib_samples=8, measure_fidelity=False, max_length=96), ws)
     plain = AutoModelForCausalLM.from_pretrained(folder, device_map="cpu")
     names = {type(m).__name__ for m in plain.modules()}
@@ -113,7 +113,7 @@ def test_gptq_awq_reload_with_plain_transformers(method, tiny, caplog, monkeypat
     assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
-def test_hqq_is_safetensors_and_reloads_exactly(tiny, tmp_path):
+def test_hqq_is_safetensors_and_reloads_exactly(tiny_port, tmp_path):
     """ftlab's HQQ file reproduces the in-memory quantized model bit for bit, holds no pickle, and an
     old pickle folder is refused with a one-line error."""
     import torch
@@ -125,7 +125,7 @@ def test_hqq_is_safetensors_and_reloads_exactly(tiny, tmp_path):
     from ftlab.errors import FtlabError
     from ftlab.quant.engines.hqq import WEIGHTS_FILE, load_hqq, save_hqq
 
-    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_port, dtype=torch.float32)
     AutoHQQHFModel.quantize_model(model, quant_config=BaseQuantizeConfig(nbits=4, group_size=32),
                                   compute_dtype=torch.float32, device="cpu")
     out = tmp_path / "hqq"

@@ -147,7 +147,9 @@ def test_quantization_utils_reexports():
 
     assert qu.tag_quant is tag_quant and qu.parse_quant_tag is parse_quant_tag
     assert qu.QuantizationSpec is QuantizationSpec and qu.QuantMethod is QuantMethod
-    assert callable(qu.load_quantized) and "HQQ" in qu.ENGINES
+    from ftlab.quant import registry
+
+    assert qu.load_quantized is registry.load_quantized and qu.ENGINES is registry.ENGINES and "HQQ" in qu.ENGINES
 
 
 def test_engine_options_are_declared_typed_and_recorded():

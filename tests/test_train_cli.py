@@ -13,7 +13,7 @@ import pytest
 from ftlab.cli import main as ftlab_main
 from ftlab.config import TrainRunConfig, load_config
 from ftlab.schema import load_training_metadata
-from test_train_fixtures import tiny_model_dir, tiny_overrides  # noqa: F401 - fixture
+from tiny_models import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "Fine-tuning" / "01_Train.py"
@@ -24,7 +24,7 @@ def _env(tmp_path: Path) -> dict:
                 HF_HUB_OFFLINE="1", FTLAB_HOME=str(tmp_path), PYTHONPATH=str(REPO))
 
 
-def test_ftlab_train_cli(tiny_model_dir, tmp_path, capsys):  # noqa: F811
+def test_ftlab_train_cli(tiny_model_dir, tmp_path, capsys):
     rc = ftlab_main(["--workdir", str(tmp_path), "train", *tiny_overrides(tiny_model_dir, train__max_steps=2)])
     assert rc == 0
     folder = tmp_path / "Models" / "tiny-synthetic-arith_SFT_LoRa16_NoQuant"
@@ -32,7 +32,7 @@ def test_ftlab_train_cli(tiny_model_dir, tmp_path, capsys):  # noqa: F811
     assert load_training_metadata(folder)["results"]["global_step"] == 2
 
 
-def test_ftlab_train_cli_bad_input_exits_2(tiny_model_dir, tmp_path, capsys):  # noqa: F811
+def test_ftlab_train_cli_bad_input_exits_2(tiny_model_dir, tmp_path, capsys):
     rc = ftlab_main(["--workdir", str(tmp_path), "train", *tiny_overrides(tiny_model_dir), "peft.method=LoRA2",
                      "train.batch_size=0"])
     err = capsys.readouterr().err.strip()
@@ -57,7 +57,7 @@ def test_script_block_maps_onto_config():
     assert cfg.train.merge_after_train == ns["MERGE_AFTER_TRAIN"] and cfg.train.method == ns["FINETUNING"]
 
 
-def test_script_end_to_end_with_config_file_and_overrides(tiny_model_dir, tmp_path, capsys):  # noqa: F811
+def test_script_end_to_end_with_config_file_and_overrides(tiny_model_dir, tmp_path, capsys):
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text("peft:\n  method: rsLoRa\n  r: 4\ntrain:\n  merge_after_train: true\n")
     overrides = [o for o in tiny_overrides(tiny_model_dir, train__max_steps=2)]
@@ -78,7 +78,7 @@ def test_script_end_to_end_with_config_file_and_overrides(tiny_model_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_two_process_accelerate_launch(tiny_model_dir, tmp_path):  # noqa: F811
+def test_two_process_accelerate_launch(tiny_model_dir, tmp_path):
     """DDP on CPU (gloo): both ranks train, only rank 0 writes the folder."""
     overrides = tiny_overrides(tiny_model_dir, train__max_steps=3, train__batch_size=4)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",

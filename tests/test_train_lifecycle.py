@@ -13,7 +13,7 @@ from ftlab.errors import ConfigError, FtlabError
 from ftlab.schema import load_training_metadata
 from ftlab.train import run_training
 from ftlab.train.checkpoints import checkpoint_dir_for
-from test_train_fixtures import tiny_model_dir, tiny_overrides  # noqa: F401 - fixture
+from tiny_models import tiny_overrides
 
 
 def _cfg(model_dir, **extra) -> TrainRunConfig:
@@ -53,7 +53,7 @@ def _history(folder):
     return json.loads((folder / "log_history.json").read_text())
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tiny_model_dir, workspace, tmp_path):  # noqa: F811
+def test_resume_after_kill_matches_uninterrupted_run(tiny_model_dir, workspace, tmp_path):
     common = dict(train__max_steps=8, train__save_steps=2, train__save_total_limit=2,
                   train__lr_scheduler="cosine", train__warmup_ratio=0.25, peft__dropout=0.0)
     ref = run_training(_cfg(tiny_model_dir, train__output_dir="ref", **common), workspace)
@@ -83,7 +83,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_model_dir, workspace, 
     assert [got_loss[s] for s in range(5, 9)] == pytest.approx([ref_loss[s] for s in range(5, 9)], rel=1e-4)
 
 
-def test_stale_checkpoints_of_other_settings_are_not_resumed(tiny_model_dir, workspace):  # noqa: F811
+def test_stale_checkpoints_of_other_settings_are_not_resumed(tiny_model_dir, workspace):
     with pytest.raises(InjectedKill):
         run_training(_cfg(tiny_model_dir, train__max_steps=6, train__save_steps=2), workspace, callbacks=[KillAt(3)])
     folder = run_training(_cfg(tiny_model_dir, train__max_steps=6, train__save_steps=2,
@@ -91,7 +91,7 @@ def test_stale_checkpoints_of_other_settings_are_not_resumed(tiny_model_dir, wor
     assert load_training_metadata(folder)["results"]["resumed_from"] is None
 
 
-def test_early_stopping(tiny_model_dir, workspace):  # noqa: F811
+def test_early_stopping(tiny_model_dir, workspace):
     # A learning rate too small to move fp32 weights: the eval loss never improves.
     cfg = _cfg(tiny_model_dir, train__learning_rate=1e-12, train__max_steps=20, train__eval_steps=1,
                train__early_stopping_patience=2)
@@ -104,7 +104,7 @@ def test_early_stopping(tiny_model_dir, workspace):  # noqa: F811
     assert len(evals) >= 3 and all("eval_perplexity" in h for h in evals)
 
 
-def test_oom_backoff_follows_protocol(tiny_model_dir, workspace):  # noqa: F811
+def test_oom_backoff_follows_protocol(tiny_model_dir, workspace):
     oom = OomWhile(lambda args, model: True, limit=3)  # the first three attempts run out of memory
     cfg = _cfg(tiny_model_dir, peft__method="DoRa", data__max_length=256, train__max_steps=2)
     folder = run_training(cfg, workspace, callbacks=[oom])
@@ -121,7 +121,7 @@ def test_oom_backoff_follows_protocol(tiny_model_dir, workspace):  # noqa: F811
     assert meta["requested_config"]["peft"]["method"] == "DoRa"
 
 
-def test_oom_backoff_reaches_batch_one(tiny_model_dir, workspace):  # noqa: F811
+def test_oom_backoff_reaches_batch_one(tiny_model_dir, workspace):
     oom = OomWhile(lambda args, model: args.per_device_train_batch_size > 1)
     cfg = _cfg(tiny_model_dir, peft__method="LoRa", peft__r=2, peft__target_modules="qv", data__max_length=64,
                train__max_steps=2, train__batch_size=4, train__grad_accum=2)
@@ -132,7 +132,7 @@ def test_oom_backoff_reaches_batch_one(tiny_model_dir, workspace):  # noqa: F811
     assert meta["training_args"]["batch_size"] == 1 and meta["training_args"]["grad_accum"] == 8
 
 
-def test_oom_gives_up_cleanly(tiny_model_dir, workspace):  # noqa: F811
+def test_oom_gives_up_cleanly(tiny_model_dir, workspace):
     cfg = _cfg(tiny_model_dir, train__max_oom_retries=1)
     with pytest.raises(FtlabError, match="out of memory after 2 attempt"):
         run_training(cfg, workspace, callbacks=[OomWhile(lambda args, model: True)])
@@ -150,7 +150,7 @@ def test_oom_gives_up_cleanly(tiny_model_dir, workspace):  # noqa: F811
     ({"train__early_stopping_patience": 2}, "needs train.eval_steps"),
     ({"data__val_size": 500, "data__trunc_train": None}, None),
 ])
-def test_bad_settings_rejected(overrides, match, tiny_model_dir, workspace):  # noqa: F811
+def test_bad_settings_rejected(overrides, match, tiny_model_dir, workspace):
     import importlib.util
 
     if overrides.get("train__report_to") == "wandb" and importlib.util.find_spec("wandb"):
@@ -165,7 +165,7 @@ def test_bad_settings_rejected(overrides, match, tiny_model_dir, workspace):  # 
     assert not workspace.models_dir.exists() or not any(workspace.models_dir.iterdir())
 
 
-def test_existing_folder_needs_overwrite(tiny_model_dir, workspace):  # noqa: F811
+def test_existing_folder_needs_overwrite(tiny_model_dir, workspace):
     folder = run_training(_cfg(tiny_model_dir, train__max_steps=1), workspace)
     with pytest.raises(FtlabError, match="already exists"):
         run_training(_cfg(tiny_model_dir, train__max_steps=1), workspace)
@@ -173,7 +173,7 @@ def test_existing_folder_needs_overwrite(tiny_model_dir, workspace):  # noqa: F8
     assert again == folder and load_training_metadata(folder)["results"]["global_step"] == 2
 
 
-def test_base_snapshot(tiny_model_dir, workspace):  # noqa: F811
+def test_base_snapshot(tiny_model_dir, workspace):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = run_training(_cfg(tiny_model_dir, data__dataset="None"), workspace)
@@ -191,7 +191,7 @@ def test_base_snapshot(tiny_model_dir, workspace):  # noqa: F811
                      workspace)
 
 
-def test_tensorboard_and_full_sequence_loss(tiny_model_dir, workspace):  # noqa: F811
+def test_tensorboard_and_full_sequence_loss(tiny_model_dir, workspace):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = _cfg(tiny_model_dir, train__report_to="tensorboard", train__eval_steps=2, train__max_steps=4,
@@ -208,7 +208,7 @@ def test_tensorboard_and_full_sequence_loss(tiny_model_dir, workspace):  # noqa:
     assert meta["training_args"]["completion_only_loss"] is False
 
 
-def test_padding_free_and_packing(tiny_model_dir, workspace, tmp_path):  # noqa: F811
+def test_padding_free_and_packing(tiny_model_dir, workspace, tmp_path):
     pf = run_training(_cfg(tiny_model_dir, train__padding_free=True, train__output_dir="pf"),
                       workspace)
     meta = load_training_metadata(pf)

@@ -10,7 +10,7 @@ import torch
 from ftlab.config import TrainRunConfig, load_config
 from ftlab.schema import load_training_metadata
 from ftlab.train import run_training
-from test_train_fixtures import tiny_model_dir, tiny_overrides  # noqa: F401 - fixture
+from tiny_models import tiny_overrides
 
 REQUIRED_KEYS = {"schema_version", "kind", "run_name", "name_fields", "base_model", "dataset", "method", "peft",
                  "adapter_only", "merged", "quantization", "history", "training_args", "results",
@@ -46,7 +46,7 @@ def _logits(model, tok):
 
 
 @pytest.mark.parametrize("method", ["NoPeft", "LoRa", "rsLoRa", "DoRa", "VeRa"])
-def test_method_trains_and_loads(method, tiny_model_dir, workspace):  # noqa: F811
+def test_method_trains_and_loads(method, tiny_model_dir, workspace):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -87,9 +87,9 @@ def test_method_trains_and_loads(method, tiny_model_dir, workspace):  # noqa: F8
 
 
 @pytest.mark.parametrize("method", ["LoRa", "rsLoRa", "DoRa", "VeRa"])
-def test_qlora_4bit(method, tiny_model_dir, workspace):  # noqa: F811
+def test_qlora_4bit(method, tiny_model_dir, workspace):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     extra = {"peft__method": method, "quant__method": "QLORA", "train__max_steps": 5}
     if method == "VeRa":
@@ -102,11 +102,16 @@ def test_qlora_4bit(method, tiny_model_dir, workspace):  # noqa: F811
     assert q["method"] == "QLORA" and q["bits"] == 4 and q["double_quant"] is True
     assert q["extra"]["quant_type"] == "nf4" and q["compute_dtype"] == "bf16"
     assert meta["results"]["quantized_linear_layers"] == 14  # 7 linear layers x 2 blocks were 4-bit
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(folder))
-    assert model is not None
+    # The adapter trained on the 4-bit base loads onto the plain base and changes what it computes.
+    tok = AutoTokenizer.from_pretrained(folder)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    plain = _logits(base, tok)
+    model = PeftModel.from_pretrained(base, str(folder))
+    assert model.peft_config["default"].peft_type.value == ("VERA" if method == "VeRa" else "LORA")
+    assert not torch.allclose(_logits(model, tok), plain)
 
 
-def test_qlora_8bit_merged_into_dequantized_base(tiny_model_dir, workspace):  # noqa: F811
+def test_qlora_8bit_merged_into_dequantized_base(tiny_model_dir, workspace):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = _cfg(tiny_model_dir, quant__method="QLORA", quant__bits=8, train__merge_after_train=True,
@@ -123,7 +128,7 @@ def test_qlora_8bit_merged_into_dequantized_base(tiny_model_dir, workspace):  # 
     assert "de-quantised" in (folder / "README.md").read_text()
 
 
-def test_lora_merge_matches_adapter(tiny_model_dir, workspace, tmp_path):  # noqa: F811
+def test_lora_merge_matches_adapter(tiny_model_dir, workspace, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -140,14 +145,14 @@ def test_lora_merge_matches_adapter(tiny_model_dir, workspace, tmp_path):  # noq
     assert torch.allclose(_logits(merged, tok), _logits(adapted, tok), atol=1e-4)
 
 
-def test_qkvo_preset_and_explicit_targets(tiny_model_dir, workspace):  # noqa: F811
+def test_qkvo_preset_and_explicit_targets(tiny_model_dir, workspace):
     folder = run_training(_cfg(tiny_model_dir, peft__target_modules="qkvo", train__max_steps=2), workspace)
     meta = load_training_metadata(folder)
     assert meta["peft"]["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
     assert meta["peft"]["requested_target_modules"] == ["qkvo"]
 
 
-def test_compact_fused_head_matches_trl(tiny_model_dir):  # noqa: F811
+def test_compact_fused_head_matches_trl(tiny_model_dir):
     """ftlab's CPU head (labelled positions only) gives TRL's loss, log-probs, entropy and gradients."""
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head

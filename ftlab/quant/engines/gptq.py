@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Measured on SmolLM2-135M GPTQ, 2 idle threads (benchmarks/ptq.md): 32 s with an empty inductor
 # cache, 18 s with it filled; 81 s on a loaded machine.
-COMPILE_NOTE = "about 20-30 s on 2 idle cores, longer on a busy machine"
+COMPILE_NOTE = "about 20-30 s on 2 idle cores, up to 80 s on a busy machine"
 
 # Decoder families gptqmodel ships definitions for that ftlab's loaders also handle.
 GPTQMODEL_ARCHITECTURES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
