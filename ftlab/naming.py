@@ -127,6 +127,17 @@ def _peft_field_ok(text: str) -> bool:
     return bool(m.group(2)) == kind.adapter
 
 
+def peft_rank(text: str | None) -> int | None:
+    """The rank in a run name's PEFT field (`LoRa16` -> 16); None for a kind without a rank
+    (`NoPeft`) or a field no registered kind writes."""
+    from ftlab.train.peft_methods import PEFT_KINDS
+
+    m = re.fullmatch(r"([A-Za-z]+?)(\d+)", text or "")
+    if not m or m.group(1) not in PEFT_KINDS.names() or not PEFT_KINDS.get(m.group(1)).adapter:
+        return None
+    return int(m.group(2))
+
+
 def _peft_field_doc() -> str:
     from ftlab.train.peft_methods import PEFT_KINDS
 

@@ -72,3 +72,10 @@ def test_peft_tag_rejects_rank_zero():
     assert peft_tag("NoPeft") == "NoPeft"
     # A RunName with the "base" dataset is a base snapshot: it renders without method or PEFT and parses back.
     assert str(RunName("a", "base")) == "a-base" and parse_run_name("a-base") == RunName("a", "base")
+
+
+def test_peft_rank_reads_the_registry():
+    from ftlab.naming import peft_rank
+
+    assert peft_rank("LoRa16") == 16 and peft_rank("PiSSA8") == 8 and peft_rank("VeRa256") == 256
+    assert peft_rank("NoPeft") is None and peft_rank("Bogus16") is None and peft_rank(None) is None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from pathlib import Path
 from typing import Iterable
 
@@ -68,11 +67,18 @@ def _name_fields(model: str, meta: dict) -> dict:
 
 
 def _rank(meta: dict, peft_tag: str | None) -> float:
+    """The adapter rank from the metadata, else from the run name; NaN for kinds without one."""
+    from ftlab.naming import peft_rank
+    from ftlab.train.peft_methods import PEFT_KINDS
+
     peft = meta.get("peft") if isinstance(meta, dict) else None
-    if isinstance(peft, dict) and isinstance(peft.get("r"), (int, float)) and peft.get("method") != "NoPeft":
-        return float(peft["r"])
-    m = re.search(r"(\d+)$", peft_tag or "")
-    return float(m.group(1)) if m and not (peft_tag or "").startswith("NoPeft") else math.nan
+    if isinstance(peft, dict) and isinstance(peft.get("r"), (int, float)):
+        method = peft.get("method")
+        if method not in PEFT_KINDS.names() or PEFT_KINDS.get(method).adapter:
+            return float(peft["r"])
+        return math.nan
+    rank = peft_rank(peft_tag)
+    return float(rank) if rank is not None else math.nan
 
 
 def _num(value) -> float:
