@@ -105,23 +105,20 @@ def side_seed(args) -> dict:
     return {"responses": responses, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": mem.peak_rss_mb}
 
 
-def side_ftlab(args) -> dict:
+def _timed_evaluate(args, overrides: list[str]):
+    """The real evaluator in a temporary workspace, model loading excluded from the timing:
+    (document, sample lines by index, generator, wall s, CPU s, peak RSS MB)."""
     import torch
 
     from ftlab.config import EvalRunConfig, load_config
     from ftlab.env import PeakMemory
     from ftlab.eval.evaluator import evaluate, metrics_paths, model_file_name
     from ftlab.eval.generation import build_generator
-    from ftlab.eval.kv_cache import shared_prefix_length
     from ftlab.io import read_jsonl
     from ftlab.paths import Workspace
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(EvalRunConfig, overrides=[
-        f"eval.datasets={args.task}", f"eval.limit={args.n}", f"eval.batch_size={args.batch_size}",
-        f"eval.max_new_tokens={args.max_new_tokens}", f"eval.threads={args.threads}", "model.dtype=fp32",
-        f"eval.backend={args.backend}",
-    ])
+    cfg = load_config(EvalRunConfig, overrides=[*overrides, f"eval.threads={args.threads}", "model.dtype=fp32"])
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace(Path(tmp))
         generator = build_generator(args.model, cfg, ws)  # model load, excluded from the timing
@@ -129,8 +126,16 @@ def side_ftlab(args) -> dict:
             t0, c0 = time.perf_counter(), time.process_time()
             doc = evaluate(args.model, cfg, ws, generator=generator)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        _, samples_path = metrics_paths(ws, model_file_name(args.model))
-        lines = sorted(read_jsonl(samples_path), key=lambda r: r["index"])
+        lines = sorted(read_jsonl(metrics_paths(ws, model_file_name(args.model))[1]), key=lambda r: r["index"])
+    return doc, lines, generator, wall, cpu, mem.peak_rss_mb
+
+
+def side_ftlab(args) -> dict:
+    from ftlab.eval.kv_cache import shared_prefix_length
+
+    doc, lines, generator, wall, cpu, peak = _timed_evaluate(args, [
+        f"eval.datasets={args.task}", f"eval.limit={args.n}", f"eval.batch_size={args.batch_size}",
+        f"eval.max_new_tokens={args.max_new_tokens}", f"eval.backend={args.backend}"])
     block = doc["datasets"][args.task]
     # Token counts for the matmul floor: what ftlab must prefill (beyond the shared prefix it
     # computes once) and decode.
@@ -139,7 +144,7 @@ def side_ftlab(args) -> dict:
     tokens = {"prompt_tokens": sum(len(e) for e in encoded), "shared_prefix_tokens": prefix,
               "prefill_tokens": sum(len(e) - prefix for e in encoded),
               "new_tokens": sum(int(r["new_tokens"]) for r in lines)}
-    return {"responses": [r["response"] for r in lines], "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": mem.peak_rss_mb,
+    return {"responses": [r["response"] for r in lines], "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak,
             "tokens": tokens, "batch_size_used": block["batch_size"],
             "accuracy": block["metrics"]["accuracy"], "new_tokens_mean": block["new_tokens"]["mean"],
             "stop_reasons": {k: sum(1 for r in lines if r.get("stop_reason") == k) for k in ("box", "eos", "length")}}
@@ -204,31 +209,13 @@ def _ll_examples(args):
 
 def side_ftlab_ll(args) -> dict:
     """ftlab's evaluator on `arc:ll`."""
-    import torch
-
-    from ftlab.config import EvalRunConfig, load_config
-    from ftlab.env import PeakMemory
-    from ftlab.eval.evaluator import evaluate, metrics_paths, model_file_name
-    from ftlab.eval.generation import build_generator
-    from ftlab.io import read_jsonl
-    from ftlab.paths import Workspace
-
-    torch.set_num_threads(args.threads)
-    overrides = ["eval.datasets=[arc:ll]", f"eval.limit={args.ll_n}", f"eval.threads={args.threads}", "model.dtype=fp32"]
+    overrides = ["eval.datasets=[arc:ll]", f"eval.limit={args.ll_n}"]
     if args.source_dir:
         overrides.append(f"eval.source_dir={args.source_dir}")
-    cfg = load_config(EvalRunConfig, overrides=overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        ws = Workspace(Path(tmp))
-        generator = build_generator(args.model, cfg, ws)  # model load, excluded from the timing
-        with PeakMemory() as mem:
-            t0, c0 = time.perf_counter(), time.process_time()
-            doc = evaluate(args.model, cfg, ws, generator=generator)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        lines = sorted(read_jsonl(metrics_paths(ws, model_file_name(args.model))[1]), key=lambda r: r["index"])
+    doc, lines, _, wall, cpu, peak = _timed_evaluate(args, overrides)
     block = doc["datasets"]["arc:ll"]
     return {"logprobs": [r["choice_logprobs"] for r in lines], "lengths": [r["choice_lengths"] for r in lines],
-            "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": mem.peak_rss_mb, "prompt_format": block["prompt_format"],
+            "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak, "prompt_format": block["prompt_format"],
             "questions_per_forward": block["batch_size"], "kv_cache_reuse": block["kv_cache_reuse"],
             "acc": block["metrics"]["acc"], "acc_norm": block["metrics"]["acc_norm"]}
 

@@ -16,26 +16,15 @@ from ftlab.quant import fidelity
 from ftlab.quant.calibration import task_texts
 from ftlab.quant.pipeline import QuantRequest, quantize
 from ftlab.quant.spec import QuantizationSpec
-from tiny_models import build_quant_tiny_model
+from tiny_models import build_peaked_quant_tiny_model
 
 SOURCE = "tiny-fid"
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Workspace:
-    import torch
-    from transformers import AutoModelForCausalLM
-
     root = tmp_path_factory.mktemp("fid")
-    folder = build_quant_tiny_model(root / "Models" / SOURCE, hidden=64, vocab=300)
-    # Random init gives near-uniform next-token distributions whose argmax no rounding moves; 5x the
-    # weights makes them peaked like a trained model's (measured top-1 at 8/4/2 bits: 99/72/19%).
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.mul_(5.0)
-    model.save_pretrained(folder)
+    build_peaked_quant_tiny_model(root / "Models" / SOURCE)
     return Workspace(root)
 
 

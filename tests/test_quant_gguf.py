@@ -11,25 +11,15 @@ import pytest
 
 from ftlab.paths import Workspace
 from ftlab.schema import load_training_metadata
-from tiny_models import build_quant_tiny_model
+from tiny_models import build_peaked_quant_tiny_model
 
 SOURCE = "tinyg-base"
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Workspace:
-    import torch
-    from transformers import AutoModelForCausalLM
-
     root = tmp_path_factory.mktemp("gguf")
-    folder = build_quant_tiny_model(root / "Models" / SOURCE, hidden=64, vocab=300)
-    # Peaked distributions (see test_quant_fidelity): rounding then moves them measurably.
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.mul_(5.0)
-    model.save_pretrained(folder)
+    build_peaked_quant_tiny_model(root / "Models" / SOURCE)
     return Workspace(root)
 
 
