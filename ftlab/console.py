@@ -24,6 +24,9 @@ _QUIET_ENV = {
     "TORCH_LOGS": "-all",  # torch's internal loggers (e.g. torch.utils._pytree) at ERROR
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # "Tokenizing train dataset" and friends
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    # huggingface_hub sets its own logger to WARNING: offline, every hub request printed five
+    # "Retrying in Ns" lines above ftlab's one-line error (measured on `ftlab evaluate ... arc:ll`).
+    "HF_HUB_VERBOSITY": "error",
 }
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 
