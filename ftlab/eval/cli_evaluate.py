@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             block = doc["datasets"][task]
             m = block["metrics"]
             headline = m.get("accuracy", m.get("perplexity"))
-            ci = (block.get("intervals") or {}).get("accuracy") or block.get("accuracy_ci")
+            ci = (block.get("intervals") or {}).get("accuracy")
             extra = f" [95% CI {ci[0]:.3f}-{ci[1]:.3f}]" if ci and headline is not None else ""
             extra += f" format={block['format_success_rate']:.3f}" if block.get("format_success_rate") is not None else ""
             if block.get("cut_off_rate"):
