@@ -82,7 +82,7 @@ def tiny_port(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("method", ["GPTQ", "AWQ"])
-def test_gptq_awq_reload_with_plain_transformers(method, tiny_port, caplog, monkeypatch):
+def test_gptq_awq_reload_with_plain_transformers(method, tiny_port):
     """The folder alone is enough: transformers' own loader (via its gptqmodel integration) gives the
     same logits on CPU as ftlab's loader."""
     import torch
@@ -95,16 +95,16 @@ def test_gptq_awq_reload_with_plain_transformers(method, tiny_port, caplog, monk
     names = {type(m).__name__ for m in plain.modules()}
     assert any("Awq" in n or "Quant" in n or "Linear" in n and n != "Linear" for n in names), names
     spec = QuantizationSpec.from_dict(json.loads((folder / "training_metadata.json").read_text())["quantization"])
-    import logging
+    ours = load_quantized(folder, spec)
+    # gptqmodel's torch.compile around the GPTQ de-quantization (TorchLinear.optimize, run at load) is
+    # undone on CPU, where it is slower at every step measured (ftlab.quant.engines.gptq.eager_dequantization).
+    quantized = [m for m in ours.modules() if hasattr(m, "qweight")]
+    assert quantized, {type(m).__name__ for m in ours.modules()}
+    assert not any("dequantize_weight" in vars(m) for m in quantized)
+    if method == "GPTQ":
+        from gptqmodel.nn_modules.qlinear.torch import TorchLinear
 
-    from ftlab.quant.engines import gptq
-
-    monkeypatch.setattr(gptq, "_ANNOUNCED", False)
-    with caplog.at_level(logging.INFO, logger="ftlab.quant.engines.gptq"):
-        ours = load_quantized(folder, spec)
-        load_quantized(folder, spec)
-    # The torch.compile pause is explained, once per process.
-    assert sum("torch.compile" in r.getMessage() for r in caplog.records) == 1
+        assert all(isinstance(m, TorchLinear) and m.optimized for m in quantized)
     ids = torch.tensor([[1, 5, 9, 12, 7, 3, 20, 40, 11, 2]])
     with torch.inference_mode():
         a, b = plain(ids).logits.float(), ours(ids).logits.float()

@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Measured on SmolLM2-135M GPTQ, 2 idle threads (benchmarks/ptq.md): 32 s with an empty inductor
-# cache, 18 s with it filled; 81 s on a loaded machine.
-COMPILE_NOTE = "about 20-30 s on 2 idle cores, up to 80 s on a busy machine"
-
 # Decoder families gptqmodel ships definitions for that ftlab's loaders also handle.
 GPTQMODEL_ARCHITECTURES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
                            "gemma3_text", "phi3", "granite", "olmo2", "starcoder2", "cohere")
@@ -83,12 +79,20 @@ class _GptqModelEngine(QuantEngine):
 
         if not job.calib_texts:
             raise FtlabError(f"{self.method.value} needs calibration texts; set --calib-samples to a positive number")
-        model = GPTQModel.load(str(job.source_dir), self._quantize_config(job.spec), device=job.device,
-                               dtype=torch_dtype(job.spec.compute_dtype))
-        # Calibration rows are sorted by length inside gptqmodel, so batches pad little; batching
-        # cuts the per-row Python overhead of the layer-by-layer forwards several-fold on CPU.
-        model.quantize(job.calib_texts, tokenizer=job.tokenizer, batch_size=job.calib_batch_size)
-        model.save(str(job.out_dir))
+        # gptqmodel prints its loader notes, per-layer tables and its own bars (about 3,000 lines for
+        # SmolLM2-135M when the output is a file); ftlab shows one bar over the decoder layers
+        # instead, driven by gptqmodel's layer-complete callback. `-v` shows gptqmodel's output.
+        with quiet_third_party():
+            model = GPTQModel.load(str(job.source_dir), self._quantize_config(job.spec), device=job.device,
+                                   dtype=torch_dtype(job.spec.compute_dtype))
+        with _LayerProgress(model, f"{self.method.value} layers") as progress:
+            model.layer_callback = progress
+            # Calibration rows are sorted by length inside gptqmodel, so batches pad little; batching
+            # cuts the per-row Python overhead of the layer-by-layer forwards several-fold on CPU.
+            with quiet_third_party():
+                model.quantize(job.calib_texts, tokenizer=job.tokenizer, batch_size=job.calib_batch_size)
+        with quiet_third_party():
+            model.save(str(job.out_dir))
         # gptqmodel's per-layer log is a debugging aid, not part of the model.
         with contextlib.suppress(FileNotFoundError):
             (job.out_dir / "quant_log.csv").unlink()
@@ -101,24 +105,66 @@ class _GptqModelEngine(QuantEngine):
         # The torch kernels are the ones with autograd, so LoRA can train on top of the reload;
         # gptqmodel's auto choice on CPU (avx512 kernels) has none.
         backend = BACKEND.TORCH if device == "cpu" else BACKEND.AUTO
-        wrapped = GPTQModel.load(str(folder), device=device, backend=backend, dtype=torch_dtype(dtype))
+        with quiet_third_party():  # its loader notes and generation_config dumps
+            wrapped = GPTQModel.load(str(folder), device=device, backend=backend, dtype=torch_dtype(dtype))
         if device == "cpu":
-            announce_first_compile(wrapped.model)
+            eager_dequantization(wrapped.model)
         return wrapped.model
 
 
-_ANNOUNCED = False
+class _LayerProgress:
+    """A bar over the model's decoder layers, advanced by gptqmodel's `layer_callback` (called with
+    `submodule_finalized=False` once per layer when its quantization is done, then `True`, possibly
+    from a finalizer thread: only the first kind is counted)."""
+
+    def __init__(self, wrapped, desc: str):
+        self.total = _num_layers(wrapped)
+        self.desc = desc
+        self.bar = None
+
+    def __enter__(self):
+        import sys
+
+        from tqdm.auto import tqdm
+
+        # Created before gptqmodel's output is redirected, so the bar writes to the real stderr; a
+        # layer takes a second or more, so every step is drawn (mininterval=0).
+        self.bar = tqdm(total=self.total, desc=self.desc, unit="layer", file=sys.stderr, leave=False,
+                        dynamic_ncols=True, mininterval=0)
+        return self
+
+    def layer_complete(self, layer_idx: int, submodule_finalized: bool) -> None:
+        if not submodule_finalized and self.bar is not None:
+            self.bar.update(1)
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
-def announce_first_compile(model) -> None:
-    """gptqmodel's CPU torch kernel compiles its de-quantization with torch.compile during the first
-    forwards of every process (COMPILE_NOTE); without a word that looks like a hang. Said once per
-    process, when the first GPTQ/AWQ folder is loaded on CPU."""
-    global _ANNOUNCED
-    if not _ANNOUNCED:
-        _ANNOUNCED = True
-        log.info("GPTQ/AWQ on CPU: the first forwards compile gptqmodel's de-quantization kernel with torch.compile "
-                 "(%s); later forwards are not slowed", COMPILE_NOTE)
+def _num_layers(wrapped) -> int | None:
+    cfg = getattr(getattr(wrapped, "model", None), "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    n = getattr(cfg, "num_hidden_layers", None)
+    return n if isinstance(n, int) else None
+
+
+def eager_dequantization(model) -> int:
+    """Undoes the `torch.compile` that gptqmodel's CPU torch kernel (`TorchLinear.optimize`) wraps
+    around each layer's de-quantization; returns how many layers it changed.
+
+    On CPU the compiled form is slower at every step measured, with the same KL and the same answers
+    (SmolLM2-135M GPTQ 4-bit, 2 threads, medians of 2 fresh processes each: benchmarks/ptq.md, "The
+    CPU de-quantization kernel"): the first 64-text fidelity pass takes 30.8 s compiled against 5.4 s
+    eager, the second 7.5 s against 5.4 s, and answering 100 questions 37.2 s against 11.2 s
+    (generation's new shapes recompile). The compiled function is an instance attribute over the
+    class's own method, so deleting it restores the eager method."""
+    changed = 0
+    for module in model.modules():
+        fn = vars(module).get("dequantize_weight")
+        if fn is not None and hasattr(fn, "_torchdynamo_orig_callable"):
+            del module.dequantize_weight
+            changed += 1
+    return changed
 
 
 def linear_in_features(config: dict) -> dict[str, int]:
