@@ -18,9 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _import_status(name: str) -> str:
     if importlib.util.find_spec(name) is None:
         return "not installed"
+    from ftlab.console import quiet_third_party
+
     saved = os.environ.get("HF_HOME")
     try:
-        mod = importlib.import_module(name)
+        with quiet_third_party():  # gptqmodel's banner and environment advice
+            mod = importlib.import_module(name)
         return f"ok {getattr(mod, '__version__', '')}".strip()
     except Exception as exc:  # report any import failure; doctor must not crash on a broken engine
         return f"import failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
@@ -58,7 +61,11 @@ def collect() -> dict:
         n: ("generated" if t.generated else (str(task_file(t, "test", ws)) if task_file(t, "test", ws) else "not found (hub at run time)"))
         for n, t in TASKS.items()
     }
-    du = shutil.disk_usage(ws.root)
+    # The workspace may not exist yet (a fresh --workdir): the disk it will be created on.
+    existing = next(p for p in (ws.root, *ws.root.parents) if p.exists())
+    if existing != ws.root:
+        info["workspace"] += " (not created yet)"
+    du = shutil.disk_usage(existing)
     info["disk_free_gb"] = round(du.free / 2**30, 1)
     vm = psutil.virtual_memory()
     info["memory_total_gb"] = round(vm.total / 2**30, 1)

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -44,6 +45,14 @@ def test_models_and_doctor(workspace, capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "bitsandbytes" in out and "disk_free_gb" in out
+
+
+def test_doctor_on_a_fresh_workdir_prints_only_its_report(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ftlab", "--workdir", "new-ws", "doctor"], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+    assert f"{tmp_path / 'new-ws'} (not created yet)" in r.stdout and "GPT-QModel" not in r.stdout
+    assert not (tmp_path / "new-ws").exists()
 
 
 def test_console_script_exit_code_for_bad_input(tmp_path):

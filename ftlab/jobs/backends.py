@@ -22,7 +22,14 @@ log = logging.getLogger(__name__)
 BACKENDS: Registry = Registry("job backend")
 
 
-def run_task(task: Task) -> ProcessResult:
+def run_task(task: Task, zygote=None) -> ProcessResult:
+    """The task's command in a child process: forked from the zygote when one is given and the task
+    qualifies (ftlab.jobs.zygote), else a fresh process."""
+    if zygote is not None:
+        result = zygote.run(task.argv, cwd=task.cwd, threads=task.threads, timeout_s=task.timeout_s, env=task.env,
+                            name=task.name)
+        if result is not None:
+            return result
     return run_process(task.argv, cwd=task.cwd, threads=task.threads, timeout_s=task.timeout_s, env=task.env,
                        name=task.name)
 
@@ -75,6 +82,12 @@ def run_local(engine: Engine) -> None:
     engine.refuse_unrunnable(lambda job: None if job.resources.gpus <= gpus else
                              f"needs {job.resources.gpus:g} GPU(s); this machine has {gpus}")
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ftlab-job")
+    # Jobs fork from one process that imported torch and transformers once (started with the first
+    # job, so a study with nothing to run never pays for it); not on GPU machines (see its docstring).
+    from ftlab.jobs import zygote as zygotes
+    from ftlab.jobs.process import worker_env
+
+    zygote = zygotes.Zygote(worker_env(engine.settings.threads_per_job())) if not gpus and zygotes.supported() else None
     try:
         while True:
             while len(running) < workers:
@@ -89,7 +102,7 @@ def run_local(engine: Engine) -> None:
                     task.env["CUDA_VISIBLE_DEVICES"] = str(gpu)
                 elif gpus:
                     task.env["CUDA_VISIBLE_DEVICES"] = ""
-                running[pool.submit(run_task, task)] = (task, gpu)
+                running[pool.submit(run_task, task, zygote)] = (task, gpu)
             if not running:
                 if _idle(engine):
                     continue
@@ -109,9 +122,13 @@ def run_local(engine: Engine) -> None:
         # Ctrl-C or an error here: the worker threads wait on children in their own sessions,
         # which the terminal's SIGINT does not reach; kill them so nothing outlives its lock.
         kill_all()
+        if zygote is not None:
+            zygote.kill_all()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if zygote is not None:
+            zygote.close()
 
 
 def _ray_run_task(task: Task) -> ProcessResult:
