@@ -62,7 +62,7 @@ def test_a_timed_out_forked_job_is_killed(zygote, tmp_path):
                                  "--threads", "1"), cwd=tmp_path, threads=1, timeout_s=1.0, env=None, name="slow")
     assert slow.timed_out and not slow.ok and slow.returncode == -signal.SIGKILL
     assert slow.error == "timed out after 1 s and was killed"
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 120  # the zygote's start (its imports) included
     assert not (tmp_path / "Testing" / "metrics" / "tiny.json").exists()
 
 

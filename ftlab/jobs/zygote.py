@@ -97,7 +97,10 @@ class Zygote:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "ftlab.jobs.zygote"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, env=self.env, preexec_fn=_die_with_parent_fn(os.getpid()),
+                # One thread in the zygote itself: OpenMP's pool must not exist before a fork (a
+                # forked child cannot use its parent's pool); each job sets its own count.
+                stderr=subprocess.DEVNULL, env={**self.env, **{v: "1" for v in THREAD_VARS}},
+                preexec_fn=_die_with_parent_fn(os.getpid()),
                 start_new_session=True)
         except OSError as exc:
             log.debug("job zygote did not start (%s); jobs start as fresh processes", exc)
@@ -186,6 +189,7 @@ class Zygote:
         job_env = worker_env(threads, env)
         if args is None or _without_threads(job_env) != _without_threads(self.env):
             return None
+        start = time.monotonic()  # the first job's time includes starting the zygote, as a fresh process's imports
         with self._lock:
             if not self._start():
                 return None
@@ -195,7 +199,6 @@ class Zygote:
         fd, log_path = tempfile.mkstemp(prefix="ftlab-job-", suffix=".log")
         os.close(fd)
         tail: collections.deque[str] = collections.deque(maxlen=_tail_lines())
-        start = time.monotonic()
         timed_out = False
         request = {"id": req_id, "args": args, "env": job_env, "log": log_path, "threads": threads,
                    "cwd": str(cwd) if cwd and os.path.isdir(cwd) else None}
@@ -311,10 +314,12 @@ def _child(req: dict, zygote_pid: int) -> None:
         os.environ.update(req["env"])
         if req.get("cwd"):
             os.chdir(req["cwd"])
-        if req.get("threads"):
-            import torch
+        import torch
 
-            torch.set_num_threads(int(req["threads"]))
+        # The job's budget (a fresh process would read it from OMP_NUM_THREADS; the zygote's is 1).
+        env_threads = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(int(req.get("threads") or (env_threads if env_threads.isdigit() else 0)
+                                  or os.cpu_count() or 1))
         sys.argv = ["ftlab", *req["args"]]
         from ftlab.cli import main
 
