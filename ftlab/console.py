@@ -42,9 +42,15 @@ def setup(verbose: bool = False, quiet: bool = False) -> None:
         logging.getLogger().setLevel(logging.DEBUG)
         return
     logging.getLogger().setLevel(logging.ERROR)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Third-party noise off at its source: the variables libraries read when imported (a user's own
+    setting is left alone) and Python warnings (ftlab reports through logging, never `warnings`, so
+    every one is a library's). Also used by the job zygote before its imports."""
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)
-    # ftlab reports through logging, never `warnings`, so every Python warning is a library's.
     warnings.simplefilter("ignore")
 
 

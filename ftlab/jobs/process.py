@@ -47,7 +47,7 @@ class ProcessResult:
     timed_out: bool = False
 
 
-def _die_with_parent_fn(parent_pid: int):
+def die_with_parent_fn(parent_pid: int):
     def _die_with_parent() -> None:
         try:
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -100,12 +100,38 @@ def summarize_failure(returncode: int | None, tail: Sequence[str], timed_out: bo
     return lines[-1] if lines else f"exited with code {returncode} and no output"
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(pid: int) -> None:
+    """SIGKILL to the process group a job leads (each job is its own session), or to the process
+    alone when it has no group yet."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        proc.kill()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    kill_group(proc.pid)
     proc.wait()
+
+
+def keep_line(tail: collections.deque, name: str, line: str) -> None:
+    """One line of a job's output: into its tail (tqdm redraws with carriage returns; only the last
+    state of each line is kept) and the debug log."""
+    tail.append(line.rsplit("\r", 1)[-1])
+    log.debug("[%s] %s", name, line)
+
+
+def process_result(returncode: int | None, runtime: float, tail: Sequence[str], timed_out: bool = False,
+                   timeout_s: float | None = None, error: str | None = None) -> ProcessResult:
+    """A finished job's result; a failure's one line is `error` when the caller knows it, else
+    read from the output (summarize_failure)."""
+    ok = returncode == 0 and not timed_out
+    if not ok:
+        error = error or summarize_failure(returncode, tail, timed_out, timeout_s)
+    return ProcessResult(ok, returncode, runtime, None if ok else error, list(tail), socket.gethostname(), timed_out)
 
 
 def kill_all() -> None:
@@ -128,7 +154,7 @@ def run_process(argv: Sequence[str], *, cwd: str | os.PathLike | None = None, th
         list(map(str, argv)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         text=True, errors="replace", env=worker_env(threads, env),
         cwd=str(cwd) if cwd and os.path.isdir(cwd) else None,
-        preexec_fn=_die_with_parent_fn(os.getpid()) if sys.platform.startswith("linux") else None,
+        preexec_fn=die_with_parent_fn(os.getpid()) if sys.platform.startswith("linux") else None,
         start_new_session=True,
     )
 
@@ -136,10 +162,7 @@ def run_process(argv: Sequence[str], *, cwd: str | os.PathLike | None = None, th
         # Drained continuously: a full pipe would block the child forever.
         assert proc.stdout is not None
         for line in proc.stdout:
-            line = line.rstrip("\n")
-            # tqdm redraws with carriage returns; keep only the last state of each line.
-            tail.append(line.rsplit("\r", 1)[-1])
-            log.debug("[%s] %s", name, line)
+            keep_line(tail, name, line.rstrip("\n"))
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -159,7 +182,4 @@ def run_process(argv: Sequence[str], *, cwd: str | os.PathLike | None = None, th
         with _LIVE_LOCK:
             _LIVE.discard(proc)
     reader.join(timeout=10)
-    runtime = time.monotonic() - start
-    ok = proc.returncode == 0 and not timed_out
-    error = None if ok else summarize_failure(proc.returncode, list(tail), timed_out, timeout_s)
-    return ProcessResult(ok, proc.returncode, runtime, error, list(tail), socket.gethostname(), timed_out)
+    return process_result(proc.returncode, time.monotonic() - start, list(tail), timed_out, timeout_s)

@@ -17,8 +17,9 @@ CUDA_VISIBLE_DEVICES are fixed at CUDA's first use, which must not happen in a s
 job whose environment equals the zygote's apart from its thread counts (variables read at import
 time have the values the job would have seen). Otherwise the job is a fresh process, as before.
 
-Protocol, one JSON document per line: the driver sends {"id", "args", "env", "cwd", "log",
-"threads"}; the zygote answers {"id", "pid"} once forked and {"pid", "status"} when a job ends.
+Protocol, one JSON document per line: the driver sends {"id", "args", "env", "cwd", "log"}; the
+zygote answers {"id", "pid"} right after each fork, then {"pid", "status"} when that job ends (its
+one thread writes them in that order).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ftlab.jobs.process import (TAIL_LINES, ProcessResult, die_with_parent_fn, keep_line, kill_group,
+                                process_result, worker_env)
+
 log = logging.getLogger(__name__)
 
 # What nearly every job imports (measured with -X importtime on an evaluation job: torch and
@@ -44,7 +48,6 @@ PRELOAD = ("torch", "transformers", "transformers.modeling_utils", "transformers
            "transformers.generation", "peft")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 READY_TIMEOUT_S = 600.0
-_PR_SET_PDEATHSIG = 1
 
 
 def supported() -> bool:
@@ -83,7 +86,6 @@ class Zygote:
         self._next_id = 0
         self._by_id: dict[int, _Pending] = {}
         self._by_pid: dict[int, _Pending] = {}
-        self._early: dict[int, int] = {}  # exits reported before their pid was matched
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -92,15 +94,13 @@ class Zygote:
             return self._proc.poll() is None
         if self._failed:
             return False
-        from ftlab.jobs.process import _die_with_parent_fn
-
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "ftlab.jobs.zygote"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 # One thread in the zygote itself: OpenMP's pool must not exist before a fork (a
                 # forked child cannot use its parent's pool); each job sets its own count.
                 stderr=subprocess.DEVNULL, env={**self.env, **{v: "1" for v in THREAD_VARS}},
-                preexec_fn=_die_with_parent_fn(os.getpid()),
+                preexec_fn=die_with_parent_fn(os.getpid()),
                 start_new_session=True)
         except OSError as exc:
             log.debug("job zygote did not start (%s); jobs start as fresh processes", exc)
@@ -133,7 +133,7 @@ class Zygote:
         with self._lock:
             pids = [p.pid for p in self._by_pid.values() if not p.done.is_set()]
         for pid in pids:
-            _kill_group(pid)
+            kill_group(pid)
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -153,18 +153,13 @@ class Zygote:
                     if "pid" in msg:
                         pending.pid = msg["pid"]
                         self._by_pid[pending.pid] = pending
-                        if pending.pid in self._early:
-                            pending.status = self._early.pop(pending.pid)
-                            pending.done.set()
                     else:
                         pending.error = msg.get("error", "the job zygote could not fork")
                         pending.done.set()
                     pending.started.set()
                 elif "pid" in msg:
                     pending = self._by_pid.pop(msg["pid"], None)
-                    if pending is None:
-                        self._early[msg["pid"]] = msg["status"]
-                    else:
+                    if pending is not None:  # else its driver thread already gave up on it
                         pending.status = msg["status"]
                         pending.done.set()
         # The zygote is gone; so are its jobs (each dies with it).
@@ -183,8 +178,6 @@ class Zygote:
             timeout_s: float | None, env: Mapping[str, str] | None, name: str):
         """Runs the job forked from the zygote and returns its ProcessResult, or None when this job
         must start as a fresh process instead (see the module docstring)."""
-        from ftlab.jobs.process import ProcessResult, summarize_failure, worker_env
-
         args = ftlab_args(argv)
         job_env = worker_env(threads, env)
         if args is None or _without_threads(job_env) != _without_threads(self.env):
@@ -198,9 +191,9 @@ class Zygote:
             self._by_id[req_id] = pending
         fd, log_path = tempfile.mkstemp(prefix="ftlab-job-", suffix=".log")
         os.close(fd)
-        tail: collections.deque[str] = collections.deque(maxlen=_tail_lines())
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         timed_out = False
-        request = {"id": req_id, "args": args, "env": job_env, "log": log_path, "threads": threads,
+        request = {"id": req_id, "args": args, "env": job_env, "log": log_path,
                    "cwd": str(cwd) if cwd and os.path.isdir(cwd) else None}
         try:
             with self._lock:
@@ -218,19 +211,18 @@ class Zygote:
                         lines = (partial + chunk).split("\n")
                         partial = lines.pop()
                         for line in lines:
-                            tail.append(line.rsplit("\r", 1)[-1])
-                            log.debug("[%s] %s", name, line)
+                            keep_line(tail, name, line)
                     if finished:
                         break
                     if timeout_s is not None and time.monotonic() - start > timeout_s and not timed_out:
                         timed_out = True
-                        _kill_group(pending.pid)
+                        kill_group(pending.pid)
                 if partial:
-                    tail.append(partial.rsplit("\r", 1)[-1])
+                    keep_line(tail, name, partial)
         except BaseException:
             # Ctrl-C or a cancel: never leave the job running without its owner.
             if pending.pid is not None:
-                _kill_group(pending.pid)
+                kill_group(pending.pid)
             raise
         finally:
             with self._lock:
@@ -238,29 +230,10 @@ class Zygote:
                 if pending.pid is not None:
                     self._by_pid.pop(pending.pid, None)
             Path(log_path).unlink(missing_ok=True)
-        runtime = time.monotonic() - start
-        ok = pending.status == 0 and not timed_out
-        error = None if ok else (pending.error if pending.error and pending.status is None else
-                                 summarize_failure(pending.status, list(tail), timed_out, timeout_s))
-        import socket
-
-        return ProcessResult(ok, pending.status, runtime, error, list(tail), socket.gethostname(), timed_out)
-
-
-def _tail_lines() -> int:
-    from ftlab.jobs.process import TAIL_LINES
-
-    return TAIL_LINES
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:  # killed before its setsid(): the process alone
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # pending.error is set only when the zygote died under the job: a truer line than the
+        # SIGKILL it reports as the job's status.
+        return process_result(pending.status, time.monotonic() - start, list(tail), timed_out, timeout_s,
+                              error=None if timed_out else pending.error)
 
 
 def _read_line(proc: subprocess.Popen, timeout_s: float) -> str | None:
@@ -278,23 +251,12 @@ def _send(msg: dict) -> None:
     os.write(1, (json.dumps(msg) + "\n").encode())
 
 
-def _die_with(parent: int) -> None:
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _child(req: dict, zygote_pid: int) -> None:
     """In the forked job: becomes a fresh-looking `python -m ftlab ARGS` and never returns."""
     rc = 1
     try:
         os.setsid()
-        _die_with(zygote_pid)
+        die_with_parent_fn(zygote_pid)()
         out = os.open(req["log"], os.O_WRONLY | os.O_APPEND)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -316,10 +278,10 @@ def _child(req: dict, zygote_pid: int) -> None:
             os.chdir(req["cwd"])
         import torch
 
-        # The job's budget (a fresh process would read it from OMP_NUM_THREADS; the zygote's is 1).
+        # The job's budget, which a fresh process reads from OMP_NUM_THREADS when OpenMP starts (the
+        # zygote started it with 1): worker_env put the job's --threads there.
         env_threads = os.environ.get("OMP_NUM_THREADS", "")
-        torch.set_num_threads(int(req.get("threads") or (env_threads if env_threads.isdigit() else 0)
-                                  or os.cpu_count() or 1))
+        torch.set_num_threads(int(env_threads) if env_threads.isdigit() else os.cpu_count() or 1)
         sys.argv = ["ftlab", *req["args"]]
         from ftlab.cli import main
 
@@ -353,13 +315,10 @@ def _child(req: dict, zygote_pid: int) -> None:
 def main() -> None:
     """The zygote: imports PRELOAD quietly, then forks one job per request until stdin closes."""
     import select
-    import warnings
 
-    from ftlab.console import _QUIET_ENV
+    from ftlab.console import quiet_libraries
 
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    warnings.simplefilter("ignore")
+    quiet_libraries()
     for name in PRELOAD:
         try:
             __import__(name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,13 +86,12 @@ class _GptqModelEngine(QuantEngine):
         with quiet_third_party():
             model = GPTQModel.load(str(job.source_dir), self._quantize_config(job.spec), device=job.device,
                                    dtype=torch_dtype(job.spec.compute_dtype))
-        with _LayerProgress(model, f"{self.method.value} layers") as progress:
+        # The bar is made before the output is redirected, so it writes to the real stderr.
+        with _LayerProgress(model, f"{self.method.value} layers") as progress, quiet_third_party():
             model.layer_callback = progress
             # Calibration rows are sorted by length inside gptqmodel, so batches pad little; batching
             # cuts the per-row Python overhead of the layer-by-layer forwards several-fold on CPU.
-            with quiet_third_party():
-                model.quantize(job.calib_texts, tokenizer=job.tokenizer, batch_size=job.calib_batch_size)
-        with quiet_third_party():
+            model.quantize(job.calib_texts, tokenizer=job.tokenizer, batch_size=job.calib_batch_size)
             model.save(str(job.out_dir))
         # gptqmodel's per-layer log is a debugging aid, not part of the model.
         with contextlib.suppress(FileNotFoundError):
@@ -120,21 +120,18 @@ class _LayerProgress:
     def __init__(self, wrapped, desc: str):
         self.total = _num_layers(wrapped)
         self.desc = desc
-        self.bar = None
 
     def __enter__(self):
-        import sys
-
         from tqdm.auto import tqdm
 
-        # Created before gptqmodel's output is redirected, so the bar writes to the real stderr; a
-        # layer takes a second or more, so every step is drawn (mininterval=0).
+        # sys.stderr as it is now, before gptqmodel's output is redirected; a layer takes a second or
+        # more, so every step is drawn (mininterval=0).
         self.bar = tqdm(total=self.total, desc=self.desc, unit="layer", file=sys.stderr, leave=False,
                         dynamic_ncols=True, mininterval=0)
         return self
 
     def layer_complete(self, layer_idx: int, submodule_finalized: bool) -> None:
-        if not submodule_finalized and self.bar is not None:
+        if not submodule_finalized:
             self.bar.update(1)
 
     def __exit__(self, *exc) -> None:
