@@ -19,21 +19,21 @@ pytestmark = pytest.mark.skipif(not zygotes.supported(), reason="the zygote fork
 
 @pytest.fixture
 def zygote():
-    # Per test: the zygote serves jobs whose environment equals its own, and pytest's
-    # PYTEST_CURRENT_TEST changes between a fixture's setup and the test's call.
-    z = zygotes.Zygote(worker_env(1))
-    yield z
-    z.close()
+    # Made in the test's call phase: the zygote serves jobs whose environment equals its own, and
+    # pytest's PYTEST_CURRENT_TEST differs between a fixture's setup and the call.
+    made: list[zygotes.Zygote] = []
 
+    def make() -> zygotes.Zygote:
+        made.append(zygotes.Zygote(worker_env(1)))
+        return made[-1]
 
-def _started(z: zygotes.Zygote) -> zygotes.Zygote:
-    # The fixture's environment was taken during setup; the test's call phase differs in one variable.
-    z.env = worker_env(1)
-    return z
+    yield make
+    for z in made:
+        z.close()
 
 
 def test_a_forked_job_exits_prints_and_fails_like_a_fresh_process(zygote, tmp_path):
-    zygote = _started(zygote)
+    zygote = zygote()
     ok = zygote.run(ftlab_argv(tmp_path, "evaluate", "--help"), cwd=tmp_path, threads=1, timeout_s=None, env=None,
                     name="help")
     assert ok is not None and zygote._proc is not None and zygote._proc.poll() is None  # forked, not spawned
@@ -56,7 +56,7 @@ def test_a_forked_job_exits_prints_and_fails_like_a_fresh_process(zygote, tmp_pa
 
 
 def test_a_timed_out_forked_job_is_killed(zygote, tmp_path):
-    zygote = _started(zygote)
+    zygote = zygote()
     t0 = time.monotonic()
     slow = zygote.run(ftlab_argv(tmp_path, "evaluate", "scratch:tiny", "--datasets", "synthetic-arith", "--limit", "5000",
                                  "--threads", "1"), cwd=tmp_path, threads=1, timeout_s=1.0, env=None, name="slow")
@@ -67,7 +67,7 @@ def test_a_timed_out_forked_job_is_killed(zygote, tmp_path):
 
 
 def test_jobs_that_a_fork_would_change_start_fresh(zygote, tmp_path):
-    zygote = _started(zygote)
+    zygote = zygote()
     # Another program, or an environment that differs beyond thread counts (CUDA_VISIBLE_DEVICES,
     # any variable a library reads at import): not forked.
     assert zygote.run([sys.executable, "-c", "print(1)"], cwd=tmp_path, threads=1, timeout_s=None, env=None,
