@@ -2,6 +2,9 @@
 
 The frames are built in-process with known outcomes (no model, no files): recipes A, B, C trained
 with seeds, an unseeded base snapshot as the baseline, and a GPTQ variant of every trained model.
+The recipe-level test itself (`ftlab.compare.crossed`) is checked against statsmodels' mixed model
+and scipy in tests/test_crossed.py and for calibration in tests/test_verdict_calibration.py; here,
+that the verdict feeds it the right matrices and words what it found.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from ftlab.compare.crossed import crossed_difference, crossed_mean, crossed_ratio
 from ftlab.compare.stats import format_p, holm, mcnemar_mdd, paired_bootstrap
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.study.analysis import StudyAnalysisSettings, analyze_study
 from ftlab.study.report import write_report
-from ftlab.study.verdict import verdict_text
+from ftlab.study.verdict import ONE_SEED, verdict_text
 
 N = 40
 FAST = StudyAnalysisSettings(resamples=2000)
@@ -106,6 +110,10 @@ def study():
     return samples, models, analyze_study(samples, models, FAST)
 
 
+def mat(*rows) -> np.ndarray:
+    return np.array(rows, dtype=float)
+
+
 def test_ranking_order_mean_and_seed_std(study):
     *_, a = study
     r = a.ranking[(a.ranking.task == "arith") & (a.ranking.quant == "none")]
@@ -116,6 +124,12 @@ def test_ranking_order_mean_and_seed_std(study):
     assert r.iloc[2].seed_std == pytest.approx(np.std([12 / 40, 9 / 40], ddof=1)) and r.iloc[2].seeds == 2
     assert math.isnan(r.iloc[3].seed_std) and r.iloc[3].seeds == 1 and bool(r.iloc[3].baseline)
     assert (r.ci_low <= r["mean"]).all() and (r["mean"] <= r.ci_high).all()
+    # A recipe with seeds: the crossed interval over its 3 models x 40 items; the unseeded base:
+    # the percentile bootstrap over items of its one model.
+    assert list(r.level) == ["recipe", "recipe", "recipe", "no seed"]
+    ci = crossed_mean(mat(*A.values()))
+    assert (top.ci_low, top.ci_high) == (pytest.approx(ci.ci_low), pytest.approx(ci.ci_high))
+    assert top.ci_high - top.ci_low > 2 * 1.96 * np.std([0.5, 0.5, 0.45], ddof=1) / np.sqrt(3)  # items count too
     # Unquantized first, then PTQ variants; the GPTQ table ranks its own scores (B lost 10 items/seed).
     quants = list(dict.fromkeys(a.ranking[a.ranking.task == "arith"].quant))
     assert quants == ["none", "GPTQ"]
@@ -126,25 +140,48 @@ def test_ranking_order_mean_and_seed_std(study):
     assert qa.loc["base", "mean"] == pytest.approx((20 * 1.0 + 20 * 0.5) / 40)
 
 
-def test_pooled_mcnemar_against_hand_count_and_binomtest(study):
+def test_recipes_are_tested_against_the_base_over_seeds_and_items(study):
     *_, a = study
     t = a.vs_baseline.set_index(["task", "quant", "recipe"])
-    # A vs base, pooled over 3 seeds against base's single outcome: seed 0 gains items 10-19, seed 1
-    # gains 10-21 and loses 0-1, seed 2 gains 10-17 -> 30 recipe-only, 2 baseline-only in 120 pairs.
+    # A (3 seeds) vs the unseeded base: the crossed t of the 3 x 40 matrix against the base's one row.
     r = t.loc[("arith", "none", "A")]
-    assert (r.n_pairs, r.recipe_only, r.baseline_only, r.n_items, r.seeds) == (120, 30, 2, 40, 3)
-    assert r.mcnemar_p == pytest.approx(sps.binomtest(2, 32, 0.5).pvalue, rel=1e-12)
+    ref = crossed_difference(mat(BASE), mat(*A.values()), seeded_a=False)
+    assert (r.level, r.test, r.seeds, r.baseline_seeds, r.n_items) == ("recipe", "crossed t", 3, 1, 40)
+    assert r["diff"] == pytest.approx(28 / 120) and r.p_value == pytest.approx(ref.p_value, rel=1e-12)
+    assert (r.ci_low, r.ci_high, r.df) == (pytest.approx(ref.ci_low), pytest.approx(ref.ci_high), pytest.approx(ref.df))
+    assert r.mdd == pytest.approx(ref.mdd(0.05, 0.8)) and r.seed_part == pytest.approx(ref.seed_part)
+    # The disagreement counts describe every (seed, item) pair: seed 0 gains items 10-19, seed 1
+    # gains 10-21 and loses 0-1, seed 2 gains 10-17 -> 30 recipe-only, 2 baseline-only in 120 pairs.
+    assert (r.n_pairs, r.recipe_only, r.baseline_only) == (120, 30, 2)
     assert r.diff_correct == pytest.approx(28 / 120) and r.discordance == pytest.approx(32 / 120)
-    # The bootstrap works on per-item means over seeds: the score difference is the same 28/120.
-    assert r["diff"] == pytest.approx(28 / 120) and r.ci_low < r["diff"] < r.ci_high
-    # C has two seeds: 80 pairs, C gains items 9-11 (seed 0), loses item 9 (seed 1).
+    # C has two seeds (12/40 and 9/40): one degree of freedom for its seed spread, so a tiny
+    # difference against the base has an interval wider than the score scale and is too small to detect.
     c = t.loc[("arith", "none", "C")]
-    assert (c.n_pairs, c.recipe_only, c.baseline_only) == (80, 2, 1)
-    assert c.mcnemar_p == pytest.approx(1.0)
+    assert c.seeds == 2 and c.df < 1.5 and c.ci_high - c.ci_low > 0.5
+    assert bool(c.undetectable) and c.mdd > abs(c["diff"])
     # A quantized recipe is tested against the unquantized base (the base has no GPTQ variant).
     g = t.loc[("arith", "GPTQ", "A")]
     assert g.baseline_quant == "none" and (g.recipe_only, g.baseline_only) == (30, 5)
-    assert g.mcnemar_p == pytest.approx(sps.binomtest(5, 35, 0.5).pvalue, rel=1e-12)
+    gptq_a = [lose_first(v, 1) for v in A.values()]
+    assert g.p_value == pytest.approx(crossed_difference(mat(BASE), mat(*gptq_a), seeded_a=False).p_value, rel=1e-12)
+
+
+def test_pooling_seeds_as_independent_pairs_would_have_declared_what_the_seeds_do_not_support():
+    # Two recipes whose three seeds scatter: X scores 12, 4, 20 of 40, Y 4, 12, 4.
+    x = {0: items((0, 12)), 1: items((0, 4)), 2: items((0, 20))}
+    y = {0: items((0, 4)), 1: items((0, 12)), 2: items((0, 4))}
+    outcomes = {("X", k, "none"): v for k, v in x.items()} | {("Y", k, "none"): v for k, v in y.items()}
+    samples, models = build(outcomes)
+    row = analyze_study(samples, models, StudyAnalysisSettings(baseline="Y", resamples=200)).vs_baseline.iloc[0]
+    # The earlier verdict paired seed k with seed k and pooled the 120 pairs: X-only 8 + 16, Y-only 8,
+    # exact McNemar p = 0.007, "significant".
+    assert sps.binomtest(8, 32, 0.5).pvalue < 0.01
+    # Over seeds and items the spread of the seeds (0.30, 0.10, 0.50 vs 0.10, 0.30, 0.10) leaves it open.
+    assert row.level == "recipe" and row.p_value > 0.2 and not row.significant
+    assert row.p_value >= sps.ttest_ind([12, 4, 20], [4, 12, 4], equal_var=False).pvalue - 1e-9
+    # Every model of X against every model of Y: items 4-11 give 2 x 2 X-only and 1 x 1 Y-only pairs,
+    # items 12-19 give 1 x 3 X-only pairs.
+    assert (row.recipe_only, row.baseline_only, row.n_pairs) == (8 * 4 + 8 * 3, 8, 360)
 
 
 def _holm_by_hand(p: list[float]) -> list[float]:
@@ -161,12 +198,12 @@ def test_holm_over_the_whole_family_of_baseline_tests(study):
     t = a.vs_baseline
     # Family: A, B, C x {none, GPTQ} on arith + A, B, C on qa (unquantized only) = 9 tests.
     assert len(t) == 9
-    assert t.p_holm.tolist() == pytest.approx(_holm_by_hand(t.mcnemar_p.tolist()), rel=1e-12)
-    assert (t.p_holm >= t.mcnemar_p - 1e-15).all() and (t.p_holm <= 1).all()
+    assert t.p_holm.tolist() == pytest.approx(_holm_by_hand(t.p_value.tolist()), rel=1e-12)
+    assert (t.p_holm >= t.p_value - 1e-15).all() and (t.p_holm <= 1).all()
     assert (t.significant == (t.p_holm <= FAST.alpha)).all()
     # Rejection order follows the raw p-values: every rejected test has a smaller raw p than any kept one.
-    if t.significant.any() and (~t.significant).any():
-        assert t[t.significant].mcnemar_p.max() < t[~t.significant].mcnemar_p.min()
+    assert t.significant.any() and (~t.significant).any()
+    assert t[t.significant].p_value.max() < t[~t.significant].p_value.min()
 
 
 def test_holm_matches_statsmodels_and_the_step_down_rules():
@@ -189,19 +226,19 @@ def test_holm_matches_statsmodels_and_the_step_down_rules():
         holm([0.5, 1.5])
 
 
-def test_ties_with_the_best_pair_by_seed_and_correct_within_the_task(study):
+def test_ties_with_the_best_over_seeds_unpaired_and_correct_within_the_task(study):
     *_, a = study
     t = a.vs_best[a.vs_best.task == "arith"].set_index(["quant", "recipe"])
-    # A vs C pairs seeds 0 and 1 only (C has no seed 2): seed 0 A-only 12-19 (8); seed 1 A-only
-    # 9-21 (13), C-only 0-1 (2).
+    # A (3 seeds) vs C (2 seeds): seed k of A is not paired with seed k of C; every model counts.
     ac = t.loc[("none", "C")]
-    assert ac.best == "A" and (ac.n_pairs, ac.best_only, ac.recipe_only) == (80, 21, 2)
-    assert ac.mcnemar_p == pytest.approx(sps.binomtest(2, 23, 0.5).pvalue, rel=1e-12)
+    ref = crossed_difference(mat(*A.values()), mat(*C.values()))
+    assert ac.best == "A" and (ac.best_seeds, ac.seeds, ac.n_pairs) == (3, 2, 240)
+    assert ac.p_value == pytest.approx(ref.p_value, rel=1e-12) and ac["diff"] == pytest.approx(ref.estimate)
     ab = t.loc[("none", "B")]
-    assert (ab.n_pairs, ab.best_only, ab.recipe_only) == (120, 15, 2)
+    assert ab.p_value == pytest.approx(crossed_difference(mat(*A.values()), mat(*B.values())).p_value, rel=1e-12)
     # Holm runs within the task, over the none and GPTQ tables together.
     assert len(t) == 5
-    assert t.p_holm.tolist() == pytest.approx(_holm_by_hand(t.mcnemar_p.tolist()), rel=1e-12)
+    assert t.p_holm.tolist() == pytest.approx(_holm_by_hand(t.p_value.tolist()), rel=1e-12)
     assert not t.tied.any()
     assert a.verdicts[0].best == {"none": "A", "GPTQ": "A"} and a.verdicts[0].tied == {"none": [], "GPTQ": []}
 
@@ -214,14 +251,27 @@ def test_recovery_is_against_each_models_own_source(study):
     # Each A seed loses one item to quantization: 58 -> 55 correct of 120 pairs; source is A, not base.
     assert (rec.models, rec.n_pairs, rec.source_only, rec.quant_only) == (3, 120, 3, 0)
     assert rec.source_score == pytest.approx(58 / 120) and rec.quant_score == pytest.approx(55 / 120)
-    assert rec.ratio == pytest.approx(55 / 58) and rec.ci_low <= rec.ratio <= rec.ci_high
-    assert rec.mcnemar_p == pytest.approx(sps.binomtest(0, 3, 0.5).pvalue) and rec.source_quant == "none"
+    assert rec.ratio == pytest.approx(55 / 58) and rec.ci_low <= rec.ratio <= rec.ci_high and rec.source_quant == "none"
+    # Recipe level: quantized minus source, model by model (row k is seed k's own source), crossed t.
+    src, q = mat(*A.values()), mat(*(lose_first(v, 1) for v in A.values()))
+    assert rec.level == "recipe" and rec.p_value == pytest.approx(crossed_mean(q - src).p_value, rel=1e-12)
+    assert (rec.ci_low, rec.ci_high) == pytest.approx(crossed_ratio(src, q)[1:])
     loss = r.loc[("arith", "B", "GPTQ")]
-    assert loss.ratio == pytest.approx(15 / 45) and loss.source_only == 30
-    assert loss.mcnemar_p == pytest.approx(2 * 0.5**30) and bool(loss.significant)
+    assert loss.ratio == pytest.approx(15 / 45) and loss.source_only == 30 and bool(loss.significant)
     same = r.loc[("arith", "C", "GPTQ")]
-    assert same.ratio == 1.0 and same.mcnemar_p == 1.0
-    assert r.p_holm.tolist() == pytest.approx(_holm_by_hand(r.mcnemar_p.tolist()))
+    assert same.ratio == 1.0 and same.p_value == 1.0
+    assert r.p_holm.tolist() == pytest.approx(_holm_by_hand(r.p_value.tolist()))
+
+
+def test_a_single_models_recovery_keeps_mcnemar():
+    src = items((0, 20))
+    samples, models = build({("base", None, "none"): BASE, ("A", 0, "none"): src,
+                             ("A", 0, "GPTQ"): lose_first(src, 4)})
+    rec = analyze_study(samples, models, FAST).recovery.iloc[0]
+    assert (rec.level, rec.test, rec.models) == ("model", "McNemar", 1)
+    assert rec.p_value == pytest.approx(sps.binomtest(0, 4, 0.5).pvalue)
+    boot = paired_bootstrap([float(c) for c in src], [float(c) for c in lose_first(src, 4)], resamples=2000)
+    assert (rec.ci_low, rec.ci_high) == (pytest.approx(boot.ratio_low), pytest.approx(boot.ratio_high))
 
 
 def test_ratio_bootstrap_matches_a_one_shot_implementation():
@@ -331,19 +381,74 @@ def test_verdict_when_the_study_cannot_detect_anything():
                              ("T", 0, "none"): items((0, 5), n=20)})
     v = analyze_study(samples, models, FAST).verdicts[0]
     text = "\n".join(v.sentences)
-    assert "`S` observed +0.0500, no difference detectable with so few disagreements" in text
-    assert "Same outcome as the baseline `base` on every paired item: `T`" in text
+    assert "`S` (one trained model) observed +0.0500, no difference detectable with so few disagreements" in text
+    assert "Same outcome as the baseline `base` on every paired item: `T` (one trained model)" in text
 
 
-def test_a_seeded_baseline_is_paired_seed_by_seed():
+def test_one_seed_per_recipe_is_said_plainly():
+    samples, models = build({("base", None, "none"): items((0, 10)), ("A", 0, "none"): items((0, 30)),
+                             ("B", 0, "none"): items((0, 12))})
+    a = analyze_study(samples, models, FAST)
+    assert a.one_seed and set(a.vs_baseline.level) == {"model"} and set(a.vs_baseline.test) == {"McNemar"}
+    v = a.verdicts[0]
+    # First what was tested, then the best *trained model* with its seed, never "best recipe" alone.
+    assert v.sentences[0] == ONE_SEED and "recipe-level claims need at least 2 seeds per recipe" in ONE_SEED
+    assert v.sentences[1].startswith("Best recipe: `A`, one trained model (seed 0), score 0.7500")
+    assert "Every other trained model is significantly below it" in v.sentences[1]
+    assert "`A` (one trained model) +0.5000" in "\n".join(v.sentences)
+    # The McNemar test between two given models stays, with its own minimum detectable difference.
+    row = a.vs_baseline.set_index("recipe").loc["A"]
+    assert row.p_value == pytest.approx(sps.binomtest(0, 20, 0.5).pvalue)
+    assert row.mdd == pytest.approx(mcnemar_mdd(40, 20 / 40))
+    # With 2 seeds the same study is about recipes: no one-seed sentence.
+    samples, models = build({("base", None, "none"): items((0, 10)), ("A", 0, "none"): items((0, 30)),
+                             ("A", 1, "none"): items((0, 28)), ("B", 0, "none"): items((0, 12)),
+                             ("B", 1, "none"): items((2, 12))})
+    a = analyze_study(samples, models, FAST)
+    assert not a.one_seed and ONE_SEED not in a.verdicts[0].sentences
+    assert a.verdicts[0].sentences[0].startswith("Best recipe: `A`, score 0.7250 [")
+    assert "over 2 seeds (seed std 0.0354; the interval covers seeds and items)" in a.verdicts[0].sentences[0]
+
+
+def test_a_recipe_left_with_one_seed_is_tested_as_models_with_a_note():
+    # B's seed 1 failed: B is one trained model; A keeps its recipe-level tests.
+    samples, models = build({("base", None, "none"): items((0, 10)), ("A", 0, "none"): items((0, 30)),
+                             ("A", 1, "none"): items((0, 28)), ("B", 0, "none"): items((0, 12))})
+    a = analyze_study(samples, models, FAST)
+    t = a.vs_baseline.set_index("recipe")
+    assert t.loc["A", "level"] == "recipe" and (t.loc["B", "level"], t.loc["B", "test"]) == ("model", "McNemar")
+    best = a.vs_best.set_index("recipe").loc["B"]
+    # Two models of A against B's one: a paired t over items of the per-item means, models held fixed.
+    assert (best.level, best.test) == ("model", "paired t over items")
+    a_mean = (np.array(items((0, 30))) + np.array(items((0, 28)))) / 2
+    assert best.p_value == pytest.approx(sps.ttest_rel(np.array(items((0, 12)), dtype=float), a_mean).pvalue)
+    assert a.notes == ["B: one trained model each (a seed failed or was not run); their comparisons are about those "
+                       "models, not recipes"]
+
+
+def test_seeds_of_two_recipes_are_not_paired():
     outcomes = {("L", 0, "none"): items((0, 10)), ("L", 1, "none"): items((0, 12)),
                 ("M", 0, "none"): items((0, 14)), ("M", 1, "none"): items((2, 12)), ("M", 2, "none"): items((0, 30))}
     samples, models = build(outcomes)
     a = analyze_study(samples, models, StudyAnalysisSettings(baseline="L", resamples=500))
     r = a.vs_baseline.iloc[0]
-    # Seeds 0 and 1 only (L has no seed 2): seed 0 M-only 10-13, seed 1 L-only 0-1.
-    assert (r.recipe, r.n_pairs, r.seeds, r.recipe_only, r.baseline_only) == ("M", 80, 2, 4, 2)
-    assert a.notes == ["arith: M (none) seed(s) 2 have no baseline seed to pair with; tested on seeds 0, 1"]
+    # Every seed counts (M's seed 2 has no L seed 2 and needs none): 3 x 2 models on 40 items.
+    ref = crossed_difference(mat(items((0, 10)), items((0, 12))), mat(items((0, 14)), items((2, 12)), items((0, 30))))
+    assert (r.recipe, r.seeds, r.baseline_seeds, r.n_pairs) == ("M", 3, 2, 240)
+    assert r.p_value == pytest.approx(ref.p_value, rel=1e-12) and r["diff"] == pytest.approx(ref.estimate)
+    assert a.notes == []
+
+
+def test_sensitivity_against_the_difference_that_matters(study):
+    samples, models, a = study
+    line = next(s for s in a.verdicts[0].sentences if s.startswith("Sensitivity"))
+    rows = a.vs_best[(a.vs_best.task == "arith") & (a.vs_best.seeds >= 2)]
+    assert f"median {rows.mdd.median():.4f}" in line and "with 2, 3 seeds per recipe and 40 items" in line
+    wide = analyze_study(samples, models, StudyAnalysisSettings(resamples=200, min_difference=0.02))
+    line = next(s for s in wide.verdicts[0].sentences if s.startswith("Sensitivity"))
+    assert "larger than the difference that matters (0.02)" in line and "`ftlab study plan`" in line
+    loose = analyze_study(samples, models, StudyAnalysisSettings(resamples=200, min_difference=0.5))
+    assert "The study was sized for the difference that matters (0.5)." in "\n".join(loose.verdicts[0].sentences)
 
 
 def test_bad_input_is_a_one_line_error():
@@ -379,6 +484,11 @@ def _md_table(md: str, header_start: str) -> pd.DataFrame:
 
 def test_report_files_are_self_contained_and_never_print_p_zero(study, tmp_path):
     samples, models, _ = study
+    # A task with one seed, so single-model McNemar rows are in the report too: GPTQ loses all 30.
+    solo = {("base", None, "none"): BASE, ("B", 0, "none"): items((0, 30)),
+            ("B", 0, "GPTQ"): lose_first(items((0, 30)), 30)}
+    s2, m2 = build(solo, task="solo")
+    samples, models = pd.concat([samples, s2], ignore_index=True), pd.concat([models, m2], ignore_index=True)
     out = tmp_path / "studies" / "demo"
     written = write_report(samples, models, FAST, out, title="demo study",
                            study_summary={"study": "examples/demo-study.yaml", "jobs": 12})
@@ -397,14 +507,20 @@ def test_report_files_are_self_contained_and_never_print_p_zero(study, tmp_path)
     assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
     md = (out / "report.md").read_text()
     assert "![score by recipe](plots/scores.png)" in md and "## Verdict" in md and "### arith" in md
-    # B's GPTQ loss (30 to 0) has McNemar p = 2^-29 and no bootstrap resample near zero difference.
-    assert "1.86e-09" in md and "< 0.001" in md
+    # The solo GPTQ loss (30 to 0) has McNemar p = 2^-29. The CSV keeps the raw bootstrap p of the
+    # GPTQ model against the base (no resample crossed zero: 0), which prints as "< 0.001".
+    assert "1.86e-09" in md and "### solo" in md
+    assert pd.read_csv(out / "vs_baseline.csv").query("task == 'solo' and quant == 'GPTQ'").bootstrap_p.iloc[0] == 0
+    assert format_p(0.0, resamples=FAST.resamples) == "< 0.001"
     for text in (md, page):
         assert not re.search(r"p = 0(\.0*)?(?![.\d])", text)
     table = _md_table(md, "| task | quant | recipe | baseline at |")
-    assert len(table) == 9
-    for column in ("bootstrap p", "McNemar p", "Holm p"):
+    assert len(table) == 11 and set(table["level"]) == {"recipe", "model"}
+    assert set(table["test"].str.split(" \\(").str[0]) == {"crossed t", "McNemar"}
+    for column in ("p", "Holm p"):
         assert not any(re.fullmatch(r"0(\.0*)?", cell) for cell in table[column])
+    recovery = _md_table(md, "| task | recipe | quant | level |")
+    assert recovery.set_index("task").loc["solo", "p"] == "1.86e-09"
     assert "1.86e-09" in (out / "report.html").read_text()
 
 

@@ -8,72 +8,64 @@ Pure functions over the engine's two frames (no model, no files):
 `analyze_study()` runs every step and returns a `StudyAnalysis` of DataFrames; `ftlab.study.report`
 renders it. The rules, in one place:
 
-- Score. A model's score on a task is the mean of its per-item `score` (f1 for span tasks, else
-  0/1 correctness). A recipe's score is the mean over its seeds; `seed_std` is the standard
-  deviation of the per-seed scores (ddof=1, NaN with one seed). The interval is a percentile
-  bootstrap over items of the per-item mean-over-seeds score: it measures item sampling, not
-  seed-to-seed variation (that is what the seed std is for).
-- Pairing. Two configurations are compared on the items both answered, seed by seed when both
-  have seeds; a configuration without seeds (the base snapshot) is paired, with its single
-  outcome, against every seed of the other. McNemar (exact) pools all these (seed, item) pairs;
-  note that it treats them as independent, while the paired bootstrap of the mean difference
-  works on per-item means over the paired seeds and so keeps an item's seeds together.
-- Tests against the baseline: a recipe at PTQ variant q is compared with the baseline at q when
-  the baseline was quantized that way too, else with the unquantized baseline (`baseline_quant`
-  says which). Holm's correction runs over the whole family (every recipe x quant x task test);
-  `significant` means Holm-adjusted McNemar p <= alpha. `mdd` is the McNemar minimum detectable
-  accuracy difference at the pooled pair count and observed discordance (`mcnemar_mdd`); a
-  difference is `undetectable` when it is not significant and |diff_correct| < mdd.
-- Ties with the best: within a task and PTQ variant, every recipe against the top-ranked one
-  (pooled McNemar), Holm-corrected over the task's tests; `tied` means adjusted p > alpha.
-- Recovery: each quantized model against its own `source_model` (never the base), pooled over
-  the recipe's seeds; ratio = quantized / source mean score with a paired bootstrap interval;
-  Holm runs over the recovery tests as their own family.
+- Level. A configuration (recipe x PTQ variant x task) with 2 or more seeds is inferred about as a
+  *recipe*: its trained models are a sample of what the recipe produces, and every interval, test,
+  tie and "too small to detect" call accounts for the seed-to-seed spread and for item sampling
+  together (`ftlab.compare.crossed`: seeds and items are crossed; Welch-Satterthwaite t). The base
+  snapshot (and its PTQ variants) has no seed: one deterministic model, item variance only. A
+  configuration with a single trained model can only be inferred about as that *model*: its
+  comparisons say "these trained models differ on these items" (`level` = "model").
+- Score. A configuration's score is the mean over its models of the per-model mean of the per-item
+  `score` (f1 for span tasks, else 0/1 correctness); `seed_std` is the standard deviation of the
+  per-model scores (ddof=1). The interval is the crossed t interval at recipe level, else the
+  percentile bootstrap over items of the single model.
+- Tests. Two configurations are compared on the items every model of both answered. At recipe
+  level (every seeded side has >= 2 seeds): the crossed t-test of the mean difference, seeds of
+  different recipes unpaired (seed k of two recipes shares the data order, not a random draw the
+  test may rely on; docs/study.md). At model level: two single models by the exact McNemar test
+  (with the paired bootstrap interval of the score difference), several models against one by a
+  paired t over items of the per-item means (the models held fixed).
+- Against the baseline: a recipe at PTQ variant q is compared with the baseline at q when the
+  baseline was quantized that way too, else with the unquantized baseline (`baseline_quant` says
+  which). Holm's correction runs over the whole family (every recipe x quant x task test);
+  `significant` means Holm-adjusted p <= alpha. `mdd` is the minimum detectable difference of the
+  row's own test at alpha and power (seed spread included at recipe level); a difference is
+  `undetectable` when it is not significant and smaller than that.
+- Ties with the best: within a task and PTQ variant, every recipe against the top-ranked one,
+  Holm-corrected over the task's tests; `tied` means adjusted p > alpha.
+- Recovery: each quantized model against its own `source_model` (never the base). At recipe level
+  the per-model differences (quantized minus its source, same trained model) are the crossed
+  one-sample test, the ratio's interval is the delta method on the same variance; a single model
+  keeps McNemar and the paired bootstrap. Holm runs over the recovery tests as their own family.
 - Pareto: per task, over (recipe, quant) points: higher score, smaller size / lower latency.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from ftlab.compare.crossed import CrossedResult, crossed_difference, crossed_mean, crossed_ratio
 from ftlab.compare.plots import pareto_front
 from ftlab.compare.stats import (
     bootstrap_mean_interval, holm, mcnemar_exact, mcnemar_mdd, paired_bootstrap,
 )
-from ftlab.config import doc_field
 from ftlab.errors import ConfigError, FtlabError
+from ftlab.study.spec import StudyAnalysisSettings
 
 NO_QUANT = "none"
+RECIPE, MODEL, UNSEEDED = "recipe", "model", "no seed"  # what a row's inference is about
+CROSSED, MCNEMAR, ITEMS_T = "crossed t", "McNemar", "paired t over items"
 SAMPLE_COLUMNS = ("recipe", "seed", "quant", "task", "index", "correct", "score", "model", "source_model")
 MODEL_ID_COLUMNS = ("recipe", "seed", "quant", "task", "model", "source_model", "n", "size_bytes",
                     "samples_per_s", "latency_mean_s")
 _FIRST_METRICS = ("accuracy", "macro_f1", "f1", "exact_match", "acc_norm")
 _LAST_METRICS = ("fidelity_kl_mean", "fidelity_top1")
 
-
-@dataclass(frozen=True)
-class StudyAnalysisSettings:
-    baseline: str = doc_field("base", "recipe every other is tested against ('base' = the base snapshot)")
-    alpha: float = doc_field(0.05, "family-wise error rate of the Holm-corrected tests")
-    power: float = doc_field(0.8, "power at which the minimum detectable difference is computed")
-    resamples: int = doc_field(10_000, "bootstrap resamples")
-    seed: int = doc_field(0, "bootstrap seed")
-    confidence: float = doc_field(0.95, "level of every interval")
-
-    def validate(self) -> list[str]:
-        problems = []
-        if not self.baseline:
-            problems.append("baseline must name a recipe ('base' for the base snapshot)")
-        for name in ("alpha", "power", "confidence"):
-            value = getattr(self, name)
-            if not 0 < value < 1:
-                problems.append(f"{name}={value} must lie strictly between 0 and 1")
-        if self.resamples < 1:
-            problems.append(f"resamples={self.resamples} must be >= 1 (e.g. 10000)")
-        return problems
+__all__ = ["StudyAnalysisSettings", "StudyAnalysis", "TaskVerdict", "analyze_study", "NO_QUANT", "RECIPE", "MODEL", "UNSEEDED"]
 
 
 @dataclass
@@ -96,6 +88,12 @@ class StudyAnalysis:
     pareto: pd.DataFrame
     verdicts: list[TaskVerdict]
     notes: list[str]  # what could not be computed (a failed job's missing model) and why
+
+    @property
+    def one_seed(self) -> bool:
+        """True when no trained recipe has 2 seeds: the verdict is about trained models only."""
+        levels = set(self.ranking["level"])
+        return MODEL in levels and RECIPE not in levels
 
 
 def quant_order(quants) -> list[str]:
@@ -163,62 +161,122 @@ def tidy_frame(models: pd.DataFrame) -> pd.DataFrame:
     return _sort_configs(df[[*MODEL_ID_COLUMNS, *first, *middle, *last]])
 
 
-def pair_outcomes(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """Rows of two configurations on one task matched on (seed, index), or on index alone when one
-    side has no seed (its single outcome then faces every seed of the other)."""
-    cols = ["seed", "index", "correct", "score"]
-    a, b = a[cols], b[cols]
-    if a["seed"].notna().any() and b["seed"].notna().any():
-        on = ["seed", "index"]
-    elif b["seed"].isna().all():  # the unseeded side drops its seed column, the other keeps its own
-        b, on = b.drop(columns="seed"), ["index"]
-    else:
-        a, on = a.drop(columns="seed"), ["index"]
-    return a.merge(b, on=on, suffixes=("_a", "_b"))
+# ---------------------------------------------------------------------------------------------
+# One configuration's models as matrices
 
 
-def paired_test(a: pd.DataFrame, b: pd.DataFrame, settings: StudyAnalysisSettings) -> dict | None:
-    """Pooled exact McNemar, paired bootstrap of B - A on per-item means, and the MDD; None when
-    the two share no item."""
-    pairs = pair_outcomes(a, b)
-    if pairs.empty:
-        return None
-    mc = mcnemar_exact(pairs["correct_a"].to_numpy(), pairs["correct_b"].to_numpy())
-    items = pairs.groupby("index")[["score_a", "score_b"]].mean()
-    bs = paired_bootstrap(items["score_a"].to_numpy(), items["score_b"].to_numpy(), resamples=settings.resamples,
-                          confidence=settings.confidence, seed=settings.seed)
-    discordance = (mc.a_only + mc.b_only) / mc.n
-    return {
-        "seeds": int(pairs["seed"].nunique()), "n_items": int(len(items)), "n_pairs": mc.n,
-        "a_only": mc.a_only, "b_only": mc.b_only, "discordance": discordance,
-        "diff_correct": (mc.b_only - mc.a_only) / mc.n, "mcnemar_p": mc.p_value,
-        "score_a": bs.mean_a, "score_b": bs.mean_b, "diff": bs.diff, "ci_low": bs.ci_low, "ci_high": bs.ci_high,
-        "bootstrap_p": bs.p_value,
-        "mdd": mcnemar_mdd(mc.n, discordance, alpha=settings.alpha, power=settings.power),
-    }
+@dataclass(frozen=True)
+class Config:
+    """One configuration's trained models on one task: rows are models (ordered by seed), columns items."""
+
+    seeded: bool
+    models: list[str]
+    seeds: list
+    items: np.ndarray  # the item indices every model answered
+    score: np.ndarray  # models x items
+    correct: np.ndarray  # models x items (bool)
+
+    @property
+    def recipe_level(self) -> bool:
+        """A sample of trained models (2+ seeds), or one deterministic unseeded model: both support
+        inference beyond the models in hand; a single seeded model does not."""
+        return not self.seeded or len(self.models) >= 2
+
+    def on(self, items: np.ndarray) -> Config:
+        cols = np.searchsorted(self.items, items)
+        return Config(self.seeded, self.models, self.seeds, items, self.score[:, cols], self.correct[:, cols])
 
 
-def _unpaired_seeds(rows: pd.DataFrame, baseline: pd.DataFrame) -> list[int]:
-    if baseline["seed"].isna().all() or rows["seed"].isna().all():
-        return []
-    return sorted(set(rows["seed"]) - set(baseline["seed"]))
+def config_of(rows: pd.DataFrame) -> Config:
+    seeded = bool(rows["seed"].notna().any())
+    by_model = rows.sort_values(["seed", "model"], na_position="first")
+    models = list(dict.fromkeys(by_model["model"]))
+    score = rows.pivot(index="model", columns="index", values="score").loc[models]
+    correct = rows.pivot(index="model", columns="index", values="correct").loc[models]
+    keep = score.notna().all(axis=0).to_numpy()  # items every model answered
+    seeds = [rows.loc[rows["model"] == m, "seed"].iloc[0] for m in models]
+    return Config(seeded, models, seeds, score.columns.to_numpy()[keep].astype(int),
+                  score.to_numpy(dtype=float)[:, keep], correct.to_numpy(dtype=bool)[:, keep])
 
 
 def _configs(samples: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
     return {key: g for key, g in samples.groupby(["task", "quant", "recipe"], sort=False)}
 
 
+def _cross_counts(a: Config, b: Config) -> tuple[int, int, int]:
+    """(A right & B wrong, A wrong & B right, pairs) over every (model of A, model of B, item): the
+    McNemar counts for two single models, a description of disagreement otherwise."""
+    ka, kb = a.correct.sum(axis=0), b.correct.sum(axis=0)
+    sa, sb = a.correct.shape[0], b.correct.shape[0]
+    return int((ka * (sb - kb)).sum()), int(((sa - ka) * kb).sum()), sa * sb * a.correct.shape[1]
+
+
+def _crossed_fields(res: CrossedResult, settings: StudyAnalysisSettings) -> dict:
+    return {"diff": res.estimate, "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value,
+            "se": res.se, "df": res.df, "seed_part": res.seed_part, "item_part": res.item_part,
+            "mdd": res.mdd(settings.alpha, settings.power)}
+
+
+def compare_configs(a: Config, b: Config, settings: StudyAnalysisSettings) -> dict | None:
+    """B - A on the items both answered; None when they share fewer than 2 items. The test is the
+    one the data support (module docstring): crossed t at recipe level, McNemar for two single
+    models, a paired t over items of the per-item means otherwise."""
+    items = np.intersect1d(a.items, b.items)
+    if items.size < 2:
+        return None
+    a, b = a.on(items), b.on(items)
+    a_only, b_only, pairs = _cross_counts(a, b)
+    out = {"seeds_a": len(a.models), "seeds_b": len(b.models), "seeded_a": a.seeded, "seeded_b": b.seeded,
+           "n_items": int(items.size), "n_pairs": pairs,
+           "a_only": a_only, "b_only": b_only, "discordance": (a_only + b_only) / pairs,
+           "diff_correct": (b_only - a_only) / pairs, "score_a": float(a.score.mean()),
+           "score_b": float(b.score.mean()), "bootstrap_p": math.nan}
+    if (a.seeded or b.seeded) and a.recipe_level and b.recipe_level:
+        res = crossed_difference(a.score, b.score, seeded_a=a.seeded, seeded_b=b.seeded,
+                                 confidence=settings.confidence)
+        return {**out, "level": RECIPE, "test": CROSSED, **_crossed_fields(res, settings)}
+    if len(a.models) == 1 and len(b.models) == 1:
+        mc = mcnemar_exact(a.correct[0], b.correct[0])
+        bs = paired_bootstrap(a.score[0], b.score[0], resamples=settings.resamples,
+                              confidence=settings.confidence, seed=settings.bootstrap_seed)
+        mdd = mcnemar_mdd(mc.n, out["discordance"], alpha=settings.alpha, power=settings.power)
+        return {**out, "level": MODEL, "test": MCNEMAR, "diff": bs.diff, "ci_low": bs.ci_low, "ci_high": bs.ci_high,
+                "p_value": mc.p_value, "bootstrap_p": bs.p_value, "se": math.nan, "df": math.nan,
+                "seed_part": math.nan, "item_part": math.nan, "mdd": mdd}
+    # Several models against one (a failed seed, or one seed on one side): the models held fixed.
+    res = crossed_difference(a.score.mean(axis=0, keepdims=True), b.score.mean(axis=0, keepdims=True),
+                             seeded_a=False, seeded_b=False, confidence=settings.confidence)
+    return {**out, "level": MODEL, "test": ITEMS_T, **_crossed_fields(res, settings)}
+
+
+def _effect(df: pd.DataFrame) -> pd.Series:
+    """The difference a row's MDD is in: accuracy for McNemar (Connor's relation), else the score."""
+    return df["diff_correct"].where(df["test"] == MCNEMAR, df["diff"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
 def rank_recipes(samples: pd.DataFrame, settings: StudyAnalysisSettings) -> pd.DataFrame:
     """Per task and PTQ variant ("none" first), recipes ranked by mean score over seeds."""
     rows = []
     for (task, quant, recipe), g in _configs(samples).items():
-        per_seed = g.groupby("model")["score"].mean()
-        per_item = g.groupby("index")["score"].mean()
-        lo, hi = bootstrap_mean_interval(per_item.to_numpy(), resamples=settings.resamples,
-                                         confidence=settings.confidence, seed=settings.seed)
+        c = config_of(g)
+        per_model = g.groupby("model")["score"].mean()
+        if c.seeded and len(c.models) >= 2:
+            res = crossed_mean(c.score, confidence=settings.confidence)
+            lo, hi, level = res.ci_low, res.ci_high, RECIPE
+        else:
+            lo, hi = bootstrap_mean_interval(g.groupby("index")["score"].mean().to_numpy(),
+                                             resamples=settings.resamples, confidence=settings.confidence,
+                                             seed=settings.bootstrap_seed)
+            level = MODEL if c.seeded else UNSEEDED
         rows.append({"task": task, "quant": quant, "recipe": recipe, "baseline": recipe == settings.baseline,
-                     "seeds": len(per_seed), "n_items": len(per_item), "mean": float(per_seed.mean()),
-                     "seed_std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else np.nan,
+                     "level": level, "seeded": c.seeded, "seeds": len(per_model),
+                     "seed_list": ", ".join(str(s) for s in c.seeds if not pd.isna(s)),
+                     "n_items": int(g["index"].nunique()), "mean": float(per_model.mean()),
+                     "seed_std": float(per_model.std(ddof=1)) if len(per_model) > 1 else np.nan,
                      "ci_low": lo, "ci_high": hi})
     df = pd.DataFrame(rows)
     order = {q: i for i, q in enumerate(quant_order(df["quant"]))}
@@ -228,14 +286,26 @@ def rank_recipes(samples: pd.DataFrame, settings: StudyAnalysisSettings) -> pd.D
     return df.reset_index(drop=True)
 
 
-def _holm_flags(df: pd.DataFrame, alpha: float, *, within=None) -> pd.DataFrame:
+def _holm_flags(df: pd.DataFrame, *, within=None) -> pd.DataFrame:
     if df.empty:
         return df.assign(p_holm=pd.Series(dtype=float))
     if within is None:
-        adjusted = holm(df["mcnemar_p"].to_numpy())
+        adjusted = holm(df["p_value"].to_numpy())
     else:
-        adjusted = df.groupby(within)["mcnemar_p"].transform(lambda p: holm(p.to_numpy())).to_numpy()
+        adjusted = df.groupby(within)["p_value"].transform(lambda p: holm(p.to_numpy())).to_numpy()
     return df.assign(p_holm=adjusted)
+
+
+def _comparison_columns(a: str, *, first: list[str]) -> list[str]:
+    return ["task", "quant", *first, "level", "test", f"{a}_seeded", "seeded", f"{a}_seeds", "seeds", "n_items", "n_pairs", f"{a}_only",
+            "recipe_only", "discordance", "diff_correct", f"{a}_score", "recipe_score", "diff", "ci_low", "ci_high",
+            "se", "df", "seed_part", "item_part", "p_value", "bootstrap_p", "mdd"]
+
+
+def _rename(test: dict, a: str, b: str) -> dict:
+    names = {"a_only": f"{a}_only", "b_only": f"{b}_only", "score_a": f"{a}_score", "score_b": f"{b}_score",
+             "seeds_a": f"{a}_seeds", "seeds_b": "seeds", "seeded_a": f"{a}_seeded", "seeded_b": "seeded"}
+    return {names.get(k, k): v for k, v in test.items()}
 
 
 def compare_to_baseline(samples: pd.DataFrame, ranking: pd.DataFrame, settings: StudyAnalysisSettings,
@@ -251,21 +321,16 @@ def compare_to_baseline(samples: pd.DataFrame, ranking: pd.DataFrame, settings: 
         if base is None:
             notes.append(f"{r.task}: baseline {settings.baseline!r} was not evaluated; {r.recipe} ({r.quant}) is not tested")
             continue
-        test = paired_test(base, configs[(r.task, r.quant, r.recipe)], settings)
+        test = compare_configs(config_of(base), config_of(configs[(r.task, r.quant, r.recipe)]), settings)
         if test is None:
             notes.append(f"{r.task}: {r.recipe} ({r.quant}) shares no item with the baseline; not tested")
             continue
-        unpaired = _unpaired_seeds(configs[(r.task, r.quant, r.recipe)], base)
-        if unpaired:
-            notes.append(f"{r.task}: {r.recipe} ({r.quant}) seed(s) {', '.join(map(str, unpaired))} have no baseline "
-                         f"seed to pair with; tested on seeds {', '.join(map(str, sorted(set(base['seed']))))}")
-        test = _rename(test, "baseline", "recipe")
-        rows.append({"task": r.task, "quant": r.quant, "recipe": r.recipe, "baseline_quant": base_quant, **test})
-    df = _holm_flags(pd.DataFrame(rows, columns=_comparison_columns("baseline", first=["recipe", "baseline_quant"])),
-                     settings.alpha)
+        rows.append({"task": r.task, "quant": r.quant, "recipe": r.recipe, "baseline_quant": base_quant,
+                     **_rename(test, "baseline", "recipe")})
+    columns = _comparison_columns("baseline", first=["recipe", "baseline_quant"])
+    df = _holm_flags(pd.DataFrame(rows, columns=columns))
     significant = df["p_holm"] <= settings.alpha
-    return df.assign(significant=significant,
-                     undetectable=~significant & (df["diff_correct"].abs() < df["mdd"]))
+    return df.assign(significant=significant, undetectable=~significant & (_effect(df).abs() < df["mdd"]))
 
 
 def compare_to_best(samples: pd.DataFrame, ranking: pd.DataFrame, settings: StudyAnalysisSettings) -> pd.DataFrame:
@@ -275,28 +340,18 @@ def compare_to_best(samples: pd.DataFrame, ranking: pd.DataFrame, settings: Stud
     for (task, quant), g in ranking.groupby(["task", "quant"], sort=False):
         best = g.iloc[0]["recipe"]
         for recipe in g["recipe"].iloc[1:]:
-            test = paired_test(configs[(task, quant, best)], configs[(task, quant, recipe)], settings)
+            test = compare_configs(config_of(configs[(task, quant, best)]), config_of(configs[(task, quant, recipe)]),
+                                   settings)
             if test is not None:
                 rows.append({"task": task, "quant": quant, "best": best, "recipe": recipe,
                              **_rename(test, "best", "recipe")})
-    df = _holm_flags(pd.DataFrame(rows, columns=_comparison_columns("best", first=["best", "recipe"])),
-                     settings.alpha, within="task")
+    df = _holm_flags(pd.DataFrame(rows, columns=_comparison_columns("best", first=["best", "recipe"])), within="task")
     return df.assign(tied=df["p_holm"] > settings.alpha)
 
 
-def _rename(test: dict, a: str, b: str) -> dict:
-    names = {"a_only": f"{a}_only", "b_only": f"{b}_only", "score_a": f"{a}_score", "score_b": f"{b}_score"}
-    return {names.get(k, k): v for k, v in test.items()}
-
-
-def _comparison_columns(a: str, *, first: list[str]) -> list[str]:
-    return ["task", "quant", *first, "seeds", "n_items", "n_pairs", f"{a}_only", "recipe_only", "discordance",
-            "diff_correct", "mcnemar_p", f"{a}_score", "recipe_score", "diff", "ci_low", "ci_high", "bootstrap_p",
-            "mdd"]
-
-
-_RECOVERY_COLUMNS = ["task", "recipe", "quant", "source_quant", "models", "n_items", "n_pairs", "source_score",
-                     "quant_score", "ratio", "ci_low", "ci_high", "source_only", "quant_only", "mcnemar_p"]
+_RECOVERY_COLUMNS = ["task", "recipe", "quant", "source_quant", "level", "test", "models", "n_items", "n_pairs",
+                     "source_score", "quant_score", "diff", "ratio", "ci_low", "ci_high", "source_only",
+                     "quant_only", "p_value"]
 
 
 def quantization_recovery(samples: pd.DataFrame, settings: StudyAnalysisSettings, notes: list[str]) -> pd.DataFrame:
@@ -318,16 +373,29 @@ def quantization_recovery(samples: pd.DataFrame, settings: StudyAnalysisSettings
         pairs = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
         if pairs.empty:
             continue
-        mc = mcnemar_exact(pairs["correct_s"].to_numpy(), pairs["correct_q"].to_numpy())
-        items = pairs.groupby("index")[["score_s", "score_q"]].mean()
-        ratio = paired_bootstrap(items["score_s"].to_numpy(), items["score_q"].to_numpy(),
-                                 resamples=settings.resamples, confidence=settings.confidence, seed=settings.seed)
-        rows.append({"task": task, "recipe": recipe, "quant": quant, "source_quant": ", ".join(sorted(source_quants)),
-                     "models": pairs["model"].nunique(), "n_items": len(items), "n_pairs": mc.n,
-                     "source_score": ratio.mean_a, "quant_score": ratio.mean_b, "ratio": ratio.ratio,
-                     "ci_low": ratio.ratio_low, "ci_high": ratio.ratio_high, "source_only": mc.a_only,
-                     "quant_only": mc.b_only, "mcnemar_p": mc.p_value})
-    df = _holm_flags(pd.DataFrame(rows, columns=_RECOVERY_COLUMNS), settings.alpha)
+        # Models x items matrices on the items every pair answered (row k: one trained model).
+        wide = {v: pairs.pivot(index="model", columns="index", values=v).dropna(axis=1)
+                for v in ("score_s", "score_q", "correct_s", "correct_q")}
+        items = wide["score_s"].columns.intersection(wide["score_q"].columns)
+        src, qua = (wide[v][items].to_numpy(dtype=float) for v in ("score_s", "score_q"))
+        cs, cq = (wide[v][items].to_numpy(dtype=bool) for v in ("correct_s", "correct_q"))
+        seeded = bool(g["seed"].notna().any())
+        row = {"task": task, "recipe": recipe, "quant": quant, "source_quant": ", ".join(sorted(source_quants)),
+               "models": src.shape[0], "n_items": len(items), "n_pairs": cs.size,
+               "source_score": float(src.mean()), "quant_score": float(qua.mean()), "diff": float((qua - src).mean()),
+               "source_only": int((cs & ~cq).sum()), "quant_only": int((~cs & cq).sum())}
+        if seeded and src.shape[0] >= 2:
+            res = crossed_mean(qua - src, confidence=settings.confidence)
+            ratio, lo, hi = crossed_ratio(src, qua, confidence=settings.confidence)
+            row.update(level=RECIPE, test=CROSSED, ratio=ratio, ci_low=lo, ci_high=hi, p_value=res.p_value)
+        else:
+            mc = mcnemar_exact(cs.ravel(), cq.ravel())
+            bs = paired_bootstrap(src.mean(axis=0), qua.mean(axis=0), resamples=settings.resamples,
+                                  confidence=settings.confidence, seed=settings.bootstrap_seed)
+            row.update(level=MODEL, test=MCNEMAR, ratio=bs.ratio, ci_low=bs.ratio_low, ci_high=bs.ratio_high,
+                       p_value=mc.p_value)
+        rows.append(row)
+    df = _holm_flags(pd.DataFrame(rows, columns=_RECOVERY_COLUMNS))
     return df.assign(significant=df["p_holm"] <= settings.alpha)
 
 
@@ -368,5 +436,10 @@ def analyze_study(samples: pd.DataFrame, models: pd.DataFrame,
     vs_best = compare_to_best(samples, ranking, settings)
     recovery = quantization_recovery(samples, settings, notes)
     pareto = pareto_fronts(ranking, tidy)
+    single = ranking[ranking["level"] == MODEL]
+    if not single.empty and (ranking["level"] == RECIPE).any():
+        names = ", ".join(sorted(set(single["recipe"])))
+        notes.append(f"{names}: one trained model each (a seed failed or was not run); their comparisons are about "
+                     f"those models, not recipes")
     verdicts = build_verdicts(ranking, vs_baseline, vs_best, recovery, settings)
     return StudyAnalysis(settings, tidy, ranking, vs_baseline, vs_best, recovery, pareto, verdicts, notes)

@@ -25,7 +25,7 @@ from ftlab.compare.stats import format_p
 from ftlab.errors import FtlabError
 from ftlab.io import atomic_write_bytes
 from ftlab.study import figures
-from ftlab.study.analysis import StudyAnalysis, StudyAnalysisSettings, analyze_study
+from ftlab.study.analysis import MODEL, RECIPE, UNSEEDED, StudyAnalysis, StudyAnalysisSettings, analyze_study
 
 PLOTS_DIR = "plots"
 _PLOT_NAMES = ("scores.png", "recovery.png", "pareto.png")
@@ -49,6 +49,9 @@ def _mdd(v) -> str:
 
 # ------------------------------------------------------------------------------------------ tables
 
+_COVERS = {RECIPE: "seeds and items", MODEL: "items (one trained model)", UNSEEDED: "items (no seed)"}
+
+
 def _ranking_table(a: StudyAnalysis) -> pd.DataFrame:
     r = a.ranking
     return pd.DataFrame({
@@ -57,6 +60,7 @@ def _ranking_table(a: StudyAnalysis) -> pd.DataFrame:
         "seeds": r["seeds"].astype(str), "items": r["n_items"].astype(str), "score": r["mean"].map(_num),
         "seed std": r["seed_std"].map(_num),
         f"{a.settings.confidence:.0%} interval": [_interval(lo, hi) for lo, hi in zip(r["ci_low"], r["ci_high"])],
+        "interval covers": r["level"].map(_COVERS),
     })
 
 
@@ -68,14 +72,22 @@ def _status(r) -> str:
     return "too small to detect" if r.undetectable else "not significant"
 
 
+def _test(r) -> str:
+    return f"{r.test} (df {r.df:.1f})" if math.isfinite(r.df) else r.test
+
+
+def _seeds(r, other: str) -> str:
+    return f"{r.seeds} / {getattr(r, other)}"
+
+
 def _baseline_table(a: StudyAnalysis) -> pd.DataFrame:
-    rows, b = [], a.settings.resamples
+    rows = []
     for r in a.vs_baseline.itertuples(index=False):
         rows.append({"task": r.task, "quant": r.quant, "recipe": r.recipe, "baseline at": r.baseline_quant,
-                     "pairs": str(r.n_pairs), "diff": _num(r.diff, "{:+.4f}"),
-                     "interval": _interval(r.ci_low, r.ci_high, "{:+.4f}"), "bootstrap p": format_p(r.bootstrap_p, resamples=b),
-                     "recipe-only / baseline-only": f"{r.recipe_only} / {r.baseline_only}",
-                     "McNemar p": format_p(r.mcnemar_p), "Holm p": format_p(r.p_holm), "MDD": _mdd(r.mdd),
+                     "level": r.level, "models (recipe / baseline)": _seeds(r, "baseline_seeds"),
+                     "items": str(r.n_items), "diff": _num(r.diff, "{:+.4f}"),
+                     "interval": _interval(r.ci_low, r.ci_high, "{:+.4f}"), "test": _test(r),
+                     "p": format_p(r.p_value), "Holm p": format_p(r.p_holm), "MDD": _mdd(r.mdd),
                      "verdict": _status(r)})
     return pd.DataFrame(rows)
 
@@ -83,21 +95,22 @@ def _baseline_table(a: StudyAnalysis) -> pd.DataFrame:
 def _best_table(a: StudyAnalysis) -> pd.DataFrame:
     rows = []
     for r in a.vs_best.itertuples(index=False):
-        rows.append({"task": r.task, "quant": r.quant, "best": r.best, "recipe": r.recipe, "pairs": str(r.n_pairs),
-                     "diff": _num(r.diff, "{:+.4f}"), "best-only / recipe-only": f"{r.best_only} / {r.recipe_only}",
-                     "McNemar p": format_p(r.mcnemar_p), "Holm p (task)": format_p(r.p_holm),
-                     "verdict": "tied" if r.tied else "below the best"})
+        rows.append({"task": r.task, "quant": r.quant, "best": r.best, "recipe": r.recipe, "level": r.level,
+                     "models (recipe / best)": _seeds(r, "best_seeds"), "items": str(r.n_items),
+                     "diff": _num(r.diff, "{:+.4f}"), "interval": _interval(r.ci_low, r.ci_high, "{:+.4f}"),
+                     "test": _test(r), "p": format_p(r.p_value), "Holm p (task)": format_p(r.p_holm),
+                     "MDD": _mdd(r.mdd), "verdict": "tied" if r.tied else "below the best"})
     return pd.DataFrame(rows)
 
 
 def _recovery_table(a: StudyAnalysis) -> pd.DataFrame:
     rows = []
     for r in a.recovery.itertuples(index=False):
-        rows.append({"task": r.task, "recipe": r.recipe, "quant": r.quant, "models": str(r.models),
-                     "pairs": str(r.n_pairs), "source": _num(r.source_score), "quantized": _num(r.quant_score),
+        rows.append({"task": r.task, "recipe": r.recipe, "quant": r.quant, "level": r.level, "models": str(r.models),
+                     "items": str(r.n_items), "source": _num(r.source_score), "quantized": _num(r.quant_score),
                      "ratio": _num(r.ratio, "{:.1%}"), "interval": _interval(r.ci_low, r.ci_high, "{:.1%}"),
-                     "source-only / quant-only": f"{r.source_only} / {r.quant_only}",
-                     "McNemar p": format_p(r.mcnemar_p), "Holm p": format_p(r.p_holm)})
+                     "source-only / quant-only": f"{r.source_only} / {r.quant_only}", "test": r.test,
+                     "p": format_p(r.p_value), "Holm p": format_p(r.p_holm)})
     return pd.DataFrame(rows)
 
 
@@ -114,22 +127,31 @@ def _pareto_table(a: StudyAnalysis) -> pd.DataFrame:
 
 def _methods(s: StudyAnalysisSettings) -> list[str]:
     return [
-        f"Score: the mean per-item score (F1 for span tasks, else 0/1 correctness), averaged over seeds; seed std "
-        f"uses ddof=1. Intervals: {s.confidence:.0%} percentile bootstrap over items ({s.resamples} resamples, "
-        f"seed {s.seed}) of the per-item mean-over-seeds score; they measure item sampling, not seed variation.",
-        "Paired tests on the items both models answered, seed by seed (a model without seeds faces every seed "
-        "of the other with its single outcome). Exact McNemar pools all (seed, item) pairs and treats them as "
-        "independent; the paired bootstrap of the score difference resamples items with their seeds together, "
-        "so when the two disagree the bootstrap is the more cautious.",
+        "Two sources of uncertainty: another training seed trains another model, and other items give other "
+        "scores. Every trained model answers the same items (seeds and items are crossed), so a recipe with 2 or "
+        "more seeds is inferred about as a recipe: its interval, its tests and the minimum detectable differences "
+        "account for both (level `recipe`). A recipe with one seed is one trained model (level `model`): its "
+        "comparisons say that these trained models differ on these items, not that a recipe wins. The base "
+        "snapshot has no seed (one deterministic model) and only item variance.",
+        "Recipe level (docs/study.md, `ftlab.compare.crossed`): Var(difference) = s2_A / S_A + s2_B / S_B + "
+        "max(0, Var_i(delta_i) / n - MS_A / (S_A n) - MS_B / (S_B n)), where s2 is the variance of a recipe's "
+        "per-model scores over its S seeds, delta_i the per-item difference of the recipes' seed means and MS the "
+        "model x item residual of each recipe's two-way layout (the two-way cluster-robust variance of Cameron, "
+        "Gelbach & Miller 2011 in ANOVA form); Student's t with Satterthwaite's degrees of freedom (shown as df). "
+        "Seeds of different recipes are not paired. Score intervals use the same formula for one recipe.",
+        f"Model level: two single models by the exact McNemar test, with the {s.confidence:.0%} percentile "
+        f"bootstrap over items ({s.resamples} resamples, seed {s.bootstrap_seed}) of the score difference; several "
+        "models against one by a paired t over items of the per-item means. A single model's score interval is "
+        "the bootstrap over items.",
         f"Holm-Bonferroni correction over the whole family of tests against the baseline (every recipe x quant x "
-        f"task); significant means Holm-adjusted McNemar p <= {s.alpha:g}. Ties with the best: each recipe against "
-        f"the top one of its task and quant variant, Holm-corrected within the task. Recovery tests are their own "
-        f"family.",
-        f"MDD (minimum detectable difference): the accuracy difference a two-sided McNemar test at alpha "
-        f"{s.alpha:g} detects with power {s.power:g}, from Connor's (1987) relation n = (z_a sqrt(psi) + z_b "
-        f"sqrt(psi - d^2))^2 / d^2 solved for d at the pooled pair count n and observed discordance psi (normal "
-        f"approximation; the exact test's power there is about 0.77). \"Too small to detect\": not significant "
-        f"and |observed accuracy difference| < MDD.",
+        f"task); significant means Holm-adjusted p <= {s.alpha:g}. Ties with the best: each recipe against "
+        f"the top one of its task and quant variant, Holm-corrected within the task. Recovery tests (each "
+        f"quantized model minus its own source, seed by seed, at recipe level) are their own family.",
+        f"MDD (minimum detectable difference) at alpha {s.alpha:g} and power {s.power:g}: at recipe level "
+        f"(t_(1-alpha/2, df) + t_(power, df)) x SE, the seed spread included; for McNemar, Connor's (1987) "
+        f"relation n = (z_a sqrt(psi) + z_b sqrt(psi - d^2))^2 / d^2 solved for d at the pair count n and "
+        f"observed discordance psi. \"Too small to detect\": not significant and the observed difference below "
+        f"the MDD.",
         f"p-values print in scientific notation below 0.001; a bootstrap p below 2/B prints as < 2/{s.resamples} "
         f"(the two-sided p moves in steps of 2/B, B = {s.resamples} resamples).",
     ]
@@ -140,7 +162,9 @@ def _methods(s: StudyAnalysisSettings) -> list[str]:
 def _blocks(a: StudyAnalysis, title: str, study_summary: dict, plots: dict[str, bytes]) -> list[tuple]:
     s = a.settings
     summary = {**study_summary, "baseline": s.baseline, "alpha": s.alpha, "power": s.power,
-               "bootstrap resamples": s.resamples, "confidence": s.confidence, "bootstrap seed": s.seed}
+               "bootstrap resamples": s.resamples, "confidence": s.confidence, "bootstrap seed": s.bootstrap_seed}
+    if s.min_difference is not None:
+        summary["difference that matters"] = s.min_difference
     summary_table = pd.DataFrame({"": list(summary), "value": [
         v if isinstance(v, str) else json.dumps(v, default=str) for v in summary.values()]})
     blocks: list[tuple] = [("h", 1, title), ("table", summary_table), ("h", 2, "Verdict")]
@@ -151,14 +175,16 @@ def _blocks(a: StudyAnalysis, title: str, study_summary: dict, plots: dict[str, 
     blocks += [("h", 2, "Ranking"), ("p", "Per task and quantization variant, recipes by mean score over seeds."),
                ("table", _ranking_table(a)), ("img", "scores.png", "score by recipe")]
     blocks += [("h", 2, f"Against the baseline `{s.baseline}`"),
-               ("p", "diff = recipe - baseline (score); the interval is the paired bootstrap of that difference; "
-                     "MDD is the minimum detectable accuracy difference.")]
+               ("p", "diff = recipe - baseline (score), with its interval from the row's test; level `recipe`: "
+                     "seeds and items (crossed t), `model`: single trained models on these items; MDD is the "
+                     "minimum detectable difference of the row's test.")]
     blocks.append(("table", _baseline_table(a)) if not a.vs_baseline.empty else ("p", "No recipe besides the baseline."))
     if not a.vs_best.empty:
         blocks += [("h", 2, "Ties with the best"), ("table", _best_table(a))]
     if not a.recovery.empty:
         blocks += [("h", 2, "Quantization recovery"),
-                   ("p", "Each quantized model against its own unquantized source, pooled over seeds."),
+                   ("p", "Each quantized model against its own unquantized source; at recipe level the "
+                         "per-seed differences with the crossed t (seed spread and items), else McNemar."),
                    ("table", _recovery_table(a)), ("img", "recovery.png", "quantization recovery")]
     blocks += [("h", 2, "Pareto front"), ("table", _pareto_table(a)), ("img", "pareto.png", "Pareto fronts")]
     blocks += [("h", 2, "Methods"), ("ul", _methods(s))]

@@ -96,7 +96,9 @@ def run_study(study: Study, settings: EngineSettings, echo: Callable[[str], None
 
 def report_study(study: Study) -> tuple[dict, str]:
     """Writes the verdict from the finished evaluations; returns (written paths, verdict text)."""
-    from ftlab.study.analysis import StudyAnalysisSettings, analyze_study
+    from dataclasses import replace
+
+    from ftlab.study.analysis import analyze_study
     from ftlab.study.collect import collect
     from ftlab.study.report import write_analysis
     from ftlab.study.verdict import verdict_text
@@ -110,7 +112,7 @@ def report_study(study: Study) -> tuple[dict, str]:
                          + (f", {stale} stale" if stale else "") + f"); run `ftlab study run {study.path}`")
     samples, models = collect(study.workspace, finished, list(study.spec.evaluate.datasets))
     baseline = baseline_recipe(study.spec, study.recipes)
-    settings = StudyAnalysisSettings(baseline="base" if baseline is None else baseline.label)
+    settings = replace(study.spec.analysis, baseline="base" if baseline is None else baseline.label)
     analysis = analyze_study(samples, models, settings)
     total = sum(1 for j in study.graph.jobs if j.kind == "evaluate")
     summary = {"file": str(study.path), "evaluations_finished": len(finished), "evaluations_planned": total,

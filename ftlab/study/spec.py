@@ -65,6 +65,44 @@ class EvaluateSection:
     settings: dict = doc_field({}, "other `ftlab evaluate` keys (dotted, e.g. eval.max_new_tokens)")
 
 
+@dataclass(frozen=True)
+class StudyAnalysisSettings:
+    """How the verdict is computed (the study file's `analysis:` section) and what `ftlab study
+    plan` assumes before any result exists."""
+
+    baseline: str = doc_field(BASE, "recipe every other is tested against (set by the study's top-level baseline:)")
+    alpha: float = doc_field(0.05, "family-wise error rate of the Holm-corrected tests")
+    power: float = doc_field(0.8, "power at which minimum detectable differences and plans are computed")
+    confidence: float = doc_field(0.95, "level of every interval")
+    resamples: int = doc_field(10_000, "bootstrap resamples (intervals of single trained models)")
+    bootstrap_seed: int = doc_field(0, "seed of the bootstrap resampling")
+    min_difference: float | None = doc_field(None, "smallest score difference between recipes that matters "
+                                                   "(e.g. 0.03); `ftlab study plan` sizes the study for it")
+    expected_score: float | None = doc_field(None, "planning before results exist: the score level of the recipes")
+    expected_seed_std: float | None = doc_field(None, "planning: the standard deviation of a recipe's score "
+                                                      "across training seeds (beyond item noise)")
+    expected_discordance: float | None = doc_field(None, "planning: the share of items two models of different "
+                                                         "recipes answer differently (default: 2 p (1 - p))")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.baseline:
+            problems.append("analysis.baseline must name a recipe ('base' for the base snapshot)")
+        for name in ("alpha", "power", "confidence"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                problems.append(f"analysis.{name}={value} must lie strictly between 0 and 1")
+        if self.resamples < 1:
+            problems.append(f"analysis.resamples={self.resamples} must be >= 1 (e.g. 10000)")
+        for name in ("min_difference", "expected_score", "expected_discordance"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                problems.append(f"analysis.{name}={value} must lie in (0, 1] (a share of the score scale)")
+        if self.expected_seed_std is not None and not 0 <= self.expected_seed_std < 1:
+            problems.append(f"analysis.expected_seed_std={self.expected_seed_std} must lie in [0, 1)")
+        return problems
+
+
 @dataclass
 class StudySpec:
     name: str = doc_field("", "the study's name: Testing/studies/<name>/ holds its report")
@@ -76,6 +114,7 @@ class StudySpec:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     baseline: Any = doc_field(BASE, "`base` (each base model's snapshot) or a recipe as a mapping of grid keys, "
                                     "e.g. {peft.method: LoRa, peft.r: 8}")
+    analysis: StudyAnalysisSettings = field(default_factory=StudyAnalysisSettings)
 
     def validate(self) -> list[str]:
         problems = []
@@ -111,6 +150,8 @@ class StudySpec:
         for i, v in enumerate(self.quantize.variants):
             if not isinstance(v, dict) or "method" not in v:
                 problems.append(f"quantize.variants[{i}] must be a mapping with at least method: (e.g. HQQ)")
+        if self.analysis.baseline != BASE:
+            problems.append("analysis.baseline: name the baseline with the top-level baseline: key")
         if not isinstance(self.baseline, (str, dict)) or (isinstance(self.baseline, str) and self.baseline != BASE):
             problems.append(f"baseline {self.baseline!r}: use `base` or a mapping of grid keys naming one recipe")
         return problems

@@ -1,0 +1,67 @@
+"""Simulated studies of two recipes, for checking what a verdict's error rates really are.
+
+A study is drawn from a logistic model with the two sources of variance that a recipe comparison
+must face, every trained model answering the same items:
+
+    P(model s of recipe r answers item i) = sigmoid(level + d_i + g_ri + u_rs + difference * [r = B])
+
+d_i ~ N(0, item_sd^2): item difficulty, shared by every model;
+g_ri ~ N(0, interaction_sd^2): how much the recipe suits the item, shared by the recipe's seeds
+(identical recipes have none; recipes that differ per item but not on average do);
+u_rs ~ N(0, seed_sd^2): the trained model's own luck (initialisation, data order, dropout);
+seed k's effects of recipes A and B correlate by `seed_correlation` (what a shared data order
+could cause), 0 by default.
+
+`tests/test_verdict_calibration.py` and `benchmarks/verdict_calibration.py` use it to measure the
+false-positive rate (difference 0) and the power of the study verdict's tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    level: float = -0.8  # logit of an average item (score about 0.3 at item_sd 1.5)
+    item_sd: float = 1.5
+    seed_sd: float = 0.0
+    interaction_sd: float = 0.0
+    difference: float = 0.0  # recipe B's shift on the logit scale
+    seed_correlation: float = 0.0
+
+    def draw(self, rng: np.random.Generator, sims: int, seeds: int, items: int) -> tuple[np.ndarray, np.ndarray]:
+        """(A, B): two arrays of 0/1 outcomes, shape (sims, seeds, items)."""
+        d = rng.normal(0, self.item_sd, (sims, 1, items))
+        shared = rng.normal(0, 1, (sims, seeds, 1))
+        out = []
+        for shift in (0.0, self.difference):
+            g = rng.normal(0, self.interaction_sd, (sims, 1, items))
+            own = rng.normal(0, 1, (sims, seeds, 1))
+            rho = self.seed_correlation
+            u = self.seed_sd * (np.sqrt(rho) * shared + np.sqrt(1 - rho) * own)
+            p = 1 / (1 + np.exp(-(self.level + d + g + u + shift)))
+            out.append((rng.random(p.shape) < p).astype(float))
+        return out[0], out[1]
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def expected_score(model: StudyModel, seed_effect: float = 0.0) -> float:
+    """Recipe A's score over the whole population of items for a trained model with this seed
+    effect (Gauss-Hermite quadrature over the item difficulty)."""
+    x, w = np.polynomial.hermite.hermgauss(80)
+    return float((w * _sigmoid(model.level + np.sqrt(2) * model.item_sd * x + seed_effect)).sum() / np.sqrt(np.pi))
+
+
+def score_spread(model: StudyModel) -> float:
+    """The standard deviation of recipe A's score across trained models, over the whole population
+    of items: what a researcher would call this model's seed spread (beyond item noise)."""
+    x, w = np.polynomial.hermite.hermgauss(40)
+    scores = np.array([expected_score(model, np.sqrt(2) * model.seed_sd * u) for u in x])
+    mean = (w * scores).sum() / np.sqrt(np.pi)
+    return float(np.sqrt(max(0.0, (w * (scores - mean) ** 2).sum() / np.sqrt(np.pi))))
