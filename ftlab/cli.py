@@ -37,7 +37,7 @@ SUMMARY: dict[str, str] = {
                 "results accumulate per task; resumable",
     "orchestrate": "evaluate every model under Models/ whose metrics are missing, incomplete, stale (or failed); "
                    "crash-safe sweep",
-    "study": "run a study (a grid of train x quantize x evaluate jobs) and write its significance-tested verdict",
+    "study": "plan, run and report a study: a grid of train x quantize x evaluate jobs ending in a recipe-level verdict",
     "compare": "compare evaluated models: tables, deltas vs baseline, recovery vs source, paired significance tests, "
                "CSV, plots",
     "score": "recompute a task's metrics from a JSONL of raw responses ({\"response\": ..., \"answer\": ...} per line)",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ftlab.errors import FtlabError
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="existing Ray cluster (auto, ray://host:10001); default: a local Ray started here")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="study file overrides, e.g. evaluate.limit=50")
+    plan = sub.add_parser("plan", help="power of the planned design for the difference that matters, and what it takes",
+                          description="For analysis.min_difference, the power of the planned seeds x items, the "
+                                      "items needed for the asked power at several seed counts, and their compute "
+                                      "(from measured job times). Variance from --from, else analysis.expected_*, "
+                                      "else this study's finished results.")
+    plan.add_argument("file", help="study YAML file")
+    plan.add_argument("--from", dest="earlier", default=None, metavar="STUDY",
+                      help="an earlier study file whose finished results (2+ seeds) give the variance and job times")
+    plan.add_argument("--items", type=int, default=None, help="items per task (default: evaluate.limit)")
+    plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="study file overrides, e.g. analysis.min_difference=0.03")
     rep = sub.add_parser("report", help="write the verdict from the finished evaluations",
                          description="Writes Testing/studies/<name>/ (report.md, report.html, frame.parquet/csv).")
     rep.add_argument("file", help="study YAML file")
@@ -42,6 +54,14 @@ def run(args: argparse.Namespace) -> int:
     study = open_study(args.file, workspace, args.overrides)
     if args.study_command == "report":
         print_report(study)
+        return 0
+    if args.study_command == "plan":
+        from ftlab.study.plan import plan_text
+
+        if args.items is not None and args.items < 2:
+            raise FtlabError(f"--items {args.items}: give at least 2 items per task")
+        earlier = open_study(args.earlier, workspace) if args.earlier else None
+        print(plan_text(study, earlier, args.items))
         return 0
     settings = EngineSettings(workers=args.workers, threads=args.threads, timeout_s=args.timeout,
                               retry_failed=not args.skip_failed, backend=args.backend,

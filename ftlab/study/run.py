@@ -17,6 +17,8 @@ from ftlab.study.jobs import jobs_dir
 from ftlab.study.spec import Recipe, StudySpec, baseline_recipe, load_study, spec_summary
 
 log = logging.getLogger(__name__)
+ONE_SEED_WARNING = ("one seed per recipe (train.seeds): the verdict will compare trained models on these items, not "
+                    "recipes; recipe-level claims need at least 2 seeds per recipe")
 
 
 @dataclass
@@ -94,28 +96,42 @@ def run_study(study: Study, settings: EngineSettings, echo: Callable[[str], None
     return study.engine(settings, echo).run()
 
 
-def report_study(study: Study) -> tuple[dict, str]:
-    """Writes the verdict from the finished evaluations; returns (written paths, verdict text)."""
-    from dataclasses import replace
-
-    from ftlab.study.analysis import analyze_study
+def finished_results(study: Study, *, require: bool = True):
+    """(samples, models, evaluations finished) of the study's current evaluations; with `require`,
+    none finished is an FtlabError saying how to get them."""
     from ftlab.study.collect import collect
-    from ftlab.study.report import write_analysis
-    from ftlab.study.verdict import verdict_text
 
     engine = study.engine()
     states = {j.id: engine.status(j).state for j in study.graph.jobs if j.kind == "evaluate"}
     finished = [study.graph.evaluations[i] for i, state in states.items() if state == DONE]
     if not finished:
+        if not require:
+            return None, None, 0
         stale = sum(state == STALE for state in states.values())
         raise FtlabError(f"study {study.spec.name} has no current evaluation yet ({len(states)} planned"
                          + (f", {stale} stale" if stale else "") + f"); run `ftlab study run {study.path}`")
     samples, models = collect(study.workspace, finished, list(study.spec.evaluate.datasets))
+    return samples, models, len(finished)
+
+
+def analysis_settings(study: Study):
+    """The study file's analysis settings with the baseline's label."""
+    from dataclasses import replace
+
     baseline = baseline_recipe(study.spec, study.recipes)
-    settings = replace(study.spec.analysis, baseline="base" if baseline is None else baseline.label)
-    analysis = analyze_study(samples, models, settings)
+    return replace(study.spec.analysis, baseline="base" if baseline is None else baseline.label)
+
+
+def report_study(study: Study) -> tuple[dict, str]:
+    """Writes the verdict from the finished evaluations; returns (written paths, verdict text)."""
+    from ftlab.study.analysis import analyze_study
+    from ftlab.study.report import write_analysis
+    from ftlab.study.verdict import verdict_text
+
+    samples, models, finished = finished_results(study)
+    analysis = analyze_study(samples, models, analysis_settings(study))
     total = sum(1 for j in study.graph.jobs if j.kind == "evaluate")
-    summary = {"file": str(study.path), "evaluations_finished": len(finished), "evaluations_planned": total,
+    summary = {"file": str(study.path), "evaluations_finished": finished, "evaluations_planned": total,
                "recipes": [r.label for r in study.recipes], "seeds": study.spec.train.seeds,
                "quant_variants": study.spec.quantize.variants, "tasks": study.spec.evaluate.datasets}
     paths = write_analysis(analysis, study.folder, title=f"Study {study.spec.name}", study_summary=summary)
@@ -134,6 +150,8 @@ def execute(study: Study, settings: EngineSettings, *, dry_run: bool = False, re
     settings.validate()
     if dry_run:
         print(format_plan(study, study.engine(settings).plan()))
+        if len(study.spec.train.seeds) < 2:
+            print(f"warning: {ONE_SEED_WARNING}")
         return 0
     outcomes = run_study(study, settings)
     print(format_outcomes(outcomes))
