@@ -40,7 +40,7 @@ ALPHA = 0.05
 SEEDS = (2, 3, 5)
 SPREADS = (0.0, 0.1, 0.2, 0.4, 0.8)  # seed_sd on the logit scale
 ITEMS = (100, 300, 1000)
-DIFFERENCE = 0.3  # recipe B's logit shift in the power rows
+DIFFERENCES = (0.3, 0.6)  # recipe B's logit shift in the power rows
 CHUNK = 500
 
 
@@ -71,7 +71,7 @@ def run(sims: int, seed: int) -> dict:
     for spread in SPREADS:
         for seeds in SEEDS:
             for items in ITEMS:
-                for difference in (0.0, DIFFERENCE):
+                for difference in (0.0, *DIFFERENCES):
                     model = replace(base, seed_sd=spread, difference=difference)
                     t0 = time.perf_counter()
                     r = rates(model, seeds, items, sims, rng)
@@ -80,21 +80,25 @@ def run(sims: int, seed: int) -> dict:
                     print(json.dumps(rows[-1]), flush=True)
     # Recipes that suit different items but are equal on average over the item population.
     for seeds in SEEDS:
-        model = replace(base, seed_sd=0.2, interaction_sd=0.5)
-        rows.append({"scenario": "recipe x item", "seed_sd": 0.2, "interaction_sd": 0.5, "seeds": seeds,
-                     "items": 300, "difference": 0.0, **rates(model, seeds, 300, sims, rng)})
+        model = replace(base, seed_sd=0.05, interaction_sd=1.0)
+        rows.append({"scenario": "recipe x item", "seed_sd": 0.05, "interaction_sd": 1.0, "seeds": seeds,
+                     "items": 100, "difference": 0.0, **rates(model, seeds, 100, sims, rng)})
         print(json.dumps(rows[-1]), flush=True)
-    # Seed k of both recipes sharing what makes a seed lucky (e.g. the data order), correlation 0.5.
-    for seeds in SEEDS:
-        for difference in (0.0, DIFFERENCE):
-            model = replace(base, seed_sd=0.4, seed_correlation=0.5, difference=difference)
-            rows.append({"scenario": "correlated seeds", "seed_sd": 0.4, "seed_correlation": 0.5, "seeds": seeds,
-                         "items": 300, "difference": difference, **rates(model, seeds, 300, sims, rng, paired=True)})
-            print(json.dumps(rows[-1]), flush=True)
+    # Seed k of both recipes sharing what makes a seed lucky (e.g. the data order): unpaired against
+    # paired by seed, when the seeds are independent and when they correlate.
+    for rho in (0.0, 0.5):
+        for seeds in SEEDS:
+            for difference in (0.0, DIFFERENCES[0]):
+                model = replace(base, seed_sd=0.4, seed_correlation=rho, difference=difference)
+                rows.append({"scenario": "correlated seeds", "seed_sd": 0.4, "seed_correlation": rho, "seeds": seeds,
+                             "items": 300, "difference": difference,
+                             **rates(model, seeds, 300, sims, rng, paired=True)})
+                print(json.dumps(rows[-1]), flush=True)
     return {
         "alpha": ALPHA, "sims_per_cell": sims, "rng_seed": seed, "model": asdict(base),
         "score_of_recipe_a": expected_score(base),
-        "score_of_recipe_b_in_power_rows": expected_score(replace(base, level=base.level + DIFFERENCE)),
+        "score_of_recipe_b_in_power_rows": {str(d): expected_score(replace(base, level=base.level + d))
+                                            for d in DIFFERENCES},
         "score_spread": {str(s): score_spread(replace(base, seed_sd=s)) for s in SPREADS},
         "monte_carlo_sd_at_alpha": math.sqrt(ALPHA * (1 - ALPHA) / sims),
         "rows": rows, "python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -134,8 +138,9 @@ def markdown(doc: dict) -> str:
         "",
     ]
     rows = [r for r in doc["rows"] if r["scenario"] == "seed spread"]
-    for title, diff in (("False-positive rate: identical recipes (difference 0)", 0.0),
-                        (f"Power: recipe B better by {DIFFERENCE} on the logit scale ({a:.3f} -> {b:.3f})", DIFFERENCE)):
+    titles = [("False-positive rate: identical recipes (difference 0)", 0.0)]
+    titles += [(f"Power: recipe B better by {d} on the logit scale ({a:.3f} -> {b[str(d)]:.3f})", d) for d in DIFFERENCES]
+    for title, diff in titles:
         out += [f"## {title}", "", "| seed sd (score sd) | seeds | items | pooled McNemar | crossed t | Welch |",
                 "|---|---|---|---|---|---|"]
         for r in rows:
@@ -160,7 +165,7 @@ def markdown(doc: dict) -> str:
         "- Welch on seed scores is close to the crossed t here because these recipes have no recipe x item",
         "  interaction; the next table has one.",
         "",
-        "## Recipes that differ per item but not on average (recipe x item sd 0.5, seed sd 0.2, 300 items)",
+        "## Recipes that differ per item but not on average (recipe x item sd 1.0, seed sd 0.05, 100 items)",
         "",
         "| seeds | pooled McNemar | crossed t | Welch |",
         "|---|---|---|---|",
@@ -175,27 +180,28 @@ def markdown(doc: dict) -> str:
         "ahead. Welch's test treats the items as fixed and declares that sample's difference; the crossed t",
         "counts the item sampling of what the seeds share and stays at alpha.",
         "",
-        "## Seeds correlated across recipes (correlation 0.5, seed sd 0.4, 300 items)",
+        "## Pairing seed k of one recipe with seed k of another (seed sd 0.4, 300 items)",
         "",
         "Seed k of every recipe shares the data order (`train.seed` sets it) and, for recipes with the same adapter",
         "shapes, the adapter's initial values. If that made seed k lucky for both recipes alike, pairing seed k",
-        "with seed k would remove the shared part. The verdict does not pair:",
+        "with seed k would remove the shared part. Rows with seeds independent (correlation 0) and correlated 0.5:",
         "",
-        "| seeds | difference | pooled McNemar | crossed t (unpaired) | crossed t paired by seed | Welch |",
-        "|---|---|---|---|---|---|",
+        "| seed correlation | seeds | difference | pooled McNemar | crossed t (unpaired, the default) | crossed t paired by seed | Welch |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         if r["scenario"] == "correlated seeds":
-            out.append(f"| {r['seeds']} | {r['difference']:g} | {_pct(r['pooled_mcnemar'])} | "
-                       f"**{_pct(r['crossed_t'])}** | {_pct(r['crossed_t_paired_by_seed'])} | "
-                       f"{_pct(r['welch_seed_scores'])} |")
+            out.append(f"| {r['seed_correlation']:g} | {r['seeds']} | {r['difference']:g} | "
+                       f"{_pct(r['pooled_mcnemar'])} | **{_pct(r['crossed_t'])}** | "
+                       f"{_pct(r['crossed_t_paired_by_seed'])} | {_pct(r['welch_seed_scores'])} |")
     out += [
         "",
-        "Unpaired stays valid (positively correlated seeds only make it cautious); pairing gains power only when the",
-        "correlation is large and costs half the seed degrees of freedom (S - 1 instead of up to 2S - 2), which at",
-        "2-3 seeds is most of them. How strongly a shared data order ties two recipes' seeds is not known in",
-        "advance, and it holds only between recipes that keep the dataset, batch size and sequence length, so",
-        "ftlab does not pair (docs/study.md).",
+        "Both are valid at every correlation (the rows with difference 0). Unpaired is cautious when the seeds",
+        "correlate; paired gains power then and loses it when they do not, because it has S - 1 degrees of",
+        "freedom for the seed spread instead of up to 2S - 2. How strongly a shared data order ties two",
+        "recipes' seeds is not known before the study, and it holds only between recipes that keep the",
+        "dataset, batch size and sequence length, so ftlab does not pair unless the study says so",
+        "(`analysis.pair_seeds: true`, docs/study.md).",
         "",
     ]
     return "\n".join(out)

@@ -1,9 +1,10 @@
 """`ftlab demo`: the demo study (examples/demo-study.yaml) offline on the built-in SmolLM2-135M-Instruct.
 
-base snapshot -> two LoRA ranks fine-tuned -> GPTQ 4-bit of each -> every model evaluated -> the
-verdict (each recipe against the base, each quantized model against its own fine-tune) in
+base snapshot -> two LoRA ranks fine-tuned with two seeds each -> every model evaluated -> the
+recipe-level verdict (each rank against the base and against the best, over seeds and items) in
 Testing/studies/demo/. It is an ordinary study run: a rerun reuses every finished job (seconds),
-`--fresh` deletes the demo's outputs first, `--quick` runs the 2-3 minute smoke study instead.
+`--fresh` deletes the demo's outputs first, `--quick` runs the 3-4 minute smoke study instead
+(one rank, two seeds, each quantized to 8 bits).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def study_file(quick: bool = False) -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help=f"the smoke study ({QUICK_FILE}: one recipe, 12 steps, "
-                                                         "24 questions; 2-3 minutes)")
+    p.add_argument("--quick", action="store_true", help=f"the smoke study ({QUICK_FILE}: one recipe, 2 seeds, "
+                                                         "12 steps, 24 questions; 3-4 minutes)")
     p.add_argument("--fresh", action="store_true", help="delete the demo study's models, metrics and report first")
     p.add_argument("--dry-run", action="store_true", help="print the plan (every job: done / to run / stale, why)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per job (default: all cores)")

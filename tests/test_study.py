@@ -189,6 +189,19 @@ def test_plan_reports_done_to_run_and_stale_with_reasons(tmp_path):
     assert "9 of 10 jobs would run" in text
 
 
+def test_dry_run_warns_that_one_seed_cannot_support_recipe_claims(tmp_path, capsys):
+    from ftlab.jobs.engine import EngineSettings
+    from ftlab.study.run import ONE_SEED_WARNING, execute, open_study
+
+    ws = Workspace(tmp_path)
+    assert execute(open_study(study_file(tmp_path), ws), EngineSettings(), dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(f"warning: {ONE_SEED_WARNING}")
+    assert "recipe-level claims need at least 2 seeds per recipe" in ONE_SEED_WARNING
+    execute(open_study(study_file(tmp_path, train__seeds=[0, 1]), ws), EngineSettings(), dry_run=True)
+    assert "warning" not in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------
 # whole studies through the CLI
 

@@ -439,6 +439,18 @@ def test_seeds_of_two_recipes_are_not_paired():
     assert a.notes == []
 
 
+def test_pair_seeds_compares_seed_k_with_seed_k_when_the_study_asks():
+    outcomes = {("L", 0, "none"): items((0, 10)), ("L", 1, "none"): items((0, 12)),
+                ("M", 0, "none"): items((0, 14)), ("M", 1, "none"): items((2, 12)), ("M", 2, "none"): items((0, 30))}
+    samples, models = build(outcomes)
+    r = analyze_study(samples, models, StudyAnalysisSettings(baseline="L", resamples=200, pair_seeds=True)).vs_baseline.iloc[0]
+    # Seeds 0 and 1 are in both: the one-sample crossed t of M's seed k minus L's seed k; M's seed 2 has no partner.
+    diff = mat(items((0, 14)), items((2, 12))) - mat(items((0, 10)), items((0, 12)))
+    ref = crossed_mean(diff)
+    assert (r.test, r.level) == ("crossed t paired by seed", "recipe")
+    assert r.p_value == pytest.approx(ref.p_value, rel=1e-12) and r["diff"] == pytest.approx(ref.estimate)
+
+
 def test_sensitivity_against_the_difference_that_matters(study):
     samples, models, a = study
     line = next(s for s in a.verdicts[0].sentences if s.startswith("Sensitivity"))

@@ -22,9 +22,11 @@ renders it. The rules, in one place:
 - Tests. Two configurations are compared on the items every model of both answered. At recipe
   level (every seeded side has >= 2 seeds): the crossed t-test of the mean difference, seeds of
   different recipes unpaired (seed k of two recipes shares the data order, not a random draw the
-  test may rely on; docs/study.md). At model level: two single models by the exact McNemar test
-  (with the paired bootstrap interval of the score difference), several models against one by a
-  paired t over items of the per-item means (the models held fixed).
+  test may rely on; docs/study.md), unless `pair_seeds` asks for seed k against seed k (the
+  crossed one-sample test of the per-seed differences, on the seeds both have). At model level:
+  two single models by the exact McNemar test (with the paired bootstrap interval of the score
+  difference), several models against one by a paired t over items of the per-item means (the
+  models held fixed).
 - Against the baseline: a recipe at PTQ variant q is compared with the baseline at q when the
   baseline was quantized that way too, else with the unquantized baseline (`baseline_quant` says
   which). Holm's correction runs over the whole family (every recipe x quant x task test);
@@ -58,7 +60,7 @@ from ftlab.study.spec import StudyAnalysisSettings
 
 NO_QUANT = "none"
 RECIPE, MODEL, UNSEEDED = "recipe", "model", "no seed"  # what a row's inference is about
-CROSSED, MCNEMAR, ITEMS_T = "crossed t", "McNemar", "paired t over items"
+CROSSED, CROSSED_PAIRED, MCNEMAR, ITEMS_T = "crossed t", "crossed t paired by seed", "McNemar", "paired t over items"
 SAMPLE_COLUMNS = ("recipe", "seed", "quant", "task", "index", "correct", "score", "model", "source_model")
 MODEL_ID_COLUMNS = ("recipe", "seed", "quant", "task", "model", "source_model", "n", "size_bytes",
                     "samples_per_s", "latency_mean_s")
@@ -212,7 +214,9 @@ def _cross_counts(a: Config, b: Config) -> tuple[int, int, int]:
 
 
 def _crossed_fields(res: CrossedResult, settings: StudyAnalysisSettings) -> dict:
-    return {"diff": res.estimate, "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value,
+    """The columns of a t-based row; a difference of two scores lies in [-1, 1], so its interval is cut to it."""
+    return {"diff": res.estimate, "ci_low": max(-1.0, res.ci_low), "ci_high": min(1.0, res.ci_high),
+            "p_value": res.p_value,
             "se": res.se, "df": res.df, "seed_part": res.seed_part, "item_part": res.item_part,
             "mdd": res.mdd(settings.alpha, settings.power)}
 
@@ -232,6 +236,11 @@ def compare_configs(a: Config, b: Config, settings: StudyAnalysisSettings) -> di
            "diff_correct": (b_only - a_only) / pairs, "score_a": float(a.score.mean()),
            "score_b": float(b.score.mean()), "bootstrap_p": math.nan}
     if (a.seeded or b.seeded) and a.recipe_level and b.recipe_level:
+        common = [s for s in a.seeds if s in b.seeds] if a.seeded and b.seeded else []
+        if settings.pair_seeds and len(common) >= 2:  # seed k with seed k: one-sample on the differences
+            rows_a, rows_b = ([c.seeds.index(s) for s in common] for c in (a, b))
+            res = crossed_mean(b.score[rows_b] - a.score[rows_a], confidence=settings.confidence)
+            return {**out, "level": RECIPE, "test": CROSSED_PAIRED, **_crossed_fields(res, settings)}
         res = crossed_difference(a.score, b.score, seeded_a=a.seeded, seeded_b=b.seeded,
                                  confidence=settings.confidence)
         return {**out, "level": RECIPE, "test": CROSSED, **_crossed_fields(res, settings)}
@@ -266,7 +275,9 @@ def rank_recipes(samples: pd.DataFrame, settings: StudyAnalysisSettings) -> pd.D
         per_model = g.groupby("model")["score"].mean()
         if c.seeded and len(c.models) >= 2:
             res = crossed_mean(c.score, confidence=settings.confidence)
-            lo, hi, level = res.ci_low, res.ci_high, RECIPE
+            # A score lies in [0, 1] (0/1 correctness or F1): the t interval is cut to it, which
+            # cannot lower its coverage.
+            lo, hi, level = max(0.0, res.ci_low), min(1.0, res.ci_high), RECIPE
         else:
             lo, hi = bootstrap_mean_interval(g.groupby("index")["score"].mean().to_numpy(),
                                              resamples=settings.resamples, confidence=settings.confidence,
@@ -346,7 +357,7 @@ def compare_to_best(samples: pd.DataFrame, ranking: pd.DataFrame, settings: Stud
                 rows.append({"task": task, "quant": quant, "best": best, "recipe": recipe,
                              **_rename(test, "best", "recipe")})
     df = _holm_flags(pd.DataFrame(rows, columns=_comparison_columns("best", first=["best", "recipe"])), within="task")
-    return df.assign(tied=df["p_holm"] > settings.alpha)
+    return df.assign(tied=~(df["p_holm"] <= settings.alpha))  # an untestable (NaN) row is not "below"
 
 
 _RECOVERY_COLUMNS = ["task", "recipe", "quant", "source_quant", "level", "test", "models", "n_items", "n_pairs",
@@ -387,7 +398,8 @@ def quantization_recovery(samples: pd.DataFrame, settings: StudyAnalysisSettings
         if seeded and src.shape[0] >= 2:
             res = crossed_mean(qua - src, confidence=settings.confidence)
             ratio, lo, hi = crossed_ratio(src, qua, confidence=settings.confidence)
-            row.update(level=RECIPE, test=CROSSED, ratio=ratio, ci_low=lo, ci_high=hi, p_value=res.p_value)
+            row.update(level=RECIPE, test=CROSSED, ratio=ratio, ci_low=max(0.0, lo), ci_high=hi,  # a ratio is >= 0
+                       p_value=res.p_value)
         else:
             mc = mcnemar_exact(cs.ravel(), cq.ravel())
             bs = paired_bootstrap(src.mean(axis=0), qua.mean(axis=0), resamples=settings.resamples,

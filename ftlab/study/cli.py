@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan = sub.add_parser("plan", help="power of the planned design for the difference that matters, and what it takes",
                           description="For analysis.min_difference, the power of the planned seeds x items, the "
                                       "items needed for the asked power at several seed counts, and their compute "
-                                      "(from measured job times). Variance from --from, else analysis.expected_*, "
-                                      "else this study's finished results.")
+                                      "(from measured job times). Variance from --from, else this study's finished "
+                                      "results (2+ seeds), else analysis.expected_*.")
     plan.add_argument("file", help="study YAML file")
     plan.add_argument("--from", dest="earlier", default=None, metavar="STUDY",
                       help="an earlier study file whose finished results (2+ seeds) give the variance and job times")

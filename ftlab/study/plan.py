@@ -1,8 +1,8 @@
 """`ftlab study plan FILE`: before spending the compute, is the study big enough to detect the
 smallest recipe difference that matters (`analysis.min_difference`)?
 
-resolve the study -> where its variance comes from (an earlier study's results, the file's
-`analysis.expected_*`, or this study's own finished results) -> per task, the power of the planned
+resolve the study -> where its variance comes from (an earlier study's results, else this
+study's own finished results with 2+ seeds, else the file's `analysis.expected_*`) -> per task, the power of the planned
 design and the items needed for the asked power at several seed counts -> the compute each would
 take, from measured job times.
 
@@ -193,8 +193,9 @@ def _times_line(times: JobTimes | None, study) -> str:
     if times is None:
         return (f"none measured yet for {study.spec.name} (they appear once its jobs ran; `--from` a study that "
                 f"ran gives them)")
+    quantize = f"quantization {times.quantize_s:.0f} s, " if study.spec.quantize.variants else ""
     return (f"measured on {times.runs} finished job(s) of {study.spec.name}: training {times.train_s:.0f} s, "
-            f"quantization {times.quantize_s:.0f} s, evaluation {times.eval_item_s:.3f} s per item and task")
+            f"{quantize}evaluation {times.eval_item_s:.3f} s per item and task")
 
 
 def _variances(study, earlier, settings, finished_results) -> list[tuple[str, Variance]]:
@@ -207,13 +208,13 @@ def _variances(study, earlier, settings, finished_results) -> list[tuple[str, Va
             raise FtlabError(f"study {earlier.spec.name} has no recipe with 2+ seeds evaluated on "
                              f"{', '.join(missing)}; plan from another study or from analysis.expected_*")
         return out
-    assumed = assumed_variance(settings)
-    if assumed is not None:
-        return [("every task", assumed)]
     samples, _, _ = finished_results(study, require=False)
-    if samples is not None:
+    if samples is not None:  # what this study measured beats what its file assumed
         out = [(t, measured_variance(samples, t, "this study's results")) for t in tasks]
         if all(v is not None for _, v in out):
             return out
+    assumed = assumed_variance(settings)
+    if assumed is not None:
+        return [("every task", assumed)]
     raise FtlabError("no variance to plan from: set analysis.expected_score and analysis.expected_seed_std in the "
                      "study file, run the study with 2+ seeds first, or pass --from an earlier study file")
