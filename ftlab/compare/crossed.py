@@ -19,7 +19,7 @@ w_rsi ~ (0, s2_cell,r): the trained model's own quirk on the item.
 For one recipe with S seeds and n items, the mean y.. has
     Var = s2_seed / S + (s2_item + s2_cell / S) / n,
 and for two recipes trained independently (seed k of one recipe shares no random draw with seed
-k of the other that the analysis relies on; docs/study.md says why they are not paired),
+k of the other that the analysis relies on; docs/study.md says when to pair them),
     Var(ybar_B - ybar_A) = s2_seed,A / S_A + s2_seed,B / S_B + Var_i(delta_i) / n,
 delta_i = the item's mean over B's seeds minus its mean over A's seeds.
 
@@ -35,24 +35,32 @@ Estimators, from the balanced two-way layout of each recipe's S x n matrix:
 Untruncated, V^ is unbiased (E[Var_i(delta_i)] = s2_item + s2_cell,A / S_A + s2_cell,B / S_B); it
 is the two-way cluster-robust variance (clusters: trained models and items, minus their
 intersection; Cameron, Gelbach & Miller 2011, JBES 29:238) written with the ANOVA estimates of a
-crossed random-effects design (generalizability theory; Brennan 2001). The truncation at 0 falls
-on the item part, estimated with n - 1 degrees of freedom, never on the seed part, which with 2 or
-3 seeds has only 1 or 2: dropping a seed term whenever its noisy estimate came out small made the
-test too liberal at 2 seeds (5.7% at alpha 5% in simulation), keeping it does not. An unseeded
-side (a base snapshot: one deterministic model) has no seed term, and its item interactions are
-part of delta_i. One recipe's own score uses the same formulas with c_i in place of delta_i.
+crossed random-effects design (generalizability theory; Brennan 2001), and in a balanced design
+it is the REML mixed model's variance when every component is positive (tests/test_crossed.py).
+An unseeded side (a base snapshot: one deterministic model) has no seed term, and its item
+interactions are part of delta_i. One recipe's own score uses the same formulas with c_i in place
+of delta_i.
 
-The test: t = estimate / sqrt(V^) against Student's t with Satterthwaite's (1946) degrees of
-freedom, df = V^2 / sum_k (term_k^2 / df_k), over the terms s2_rows / S (df S - 1) and, when the
-item part is kept, Var_i(delta_i) / n (df n - 1) and each -MS_res / (S n) (df (S - 1)(n - 1)).
-With 2 or 3 seeds the seed terms dominate and df is small: the test is as cautious as the seeds
-make it, and tests/test_verdict_calibration.py shows by simulation that its false-positive rate
-stays at or below alpha (benchmarks/verdict_calibration.md). A side with one trained model has
-no estimable seed spread: recipe-level inference needs at least 2 seeds per seeded side.
+The test and interval: generalized (fiducial) inference (Tsui & Weerahandi 1989, JASA 84:602;
+Weerahandi 1993, JASA 88:899; Hannig 2009). Each mean square M with k degrees of freedom has the
+fiducial distribution M k / chi2_k for its expectation; the fiducial variance
+    V* = sum_sides s2_rows k / (S chi2_k) + max(0, Var_i(delta_i) (n-1) / (n chi2_(n-1))
+                                                  - sum_sides MS_res d / (S n chi2_d))
+(k = S - 1, d = (S - 1)(n - 1)), drawn `DRAWS` times with a fixed seed, carries the uncertainty
+of the variance itself. The two-sided p-value is E[2 Phi(-|estimate| / sqrt(V*))], the interval
+estimate +- h with E[2 Phi(-h / sqrt(V*))] = 1 - confidence. Why not Student's t with
+Satterthwaite's degrees of freedom: with 2 or 3 seeds a seed term has 1 or 2 degrees of freedom,
+and when its estimate comes out small the estimated variance is small *and* the estimated df is
+large at once: against an unseeded base that test declared 8-13% of identical recipes different
+at 2 seeds and 6-8% at 3 (alpha 5%), and up to 6% for two recipes of unequal spread. The
+generalized test stayed at or below alpha in every case simulated (tests/test_verdict_calibration.py,
+benchmarks/verdict_calibration.md); its price is caution at 2 seeds. A side with one trained
+model has no estimable seed spread: recipe-level inference needs at least 2 seeds per seeded side.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -60,6 +68,9 @@ import numpy as np
 from scipy import stats as _sps
 
 from ftlab.errors import FtlabError
+
+DRAWS = 20_000  # fiducial draws per test: the p-value's Monte Carlo sd is below 0.002 at p = 0.05
+_GRID = 400  # possible studies a power computation integrates over (see Design.power)
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,20 @@ class SeedSide:
         return max(0.0, self.row_var - self.cell_var / n_items)
 
 
+def _inverse_chi2(rng: np.random.Generator, df: float, size) -> np.ndarray:
+    """df / chi2_df draws: the fiducial factor of a mean square with df degrees of freedom."""
+    return df / rng.chisquare(df, size)
+
+
+@functools.lru_cache(maxsize=512)
+def _fiducial_factors(role: int, side: int, df: int, draws: int) -> np.ndarray:
+    """DRAWS fixed fiducial factors df / chi2_df for one term (role: 0 seed, 1 cell, 2 item; side:
+    which recipe), seeded by the term, so a test's p-value is reproducible and costs no sampling."""
+    out = _inverse_chi2(np.random.default_rng([role, side, df]), df, draws)
+    out.flags.writeable = False
+    return out
+
+
 @dataclass(frozen=True)
 class Design:
     """What sets a comparison's precision: the seeded sides and the item part's raw term
@@ -86,50 +111,53 @@ class Design:
     item_raw: float
     items: int
 
-    def terms(self, sides=None, item_raw=None) -> tuple[list[tuple], object, object]:
-        """The Satterthwaite terms of V^ and its seed and item parts (see the module's formulas);
-        `sides` / `item_raw` may be arrays of draws of the same quantities."""
-        sides = self.sides if sides is None else sides
-        item_raw = self.item_raw if item_raw is None else item_raw
+    def parts(self) -> tuple[float, float]:
+        """(seed part, item part) of V^ (see the module's formulas)."""
+        seed = sum(side.row_var / side.seeds for side in self.sides)
+        cells = sum(side.cell_var / (side.seeds * self.items) for side in self.sides)
+        return float(seed), max(0.0, float(self.item_raw - cells))
+
+    def variance(self) -> float:
+        return sum(self.parts())
+
+    def fiducial_variance(self, draws: int = DRAWS) -> np.ndarray:
+        """`draws` draws of V* (the module's formula), from the fixed fiducial factors."""
         n = self.items
-        seed_terms = [(side.row_var / side.seeds, side.seeds - 1) for side in sides]
-        cell_terms = [(-side.cell_var / (side.seeds * n), (side.seeds - 1) * (n - 1)) for side in sides]
-        item_part = item_raw + sum(v for v, _ in cell_terms)
-        kept = item_part > 0
-        terms = seed_terms + [(np.where(kept, v, 0.0), d) for v, d in [(item_raw, n - 1)] + cell_terms]
-        return terms, sum(v for v, _ in seed_terms), np.where(kept, item_part, 0.0)
+        out = np.zeros(draws)
+        cells = np.zeros(draws)
+        for j, side in enumerate(self.sides):
+            k, d = side.seeds - 1, (side.seeds - 1) * (n - 1)
+            out += side.row_var / side.seeds * _fiducial_factors(0, j, k, draws)
+            cells += side.cell_var / (side.seeds * n) * _fiducial_factors(1, j, d, draws)
+        return out + np.maximum(0.0, self.item_raw * _fiducial_factors(2, 0, n - 1, draws) - cells)
 
-    def variance(self) -> tuple[float, float]:
-        """(V^, Satterthwaite df) at these values."""
-        terms, _, _ = self.terms()
-        return satterthwaite([(float(v), d) for v, d in terms])
+    def power(self, difference: float, alpha: float) -> float:
+        """Power of the generalized test when these values are the truth. What a study estimates
+        varies: each seed term is its expectation times chi2_k / k (normal theory, independent of
+        the estimate, which is normal around `difference`); the item and cell terms, with n - 1 and
+        more degrees of freedom, are taken at their expectations. The seed terms' distribution is
+        integrated on a grid of quantile midpoints (`_GRID` points in all), and at each point the
+        test's critical |estimate| is the (1 - alpha) quantile of |Z| sqrt(V*) over the very
+        fiducial draws the test uses."""
+        return self._power_curve(alpha)(difference)
 
-    def power(self, difference: float, alpha: float, *, draws: int = 20_000) -> float:
-        """Power of the two-sided crossed t-test when these values are the truth. The test estimates
-        its variance and df from few seeds, so the power is averaged over their sampling
-        distributions (normal theory: each mean square is its expectation times chi2_df / df,
-        independent of the estimate), by a seeded Monte Carlo of `draws` (sd of the result below
-        0.0035); given them the rejection probability is exact. The textbook shortcut, the
-        noncentral t at the expected variance and df, overstates the power by 5 points at 2 seeds,
-        and (t_(1-alpha/2,df) + t_(power,df)) x SE has a power of 0.50 to 0.65 there
-        (tests/test_crossed.py)."""
-        return self._power_curve(alpha, draws)(difference)
-
-    def _power_curve(self, alpha: float, draws: int = 20_000):
-        """power(difference) over one set of draws of the estimated variance and df."""
-        rng = np.random.default_rng(0)
+    def _power_curve(self, alpha: float):
+        """power(difference) over the grid of what a study could estimate (see `power`)."""
         n = self.items
-
-        def drawn(expected: float, df: float) -> np.ndarray:
-            return expected * rng.chisquare(df, draws) / df
-
-        sides = [SeedSide(side.seeds, drawn(side.row_var, side.seeds - 1),
-                          drawn(side.cell_var, (side.seeds - 1) * (n - 1))) for side in self.sides]
-        terms, seed_part, item_part = self.terms(sides, drawn(self.item_raw, n - 1))
-        est_var = seed_part + item_part
-        df = est_var**2 / sum(v**2 / d for v, d in terms)
-        half = _sps.t.ppf(1 - alpha / 2, df) * np.sqrt(est_var)  # the test rejects when |estimate| > half
-        sd = math.sqrt(self.variance()[0])
+        per_side = max(2, round(_GRID ** (1 / len(self.sides)))) if self.sides else 1
+        grids = [_sps.chi2.ppf((np.arange(per_side) + 0.5) / per_side, side.seeds - 1) / (side.seeds - 1)
+                 for side in self.sides]
+        points = np.array(np.meshgrid(*grids, indexing="ij")).reshape(len(self.sides), -1) if grids else np.ones((0, 1))
+        cells = sum(side.cell_var / (side.seeds * n) * _fiducial_factors(1, j, (side.seeds - 1) * (n - 1), DRAWS)
+                    for j, side in enumerate(self.sides))
+        item = np.maximum(0.0, self.item_raw * _fiducial_factors(2, 0, n - 1, DRAWS) - cells)
+        z = np.abs(np.random.default_rng(0).standard_normal(DRAWS))
+        half = np.empty(points.shape[1])
+        for o in range(points.shape[1]):  # one possible study: its seed terms, then its critical value
+            fiducial = item + sum(points[j, o] * side.row_var / side.seeds * _fiducial_factors(0, j, side.seeds - 1, DRAWS)
+                                  for j, side in enumerate(self.sides))
+            half[o] = np.quantile(z * np.sqrt(fiducial), 1 - alpha)
+        sd = math.sqrt(self.variance())
 
         def power(difference: float) -> float:
             d = abs(difference)
@@ -138,9 +166,9 @@ class Design:
         return power
 
     def mdd(self, alpha: float, power: float) -> float:
-        """The smallest true difference this design detects with `power`, found by bisection on
-        `power()`. NaN when the design has no variance (nothing varied)."""
-        var, _ = self.variance()
+        """The smallest true difference this design detects with `power`, by bisection on the
+        power curve. NaN when the design has no variance (nothing varied)."""
+        var = self.variance()
         if not var > 0:
             return math.nan
         curve = self._power_curve(alpha)
@@ -158,20 +186,37 @@ class CrossedResult:
     """A mean (or a difference of means) over trained models x items, with both variance sources."""
 
     estimate: float
-    se: float
-    df: float
-    t: float
-    p_value: float  # two-sided; NaN when there is no variation to test against
-    ci_low: float
-    ci_high: float
+    se: float  # sqrt(V^)
+    p_value: float  # two-sided generalized p-value; NaN when there is no variation to test against
     confidence: float
-    seed_part: float  # the seed terms of Var (sum of s2_rows / S)
+    seed_part: float  # the seed terms of V^ (sum of s2_rows / S)
     item_part: float  # the item sampling of what the seeds share
-    design: Design  # the estimates behind it, for the minimum detectable difference
+    design: Design  # the estimates behind it, for the interval and the minimum detectable difference
 
     @property
     def n_items(self) -> int:
         return self.design.items
+
+    @functools.cached_property
+    def half_width(self) -> float:
+        """h with E[2 Phi(-h / sqrt(V*))] = 1 - confidence (bisection; the left side falls with h)."""
+        if self.se == 0:
+            return 0.0
+        sd = np.sqrt(self.design.fiducial_variance())
+        sd = sd[sd > 0]
+        lo, hi = 0.0, float(sd.max()) * 10
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _two_sided(mid, sd) > 1 - self.confidence else (lo, mid)
+        return hi
+
+    @property
+    def ci_low(self) -> float:
+        return self.estimate - self.half_width
+
+    @property
+    def ci_high(self) -> float:
+        return self.estimate + self.half_width
 
     def mdd(self, alpha: float, power: float) -> float:
         """The minimum detectable difference of this design (its estimates taken as the truth):
@@ -203,11 +248,8 @@ def seed_side(y: np.ndarray, *, seeded: bool) -> SeedSide:
     return SeedSide(s, float(rows.var(ddof=1)), float((resid**2).sum() / ((s - 1) * (n - 1))))
 
 
-def satterthwaite(terms) -> tuple[float, float]:
-    """(sum of the terms, Satterthwaite's degrees of freedom) for (value, df) variance terms."""
-    var = float(sum(v for v, _ in terms))
-    denom = sum(v**2 / d for v, d in terms if v)
-    return var, (var**2 / denom if denom > 0 else math.nan)
+def _two_sided(x: float, sd: np.ndarray) -> float:
+    return float(np.mean(2 * _sps.norm.sf(abs(x) / sd)))
 
 
 def _result(estimate: float, sides: list[SeedSide], item_values: np.ndarray, confidence: float) -> CrossedResult:
@@ -215,17 +257,14 @@ def _result(estimate: float, sides: list[SeedSide], item_values: np.ndarray, con
         raise FtlabError(f"confidence={confidence} must be between 0 and 1 (e.g. 0.95)")
     n = item_values.size
     design = Design(tuple(side for side in sides if side.seeds > 1), float(item_values.var(ddof=1) / n), n)
-    terms, seed_part, item_part = design.terms()
-    var, df = satterthwaite([(float(v), d) for v, d in terms])
-    if var <= 0:  # every model scored every item alike: nothing to test a difference against
-        p = 1.0 if estimate == 0 else math.nan
-        return CrossedResult(estimate, 0.0, math.nan, math.nan, p, estimate, estimate, confidence, 0.0, 0.0, design)
-    se = math.sqrt(var)
-    t = estimate / se
-    p = float(2 * _sps.t.sf(abs(t), df))
-    half = float(_sps.t.ppf(0.5 + confidence / 2, df)) * se
-    return CrossedResult(float(estimate), se, float(df), float(t), min(1.0, p), estimate - half, estimate + half,
-                         confidence, float(seed_part), float(item_part), design)
+    seed_part, item_part = design.parts()
+    if seed_part + item_part <= 0:  # every model scored every item alike: nothing to test a difference against
+        return CrossedResult(estimate, 0.0, 1.0 if estimate == 0 else math.nan, confidence, 0.0, 0.0, design)
+    sd = np.sqrt(design.fiducial_variance())
+    sd = sd[sd > 0]
+    p = _two_sided(estimate, sd) if sd.size else math.nan
+    return CrossedResult(float(estimate), math.sqrt(seed_part + item_part), min(1.0, p), confidence, seed_part,
+                         item_part, design)
 
 
 def crossed_mean(y, *, seeded: bool = True, confidence: float = 0.95) -> CrossedResult:
@@ -255,7 +294,7 @@ def crossed_difference(ya, yb, *, seeded_a: bool = True, seeded_b: bool = True,
 def crossed_ratio(source, quantized, *, seeded: bool = True, confidence: float = 0.95) -> tuple[float, float, float]:
     """Ratio mean(Q) / mean(S) of paired matrices (row k of both is the same trained model) with a
     delta-method interval: the linearised variable L = Q - R * S has mean 0 at the estimate and
-    Var(R^) ~ Var(mean L) / mean(S)^2, taken with the crossed variance of L. NaN when mean(S) is 0."""
+    Var(R^) ~ Var(mean L) / mean(S)^2, taken with the crossed inference on L. NaN when mean(S) is 0."""
     s = _matrix(source, "the source outcome matrix")
     q = _matrix(quantized, "the quantized outcome matrix")
     if s.shape != q.shape:

@@ -10,7 +10,9 @@ g_ri ~ N(0, interaction_sd^2): how much the recipe suits the item, shared by the
 (identical recipes have none; recipes that differ per item but not on average do);
 u_rs ~ N(0, seed_sd^2): the trained model's own luck (initialisation, data order, dropout);
 seed k's effects of recipes A and B correlate by `seed_correlation` (what a shared data order
-could cause), 0 by default.
+could cause), 0 by default; recipe B may have its own seed spread (`seed_sd_b`). An untrained
+base model (`draw(base=True)`) is one deterministic model on the same items whose expected score
+equals recipe A's.
 
 `tests/test_verdict_calibration.py` and `benchmarks/verdict_calibration.py` use it to measure the
 false-positive rate (difference 0) and the power of the study verdict's tests.
@@ -32,19 +34,29 @@ class StudyModel:
     difference: float = 0.0  # recipe B's shift on the logit scale
     seed_correlation: float = 0.0
 
-    def draw(self, rng: np.random.Generator, sims: int, seeds: int, items: int) -> tuple[np.ndarray, np.ndarray]:
-        """(A, B): two arrays of 0/1 outcomes, shape (sims, seeds, items)."""
+    seed_sd_b: float | None = None  # recipe B's own seed spread when it differs from A's
+
+    def draw(self, rng: np.random.Generator, sims: int, seeds: int, items: int,
+             base: bool = False) -> tuple[np.ndarray, ...]:
+        """(A, B): two arrays of 0/1 outcomes, shape (sims, seeds, items); with `base`, also an
+        untrained base model's outcomes on the same items, shape (sims, 1, items): one
+        deterministic model whose expected score over the item population equals recipe A's (its
+        effect solves that), so "recipe A vs the base" has a true difference of 0."""
         d = rng.normal(0, self.item_sd, (sims, 1, items))
         shared = rng.normal(0, 1, (sims, seeds, 1))
         out = []
-        for shift in (0.0, self.difference):
+        for shift, spread in ((0.0, self.seed_sd), (self.difference, self.seed_sd_b if self.seed_sd_b is not None
+                                                     else self.seed_sd)):
             g = rng.normal(0, self.interaction_sd, (sims, 1, items))
             own = rng.normal(0, 1, (sims, seeds, 1))
             rho = self.seed_correlation
-            u = self.seed_sd * (np.sqrt(rho) * shared + np.sqrt(1 - rho) * own)
-            p = 1 / (1 + np.exp(-(self.level + d + g + u + shift)))
+            u = spread * (np.sqrt(rho) * shared + np.sqrt(1 - rho) * own)
+            p = _sigmoid(self.level + d + g + u + shift)
             out.append((rng.random(p.shape) < p).astype(float))
-        return out[0], out[1]
+        if base:
+            p = _sigmoid(self.level + d + matched_base_effect(self))
+            out.append((rng.random(p.shape) < p).astype(float))
+        return tuple(out)
 
 
 def _sigmoid(x):
@@ -58,10 +70,26 @@ def expected_score(model: StudyModel, seed_effect: float = 0.0) -> float:
     return float((w * _sigmoid(model.level + np.sqrt(2) * model.item_sd * x + seed_effect)).sum() / np.sqrt(np.pi))
 
 
+def matched_base_effect(model: StudyModel) -> float:
+    """The fixed effect a deterministic model needs for its expected score to equal recipe A's
+    mean over seeds (which Jensen's inequality moves away from a seed effect of 0)."""
+    from scipy.optimize import brentq
+
+    target = expected_recipe_score(model)
+    return float(brentq(lambda e: expected_score(model, e) - target, -10, 10))
+
+
+def expected_recipe_score(model: StudyModel) -> float:
+    """Recipe A's expected score over seeds and the item population."""
+    x, w = np.polynomial.hermite.hermgauss(40)
+    scores = np.array([expected_score(model, np.sqrt(2) * model.seed_sd * u) for u in x])
+    return float((w * scores).sum() / np.sqrt(np.pi))
+
+
 def score_spread(model: StudyModel) -> float:
     """The standard deviation of recipe A's score across trained models, over the whole population
     of items: what a researcher would call this model's seed spread (beyond item noise)."""
     x, w = np.polynomial.hermite.hermgauss(40)
     scores = np.array([expected_score(model, np.sqrt(2) * model.seed_sd * u) for u in x])
-    mean = (w * scores).sum() / np.sqrt(np.pi)
+    mean = expected_recipe_score(model)
     return float(np.sqrt(max(0.0, (w * (scores - mean) ** 2).sum() / np.sqrt(np.pi))))

@@ -11,22 +11,22 @@ renders it. The rules, in one place:
 - Level. A configuration (recipe x PTQ variant x task) with 2 or more seeds is inferred about as a
   *recipe*: its trained models are a sample of what the recipe produces, and every interval, test,
   tie and "too small to detect" call accounts for the seed-to-seed spread and for item sampling
-  together (`ftlab.compare.crossed`: seeds and items are crossed; Welch-Satterthwaite t). The base
+  together (`ftlab.compare.crossed`: seeds and items are crossed; generalized inference). The base
   snapshot (and its PTQ variants) has no seed: one deterministic model, item variance only. A
   configuration with a single trained model can only be inferred about as that *model*: its
   comparisons say "these trained models differ on these items" (`level` = "model").
 - Score. A configuration's score is the mean over its models of the per-model mean of the per-item
   `score` (f1 for span tasks, else 0/1 correctness); `seed_std` is the standard deviation of the
-  per-model scores (ddof=1). The interval is the crossed t interval at recipe level, else the
+  per-model scores (ddof=1). The interval is the crossed interval at recipe level, else the
   percentile bootstrap over items of the single model.
 - Tests. Two configurations are compared on the items every model of both answered. At recipe
-  level (every seeded side has >= 2 seeds): the crossed t-test of the mean difference, seeds of
+  level (every seeded side has >= 2 seeds): the crossed test of the mean difference, seeds of
   different recipes unpaired (seed k of two recipes shares the data order, not a random draw the
   test may rely on; docs/study.md), unless `pair_seeds` asks for seed k against seed k (the
   crossed one-sample test of the per-seed differences, on the seeds both have). At model level:
   two single models by the exact McNemar test (with the paired bootstrap interval of the score
-  difference), several models against one by a paired t over items of the per-item means (the
-  models held fixed).
+  difference), several models against one by the same inference over items only, on the per-item
+  means (the models held fixed; a paired t over items, to Monte Carlo error).
 - Against the baseline: a recipe at PTQ variant q is compared with the baseline at q when the
   baseline was quantized that way too, else with the unquantized baseline (`baseline_quant` says
   which). Holm's correction runs over the whole family (every recipe x quant x task test);
@@ -37,7 +37,7 @@ renders it. The rules, in one place:
   Holm-corrected over the task's tests; `tied` means adjusted p > alpha.
 - Recovery: each quantized model against its own `source_model` (never the base). At recipe level
   the per-model differences (quantized minus its source, same trained model) are the crossed
-  one-sample test, the ratio's interval is the delta method on the same variance; a single model
+  one-sample test, the ratio's interval the delta method on the same inference; a single model
   keeps McNemar and the paired bootstrap. Holm runs over the recovery tests as their own family.
 - Pareto: per task, over (recipe, quant) points: higher score, smaller size / lower latency.
 """
@@ -60,7 +60,8 @@ from ftlab.study.spec import StudyAnalysisSettings
 
 NO_QUANT = "none"
 RECIPE, MODEL, UNSEEDED = "recipe", "model", "no seed"  # what a row's inference is about
-CROSSED, CROSSED_PAIRED, MCNEMAR, ITEMS_T = "crossed t", "crossed t paired by seed", "McNemar", "paired t over items"
+CROSSED, CROSSED_PAIRED, MCNEMAR, ITEMS_T = ("seeds x items", "seeds x items, paired by seed", "McNemar",
+                                            "items, models fixed")
 SAMPLE_COLUMNS = ("recipe", "seed", "quant", "task", "index", "correct", "score", "model", "source_model")
 MODEL_ID_COLUMNS = ("recipe", "seed", "quant", "task", "model", "source_model", "n", "size_bytes",
                     "samples_per_s", "latency_mean_s")
@@ -217,14 +218,19 @@ def _crossed_fields(res: CrossedResult, settings: StudyAnalysisSettings) -> dict
     """The columns of a t-based row; a difference of two scores lies in [-1, 1], so its interval is cut to it."""
     return {"diff": res.estimate, "ci_low": max(-1.0, res.ci_low), "ci_high": min(1.0, res.ci_high),
             "p_value": res.p_value,
-            "se": res.se, "df": res.df, "seed_part": res.seed_part, "item_part": res.item_part,
-            "mdd": res.mdd(settings.alpha, settings.power)}
+            "se": res.se, "seed_part": res.seed_part, "item_part": res.item_part,
+            "mdd": score_scale_mdd(res.mdd(settings.alpha, settings.power))}
+
+
+def score_scale_mdd(mdd: float) -> float:
+    """A minimum detectable difference beyond the score scale (more than 1) is none: +inf."""
+    return math.inf if mdd > 1 else mdd
 
 
 def compare_configs(a: Config, b: Config, settings: StudyAnalysisSettings) -> dict | None:
     """B - A on the items both answered; None when they share fewer than 2 items. The test is the
-    one the data support (module docstring): crossed t at recipe level, McNemar for two single
-    models, a paired t over items of the per-item means otherwise."""
+    one the data support (module docstring): seeds x items at recipe level, McNemar for two single
+    models, items only (the models fixed) otherwise."""
     items = np.intersect1d(a.items, b.items)
     if items.size < 2:
         return None
@@ -250,7 +256,7 @@ def compare_configs(a: Config, b: Config, settings: StudyAnalysisSettings) -> di
                               confidence=settings.confidence, seed=settings.bootstrap_seed)
         mdd = mcnemar_mdd(mc.n, out["discordance"], alpha=settings.alpha, power=settings.power)
         return {**out, "level": MODEL, "test": MCNEMAR, "diff": bs.diff, "ci_low": bs.ci_low, "ci_high": bs.ci_high,
-                "p_value": mc.p_value, "bootstrap_p": bs.p_value, "se": math.nan, "df": math.nan,
+                "p_value": mc.p_value, "bootstrap_p": bs.p_value, "se": math.nan,
                 "seed_part": math.nan, "item_part": math.nan, "mdd": mdd}
     # Several models against one (a failed seed, or one seed on one side): the models held fixed.
     res = crossed_difference(a.score.mean(axis=0, keepdims=True), b.score.mean(axis=0, keepdims=True),
@@ -310,7 +316,7 @@ def _holm_flags(df: pd.DataFrame, *, within=None) -> pd.DataFrame:
 def _comparison_columns(a: str, *, first: list[str]) -> list[str]:
     return ["task", "quant", *first, "level", "test", f"{a}_seeded", "seeded", f"{a}_seeds", "seeds", "n_items", "n_pairs", f"{a}_only",
             "recipe_only", "discordance", "diff_correct", f"{a}_score", "recipe_score", "diff", "ci_low", "ci_high",
-            "se", "df", "seed_part", "item_part", "p_value", "bootstrap_p", "mdd"]
+            "se", "seed_part", "item_part", "p_value", "bootstrap_p", "mdd"]
 
 
 def _rename(test: dict, a: str, b: str) -> dict:
@@ -371,38 +377,34 @@ def quantization_recovery(samples: pd.DataFrame, settings: StudyAnalysisSettings
     quantized = samples[samples["source_model"].notna()]
     rows = []
     for (task, quant, recipe), g in _configs(quantized).items():
-        pairs, source_quants = [], set()
+        sources = {}
         for model, m in g.groupby("model", sort=True):
             source_name = str(m["source_model"].iloc[0])
-            source = by_model.get((source_name, task))
-            if source is None:
+            if (source_name, task) in by_model:
+                sources[model] = by_model[(source_name, task)]
+            else:
                 notes.append(f"{task}: {model} has no evaluated source {source_name}; its recovery is not computed")
-                continue
-            source_quants.add(source["quant"].iloc[0])
-            cols = ["index", "correct", "score"]
-            pairs.append(source[cols].merge(m[cols], on="index", suffixes=("_s", "_q")).assign(model=model))
-        pairs = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
-        if pairs.empty:
+        if not sources:
             continue
-        # Models x items matrices on the items every pair answered (row k: one trained model).
-        wide = {v: pairs.pivot(index="model", columns="index", values=v).dropna(axis=1)
-                for v in ("score_s", "score_q", "correct_s", "correct_q")}
-        items = wide["score_s"].columns.intersection(wide["score_q"].columns)
-        src, qua = (wide[v][items].to_numpy(dtype=float) for v in ("score_s", "score_q"))
-        cs, cq = (wide[v][items].to_numpy(dtype=bool) for v in ("correct_s", "correct_q"))
-        seeded = bool(g["seed"].notna().any())
-        row = {"task": task, "recipe": recipe, "quant": quant, "source_quant": ", ".join(sorted(source_quants)),
-               "models": src.shape[0], "n_items": len(items), "n_pairs": cs.size,
-               "source_score": float(src.mean()), "quant_score": float(qua.mean()), "diff": float((qua - src).mean()),
-               "source_only": int((cs & ~cq).sum()), "quant_only": int((~cs & cq).sum())}
-        if seeded and src.shape[0] >= 2:
-            res = crossed_mean(qua - src, confidence=settings.confidence)
-            ratio, lo, hi = crossed_ratio(src, qua, confidence=settings.confidence)
+        # Row k of both is one trained model: a source and its quantized model share their seed.
+        q = config_of(g[g["model"].isin(list(sources))])
+        src = config_of(pd.concat(sources[m] for m in q.models))
+        items = np.intersect1d(q.items, src.items)
+        q, src = q.on(items), src.on(items)
+        row = {"task": task, "recipe": recipe, "quant": quant,
+               "source_quant": ", ".join(sorted({str(f["quant"].iloc[0]) for f in sources.values()})),
+               "models": len(q.models), "n_items": len(items), "n_pairs": q.score.size,
+               "source_score": float(src.score.mean()), "quant_score": float(q.score.mean()),
+               "diff": float((q.score - src.score).mean()),
+               "source_only": int((src.correct & ~q.correct).sum()), "quant_only": int((~src.correct & q.correct).sum())}
+        if q.seeded and len(q.models) >= 2:
+            res = crossed_mean(q.score - src.score, confidence=settings.confidence)
+            ratio, lo, hi = crossed_ratio(src.score, q.score, confidence=settings.confidence)
             row.update(level=RECIPE, test=CROSSED, ratio=ratio, ci_low=max(0.0, lo), ci_high=hi,  # a ratio is >= 0
                        p_value=res.p_value)
         else:
-            mc = mcnemar_exact(cs.ravel(), cq.ravel())
-            bs = paired_bootstrap(src.mean(axis=0), qua.mean(axis=0), resamples=settings.resamples,
+            mc = mcnemar_exact(src.correct.ravel(), q.correct.ravel())
+            bs = paired_bootstrap(src.score.mean(axis=0), q.score.mean(axis=0), resamples=settings.resamples,
                                   confidence=settings.confidence, seed=settings.bootstrap_seed)
             row.update(level=MODEL, test=MCNEMAR, ratio=bs.ratio, ci_low=bs.ratio_low, ci_high=bs.ratio_high,
                        p_value=mc.p_value)

@@ -8,7 +8,7 @@ take, from measured job times.
 
 The variance model is `ftlab.compare.crossed.VarianceModel` (seed spread, recipe x item
 interaction, model x item residual), and the power is that of the verdict's own test (the crossed
-t with Satterthwaite's df, its sampling distribution included). The planned comparison is two
+generalized test, over what the study could estimate). The planned comparison is two
 trained recipes; alpha is divided by the number of comparisons with the best in a task
 (Bonferroni), which is what Holm's correction asks of the smallest p-value, so the plan is
 conservative for the rest.
@@ -167,8 +167,9 @@ def plan_text(study, earlier=None, items: int | None = None) -> str:
         power = design.power(d, alpha)
         mdd = design.mdd(alpha, settings.power)
         lines += [f"{task}:", f"  variance from {var.source}"]
+        shown = f"{mdd:.4f}" if mdd <= 1 else "none on the score scale"
         planned = (f"  planned design ({seeds} seeds x {n} items): power {power:.2f} for a difference of {d:g}; "
-                   f"minimum detectable difference {mdd:.4f}")
+                   f"minimum detectable difference {shown}")
         if seeds < 2:
             planned = f"  planned design has 1 seed: no recipe-level test; with 2 seeds x {n} items: power {power:.2f}"
         lines.append(planned)

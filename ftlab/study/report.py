@@ -72,10 +72,6 @@ def _status(r) -> str:
     return "too small to detect" if r.undetectable else "not significant"
 
 
-def _test(r) -> str:
-    return f"{r.test} (df {r.df:.1f})" if math.isfinite(r.df) else r.test
-
-
 def _seeds(r, other: str) -> str:
     return f"{r.seeds} / {getattr(r, other)}"
 
@@ -86,7 +82,7 @@ def _baseline_table(a: StudyAnalysis) -> pd.DataFrame:
         rows.append({"task": r.task, "quant": r.quant, "recipe": r.recipe, "baseline at": r.baseline_quant,
                      "level": r.level, "models (recipe / baseline)": _seeds(r, "baseline_seeds"),
                      "items": str(r.n_items), "diff": _num(r.diff, "{:+.4f}"),
-                     "interval": _interval(r.ci_low, r.ci_high, "{:+.4f}"), "test": _test(r),
+                     "interval": _interval(r.ci_low, r.ci_high, "{:+.4f}"), "test": r.test,
                      "p": format_p(r.p_value), "Holm p": format_p(r.p_holm), "MDD": _mdd(r.mdd),
                      "verdict": _status(r)})
     return pd.DataFrame(rows)
@@ -98,7 +94,7 @@ def _best_table(a: StudyAnalysis) -> pd.DataFrame:
         rows.append({"task": r.task, "quant": r.quant, "best": r.best, "recipe": r.recipe, "level": r.level,
                      "models (recipe / best)": _seeds(r, "best_seeds"), "items": str(r.n_items),
                      "diff": _num(r.diff, "{:+.4f}"), "interval": _interval(r.ci_low, r.ci_high, "{:+.4f}"),
-                     "test": _test(r), "p": format_p(r.p_value), "Holm p (task)": format_p(r.p_holm),
+                     "test": r.test, "p": format_p(r.p_value), "Holm p (task)": format_p(r.p_holm),
                      "MDD": _mdd(r.mdd), "verdict": "tied" if r.tied else "below the best"})
     return pd.DataFrame(rows)
 
@@ -137,18 +133,25 @@ def _methods(s: StudyAnalysisSettings) -> list[str]:
         "max(0, Var_i(delta_i) / n - MS_A / (S_A n) - MS_B / (S_B n)), where s2 is the variance of a recipe's "
         "per-model scores over its S seeds, delta_i the per-item difference of the recipes' seed means and MS the "
         "model x item residual of each recipe's two-way layout (the two-way cluster-robust variance of Cameron, "
-        "Gelbach & Miller 2011 in ANOVA form); Student's t with Satterthwaite's degrees of freedom (shown as df). "
-        "Seeds of different recipes are not paired. Score intervals use the same formula for one recipe.",
+        "Gelbach & Miller 2011 in ANOVA form). p-values and intervals are generalized (fiducial) inference "
+        "(Tsui & Weerahandi 1989): each mean square's uncertainty from its own degrees of freedom (1 per recipe "
+        "at 2 seeds) is drawn and carried into the test, which keeps the false-positive rate at or below alpha "
+        "where a t-test with Satterthwaite's degrees of freedom did not (benchmarks/verdict_calibration.md). "
+        + ("Seeds are paired (analysis.pair_seeds): seed k of one recipe against seed k of the other, the same "
+           "formula for one recipe applied to the per-seed differences. " if s.pair_seeds else
+           "Seeds of different recipes are not paired. ")
+        + "Score intervals use the same formula for one recipe.",
         f"Model level: two single models by the exact McNemar test, with the {s.confidence:.0%} percentile "
         f"bootstrap over items ({s.resamples} resamples, seed {s.bootstrap_seed}) of the score difference; several "
-        "models against one by a paired t over items of the per-item means. A single model's score interval is "
-        "the bootstrap over items.",
+        "models against one by the same inference over items only, on the per-item means (a paired t over items). "
+        "A single model's score interval is the bootstrap over items.",
         f"Holm-Bonferroni correction over the whole family of tests against the baseline (every recipe x quant x "
         f"task); significant means Holm-adjusted p <= {s.alpha:g}. Ties with the best: each recipe against "
         f"the top one of its task and quant variant, Holm-corrected within the task. Recovery tests (each "
         f"quantized model minus its own source, seed by seed, at recipe level) are their own family.",
-        f"MDD (minimum detectable difference) at alpha {s.alpha:g} and power {s.power:g}: at recipe level "
-        f"(t_(1-alpha/2, df) + t_(power, df)) x SE, the seed spread included; for McNemar, Connor's (1987) "
+        f"MDD (minimum detectable difference) at alpha {s.alpha:g} and power {s.power:g}: at recipe level the true "
+        f"difference this test detects with that power when the estimated variances are the truth, averaged over "
+        f"what the study could have estimated instead (seed spread included); for McNemar, Connor's (1987) "
         f"relation n = (z_a sqrt(psi) + z_b sqrt(psi - d^2))^2 / d^2 solved for d at the pair count n and "
         f"observed discordance psi. \"Too small to detect\": not significant and the observed difference below "
         f"the MDD.",
@@ -176,7 +179,7 @@ def _blocks(a: StudyAnalysis, title: str, study_summary: dict, plots: dict[str, 
                ("table", _ranking_table(a)), ("img", "scores.png", "score by recipe")]
     blocks += [("h", 2, f"Against the baseline `{s.baseline}`"),
                ("p", "diff = recipe - baseline (score), with its interval from the row's test; level `recipe`: "
-                     "seeds and items (crossed t), `model`: single trained models on these items; MDD is the "
+                     "seeds and items (generalized test), `model`: single trained models on these items; MDD is the "
                      "minimum detectable difference of the row's test.")]
     blocks.append(("table", _baseline_table(a)) if not a.vs_baseline.empty else ("p", "No recipe besides the baseline."))
     if not a.vs_best.empty:
@@ -184,7 +187,7 @@ def _blocks(a: StudyAnalysis, title: str, study_summary: dict, plots: dict[str, 
     if not a.recovery.empty:
         blocks += [("h", 2, "Quantization recovery"),
                    ("p", "Each quantized model against its own unquantized source; at recipe level the "
-                         "per-seed differences with the crossed t (seed spread and items), else McNemar."),
+                         "per-seed differences over seeds and items (generalized test), else McNemar."),
                    ("table", _recovery_table(a)), ("img", "recovery.png", "quantization recovery")]
     blocks += [("h", 2, "Pareto front"), ("table", _pareto_table(a)), ("img", "pareto.png", "Pareto fronts")]
     blocks += [("h", 2, "Methods"), ("ul", _methods(s))]

@@ -101,7 +101,9 @@ def _baseline_sentences(tests: pd.DataFrame, settings: StudyAnalysisSettings) ->
             detectable = (f"minimum detectable {r.mdd:.4f}" if math.isfinite(r.mdd)
                           else "no difference detectable with so few disagreements")
             return f"{_label(r.recipe, r.quant, _single(r))} observed {r.diff_correct:+.4f}, {detectable} (n = {r.n_pairs} pairs)"
-        return (f"{_label(r.recipe, r.quant, _single(r))} observed {r.diff:+.4f}, minimum detectable {r.mdd:.4f} "
+        detectable = (f"minimum detectable {r.mdd:.4f}" if math.isfinite(r.mdd)
+                      else "no difference on the score scale detectable")
+        return (f"{_label(r.recipe, r.quant, _single(r))} observed {r.diff:+.4f}, {detectable} "
                 f"({r.seeds} seed{'s' if r.seeds > 1 else ''} x {r.n_items} items)")
 
     base = f"the baseline `{settings.baseline}`"
@@ -143,23 +145,27 @@ def _sensitivity_sentences(vs_best: pd.DataFrame, vs_baseline: pd.DataFrame,
                            settings: StudyAnalysisSettings) -> list[str]:
     """The smallest recipe difference this design could detect, from the recipe-level comparisons
     between trained recipes (against the best), else against the baseline."""
-    rows = vs_best[(vs_best["seeds"] >= 2) & (vs_best["best_seeds"] >= 2) & np.isfinite(vs_best["mdd"])]
+    rows = vs_best[(vs_best["seeds"] >= 2) & (vs_best["best_seeds"] >= 2) & vs_best["mdd"].notna()]
     what = "between recipes"
     if rows.empty:
-        rows = vs_baseline[(vs_baseline["level"] == RECIPE) & np.isfinite(vs_baseline["mdd"])]
+        rows = vs_baseline[(vs_baseline["level"] == RECIPE) & vs_baseline["mdd"].notna()]
         what = "against the baseline"
     if rows.empty:
         return []
     lo, hi, mid = rows["mdd"].min(), rows["mdd"].max(), float(rows["mdd"].median())
     seeds = ", ".join(str(s) for s in sorted(set(rows["seeds"])))
     items = ", ".join(str(n) for n in sorted(set(rows["n_items"])))
-    span = f"{lo:.4f}" if math.isclose(lo, hi) else f"{lo:.4f} to {hi:.4f} (median {mid:.4f})"
+
+    def show(v: float) -> str:
+        return f"{v:.4f}" if math.isfinite(v) else "none on the score scale"
+
+    span = show(lo) if lo == hi else f"{show(lo)} to {show(hi)} (median {show(mid)})"
     line = (f"Sensitivity: with {seeds} seeds per recipe and {items} items, the smallest score difference "
             f"{what} detectable with power {settings.power:g} at alpha {settings.alpha:g}, seed spread "
             f"included, was {span}.")
     if settings.min_difference is not None:
         d = settings.min_difference
-        if mid <= d:
+        if mid <= d:  # (inf never is)
             line += f" The study was sized for the difference that matters ({d:g})."
         else:
             line += (f" That is larger than the difference that matters ({d:g}): differences of that size could "
