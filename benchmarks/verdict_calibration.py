@@ -8,9 +8,11 @@ base model). Each study is tested at alpha 0.05 by:
 - pooled McNemar: the earlier verdict (exact McNemar over every (seed, item) pair as if
   independent: seed k of A with seed k of B, or the base's one model against every seed);
 - crossed: the verdict now (`ftlab.compare.crossed`: seed spread and item sampling, generalized
-  inference);
-- Satterthwaite t: the same variance with Student's t and Satterthwaite's degrees of freedom, the
-  alternative that was tried first and rejected (rows below show why);
+  inference; two recipes trained with the same seeds seed k against seed k, the default);
+- crossed, unpaired: the same inference with the two recipes' seeds as independent samples
+  (`analysis.pair_seeds: false`, and what a recipe against the base always is);
+- Satterthwaite t: the unpaired variance with Student's t and Satterthwaite's degrees of freedom,
+  the alternative that was tried first and rejected (rows below show why);
 - Welch: scipy's Welch t-test on the per-seed scores (items treated as fixed).
 
 Under the null (difference 0) the rate is the false-positive rate, else the power.
@@ -46,8 +48,8 @@ SPREADS = (0.0, 0.1, 0.2, 0.4, 0.8)  # seed_sd on the logit scale
 ITEMS = (100, 300, 1000)
 DIFFERENCES = (0.3, 0.6)  # recipe B's logit shift in the power rows
 CHUNK = 500
-COLUMNS = {"pooled_mcnemar": "pooled McNemar", "crossed": "crossed", "satterthwaite_t": "Satterthwaite t",
-           "welch_seed_scores": "Welch", "crossed_paired_by_seed": "crossed, paired by seed"}
+COLUMNS = {"pooled_mcnemar": "pooled McNemar", "crossed": "crossed", "crossed_unpaired": "crossed, unpaired",
+           "satterthwaite_t": "Satterthwaite t", "welch_seed_scores": "Welch"}
 
 
 def satterthwaite_p(res: CrossedResult) -> float:
@@ -71,14 +73,12 @@ def _welch(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def rates(model: StudyModel, seeds: int, items: int, sims: int, rng: np.random.Generator, *,
-          against_base: bool = False, paired: bool = False) -> dict[str, float]:
+          against_base: bool = False) -> dict[str, float]:
     """Rejection rates of each verdict over `sims` studies: recipe B against recipe A, or (with
     `against_base`) recipe A against the untrained base model."""
     hits = {"pooled_mcnemar": 0, "crossed": 0, "satterthwaite_t": 0}
     if not against_base:
-        hits["welch_seed_scores"] = 0
-    if paired:
-        hits["crossed_paired_by_seed"] = 0
+        hits |= {"crossed_unpaired": 0, "welch_seed_scores": 0}
     done = 0
     while done < sims:
         k = min(CHUNK, sims - done)
@@ -87,16 +87,16 @@ def rates(model: StudyModel, seeds: int, items: int, sims: int, rng: np.random.G
             if against_base:
                 ref, other = base[0][j], a[j]
                 pooled = mcnemar_exact(np.repeat(ref, seeds, axis=0).ravel() > 0, other.ravel() > 0)
-                res = crossed_difference(ref, other, seeded_a=False)
+                unpaired = crossed_difference(ref, other, seeded_a=False)
+                hits["crossed"] += unpaired.p_value <= ALPHA
             else:
                 pooled = mcnemar_exact(a[j].ravel() > 0, b[j].ravel() > 0)
-                res = crossed_difference(a[j], b[j])
+                unpaired = crossed_difference(a[j], b[j])
+                hits["crossed"] += crossed_mean(b[j] - a[j]).p_value <= ALPHA  # seed k with seed k
+                hits["crossed_unpaired"] += unpaired.p_value <= ALPHA
                 hits["welch_seed_scores"] += bool(_welch(a[j], b[j]) <= ALPHA)
             hits["pooled_mcnemar"] += pooled.p_value <= ALPHA
-            hits["crossed"] += res.p_value <= ALPHA
-            hits["satterthwaite_t"] += satterthwaite_p(res) <= ALPHA
-            if paired:
-                hits["crossed_paired_by_seed"] += crossed_mean(b[j] - a[j]).p_value <= ALPHA
+            hits["satterthwaite_t"] += satterthwaite_p(unpaired) <= ALPHA
         done += k
     return {name: count / sims for name, count in hits.items()}
 
@@ -137,7 +137,7 @@ def run(sims: int, seed: int) -> dict:
         for seeds in SEEDS:
             for difference in (0.0, DIFFERENCES[0]):
                 add("correlated seeds", replace(base, seed_sd=0.4, seed_correlation=rho, difference=difference),
-                    seeds, 300, paired=True)
+                    seeds, 300)
     return {
         "alpha": ALPHA, "sims_per_cell": sims, "rng_seed": seed, "model": asdict(base),
         "score_of_recipe_a": expected_score(base),
@@ -173,7 +173,7 @@ def markdown(doc: dict) -> str:
         r["_seed sd (score sd)"] = f"{r['seed_sd']:g} ({spread.get(str(r['seed_sd']), float('nan')):.3f})"
         r["_seeds"], r["_items"], r["_difference"] = str(r["seeds"]), str(r["items"]), f"{r['difference']:g}"
         r["_seed correlation"] = f"{r['seed_correlation']:g}"
-    main = ["pooled_mcnemar", "crossed", "satterthwaite_t", "welch_seed_scores"]
+    main = ["pooled_mcnemar", "crossed", "crossed_unpaired", "satterthwaite_t", "welch_seed_scores"]
     out = [
         "# Is the study verdict's error rate what it says? Simulated studies with a known truth",
         "",
@@ -182,11 +182,14 @@ def markdown(doc: dict) -> str:
         f"effect (sd `seed_sd` on the logit scale) + recipe B's shift); level {doc['model']['level']}, item sd "
         f"{doc['model']['item_sd']}, so a recipe scores {a:.3f} on average.",
         f"{sims} simulated studies per cell, alpha {doc['alpha']}; the Monte Carlo sd of a rate near alpha is "
-        f"{100 * mc:.2f} points. Four verdicts on the same studies:",
+        f"{100 * mc:.2f} points. Five verdicts on the same studies:",
         "",
         "- **pooled McNemar**: the earlier ftlab verdict, exact McNemar over all (seed, item) pairs as if independent;",
-        "- **crossed**: the verdict now, `ftlab.compare.crossed` (seed spread and item sampling, generalized inference);",
-        "- **Satterthwaite t**: the same variance against Student's t with Satterthwaite's degrees of freedom, the",
+        "- **crossed**: the verdict now, `ftlab.compare.crossed` (seed spread and item sampling, generalized inference;",
+        "  two recipes trained with the same seeds compared seed k against seed k, the default);",
+        "- **crossed, unpaired**: the same with the two recipes' seeds as independent samples (`analysis.pair_seeds:",
+        "  false`; a recipe against the base is always this);",
+        "- **Satterthwaite t**: the unpaired variance against Student's t with Satterthwaite's degrees of freedom, the",
         "  method tried first and rejected because of the tables below;",
         "- **Welch**: scipy's Welch t-test on the per-seed scores (items treated as fixed).",
         "",
@@ -237,30 +240,34 @@ def markdown(doc: dict) -> str:
         f"declares a difference between identical recipes in up to {_pct(pooled['pooled_mcnemar'])} of studies "
         f"({pooled['scenario']}, {pooled['seeds']} seeds, {pooled['items']} items, seed sd {pooled['seed_sd']:g}), and "
         f"more items make it worse, not better: it reads the trained models' luck as a recipe effect.",
-        f"- Satterthwaite's t uses the same variance but goes up to {_pct(satt['satterthwaite_t'])} "
+        f"- Satterthwaite's t uses the unpaired variance but goes up to {_pct(satt['satterthwaite_t'])} "
         f"({satt['scenario']}, {satt['seeds']} seeds, seed sd {satt['seed_sd']:g}): with 1 or 2 degrees of freedom "
         f"for a seed term, a seed spread that comes out small by chance makes the variance small and the "
-        f"degrees of freedom large at once. Between two recipes of equal spread it is valid and more powerful "
-        f"than the crossed test at 2 seeds, but a verdict compares recipes with the base and recipes of unequal "
-        f"spread too, so ftlab uses the generalized test everywhere.",
-        "- The price of the generalized test is caution with 2 seeds: between two recipes the seed spread is",
-        "  estimated with 1 degree of freedom each, and the power tables show how little 2 seeds can detect.",
-        "  With 3 and 5 seeds the power approaches Welch's; `ftlab study plan` says what a design can detect.",
+        f"degrees of freedom large at once. Between two recipes of equal spread it is valid, but a verdict "
+        f"compares recipes with the base and recipes of unequal spread too, so ftlab uses the generalized test.",
+        "- The price of the generalized test is caution with 2 seeds, where a seed spread rests on one degree",
+        "  of freedom. Paired by seed (the default) the two recipes' seed spreads are one variance, whose",
+        "  fiducial inference is exactly Student's t on the per-seed differences; unpaired they are two, and",
+        "  the generalized Behrens-Fisher inference is then very cautious (compare the two crossed columns).",
+        "  With 3 and 5 seeds the paired power approaches Welch's; `ftlab study plan` says what a design can",
+        "  detect.",
         "",
         "## Pairing seed k of one recipe with seed k of another (seed sd 0.4, 300 items)",
         "",
         "Seed k of every recipe shares the data order (`train.seed` sets it) and, for recipes with the same adapter",
         "shapes, the adapter's initial values. If that made seed k lucky for both recipes alike, pairing seed k",
-        "with seed k would remove the shared part. Rows with seeds independent (correlation 0) and correlated 0.5:",
+        "with seed k removes the shared part. Rows with seeds independent (correlation 0) and correlated 0.5:",
         "",
     ] + _table([r for r in rows if r["scenario"] == "correlated seeds"], ["seed correlation", "seeds", "difference"],
-               ["pooled_mcnemar", "crossed", "crossed_paired_by_seed", "welch_seed_scores"]) + [
+               ["pooled_mcnemar", "crossed", "crossed_unpaired", "welch_seed_scores"]) + [
         "",
-        "Unpaired, the default, stays at or below alpha at every correlation and is cautious when the seeds",
-        "correlate; paired gains power then and loses it when they do not (S - 1 degrees of freedom for the seed",
-        "spread instead of two sides' S - 1 each). How strongly a shared data order ties two recipes' seeds is not",
-        "known before the study, and it holds only between recipes that keep the dataset, batch size and sequence",
-        "length, so ftlab does not pair unless the study says so (`analysis.pair_seeds: true`, docs/study.md).",
+        "Both stay at or below alpha at every correlation. Pairing seed k with seed k is valid whether or not",
+        "the seeds correlate (independent pairs of independent models are still independent pairs), and with the",
+        "generalized inference it is also the more powerful at every correlation simulated: one variance (the",
+        "per-seed differences, Student's t with S - 1 degrees of freedom) instead of two combined. In ftlab seed k",
+        "of every recipe does share the data order (`train.seed` is also the sampler's `data_seed`), so a study",
+        "pairs recipes trained with the same seeds; `analysis.pair_seeds: false` compares them as independent",
+        "samples (docs/study.md).",
         "",
     ]
     return "\n".join(out)

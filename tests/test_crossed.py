@@ -165,8 +165,10 @@ def test_ratio_interval_is_the_delta_method_on_the_same_variance():
     assert all(math.isnan(v) for v in crossed_ratio(src * 0, q))
 
 
-def _simulated_power(model: VarianceModel, diff: float, seeds: int, items: int, sims: int, rng) -> float:
-    """Rejection rate of the crossed test on the linear crossed model with normal effects."""
+def _simulated_power(model: VarianceModel, diff: float, seeds: int, items: int, sims: int, rng,
+                     paired: bool = True) -> float:
+    """Rejection rate of the crossed test (paired by seed, or unpaired) on the linear crossed model
+    with normal effects."""
     rejected = 0
     for _ in range(sims):
         v = rng.normal(0, 1.0, items)  # item difficulty, shared (cancels)
@@ -176,24 +178,25 @@ def _simulated_power(model: VarianceModel, diff: float, seeds: int, items: int, 
             u = rng.normal(0, math.sqrt(model.seed_var), (seeds, 1))
             w = rng.normal(0, math.sqrt(model.cell_var), (seeds, items))
             sides.append(shift + v + g + u + w)
-        rejected += crossed_difference(*sides).p_value <= 0.05
+        a, b = sides
+        rejected += (crossed_mean(b - a) if paired else crossed_difference(a, b)).p_value <= 0.05
     return rejected / sims
 
 
-@pytest.mark.parametrize("seeds, items", [(2, 100), (3, 300), (5, 100)])
-def test_planned_power_and_mdd_match_the_simulated_rejection_rate(seeds, items):
+@pytest.mark.parametrize("seeds, items, paired", [(2, 100, True), (3, 300, True), (5, 100, True), (3, 300, False)])
+def test_planned_power_and_mdd_match_the_simulated_rejection_rate(seeds, items, paired):
     model = VarianceModel(seed_var=0.03**2, item_var=0.3**2, cell_var=0.4**2)
-    design = model.design(seeds, items)
+    design = model.design(seeds, items, paired=paired)
     rng = np.random.default_rng(seeds * 1000 + items)
     diff = 3 * math.sqrt(design.variance())
     planned = design.power(diff, alpha=0.05)
-    simulated = _simulated_power(model, diff, seeds, items, 2000, rng)
+    simulated = _simulated_power(model, diff, seeds, items, 2000, rng, paired)
     # Within 0.035 (3 Monte Carlo sd of 2000 studies) of the rate the real test rejects at.
     assert abs(planned - simulated) < 0.035, (planned, simulated)
     # The minimum detectable difference is where that power is 0.8, and the real test gets there.
     mdd = design.mdd(alpha=0.05, power=0.8)
     assert design.power(mdd, alpha=0.05) == pytest.approx(0.8, abs=1e-3)
-    assert abs(_simulated_power(model, mdd, seeds, items, 2000, rng) - 0.8) < 0.035
+    assert abs(_simulated_power(model, mdd, seeds, items, 2000, rng, paired) - 0.8) < 0.035
     # The textbook shortcut (z_(1-a/2) + z_(0.8)) x SE ignores that the test estimates its variance
     # from few seeds: it is below the MDD, most at 2 seeds.
     assert (sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) * math.sqrt(design.variance()) < mdd
@@ -207,3 +210,6 @@ def test_items_for_power_and_the_ceiling_set_by_seeds():
     # difference near it, however many items.
     assert items_for_power(model, 0.05, 10, alpha=0.05, power=0.8, max_items=100_000) < n
     assert items_for_power(model, 0.03, 2, alpha=0.05, power=0.8, max_items=100_000) is None
+    # Pairing (the default) leaves S - 1 degrees of freedom for the seed spread, unpaired 2 (S - 1) in
+    # two terms: with a seed spread this small, 5 seeds unpaired need fewer items (8,642 against 16,042).
+    assert items_for_power(model, 0.05, 5, alpha=0.05, power=0.8, max_items=100_000, paired=False) < n

@@ -226,16 +226,18 @@ def test_holm_matches_statsmodels_and_the_step_down_rules():
         holm([0.5, 1.5])
 
 
-def test_ties_with_the_best_over_seeds_unpaired_and_correct_within_the_task(study):
+def test_ties_with_the_best_seed_by_seed_where_the_seeds_match_and_correct_within_the_task(study):
     *_, a = study
     t = a.vs_best[a.vs_best.task == "arith"].set_index(["quant", "recipe"])
-    # A (3 seeds) vs C (2 seeds): seed k of A is not paired with seed k of C; every model counts.
+    # A (seeds 0-2) vs C (seeds 0, 1): other seed sets, so the two recipes' seeds are independent samples.
     ac = t.loc[("none", "C")]
     ref = crossed_difference(mat(*A.values()), mat(*C.values()))
-    assert ac.best == "A" and (ac.best_seeds, ac.seeds, ac.n_pairs) == (3, 2, 240)
+    assert ac.best == "A" and (ac.best_seeds, ac.seeds, ac.n_pairs, ac.test) == (3, 2, 240, "seeds x items")
     assert ac.p_value == pytest.approx(ref.p_value, rel=1e-12) and ac["diff"] == pytest.approx(ref.estimate)
+    # A vs B, both trained with seeds 0-2: seed k against seed k (they share the data order).
     ab = t.loc[("none", "B")]
-    assert ab.p_value == pytest.approx(crossed_difference(mat(*A.values()), mat(*B.values())).p_value, rel=1e-12)
+    assert ab.test == "seeds x items, paired by seed"
+    assert ab.p_value == pytest.approx(crossed_mean(mat(*B.values()) - mat(*A.values())).p_value, rel=1e-12)
     # Holm runs within the task, over the none and GPTQ tables together.
     assert len(t) == 5
     assert t.p_holm.tolist() == pytest.approx(_holm_by_hand(t.p_value.tolist()), rel=1e-12)
@@ -431,7 +433,7 @@ def test_a_recipe_left_with_one_seed_is_tested_as_models_with_a_note():
                        "models, not recipes"]
 
 
-def test_seeds_of_two_recipes_are_not_paired():
+def test_recipes_with_other_seed_sets_are_compared_as_independent_samples():
     outcomes = {("L", 0, "none"): items((0, 10)), ("L", 1, "none"): items((0, 12)),
                 ("M", 0, "none"): items((0, 14)), ("M", 1, "none"): items((2, 12)), ("M", 2, "none"): items((0, 30))}
     samples, models = build(outcomes)
@@ -444,16 +446,21 @@ def test_seeds_of_two_recipes_are_not_paired():
     assert a.notes == []
 
 
-def test_pair_seeds_compares_seed_k_with_seed_k_when_the_study_asks():
+def test_recipes_with_the_same_seeds_are_paired_unless_the_study_says_not():
     outcomes = {("L", 0, "none"): items((0, 10)), ("L", 1, "none"): items((0, 12)),
-                ("M", 0, "none"): items((0, 14)), ("M", 1, "none"): items((2, 12)), ("M", 2, "none"): items((0, 30))}
+                ("M", 0, "none"): items((0, 14)), ("M", 1, "none"): items((2, 12))}
     samples, models = build(outcomes)
-    r = analyze_study(samples, models, StudyAnalysisSettings(baseline="L", resamples=200, pair_seeds=True)).vs_baseline.iloc[0]
-    # Seeds 0 and 1 are in both: the one-sample crossed test of M's seed k minus L's seed k; M's seed 2 has no partner.
+    r = analyze_study(samples, models, StudyAnalysisSettings(baseline="L", resamples=200)).vs_baseline.iloc[0]
+    # Seeds 0 and 1 in both: the one-sample crossed test of M's seed k minus L's seed k.
     diff = mat(items((0, 14)), items((2, 12))) - mat(items((0, 10)), items((0, 12)))
     ref = crossed_mean(diff)
     assert (r.test, r.level) == ("seeds x items, paired by seed", "recipe")
     assert r.p_value == pytest.approx(ref.p_value, rel=1e-12) and r["diff"] == pytest.approx(ref.estimate)
+    unpaired = analyze_study(samples, models, StudyAnalysisSettings(baseline="L", resamples=200, pair_seeds=False))
+    u = unpaired.vs_baseline.iloc[0]
+    assert u.test == "seeds x items"
+    assert u.p_value == pytest.approx(crossed_difference(mat(items((0, 10)), items((0, 12))),
+                                                         mat(items((0, 14)), items((2, 12)))).p_value, rel=1e-12)
 
 
 def test_sensitivity_against_the_difference_that_matters(study):

@@ -322,28 +322,33 @@ class VarianceModel:
     item_var: float
     cell_var: float
 
-    def design(self, seeds: int, items: int) -> Design:
-        """Two recipes with `seeds` each on `items`: the estimator's summaries at their expectations."""
+    def design(self, seeds: int, items: int, *, paired: bool = True) -> Design:
+        """Two recipes with `seeds` each on `items`: the estimator's summaries at their expectations.
+        Paired (seed k with seed k, seeds independent): one side, the per-seed differences, whose
+        spread and residual are both recipes' summed; unpaired: two sides."""
         if seeds < 2 or items < 2:
             raise FtlabError("a recipe comparison needs at least 2 seeds and 2 items per recipe")
+        item_raw = (self.item_var + 2 * self.cell_var / seeds) / items
         side = SeedSide(seeds, self.seed_var + self.cell_var / items, self.cell_var)
-        return Design((side, side), (self.item_var + 2 * self.cell_var / seeds) / items, items)
+        if paired:
+            return Design((SeedSide(seeds, 2 * side.row_var, 2 * side.cell_var),), item_raw, items)
+        return Design((side, side), item_raw, items)
 
-    def power(self, difference: float, seeds: int, items: int, alpha: float) -> float:
-        return self.design(seeds, items).power(difference, alpha)
+    def power(self, difference: float, seeds: int, items: int, alpha: float, *, paired: bool = True) -> float:
+        return self.design(seeds, items, paired=paired).power(difference, alpha)
 
 
 def items_for_power(model: VarianceModel, difference: float, seeds: int, *, alpha: float, power: float,
-                    max_items: int) -> int | None:
+                    max_items: int, paired: bool = True) -> int | None:
     """Fewest items (2 .. max_items) that give `power` with `seeds` per recipe; None when even
     max_items does not (the seed spread alone caps the power)."""
-    if model.power(difference, seeds, max_items, alpha) < power:
+    def enough(n: int) -> bool:
+        return model.power(difference, seeds, n, alpha, paired=paired) >= power
+
+    if not enough(max_items):
         return None
     lo, hi = 2, max_items
     while lo < hi:
         mid = (lo + hi) // 2
-        if model.power(difference, seeds, mid, alpha) >= power:
-            hi = mid
-        else:
-            lo = mid + 1
+        lo, hi = (lo, mid) if enough(mid) else (mid + 1, hi)
     return lo

@@ -20,10 +20,10 @@ renders it. The rules, in one place:
   per-model scores (ddof=1). The interval is the crossed interval at recipe level, else the
   percentile bootstrap over items of the single model.
 - Tests. Two configurations are compared on the items every model of both answered. At recipe
-  level (every seeded side has >= 2 seeds): the crossed test of the mean difference, seeds of
-  different recipes unpaired (seed k of two recipes shares the data order, not a random draw the
-  test may rely on; docs/study.md), unless `pair_seeds` asks for seed k against seed k (the
-  crossed one-sample test of the per-seed differences, on the seeds both have). At model level:
+  level (every seeded side has >= 2 seeds): two recipes trained with the same seeds are compared
+  seed k against seed k (`pair_seeds`, the default: they share the data order; the crossed
+  one-sample test of the per-seed differences), otherwise (other seed sets, the base, or
+  `pair_seeds: false`) as independent samples (the crossed two-sample test). At model level:
   two single models by the exact McNemar test (with the paired bootstrap interval of the score
   difference), several models against one by the same inference over items only, on the per-item
   means (the models held fixed; a paired t over items, to Monte Carlo error).
@@ -242,10 +242,9 @@ def compare_configs(a: Config, b: Config, settings: StudyAnalysisSettings) -> di
            "diff_correct": (b_only - a_only) / pairs, "score_a": float(a.score.mean()),
            "score_b": float(b.score.mean()), "bootstrap_p": math.nan}
     if (a.seeded or b.seeded) and a.recipe_level and b.recipe_level:
-        common = [s for s in a.seeds if s in b.seeds] if a.seeded and b.seeded else []
-        if settings.pair_seeds and len(common) >= 2:  # seed k with seed k: one-sample on the differences
-            rows_a, rows_b = ([c.seeds.index(s) for s in common] for c in (a, b))
-            res = crossed_mean(b.score[rows_b] - a.score[rows_a], confidence=settings.confidence)
+        if settings.pair_seeds and a.seeded and b.seeded and sorted(a.seeds) == sorted(b.seeds):
+            # Seed k with seed k (both rows ordered by seed): the one-sample inference on the differences.
+            res = crossed_mean(b.score - a.score, confidence=settings.confidence)
             return {**out, "level": RECIPE, "test": CROSSED_PAIRED, **_crossed_fields(res, settings)}
         res = crossed_difference(a.score, b.score, seeded_a=a.seeded, seeded_b=b.seeded,
                                  confidence=settings.confidence)

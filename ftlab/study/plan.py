@@ -9,9 +9,9 @@ take, from measured job times.
 The variance model is `ftlab.compare.crossed.VarianceModel` (seed spread, recipe x item
 interaction, model x item residual), and the power is that of the verdict's own test (the crossed
 generalized test, over what the study could estimate). The planned comparison is two
-trained recipes; alpha is divided by the number of comparisons with the best in a task
-(Bonferroni), which is what Holm's correction asks of the smallest p-value, so the plan is
-conservative for the rest.
+trained recipes, paired by seed unless `analysis.pair_seeds` is false; alpha is divided by the
+number of comparisons with the best in a task (Bonferroni), which is what Holm's correction asks
+of the smallest p-value, so the plan is conservative for the rest.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ftlab.compare.crossed import VarianceModel, items_for_power
+from ftlab.compare.crossed import VarianceModel, items_for_power, seed_side
 from ftlab.errors import FtlabError
+from ftlab.study.run import finished_results
 
 SEED_COUNTS = (2, 3, 5, 8, 10, 20)
 MAX_ITEMS = 100_000
@@ -53,8 +54,7 @@ def measured_variance(samples, task: str, what: str) -> Variance | None:
     """The components measured on a finished study's unquantized recipes with 2+ seeds: the mean
     seed component and model x item residual over recipes, the recipe x item variance over pairs
     of them (truncated at 0). None when no recipe has 2 seeds."""
-    from ftlab.compare.crossed import seed_side
-    from ftlab.study.analysis import NO_QUANT, config_of, normalize_samples
+    from ftlab.study.analysis import NO_QUANT, config_of, normalize_samples  # pandas: only when measuring
 
     df = normalize_samples(samples)
     rows = df[(df["task"] == task) & (df["quant"] == NO_QUANT) & df["seed"].notna()]
@@ -137,8 +137,6 @@ def _hours(seconds: float | None) -> str:
 
 def plan_text(study, earlier=None, items: int | None = None) -> str:
     """The plan, as printed by `ftlab study plan`."""
-    from ftlab.study.run import finished_results
-
     spec, settings = study.spec, study.spec.analysis
     d = settings.min_difference
     if d is None:
@@ -148,11 +146,13 @@ def plan_text(study, earlier=None, items: int | None = None) -> str:
     if not n:
         raise FtlabError("evaluate.limit is not set, so the planned number of items is unknown; set it or pass --items N")
     seeds = len(spec.train.seeds)
+    paired = settings.pair_seeds
     m = comparisons_per_task(spec, study.recipes)
     alpha = settings.alpha / m
     lines = [f"Plan for study {spec.name} ({study.path}): {len(study.recipes)} recipe(s) x {seeds} seed(s), "
              f"{n} items per task",
-             f"  difference that matters: {d:g} (analysis.min_difference), power {settings.power:g}; alpha "
+             f"  difference that matters: {d:g} (analysis.min_difference) between two recipes "
+             f"{'paired by seed' if paired else 'with independent seeds'}, power {settings.power:g}; alpha "
              f"{settings.alpha:g} over {m} comparison(s) with the best per task: {alpha:.3g} each (Bonferroni, "
              f"what Holm asks of the smallest p)"]
     if seeds < 2:
@@ -161,9 +161,9 @@ def plan_text(study, earlier=None, items: int | None = None) -> str:
     times_from = earlier or study
     times = job_times(times_from)
     lines.append(f"  job times: {_times_line(times, times_from)}")
-    variances = _variances(study, earlier, settings, finished_results)
+    variances = _variances(study, earlier, settings)
     for task, var in variances:
-        design = var.model.design(max(seeds, 2), n)
+        design = var.model.design(max(seeds, 2), n, paired=paired)
         power = design.power(d, alpha)
         mdd = design.mdd(alpha, settings.power)
         lines += [f"{task}:", f"  variance from {var.source}"]
@@ -176,13 +176,14 @@ def plan_text(study, earlier=None, items: int | None = None) -> str:
         lines.append(f"  {'seeds':>5}  {'items for ' + format(settings.power, '.0%') + ' power':>20}  "
                      f"{'trainings':>9}  {'compute':>9}")
         for s in sorted(set(SEED_COUNTS) | ({seeds} if seeds >= 2 else set())):
-            need = items_for_power(var.model, d, s, alpha=alpha, power=settings.power, max_items=MAX_ITEMS)
+            need = items_for_power(var.model, d, s, alpha=alpha, power=settings.power, max_items=MAX_ITEMS,
+                                   paired=paired)
             shown = f"{need:,}" if need else "not reachable"
             compute = times.compute_s(spec, len(study.recipes), s, need) if (times and need) else None
             mark = " <- planned" if s == seeds else ""
             lines.append(f"  {s:>5}  {shown:>20}  {len(study.recipes) * s:>9}  {_hours(compute):>9}{mark}")
         if items_for_power(var.model, d, max(SEED_COUNTS), alpha=alpha, power=settings.power,
-                           max_items=MAX_ITEMS) is None:
+                           max_items=MAX_ITEMS, paired=paired) is None:
             lines.append(f"  not reachable: the seed spread alone keeps the power below {settings.power:g} "
                          f"with {max(SEED_COUNTS)} seeds, whatever the items")
     if times:
@@ -199,7 +200,7 @@ def _times_line(times: JobTimes | None, study) -> str:
             f"{quantize}evaluation {times.eval_item_s:.3f} s per item and task")
 
 
-def _variances(study, earlier, settings, finished_results) -> list[tuple[str, Variance]]:
+def _variances(study, earlier, settings) -> list[tuple[str, Variance]]:
     tasks = list(study.spec.evaluate.datasets)
     if earlier is not None:
         samples, _, _ = finished_results(earlier)

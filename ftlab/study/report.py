@@ -137,9 +137,10 @@ def _methods(s: StudyAnalysisSettings) -> list[str]:
         "(Tsui & Weerahandi 1989): each mean square's uncertainty from its own degrees of freedom (1 per recipe "
         "at 2 seeds) is drawn and carried into the test, which keeps the false-positive rate at or below alpha "
         "where a t-test with Satterthwaite's degrees of freedom did not (benchmarks/verdict_calibration.md). "
-        + ("Seeds are paired (analysis.pair_seeds): seed k of one recipe against seed k of the other, the same "
-           "formula for one recipe applied to the per-seed differences. " if s.pair_seeds else
-           "Seeds of different recipes are not paired. ")
+        + ("Two recipes trained with the same seeds are compared seed k against seed k (they share the data "
+           "order; analysis.pair_seeds): the formula for one recipe applied to the per-seed differences. Other "
+           "comparisons take the seeds as independent samples. " if s.pair_seeds else
+           "Seeds of different recipes are taken as independent samples (analysis.pair_seeds: false). ")
         + "Score intervals use the same formula for one recipe.",
         f"Model level: two single models by the exact McNemar test, with the {s.confidence:.0%} percentile "
         f"bootstrap over items ({s.resamples} resamples, seed {s.bootstrap_seed}) of the score difference; several "

@@ -76,8 +76,8 @@ class StudyAnalysisSettings:
     confidence: float = doc_field(0.95, "level of every interval")
     resamples: int = doc_field(10_000, "bootstrap resamples (intervals of single trained models)")
     bootstrap_seed: int = doc_field(0, "seed of the bootstrap resampling")
-    pair_seeds: bool = doc_field(False, "compare two trained recipes seed by seed (seed k with seed k); only where "
-                                        "their trainings share what a seed draws (data order): docs/study.md")
+    pair_seeds: bool = doc_field(True, "compare two recipes trained with the same seeds seed by seed (seed k with "
+                                       "seed k, which share the data order); false: as independent samples")
     min_difference: float | None = doc_field(None, "smallest score difference between recipes that matters "
                                                    "(e.g. 0.03); `ftlab study plan` sizes the study for it")
     expected_score: float | None = doc_field(None, "planning before results exist: the score level of the recipes")

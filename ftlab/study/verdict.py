@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from ftlab.compare.stats import format_p
@@ -165,7 +164,7 @@ def _sensitivity_sentences(vs_best: pd.DataFrame, vs_baseline: pd.DataFrame,
             f"included, was {span}.")
     if settings.min_difference is not None:
         d = settings.min_difference
-        if mid <= d:  # (inf never is)
+        if mid <= d:  # an infinite MDD (none detectable) never is
             line += f" The study was sized for the difference that matters ({d:g})."
         else:
             line += (f" That is larger than the difference that matters ({d:g}): differences of that size could "
