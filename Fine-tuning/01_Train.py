@@ -12,7 +12,7 @@ All logic lives in ftlab.train; `ftlab train` is the same command.
 MODEL_NAME = "smollm2-135m-instruct"  # hub id, local folder, .gguf, built-in name or scratch:<preset>
 DATASET_CHOICE = "synthetic-arith"    # task name or data file; None = save an untrained base snapshot
 FINETUNING = "SFT"                    # SFT, or PT (pre-training, e.g. scratch:<preset> models)
-PEFT_CONFIG = "LoRa"                  # NoPeft, LoRa, rsLoRa, DoRa, VeRa
+PEFT_CONFIG = "LoRa"                  # NoPeft, LoRa, rsLoRa, DoRa, VeRa, PiSSA, OLoRa, LoftQ
 QUANT_METHOD = "NoQuant"              # NoQuant, or QLORA (4-bit NF4 base; QUANT_BITS = 8 for int8)
 QUANT_BITS = 4
 TRUNC_TRAIN = 512                     # use only the first N training rows; None = all

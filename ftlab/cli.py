@@ -30,8 +30,8 @@ COMMANDS: dict[str, str] = {
 # Each command's one-line help, the only copy: `ftlab --help` shows it without importing each
 # module, and a module that needs its own description (a script's parser) reads it from here.
 SUMMARY: dict[str, str] = {
-    "train": "fine-tune (SFT: NoPeft, LoRA, rsLoRA, DoRA, VeRA, QLoRA) or pre-train a scratch model",
-    "quantize": "post-training quantization (GPTQ, AWQ, HQQ, bitsandbytes NF4/int8) of a model folder",
+    "train": "fine-tune (SFT: NoPeft, LoRA, rsLoRA, DoRA, VeRA, PiSSA, OLoRA, LoftQ; QLoRA) or pre-train a scratch model",
+    "quantize": "post-training quantization of a model folder: GPTQ, AWQ, HQQ, bitsandbytes (BNB_NF4, BNB_INT8), GGUF",
     "export": "export a model folder as GGUF (llama.cpp, Ollama) with its tokenizer, chat template and a Modelfile",
     "evaluate": "evaluate one model (boxed answers, log-likelihood, perplexity) into Testing/metrics/<model>.json; "
                 "results accumulate per task; resumable",

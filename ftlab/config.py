@@ -204,7 +204,8 @@ class EvalConfig:
     seed: int = doc_field(0, "seed for bootstrap and any sampling")
     threads: int | None = doc_field(None, "torch CPU threads; None = all cores")
     source_dir: str | None = doc_field(None, "folder with test-*.parquet to read instead of Datasets/ or the hub")
-    backend: str = doc_field("hf", "generation backend: hf (transformers, batched greedy); canned is for tests only")
+    backend: str = doc_field("hf", "generation backend: hf (transformers, continuous batching, greedy), hf-generate "
+                                   "(fixed batches through model.generate, the reference path); canned is for tests only")
     backend_options: dict = doc_field({}, "backend-specific options (canned: response or responses_file)")
     stop_at_box: bool = doc_field(True, "stop each answer when its \\boxed{...} closes (else only at EOS/max_new_tokens)")
     numeric_rel_tol: float | None = doc_field(None, "numeric answers: relative tolerance for non-integer golds "

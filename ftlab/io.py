@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -245,14 +244,6 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
     return out
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def dir_size_bytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -361,10 +352,10 @@ def output_claim(final_dir: str | os.PathLike, what: str = "output folder") -> I
     """Held while one process builds `final_dir`, taken before the long work starts: a second
     process aiming at the same folder fails at once in one line instead of after hours of work.
     The lock (Models/.locks/<name>.lock) names its owner and is taken over when that owner died."""
-    from ftlab.jobs.locks import JobLock
+    from ftlab.jobs.locks import JobLock, lock_path
 
     final_dir = Path(final_dir)
-    lock = JobLock(final_dir.parent / ".locks" / f"{final_dir.name}.lock")
+    lock = JobLock(lock_path(final_dir.parent, final_dir.name))
     with disk_full_as_error(lock.path):
         acquired = lock.acquire()
     if not acquired:

@@ -122,3 +122,36 @@ def test_command_help_has_one_source():
     for module in COMMANDS.values():
         source = (root / (module.replace(".", "/") + ".py")).read_text()
         assert not re.search(r"^HELP\s*=", source, re.M), module
+
+
+def test_method_lists_people_read_name_every_registered_method(capsys):
+    """The help texts, the training script's edit block and the README's opening name every PEFT
+    kind, post-training quantization method and generation backend the registries hold (they once
+    named 5 of the 8 PEFT kinds and left out GGUF and hf-generate)."""
+    from pathlib import Path
+
+    from ftlab.cli import SUMMARY
+    from ftlab.config import EvalRunConfig, TrainRunConfig, describe_config
+    from ftlab.eval.generation import GENERATORS
+    from ftlab.quant.registry import ENGINES
+    from ftlab.train.peft_methods import PEFT_KINDS
+
+    root = Path(__file__).resolve().parents[1]
+    readme_opening = (root / "README.md").read_text().split("\n## ", 1)[0].lower()
+    edit_block = (root / "Fine-tuning" / "01_Train.py").read_text().split("# ===", 2)[1].lower()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    train_help = capsys.readouterr().out.lower()
+    train_keys = "\n".join(describe_config(TrainRunConfig)).lower()
+    backend_doc = next(line for line in describe_config(EvalRunConfig) if line.lstrip().startswith("eval.backend ")).lower()
+    texts = {
+        "PEFT kind": (PEFT_KINDS.names(), {"ftlab train --help": train_help, "ftlab --help (train)": SUMMARY["train"].lower(),
+                                           "ftlab train --help-config": train_keys, "Fine-tuning/01_Train.py": edit_block,
+                                           "README opening": readme_opening}),
+        "quant method": (ENGINES.names(), {"ftlab --help (quantize)": SUMMARY["quantize"].lower(),
+                                           "README opening": readme_opening}),
+        "generation backend": (GENERATORS.names(), {"eval.backend doc": backend_doc}),
+    }
+    missing = [f"{kind} {name} not in {where}" for kind, (names, places) in texts.items()
+               for name in names for where, text in places.items() if name.lower() not in text]
+    assert not missing, missing

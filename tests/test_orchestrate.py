@@ -193,7 +193,7 @@ def test_busy_models_are_reported_and_not_claimed(tmp_path, tiny_template):
     make_model(ws, tiny_template, "scratch-tiny-base")
     lines: list[str] = []
     sweep = Sweep(ws, opts, SweepSettings(), echo=lines.append)
-    other = JobLock(lock_path(sweep.locks_dir, "scratch-tiny-base"))
+    other = JobLock(lock_path(sweep.metrics_dir, "scratch-tiny-base"))
     assert other.acquire()  # another orchestrator (alive: this very process) holds it
     (item,) = sweep.plan()
     assert item.reason == "busy" and f"pid {os.getpid()}" in item.detail
@@ -207,7 +207,7 @@ def test_busy_models_are_reported_and_not_claimed(tmp_path, tiny_template):
     other.release()
     report = Sweep(ws, opts, SweepSettings(), echo=lines.append).run()
     assert [(o.model, o.status) for o in report.outcomes] == [("scratch-tiny-base", "ok")]
-    assert not lock_path(sweep.locks_dir, "scratch-tiny-base").exists()
+    assert not lock_path(sweep.metrics_dir, "scratch-tiny-base").exists()
 
     # --retry-failed retries failures older than the sweep, not one a concurrent sweep just recorded.
     (ws.metrics_dir / "scratch-tiny-base.json").unlink()

@@ -157,6 +157,29 @@ def test_every_problem_of_a_study_file_is_reported_at_once(tmp_path):
     assert "quantize.variants[0]:" in text and "HQQQ" in text
 
 
+def test_evaluation_tasks_and_quant_options_are_checked_before_anything_runs(tmp_path, capsys):
+    # Both used to pass `--dry-run` ("6 of 6 jobs would run"): the task typo failed the first
+    # evaluation after every training had run, and bits: four surfaced as a bad quant tag.
+    path = study_file(tmp_path, quantize={"variants": [{"method": "GPTQ", "bits": "four"}, {"method": "HQQ", "group_size": 6.5}]},
+                      evaluate={"datasets": ["synthetic-arithm", "arc:ll", "synthetic-arith:ll"], "limit": 8})
+    with pytest.raises(ConfigError) as exc:
+        graph_of(path)
+    text = "\n".join(exc.value.problems)
+    assert "evaluate.datasets: 'synthetic-arithm': unknown task 'synthetic-arithm' (did you mean 'synthetic-arith'?)" in text
+    assert "'synthetic-arith:ll'" in text  # a numeric task has no options to score by likelihood
+    assert "'arc:ll'" not in text
+    assert "quantize.variants[0].bits='four' must be a whole number (e.g. 4)" in text
+    assert "quantize.variants[1].group_size=6.5 must be a whole number (e.g. 128)" in text
+    assert len(exc.value.problems) == 4, text
+
+    from ftlab.cli import main
+
+    assert main(["--workdir", str(tmp_path), "study", "run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "4 config problems" in err and "Traceback" not in err
+    assert not (tmp_path / "Testing" / "studies").exists()  # nothing written
+
+
 def test_baseline_must_name_one_recipe(tmp_path):
     with pytest.raises(FtlabError, match="matches 2 recipes"):
         graph_of(study_file(tmp_path, baseline={"train.max_steps": 2}))

@@ -34,9 +34,8 @@ def metrics_dir_of(source: Workspace | str | os.PathLike) -> Path:
     if isinstance(source, Workspace):
         return source.metrics_dir
     path = Path(source)
-    if (path / "Testing" / "metrics").is_dir():
-        return path / "Testing" / "metrics"
-    return path
+    as_root = Workspace(path.resolve()).metrics_dir
+    return as_root if as_root.is_dir() else path
 
 
 def metrics_files(metrics_dir: Path) -> list[Path]:
@@ -201,12 +200,12 @@ def load_metrics(source: Workspace | str | os.PathLike | None = None) -> pd.Data
     if source is None:
         source = Workspace.default()
     workspace = source if isinstance(source, Workspace) else None
-    if workspace is None and (Path(source) / "Testing" / "metrics").is_dir():
+    if workspace is None and Workspace.at(source).metrics_dir.is_dir():
         workspace = Workspace.at(source)
     if workspace is None:
         # A bare metrics folder sits at <root>/Testing/metrics; its root still finds Models/.
         mdir = Path(source).resolve()
-        if mdir.name == "metrics" and mdir.parent.name == "Testing":
+        if Workspace(mdir.parent.parent).metrics_dir == mdir:
             workspace = Workspace(mdir.parent.parent)
     return frame_from_documents(load_documents(source), workspace)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftlab.data.tasks import ANSWER_KINDS, TASKS, Task, custom_task, format_number
+from ftlab.data.tasks import TASKS, Task, custom_task, format_number
 from ftlab.errors import FtlabError
 from ftlab.paths import Workspace
 
@@ -307,7 +307,3 @@ def dataset_fingerprint(examples: list[Example]) -> str:
         h.update(json.dumps([e.question, e.answer], ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()[:16]
-
-
-def known_answer_kinds() -> tuple[str, ...]:
-    return ANSWER_KINDS

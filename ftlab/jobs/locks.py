@@ -31,6 +31,7 @@ from ftlab.env import now_iso
 log = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
+LOCKS_DIR = ".locks"  # beside the outputs it guards: Models/.locks, Testing/metrics/.locks, Testing/.jobs/.locks
 # A lock file is created empty and filled a moment later; one still empty or unreadable after this
 # many seconds belongs to an owner killed in between (there is no PID to check).
 UNREADABLE_GRACE_S = 30.0
@@ -181,8 +182,14 @@ class JobLock:
             self.release()
 
 
-def lock_path(locks_dir: Path, name: str) -> Path:
-    return locks_dir / f"{name}{LOCK_SUFFIX}"
+def locks_dir(folder: Path) -> Path:
+    """Where the locks of the outputs in `folder` live."""
+    return folder / LOCKS_DIR
+
+
+def lock_path(folder: Path, name: str) -> Path:
+    """The lock of output `name` in `folder`."""
+    return locks_dir(folder) / f"{name}{LOCK_SUFFIX}"
 
 
 def is_locked_by_other(path: Path) -> LockOwner | None:

@@ -23,7 +23,6 @@ from ftlab.paths import Workspace
 from ftlab.schema import TRAINING_METADATA_FILE
 
 EVALUATE = "evaluate"
-LOCKS = ".locks"
 
 
 def evaluation_data(model_folder_name: str, options: EvalOptions, *, retry_failed: bool = True,
@@ -72,7 +71,7 @@ class EvaluateKind:
 
     def lock_path(self, job: Job, workspace: Workspace) -> Path:
         # The orchestrator's per-model lock: a study and a sweep never evaluate one model at once.
-        return lock_path(workspace.metrics_dir / LOCKS, metrics_name(self._folder(job, workspace)))
+        return lock_path(workspace.metrics_dir, metrics_name(self._folder(job, workspace)))
 
     def finished(self, job: Job, workspace: Workspace, result: ProcessResult, ok: bool) -> str:
         folder = self._folder(job, workspace)

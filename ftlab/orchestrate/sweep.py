@@ -100,7 +100,7 @@ class Sweep:
         self.workspace = workspace
         self.options = options
         self.settings = settings
-        self.locks_dir = workspace.metrics_dir / ".locks"
+        self.metrics_dir = workspace.metrics_dir
         self.report = SweepReport()
         self._echo = echo
         self._started = time.time()
@@ -111,7 +111,7 @@ class Sweep:
         items = plan_sweep(self.workspace, self.options, retry_failed=self.settings.retry_failed,
                            only=self.settings.only)
         for item in items:
-            owner = is_locked_by_other(lock_path(self.locks_dir, item.model)) if item.runs else None
+            owner = is_locked_by_other(lock_path(self.metrics_dir, item.model)) if item.runs else None
             if owner is not None:
                 item.detail = f"{item.reason}: {item.detail}; now being evaluated by {owner.describe()}"
                 item.reason = BUSY

@@ -38,10 +38,6 @@ class Encoded:
     ids: list[list[int]]
     answer_start: list[int]
 
-    @property
-    def answer_tokens(self) -> int:
-        return sum(len(i) - s for i, s in zip(self.ids, self.answer_start))
-
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0

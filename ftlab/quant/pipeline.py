@@ -119,10 +119,6 @@ class _Source:
             self.name = self.src.path.name if self.src.kind == "local" else build_run_name(self.src.base_name, None).render()
             self.plain_dir = None
 
-    @property
-    def needs_materializing(self) -> bool:
-        return self.plain_dir is None
-
     def config(self) -> dict | None:
         """config.json of the plain model, read before any weights load (an adapter's base's)."""
         if self.plain_dir is not None:

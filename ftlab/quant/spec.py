@@ -167,8 +167,3 @@ def parse_quant_tag(tag: str) -> QuantizationSpec:
         else:
             spec.lm_head_dtype = mt["head"]
     return spec
-
-
-def tag_fields_equal(a: QuantizationSpec, b: QuantizationSpec) -> bool:
-    """True when two specs agree on everything a tag records (used by round-trip tests)."""
-    return tag_quant(a) == tag_quant(b)

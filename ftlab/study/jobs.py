@@ -18,7 +18,6 @@ from ftlab.jobs.locks import lock_path
 from ftlab.paths import Workspace
 from ftlab.schema import TRAINING_METADATA_FILE
 
-LOCKS = ".locks"
 
 
 def jobs_dir(workspace: Workspace) -> Path:
@@ -50,7 +49,7 @@ class _ModelFolderKind:
     def lock_path(self, job: Job, workspace: Workspace) -> Path:
         # Not Models/.locks: the job's own `ftlab train`/`quantize` process claims the output folder
         # there (ftlab.io.output_claim) while this driver holds the job's lock.
-        return lock_path(workspace.jobs_dir / LOCKS, job.name)
+        return lock_path(workspace.jobs_dir, job.name)
 
 
 class _TrainKind(_ModelFolderKind):

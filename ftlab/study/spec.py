@@ -319,13 +319,34 @@ def _eval_problems(spec: StudySpec) -> list[str]:
     managed = [k for k in spec.evaluate.settings if k in ("eval.datasets", "eval.limit", "model.name")]
     problems = [f"evaluate.settings: {k} is set by evaluate.datasets / evaluate.limit / the study" for k in managed]
     try:
-        eval_options(spec).resolve()
+        cfg = eval_options(spec).resolve()
     except ConfigError as exc:
-        problems += [f"evaluate: {p}" for p in exc.problems]
+        return problems + [f"evaluate: {p}" for p in exc.problems]
+    return problems + _dataset_problems(cfg.eval.datasets, cfg.eval.scoring)
+
+
+def _dataset_problems(entries: list[str], scoring: str) -> list[str]:
+    """Each evaluation entry names a registered task (or a data file, found when its job runs) in a
+    scoring mode that task allows, so a typo fails the plan instead of the first evaluation job
+    after every training has run."""
+    from ftlab.data.loading import is_custom_file
+    from ftlab.eval.evaluator import PERPLEXITY, resolve_entry
+    from ftlab.eval.modes import split_entry
+
+    problems = []
+    for entry in entries:
+        ref = entry.split(":", 1)[1] if entry.startswith(PERPLEXITY + ":") else split_entry(entry)[0]
+        if is_custom_file(ref):
+            continue
+        try:
+            resolve_entry(entry, None, scoring)
+        except FtlabError as exc:
+            problems.append(f"evaluate.datasets: {entry!r}: {exc}")
     return problems
 
 
 QUANT_KEYS = ("method", "bits", "group_size", "lm_head", "calib_dataset", "calib_samples")
+_WHOLE_NUMBER_KEYS = {"bits": 4, "group_size": 128, "calib_samples": 128}  # with an example value
 
 
 def quant_spec(variant: dict, model_config: dict | None = None):
@@ -357,6 +378,12 @@ def _quant_problems(spec: StudySpec) -> list[str]:
                 hint = closest(str(key), list(QUANT_KEYS))
                 problems.append(f"unknown key quantize.variants[{i}].{key}"
                                 + (f" (did you mean {hint!r}?)" if hint else "") + f"; valid: {', '.join(QUANT_KEYS)}")
+        wrong = [k for k in _WHOLE_NUMBER_KEYS
+                 if variant.get(k) is not None and (isinstance(variant[k], bool) or not isinstance(variant[k], int))]
+        problems += [f"quantize.variants[{i}].{k}={variant[k]!r} must be a whole number (e.g. {_WHOLE_NUMBER_KEYS[k]})"
+                     for k in wrong]
+        if wrong:
+            continue
         try:
             quant_spec(variant)
         except ConfigError as exc:

@@ -75,14 +75,6 @@ def get_kind(name: str) -> PeftKind:
     return PEFT_KINDS.get(name)
 
 
-def adapter_kind_names() -> list[str]:
-    return [n for n, k in PEFT_KINDS.items() if k.adapter]
-
-
-def kinds_doc() -> str:
-    return "; ".join(f"{n}: {k.doc}" for n, k in PEFT_KINDS.items())
-
-
 def lora_alpha(cfg: "PeftConfig") -> float:
     return float(cfg.alpha) if cfg.alpha is not None else float(2 * cfg.r)
 
