@@ -22,12 +22,37 @@ from ftlab.registry import closest
 C = TypeVar("C")
 
 
-def doc_field(default: Any = dataclasses.MISSING, doc: str = "", **kw: Any) -> Any:
-    """A dataclass field with a one-line doc; lists/dicts get a default factory."""
+# What a setting changes, on the field itself (`effect=`): the study's job identity and the training
+# checkpoint's fingerprint are both derived from it (`keys_with_effect`), so they cannot drift apart.
+PRODUCT = "product"  # what the job produces (the default)
+RUN_ONLY = "run-only"  # only how it runs: threads, logging, checkpoint cadence, where inputs are read from
+AFTER_TRAINING = "after-training"  # what is saved once training ended, not the optimisation (merging)
+EFFECTS = (PRODUCT, RUN_ONLY, AFTER_TRAINING)
+
+
+def doc_field(default: Any = dataclasses.MISSING, doc: str = "", *, effect: str = PRODUCT, **kw: Any) -> Any:
+    """A dataclass field with a one-line doc and what it changes (`effect`, one of EFFECTS); lists
+    and dicts get a default factory."""
+    if effect not in EFFECTS:
+        raise ValueError(f"effect={effect!r}; valid: {', '.join(EFFECTS)}")
+    metadata = {"doc": doc, "effect": effect}
     if isinstance(default, (list, dict)):
         value = default
-        return field(default_factory=lambda: type(value)(value), metadata={"doc": doc}, **kw)
-    return field(default=default, metadata={"doc": doc}, **kw)
+        return field(default_factory=lambda: type(value)(value), metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+def keys_with_effect(cls: type, *effects: str) -> frozenset[tuple[str, str]]:
+    """(section, key) of every field of config class `cls` (sections of dataclasses) whose effect is
+    one of `effects`."""
+    return frozenset((section.name, f.name) for section in dataclasses.fields(cls)
+                     for f in dataclasses.fields(_section_type(cls, section))
+                     if f.metadata.get("effect", PRODUCT) in effects)
+
+
+def _section_type(cls: type, section: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(cls)
+    return hints[section.name]
 
 
 def _peft_kinds():
@@ -74,7 +99,7 @@ class DataConfig:
     trunc_train: int | None = doc_field(None, "use only the first N training rows (deterministic); None = all")
     val_size: int = doc_field(64, "held-out rows taken from the training split for eval loss / early stopping; 0 = none")
     max_length: int = doc_field(512, "maximum tokens per training example (prompt + answer); longer ones are truncated")
-    source_dir: str | None = doc_field(None, "folder with train-*/test-*.parquet to read instead of Datasets/ or the hub")
+    source_dir: str | None = doc_field(None, "folder with train-*/test-*.parquet to read instead of Datasets/ or the hub", effect=RUN_ONLY)
     system_prompt: str | None = doc_field(None, "system message prepended to every prompt (None = the tokenizer's default)")
     seed: int = doc_field(0, "seed for shuffling and synthetic data")
 
@@ -155,20 +180,20 @@ class TrainConfig:
     group_by_length: bool = doc_field(True, "batch examples of similar length together (less padding, faster)")
     gradient_checkpointing: bool = doc_field(False, "recompute activations to save memory")
     mixed_precision: str = doc_field("auto", "auto, bf16, fp16 or no")
-    logging_steps: int = doc_field(5, "log every N steps")
+    logging_steps: int = doc_field(5, "log every N steps", effect=RUN_ONLY)
     eval_steps: int = doc_field(0, "evaluate on the held-out split every N steps; 0 = only at the end")
-    save_steps: int = doc_field(0, "checkpoint every N steps; 0 = no intermediate checkpoints")
-    save_total_limit: int = doc_field(2, "keep the last K checkpoints")
+    save_steps: int = doc_field(0, "checkpoint every N steps; 0 = no intermediate checkpoints", effect=RUN_ONLY)
+    save_total_limit: int = doc_field(2, "keep the last K checkpoints", effect=RUN_ONLY)
     early_stopping_patience: int = doc_field(0, "stop after N evaluations without improvement; 0 = off")
-    resume: str = doc_field("auto", "auto (newest checkpoint if any), never, or a checkpoint path")
-    merge_after_train: bool = doc_field(False, "save the merged full model instead of the adapter")
-    oom_backoff: bool = doc_field(True, "on out-of-memory, retry with smaller settings (see docs)")
-    max_oom_retries: int = doc_field(5, "attempts the OOM back-off may make")
-    report_to: list[str] = doc_field(["tensorboard"], "loggers: tensorboard, wandb, mlflow, none")
+    resume: str = doc_field("auto", "auto (newest checkpoint if any), never, or a checkpoint path", effect=RUN_ONLY)
+    merge_after_train: bool = doc_field(False, "save the merged full model instead of the adapter", effect=AFTER_TRAINING)
+    oom_backoff: bool = doc_field(True, "on out-of-memory, retry with smaller settings (see docs)", effect=RUN_ONLY)
+    max_oom_retries: int = doc_field(5, "attempts the OOM back-off may make", effect=RUN_ONLY)
+    report_to: list[str] = doc_field(["tensorboard"], "loggers: tensorboard, wandb, mlflow, none", effect=RUN_ONLY)
     seed: int = doc_field(42, "training seed")
-    threads: int | None = doc_field(None, "torch CPU threads; None = all cores")
-    output_dir: str | None = doc_field(None, "output folder name under Models/; None = Models/<run name>")
-    overwrite: bool = doc_field(False, "replace an existing output folder")
+    threads: int | None = doc_field(None, "torch CPU threads; None = all cores", effect=RUN_ONLY)
+    output_dir: str | None = doc_field(None, "output folder name under Models/; None = Models/<run name>", effect=RUN_ONLY)
+    overwrite: bool = doc_field(False, "replace an existing output folder", effect=RUN_ONLY)
 
     def validate(self) -> list[str]:
         out = []
@@ -202,8 +227,8 @@ class EvalConfig:
     system_prompt: str | None = doc_field(None, "system message (None = the tokenizer's default)")
     bootstrap_samples: int = doc_field(1000, "bootstrap resamples for the accuracy interval")
     seed: int = doc_field(0, "seed for bootstrap and any sampling")
-    threads: int | None = doc_field(None, "torch CPU threads; None = all cores")
-    source_dir: str | None = doc_field(None, "folder with test-*.parquet to read instead of Datasets/ or the hub")
+    threads: int | None = doc_field(None, "torch CPU threads; None = all cores", effect=RUN_ONLY)
+    source_dir: str | None = doc_field(None, "folder with test-*.parquet to read instead of Datasets/ or the hub", effect=RUN_ONLY)
     backend: str = doc_field("hf", "generation backend: hf (transformers, continuous batching, greedy), hf-generate "
                                    "(fixed batches through model.generate, the reference path); canned is for tests only")
     backend_options: dict = doc_field({}, "backend-specific options (canned: response or responses_file)")

@@ -79,3 +79,48 @@ def test_save_round_trip(tmp_path):
 def test_every_field_documented():
     lines = describe_config(TrainRunConfig) + describe_config(EvalRunConfig)
     assert all(line.split("# ", 1)[1].strip() for line in lines), [l for l in lines if not l.split("# ", 1)[1].strip()]
+
+
+def _changed(value, hint):
+    """Another value of a config field, whatever its type (the rule is checked without validation)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, "other"]
+    if isinstance(value, dict):
+        return {**value, "other": 1}
+    if isinstance(value, str):
+        return value + "-other"
+    return 7 if "int" in str(hint) or "float" in str(hint) else "other"  # None defaults
+
+
+def test_job_identity_and_checkpoint_fingerprint_follow_the_fields_effect():
+    """Each training setting says what it changes (config field metadata): a study's training job
+    identity changes with every setting but the run-only ones, and a checkpoint's fingerprint also
+    ignores what happens after training (merging). Both are derived from that one mark."""
+    import copy
+    import dataclasses
+    import typing
+
+    from ftlab.config import AFTER_TRAINING, PRODUCT, RUN_ONLY, TrainRunConfig
+    from ftlab.study.graph import identity_config
+    from ftlab.train.checkpoints import training_fingerprint
+
+    base = TrainRunConfig()
+    seen = {PRODUCT: 0, RUN_ONLY: 0, AFTER_TRAINING: 0}
+    for section in dataclasses.fields(TrainRunConfig):
+        part = getattr(base, section.name)
+        hints = typing.get_type_hints(type(part))
+        for f in dataclasses.fields(part):
+            if (section.name, f.name) == ("model", "name"):
+                continue  # the snapshot job's id stands for the base model
+            cfg = copy.deepcopy(base)
+            setattr(getattr(cfg, section.name), f.name, _changed(getattr(part, f.name), hints[f.name]))
+            effect = f.metadata["effect"]
+            seen[effect] += 1
+            key = f"{section.name}.{f.name} ({effect})"
+            assert (identity_config(cfg) != identity_config(base)) == (effect != RUN_ONLY), key
+            assert (training_fingerprint(cfg) != training_fingerprint(base)) == (effect == PRODUCT), key
+    assert seen[RUN_ONLY] >= 10 and seen[AFTER_TRAINING] == 1 and seen[PRODUCT] > 30, seen

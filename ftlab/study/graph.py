@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ftlab.config import TrainRunConfig, config_to_dict, load_config
+from ftlab.config import RUN_ONLY, TrainRunConfig, config_to_dict, keys_with_effect, load_config
 from ftlab.jobs.engine import Job, Resources, job_id
 from ftlab.naming import VARIANT_DIGITS, build_run_name, parse_run_name, peft_tag
 from ftlab.paths import Workspace
@@ -21,11 +21,9 @@ from ftlab.study import jobs as _kinds  # noqa: F401  (registers the job kinds)
 from ftlab.study.spec import BASE, Recipe, StudySpec, eval_options, quant_spec, recipe_config
 
 NONE = "none"  # the quant column of unquantized models
-# Keys that change how a job runs, not what it produces (as for training checkpoints).
-_NOT_IDENTITY = {("train", "resume"), ("train", "overwrite"), ("train", "output_dir"), ("train", "report_to"),
-                 ("train", "logging_steps"), ("train", "threads"), ("train", "oom_backoff"),
-                 ("train", "max_oom_retries"), ("train", "save_steps"), ("train", "save_total_limit"),
-                 ("data", "source_dir")}
+# Keys that change how a job runs, not what it produces (marked on the config fields, as for the
+# training checkpoint's fingerprint, which also ignores what happens after training).
+NOT_IDENTITY = keys_with_effect(TrainRunConfig, RUN_ONLY)
 
 
 @dataclass
@@ -46,9 +44,9 @@ class StudyGraph:
         return out
 
 
-def _identity_config(cfg: TrainRunConfig) -> dict:
+def identity_config(cfg: TrainRunConfig) -> dict:
     tree = config_to_dict(cfg)
-    for section, key in _NOT_IDENTITY:
+    for section, key in NOT_IDENTITY:
         tree.get(section, {}).pop(key, None)
     tree["model"].pop("name", None)  # the snapshot's id stands for the base model
     return tree
@@ -149,7 +147,7 @@ def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace) ->
         snap = snapshots[recipe.base]
         for seed in spec.train.seeds:
             cfg = recipe_config(spec, recipe, seed)
-            tid = job_id("train", _identity_config(cfg), [snap.id])
+            tid = job_id("train", identity_config(cfg), [snap.id])
             src = resolve_model(recipe.base)
             run = build_run_name(src.base_name, cfg.data.dataset, cfg.train.method,
                                  peft_tag(cfg.peft.method, cfg.peft.r), _quant_tag(cfg))

@@ -9,7 +9,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ftlab.config import TrainRunConfig, config_to_dict
+from ftlab.config import AFTER_TRAINING, RUN_ONLY, TrainRunConfig, config_to_dict, keys_with_effect
 from ftlab.errors import FtlabError
 from ftlab.paths import Workspace
 
@@ -17,11 +17,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIRNAME = ".checkpoints"
 RUN_FINGERPRINT_FILE = "ftlab_run.json"
-# Settings that do not change the optimisation; a checkpoint stays valid when only these differ.
-_NON_TRAINING_KEYS = {("train", "resume"), ("train", "overwrite"), ("train", "output_dir"), ("train", "report_to"),
-                      ("train", "logging_steps"), ("train", "threads"), ("train", "merge_after_train"),
-                      ("train", "oom_backoff"), ("train", "max_oom_retries"), ("train", "save_steps"),
-                      ("train", "save_total_limit")}
+# Settings that do not change the optimisation (marked on the config fields); a checkpoint stays
+# valid when only these differ.
+NON_TRAINING_KEYS = keys_with_effect(TrainRunConfig, RUN_ONLY, AFTER_TRAINING)
 
 
 def checkpoint_dir_for(workspace: Workspace, name: str) -> Path:
@@ -30,7 +28,7 @@ def checkpoint_dir_for(workspace: Workspace, name: str) -> Path:
 
 def training_fingerprint(cfg: TrainRunConfig) -> str:
     d = config_to_dict(cfg)
-    for section, key in _NON_TRAINING_KEYS:
+    for section, key in NON_TRAINING_KEYS:
         d.get(section, {}).pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
