@@ -182,3 +182,26 @@ def test_mismatched_lengths_are_user_errors():
 
     with pytest.raises(FtlabError, match="2 responses but 1 gold"):
         _scores("exact", ["a", "b"], ["a"])
+
+
+def test_metrics_file_and_comparison_stage_share_one_bootstrap():
+    """Both intervals of a mean come from ftlab.resampling: the same scores, resample count and seed
+    give the same interval in the metrics file and in `ftlab compare` / the study report."""
+    import numpy as np
+
+    from ftlab.compare.stats import bootstrap_mean_interval
+
+    rng = np.random.default_rng(3)
+    for n, resamples in ((10, 500), (300, 2000), (5000, 1000)):  # 5000 x 1000 crosses a chunk boundary
+        values = (rng.random(n) < 0.4).astype(float)
+        for seed in (0, 7):
+            assert bootstrap_interval(values, resamples, seed) == list(
+                bootstrap_mean_interval(values, resamples=resamples, seed=seed))
+    # And the interval is the textbook percentile bootstrap: scipy's, drawn differently, agrees to
+    # Monte Carlo error on a large resample count.
+    from scipy import stats as sps
+
+    values = (rng.random(400) < 0.3).astype(float)
+    ref = sps.bootstrap((values,), np.mean, n_resamples=20000, method="percentile", random_state=1).confidence_interval
+    lo, hi = bootstrap_interval(values, 20000, 0)
+    assert abs(lo - ref.low) < 0.006 and abs(hi - ref.high) < 0.006

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import stats as _sps
 
 from ftlab.errors import FtlabError
+from ftlab.resampling import bootstrap_means, percentile_interval, resample_indices
 
 
 @dataclass(frozen=True)
@@ -45,19 +46,6 @@ def mcnemar_exact(a_correct, b_correct) -> McNemarResult:
         n=int(a.size), both_correct=int(np.sum(a & b)), a_only=n10, b_only=n01,
         both_wrong=int(np.sum(~a & ~b)), p_value=p,
     )
-
-
-def _resample_indices(n: int, resamples: int, seed: int):
-    """Yields (slice of resample rows, index matrix) chunks of a seeded bootstrap over n items.
-
-    Chunked so 10k resamples of a 10k-sample task stay a few MB instead of an 800 MB matrix; the
-    generator calls are the same for every statistic, so equal seeds resample equal items.
-    """
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 2_000_000 // max(1, n))
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        yield slice(start, stop), rng.integers(0, n, size=(stop - start, n))
 
 
 def _check_bootstrap(size: int, resamples: int, confidence: float, what: str = "answered by both models") -> None:
@@ -105,7 +93,7 @@ def paired_bootstrap(a_scores, b_scores, *, resamples: int = 10_000, confidence:
     diffs = np.empty(resamples)
     means_a = np.empty(resamples)
     means_b = np.empty(resamples)
-    for rows, idx in _resample_indices(d.size, resamples, seed):
+    for rows, idx in resample_indices(d.size, resamples, seed):
         diffs[rows] = d[idx].mean(axis=1)
         means_a[rows] = a[idx].mean(axis=1)
         means_b[rows] = b[idx].mean(axis=1)
@@ -144,12 +132,7 @@ def bootstrap_mean_interval(scores, *, resamples: int = 10_000, confidence: floa
     """Percentile bootstrap interval of the mean of per-item scores (items resampled with replacement)."""
     x = np.asarray(scores, dtype=float)
     _check_bootstrap(x.size, resamples, confidence, what="to resample")
-    means = np.empty(resamples)
-    for rows, idx in _resample_indices(x.size, resamples, seed):
-        means[rows] = x[idx].mean(axis=1)
-    alpha = 1 - confidence
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    return percentile_interval(bootstrap_means(x, resamples, seed), confidence)
 
 
 def holm(p_values) -> np.ndarray:

@@ -21,6 +21,7 @@ from ftlab.errors import FtlabError
 from ftlab.eval import normalize as nz
 from ftlab.eval.extraction import box_cut_off, extract, extract_boxed
 from ftlab.registry import Registry
+from ftlab.resampling import bootstrap_means, percentile_interval
 
 INVALID = "invalid"
 
@@ -374,20 +375,12 @@ def describe(values: Sequence[float]) -> dict:
 
 def bootstrap_interval(values: Sequence[float], n_resamples: int = 1000, seed: int = 0,
                        confidence: float = 0.95) -> list[float] | None:
-    """Percentile bootstrap interval of the mean; None with fewer than two values."""
+    """Percentile bootstrap interval of the mean (ftlab.resampling, as the comparison stage's); None
+    with fewer than two values."""
     arr = np.asarray(values, dtype=float)
     if arr.size < 2 or n_resamples <= 0:
         return None
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    # Chunks keep memory flat for large test sets (n_resamples x n indices otherwise).
-    chunk = max(1, 2_000_000 // arr.size)
-    for start in range(0, n_resamples, chunk):
-        stop = min(n_resamples, start + chunk)
-        idx = rng.integers(0, arr.size, size=(stop - start, arr.size))
-        means[start:stop] = arr[idx].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    return [float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))]
+    return list(percentile_interval(bootstrap_means(arr, n_resamples, seed), confidence))
 
 
 def score_responses(scorer: Scorer, responses: Sequence[str | None], golds: Sequence[Any],
