@@ -368,7 +368,7 @@ def _v1_workspace(workspace, responses: list[str]) -> None:
     for everything)."""
     from ftlab.config import config_to_dict
     from ftlab.data.prompts import build_messages
-    from ftlab.eval.evaluator import _prompt_hash
+    from ftlab.eval.runners import prompt_hash as _prompt_hash
 
     cfg = cfg_of("eval.datasets=synthetic-arith,boolq", f"eval.limit={len(responses)}")
     tree = config_to_dict(cfg)

@@ -11,33 +11,28 @@ is replaced in the document (its old block kept under `superseded`); its old sam
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ftlab.config import EvalRunConfig, config_to_dict
 from ftlab.errors import FtlabError
+from ftlab.eval import loglikelihood as _loglikelihood  # noqa: F401  (registers the "loglikelihood" runner)
 from ftlab.eval.metrics import ScoringOptions, describe, get_scorer, score_responses, scoring_version, task_options
-from ftlab.eval.results import SampleStore, TaskSpec, settings_changes, settings_key, task_settings
+from ftlab.eval.results import SampleStore, TaskSpec, settings_changes, task_settings
+from ftlab.eval.runners import (  # noqa: F401  (PERPLEXITY, LOGLIKELIHOOD: part of this module's interface)
+    LOGLIKELIHOOD, PERPLEXITY, RUNNER_SCORING_VERSIONS, RUNNERS, DatasetPlan, RunContext, prompt_hash,
+)
 from ftlab.io import append_jsonl, atomic_write_json, dir_size_bytes, to_jsonable
 from ftlab.paths import Workspace
-from ftlab.registry import Registry
 from ftlab.schema import METRICS_SCHEMA_VERSION
 
 if TYPE_CHECKING:  # generation imports transformers; the orchestrator only needs the settings
     from ftlab.eval.generation import Generator
 
 log = logging.getLogger(__name__)
-
-PERPLEXITY = "perplexity"
-LOGLIKELIHOOD = "loglikelihood"
-# Scoring version of runners that score with no answer-kind scorer (a perplexity is a perplexity).
-# Bump the log-likelihood one when ftlab.eval.loglikelihood changes a stored prediction or metric.
-RUNNER_SCORING_VERSIONS = {PERPLEXITY: 1, LOGLIKELIHOOD: 1}
 
 
 def model_file_name(model_ref: str) -> str:
@@ -57,22 +52,8 @@ def metrics_paths(workspace: Workspace, model_name: str) -> tuple[Path, Path]:
     return d / f"{model_name}.json", d / f"{model_name}.samples.jsonl"
 
 
-def _prompt_hash(prompt: str) -> str:
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
-
-
 # ---------------------------------------------------------------------------------------------
 # Dataset plans: what a dataset entry of the config means
-
-
-@dataclass
-class DatasetPlan:
-    name: str  # key in the metrics document
-    runner: str  # key in RUNNERS
-    task: Any  # ftlab.data.tasks.Task
-    rows: str = ""  # the task or file the rows come from
-    examples: list = field(default_factory=list)  # empty until loaded (`_plan`)
-    shots: list = field(default_factory=list)  # few-shot examples (eval.num_fewshot), ftlab.eval.fewshot
 
 
 def _trained_task(metadata: dict | None) -> str:
@@ -188,42 +169,6 @@ def gold_of(task, example) -> Any:
 # Runners: how one dataset is evaluated
 
 
-class RunContext:
-    """What a runner gets for one task: the config, the generator (built on first use: a run whose
-    tasks are all up to date never loads the model), this task's settings and the stored sample
-    lines it may reuse."""
-
-    def __init__(self, cfg: EvalRunConfig, plan: DatasetPlan, settings: dict, store: SampleStore,
-                 samples_path: Path, previous: dict, make_generator: Callable[[], Generator]):
-        self.cfg = cfg
-        self.settings = settings
-        self.settings_key = settings_key(settings)
-        self.samples_path = samples_path
-        self.previous = previous  # the document's blocks before this run (task key -> block)
-        self._plan_name = plan.name
-        self._store = store
-        self._make_generator = make_generator
-        self._generator: Generator | None = None
-        # (task key, row index) -> the last line written for that row under this task's settings.
-        self.done = {(plan.name, i): line for i, line in store.latest(plan.name, self.settings_key).items()}
-
-    @property
-    def generator(self) -> Generator:
-        if self._generator is None:
-            self._generator = self._make_generator()
-        return self._generator
-
-    def reusable(self, index: int, prompt_hash: str) -> dict | None:
-        """A stored line of this row asked with exactly this prompt under this task's settings."""
-        last = self.done.get((self._plan_name, index))
-        if last is not None and last.get("prompt_hash") == prompt_hash:
-            return last
-        return self._store.find(self._plan_name, self.settings_key, index, prompt_hash)
-
-
-RUNNERS: Registry[Callable[[DatasetPlan, RunContext], dict]] = Registry("evaluation runner")
-
-
 @RUNNERS.register("generate")
 def run_generation(plan: DatasetPlan, ctx: RunContext) -> dict:
     from ftlab.data.prompts import build_messages
@@ -239,7 +184,7 @@ def run_generation(plan: DatasetPlan, ctx: RunContext) -> dict:
                              f"{plan.task.answer_kind} answer ({scorer.gold_help()}); fix or drop that row")
     prompts = [ctx.generator.render(build_messages(plan.task, ex, e.system_prompt, plan.shots), e.enable_thinking)
                for ex in plan.examples]
-    hashes = [_prompt_hash(p) for p in prompts]
+    hashes = [prompt_hash(p) for p in prompts]
     records: dict[int, dict] = {}
     pending = []
     rescored = 0
@@ -316,7 +261,7 @@ def run_perplexity(plan: DatasetPlan, ctx: RunContext) -> dict:
         raise FtlabError(f"eval.datasets: {plan.name} needs model weights; the {g.name!r} backend has none (use eval.backend=hf)")
     texts = [g.render(build_messages(plan.task, ex, ctx.cfg.eval.system_prompt)) + build_target(plan.task, ex)
              for ex in plan.examples]
-    text_hash = _prompt_hash("\x00".join(texts))
+    text_hash = prompt_hash("\x00".join(texts))
     old = ctx.previous.get(plan.name)
     # Kept in the metrics document rather than the samples file: it is one number, not a sample,
     # and sample lines are what the comparison stage pairs up.
@@ -445,5 +390,3 @@ def _summary(datasets: dict, runtime: float, mem) -> dict:
         "peak_memory": mem_now,
     }
 
-
-from ftlab.eval import loglikelihood as _loglikelihood  # noqa: E402,F401  (registers the "loglikelihood" runner)

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from ftlab.errors import FtlabError
-from ftlab.eval.evaluator import LOGLIKELIHOOD, RUNNERS, DatasetPlan, RunContext, _prompt_hash
+from ftlab.eval.runners import LOGLIKELIHOOD, RUNNERS, DatasetPlan, RunContext, prompt_hash
 from ftlab.eval.metrics import SampleScore, ScoringOptions, bootstrap_interval, get_scorer
 from ftlab.io import append_jsonl
 
@@ -90,7 +90,7 @@ def run_loglikelihood(plan: DatasetPlan, ctx: RunContext) -> dict:
     shots = [build_item(plan.task, ex) for ex in plan.shots]
     rendered = [render(item, shots, chat=chat, tokenizer=g.tokenizer, system=e.system_prompt,
                        enable_thinking=e.enable_thinking) for item in items]
-    hashes = [_prompt_hash("\x00".join([context, *conts])) for context, conts in rendered]
+    hashes = [prompt_hash("\x00".join([context, *conts])) for context, conts in rendered]
     lines: dict[int, dict] = {}
     pending = []
     for pos, ex in enumerate(plan.examples):

@@ -18,7 +18,7 @@ from ftlab.registry import Registry
 class ScoringMode:
     name: str  # eval.scoring value
     suffix: str | None  # dataset-entry suffix that selects it (`arc:ll`); None: plain entries
-    runner: str  # key in ftlab.eval.evaluator.RUNNERS
+    runner: str  # key in ftlab.eval.runners.RUNNERS
     answer_kinds: tuple[str, ...] | None  # task answer kinds it can score; None = all
     doc: str
     # What eval.prompt_format=auto means in this mode; None: the chat template when the model

@@ -13,13 +13,18 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ftlab.errors import FtlabError
-from ftlab.jobs.engine import POLL_S, Engine, Job, Task
+from ftlab.jobs.engine import POLL_S, Engine, Job, Outcome, Task
 from ftlab.jobs.process import ProcessResult, kill_all, run_process
 from ftlab.registry import Registry
 
 log = logging.getLogger(__name__)
 
 BACKENDS: Registry = Registry("job backend")
+
+
+def run_engine(engine: Engine) -> list[Outcome]:
+    """Runs the engine's jobs through the backend its settings name (`local` or `ray`)."""
+    return engine.run(BACKENDS.get(engine.settings.backend))
 
 
 def run_task(task: Task, zygote=None) -> ProcessResult:

@@ -460,13 +460,11 @@ class Engine:
 
     # -- the whole run ---------------------------------------------------------------------
 
-    def run(self) -> list[Outcome]:
-        """Runs every job that needs it through the configured backend; returns all outcomes."""
+    def run(self, backend: Callable[["Engine"], None]) -> list[Outcome]:
+        """Runs every job that needs it through `backend` (ftlab.jobs.backends.run_engine passes the
+        one the settings name); returns all outcomes."""
         from tqdm.auto import tqdm
 
-        from ftlab.jobs.backends import BACKENDS
-
-        backend = BACKENDS.get(self.settings.backend)
         rows = self.plan()
         self._to_run = {r.job.id for r in rows if r.state not in (DONE, SKIP)}
         for row in rows:

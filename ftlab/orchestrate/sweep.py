@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ftlab.errors import FtlabError
+from ftlab.jobs.backends import run_engine
 from ftlab.jobs.engine import BLOCKED, BUSY as ENGINE_BUSY, DONE, FAILED as ENGINE_FAILED, Engine, EngineSettings, Job, Resources, job_id
 from ftlab.jobs.locks import is_locked_by_other, lock_path
 from ftlab.orchestrate.discovery import BUSY, EvalOptions, PlanItem, plan_sweep
@@ -140,7 +141,7 @@ class Sweep:
         engine = Engine(list(jobs.values()), self.workspace, self.workspace.jobs_dir,
                         self.settings.engine_settings(), echo=self._echo)
         by_id = {job.id: item for item, job in zip(todo, jobs.values())}
-        for o in engine.run():
+        for o in run_engine(engine):
             item = by_id[o.job.id]
             if o.ran and o.state == DONE:
                 self.report.outcomes.append(Outcome(item.model, item.reason, item.detail, OK, o.runtime_s,

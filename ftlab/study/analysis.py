@@ -56,12 +56,9 @@ from ftlab.compare.stats import (
     bootstrap_mean_interval, holm, mcnemar_exact, mcnemar_mdd, paired_bootstrap,
 )
 from ftlab.errors import ConfigError, FtlabError
+from ftlab.study.levels import CROSSED, CROSSED_PAIRED, ITEMS_T, MCNEMAR, MODEL, NO_QUANT, RECIPE, UNSEEDED
 from ftlab.study.spec import StudyAnalysisSettings
-
-NO_QUANT = "none"
-RECIPE, MODEL, UNSEEDED = "recipe", "model", "no seed"  # what a row's inference is about
-CROSSED, CROSSED_PAIRED, MCNEMAR, ITEMS_T = ("seeds x items", "seeds x items, paired by seed", "McNemar",
-                                            "items, models fixed")
+from ftlab.study.verdict import TaskVerdict, build_verdicts
 SAMPLE_COLUMNS = ("recipe", "seed", "quant", "task", "index", "correct", "score", "model", "source_model")
 MODEL_ID_COLUMNS = ("recipe", "seed", "quant", "task", "model", "source_model", "n", "size_bytes",
                     "samples_per_s", "latency_mean_s")
@@ -69,15 +66,6 @@ _FIRST_METRICS = ("accuracy", "macro_f1", "f1", "exact_match", "acc_norm")
 _LAST_METRICS = ("fidelity_kl_mean", "fidelity_top1")
 
 __all__ = ["StudyAnalysisSettings", "StudyAnalysis", "TaskVerdict", "analyze_study", "NO_QUANT", "RECIPE", "MODEL", "UNSEEDED"]
-
-
-@dataclass
-class TaskVerdict:
-    task: str
-    best: dict[str, str]  # quant variant -> best recipe
-    tied: dict[str, list[str]]  # quant variant -> recipes tied with the best after correction
-    undetectable: list[tuple[str, str]]  # (recipe, quant) whose difference vs the baseline is below the MDD
-    sentences: list[str]
 
 
 @dataclass
@@ -432,8 +420,6 @@ def pareto_fronts(ranking: pd.DataFrame, tidy: pd.DataFrame) -> pd.DataFrame:
 def analyze_study(samples: pd.DataFrame, models: pd.DataFrame,
                   settings: StudyAnalysisSettings | None = None) -> StudyAnalysis:
     """Every table of the verdict: ranking, tests vs the baseline and vs the best, recovery, Pareto."""
-    from ftlab.study.verdict import build_verdicts
-
     settings = settings or StudyAnalysisSettings()
     problems = settings.validate()
     if problems:

@@ -10,6 +10,7 @@ from typing import Callable
 
 from ftlab.errors import FtlabError
 from ftlab.io import atomic_write_json
+from ftlab.jobs.backends import run_engine
 from ftlab.jobs.engine import BLOCKED, BUSY, DONE, FAILED, FAILED_EARLIER, RUNS, STALE, TODO, Engine, EngineSettings, Outcome, PlanRow
 from ftlab.paths import Workspace
 from ftlab.study.graph import StudyGraph, build_graph
@@ -93,7 +94,7 @@ def run_study(study: Study, settings: EngineSettings, echo: Callable[[str], None
         "jobs": [{"id": j.id, "kind": j.kind, "name": j.name, "deps": list(j.deps), "info": j.info}
                  for j in study.graph.jobs],
     })
-    return study.engine(settings, echo).run()
+    return run_engine(study.engine(settings, echo))
 
 
 def finished_results(study: Study, *, require: bool = True):

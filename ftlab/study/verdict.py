@@ -14,12 +14,23 @@ decimals, intervals in brackets, p-values through `format_p` (never "0").
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 
 from ftlab.compare.stats import format_p
-from ftlab.study.analysis import MCNEMAR, MODEL, NO_QUANT, RECIPE, TaskVerdict
+from ftlab.study.levels import MCNEMAR, MODEL, NO_QUANT, RECIPE
 from ftlab.study.spec import StudyAnalysisSettings
+
+
+@dataclass
+class TaskVerdict:
+    task: str
+    best: dict[str, str]  # quant variant -> best recipe
+    tied: dict[str, list[str]]  # quant variant -> recipes tied with the best after correction
+    undetectable: list[tuple[str, str]]  # (recipe, quant) whose difference vs the baseline is below the MDD
+    sentences: list[str]
+
 
 ONE_SEED = ("One seed per recipe: every sentence below compares single trained models on these items, not "
             "recipes (another seed trains another model, and this study cannot say how much they differ); "

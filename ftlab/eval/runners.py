@@ -1,0 +1,75 @@
+"""What an evaluation runner is: the plan of one dataset entry (`DatasetPlan`), what a runner gets
+for it (`RunContext`), and the registry of runners by name (`RUNNERS`). The evaluator
+(ftlab.eval.evaluator) registers the generation and perplexity runners, ftlab.eval.loglikelihood
+the log-likelihood one; both import this module, and neither the other."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from ftlab.config import EvalRunConfig
+from ftlab.eval.results import SampleStore, settings_key
+from ftlab.registry import Registry
+
+if TYPE_CHECKING:  # generation imports transformers; a plan needs none of it
+    from ftlab.eval.generation import Generator
+
+
+PERPLEXITY = "perplexity"
+LOGLIKELIHOOD = "loglikelihood"
+# Scoring version of runners that score with no answer-kind scorer (a perplexity is a perplexity).
+# Bump the log-likelihood one when ftlab.eval.loglikelihood changes a stored prediction or metric.
+RUNNER_SCORING_VERSIONS = {PERPLEXITY: 1, LOGLIKELIHOOD: 1}
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class DatasetPlan:
+    name: str  # key in the metrics document
+    runner: str  # key in RUNNERS
+    task: Any  # ftlab.data.tasks.Task
+    rows: str = ""  # the task or file the rows come from
+    examples: list = field(default_factory=list)  # empty until loaded (ftlab.eval.evaluator)
+    shots: list = field(default_factory=list)  # few-shot examples (eval.num_fewshot), ftlab.eval.fewshot
+
+
+class RunContext:
+    """What a runner gets for one task: the config, the generator (built on first use: a run whose
+    tasks are all up to date never loads the model), this task's settings and the stored sample
+    lines it may reuse."""
+
+    def __init__(self, cfg: EvalRunConfig, plan: DatasetPlan, settings: dict, store: SampleStore,
+                 samples_path: Path, previous: dict, make_generator: Callable[[], Generator]):
+        self.cfg = cfg
+        self.settings = settings
+        self.settings_key = settings_key(settings)
+        self.samples_path = samples_path
+        self.previous = previous  # the document's blocks before this run (task key -> block)
+        self._plan_name = plan.name
+        self._store = store
+        self._make_generator = make_generator
+        self._generator: Generator | None = None
+        # (task key, row index) -> the last line written for that row under this task's settings.
+        self.done = {(plan.name, i): line for i, line in store.latest(plan.name, self.settings_key).items()}
+
+    @property
+    def generator(self) -> Generator:
+        if self._generator is None:
+            self._generator = self._make_generator()
+        return self._generator
+
+    def reusable(self, index: int, prompt_hash: str) -> dict | None:
+        """A stored line of this row asked with exactly this prompt under this task's settings."""
+        last = self.done.get((self._plan_name, index))
+        if last is not None and last.get("prompt_hash") == prompt_hash:
+            return last
+        return self._store.find(self._plan_name, self.settings_key, index, prompt_hash)
+
+
+RUNNERS: Registry[Callable[[DatasetPlan, RunContext], dict]] = Registry("evaluation runner")
