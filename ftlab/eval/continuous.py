@@ -12,21 +12,18 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from ftlab.eval import sizing
-from ftlab.eval.generation import Generation
+from ftlab.eval.backend_api import Generation, Generator
 from ftlab.eval.kv_cache import PrefixCache, accepts_logits_to_keep, select_rows, splice_rows
 from ftlab.eval.stopping import closing_token_ids, finish_reason
-
-if TYPE_CHECKING:
-    from ftlab.eval.hf_generator import HFGenerator
 
 log = logging.getLogger(__name__)
 
 
 class ContinuousBatcher:
-    def __init__(self, gen: HFGenerator, max_new_tokens: int, batch_size: int | None, stop_at_box: bool):
+    def __init__(self, gen: Generator, max_new_tokens: int, batch_size: int | None, stop_at_box: bool):
         import torch
 
         self.gen = gen

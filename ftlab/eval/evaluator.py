@@ -30,7 +30,7 @@ from ftlab.paths import Workspace
 from ftlab.schema import METRICS_SCHEMA_VERSION
 
 if TYPE_CHECKING:  # generation imports transformers; the orchestrator only needs the settings
-    from ftlab.eval.generation import Generator
+    from ftlab.eval.backend_api import Generator
 
 log = logging.getLogger(__name__)
 

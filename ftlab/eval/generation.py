@@ -1,7 +1,7 @@
 """Generation backends, keyed by name: `hf` (continuous batching, the default), `hf-generate`
 (fixed batches through `model.generate`) and `canned` (fixed responses; tests only).
 
-What a backend is (this module) is kept apart from how each one works: ftlab.eval.hf_generator
+What a backend is (ftlab.eval.backend_api) is kept apart from how each one works: ftlab.eval.hf_generator
 (rendering, encoding, fixed batches), ftlab.eval.continuous (the rolling batch),
 ftlab.eval.kv_cache (shared prefix and row editing), ftlab.eval.stopping (when a row is done),
 ftlab.eval.sizing (auto batch size, out-of-memory) and ftlab.eval.canned (the test double).
@@ -9,32 +9,10 @@ ftlab.eval.sizing (auto batch size, out-of-memory) and ftlab.eval.canned (the te
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping
 
+from ftlab.eval.backend_api import Generation, Generator  # noqa: F401  (the backend interface, re-exported)
 from ftlab.registry import Registry
-
-
-@dataclass
-class Generation:
-    text: str
-    new_tokens: int
-    latency_s: float  # from the row's admission (its prefill) until it finished
-    stop_reason: str  # box | eos | length | canned
-
-
-class Generator(Protocol):
-    name: str
-    model: Any  # None for backends without a model (canned)
-    tokenizer: Any
-
-    def render(self, messages: list[dict], enable_thinking: bool = False) -> str: ...
-
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
-                 stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
-        """Yields finished (prompt position, generation) pairs as they finish, in groups;
-        batch_size None = auto."""
-        ...
 
 
 GENERATORS: Registry[Callable[..., Generator]] = Registry("generation backend")

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 from ftlab.errors import FtlabError
 from ftlab.eval import sizing
-from ftlab.eval.generation import Generation
+from ftlab.eval.backend_api import Generation
 from ftlab.eval.prompt_format import encode_prompts, end_of_turn_ids, resolve_prompt_format
 from ftlab.eval.stopping import BoxClosedCriteria
 

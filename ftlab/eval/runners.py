@@ -15,7 +15,7 @@ from ftlab.eval.results import SampleStore, settings_key
 from ftlab.registry import Registry
 
 if TYPE_CHECKING:  # generation imports transformers; a plan needs none of it
-    from ftlab.eval.generation import Generator
+    from ftlab.eval.backend_api import Generator
 
 
 PERPLEXITY = "perplexity"
