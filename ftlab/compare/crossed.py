@@ -51,8 +51,8 @@ of the variance itself. The two-sided p-value is E[2 Phi(-|estimate| / sqrt(V*))
 estimate +- h with E[2 Phi(-h / sqrt(V*))] = 1 - confidence. Why not Student's t with
 Satterthwaite's degrees of freedom: with 2 or 3 seeds a seed term has 1 or 2 degrees of freedom,
 and when its estimate comes out small the estimated variance is small *and* the estimated df is
-large at once: against an unseeded base that test declared 8-13% of identical recipes different
-at 2 seeds and 6-8% at 3 (alpha 5%), and up to 6% for two recipes of unequal spread. The
+large at once: against an unseeded base that test declared 8-14% of identical recipes different
+at 2 seeds and 6-8% at 3 once seeds vary (alpha 5%), and up to 6% for two recipes of unequal spread. The
 generalized test stayed at or below alpha in every case simulated (tests/test_verdict_calibration.py,
 benchmarks/verdict_calibration.md); its price is caution at 2 seeds. A side with one trained
 model has no estimable seed spread: recipe-level inference needs at least 2 seeds per seeded side.
