@@ -392,10 +392,14 @@ def test_datasets_prepare_is_all_or_nothing(tmp_path, capsys):
 
 
 HOLD = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from ftlab.cli import main
 from ftlab.quant.engines.hqq import HqqEngine
+
+# Ctrl-C as a terminal delivers it: a pytest started in the background by a non-interactive shell
+# passes SIGINT on ignored, and the child would never see the signal this test sends.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 real = HqqEngine.quantize
 
