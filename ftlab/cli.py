@@ -65,7 +65,7 @@ def build_parser(with_subcommands: tuple[str, ...] = ()) -> argparse.ArgumentPar
     return parser
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
+def setup_logging(verbose: bool, quiet: bool) -> None:
     from ftlab import console
 
     console.setup(verbose, quiet)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = _hoist_workdir(list(sys.argv[1:] if argv is None else argv))
     # Before any library is imported (parsing imports the chosen command's module): third-party
     # noise is switched off at its source, unless -v asks for it.
-    _setup_logging("-v" in argv or "--verbose" in argv, "-q" in argv or "--quiet" in argv)
+    setup_logging("-v" in argv or "--verbose" in argv, "-q" in argv or "--quiet" in argv)
     # Only the chosen subcommand's module is imported (its arguments are needed to parse).
     chosen = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser((chosen,) if chosen else ())
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    _setup_logging(args.verbose, args.quiet)
+    setup_logging(args.verbose, args.quiet)
     if args.workdir:
         os.environ["FTLAB_HOME"] = os.path.abspath(args.workdir)
     return guarded(lambda: importlib.import_module(COMMANDS[args.command]).run(args))

@@ -121,3 +121,15 @@ def test_no_import_cycle_but_the_known_foundation_one():
     found = cycles(import_graph())
     unexpected = [sorted(c) for c in found if not c <= KNOWN_FOUNDATION_CYCLE]
     assert not unexpected, f"import cycles: {unexpected}"
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A name with a leading underscore is its module's own business; one that another module needs
+    is part of the interface and is named so."""
+    found = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ftlab"):
+                found += [f"{name} imports {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 PRIMARY_METRICS = ("accuracy", "f1", "exact_match")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     # Agg before pyplot is imported: no display on servers, and no GUI backend probing.
@@ -32,18 +32,18 @@ def _pyplot():
 
 def subplots(*args, **kwargs):
     """`plt.subplots` on the Agg backend (no display needed)."""
-    return _pyplot().subplots(*args, **kwargs)
+    return pyplot().subplots(*args, **kwargs)
 
 
 def figure_png(fig) -> bytes:
     """The figure as PNG bytes; the figure is closed (pyplot keeps every open one alive)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     atomic_write_bytes(path, figure_png(fig))
     return path
 
@@ -92,7 +92,7 @@ def pareto_front(x, y) -> np.ndarray:
 
 
 def plot_scores_by_task(df: pd.DataFrame, path: Path) -> Path | None:
-    plt = _pyplot()
+    plt = pyplot()
     scores = primary_scores(df)
     if scores.empty:
         return None
@@ -114,11 +114,11 @@ def plot_scores_by_task(df: pd.DataFrame, path: Path) -> Path | None:
     axes[0][0].set_yticks(range(len(models)), models, fontsize=8)
     axes[0][0].invert_yaxis()
     fig.suptitle("score by task (bars: 95% interval)", y=1.04)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _scatter(summary: pd.DataFrame, xcol: str, xlabel: str, title: str, path: Path, *, logx=False, pareto=False) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     data = summary.dropna(subset=[xcol, "mean_accuracy"])
     fig, ax = plt.subplots(figsize=(7, 5))
     for quant, g in data.groupby(data["quant"].fillna("?"), sort=True):
@@ -142,7 +142,7 @@ def _scatter(summary: pd.DataFrame, xcol: str, xlabel: str, title: str, path: Pa
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, title="quant", title_fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_plots(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:

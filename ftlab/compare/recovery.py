@@ -146,12 +146,12 @@ def plot_recovery(table: pd.DataFrame, path: Path) -> Path | None:
     """Bars of recovery per quantized model and task with their intervals; the line at 1 is the source."""
     import numpy as np
 
-    from ftlab.compare.plots import _pyplot, _save
+    from ftlab.compare.plots import pyplot, save_figure
 
     data = table[table["recovery"].notna() & (table["task"] != ALL_TASKS)]
     if data.empty:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     tasks = sorted(data["task"].unique())
     models = sorted(data["quantized"].unique())
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(tasks) * max(1, len(models)) ** 0.5), 0.5 * len(models) + 3))
@@ -169,4 +169,4 @@ def plot_recovery(table: pd.DataFrame, path: Path) -> Path | None:
     ax.set_title("recovery after quantization (bars: paired-bootstrap interval)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)

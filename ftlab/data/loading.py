@@ -57,7 +57,7 @@ def resolve_task(ref: str, answer_kind: str | None = None) -> Task:
 # --- files --------------------------------------------------------------------------------
 
 
-def _read_table(path: Path) -> list[dict]:
+def read_table(path: Path) -> list[dict]:
     import pandas as pd
 
     suffix = path.suffix.lower()
@@ -117,7 +117,7 @@ def _chat_to_qa(messages: list, path: Path, n: int) -> dict:
 
 
 def _read_custom_rows(path: Path) -> list[dict]:
-    raw = _read_table(path)
+    raw = read_table(path)
     if not raw:
         raise FtlabError(f"dataset file {path} is empty; it needs at least one row")
     first = raw[0] if isinstance(raw[0], dict) else {}
@@ -172,7 +172,7 @@ def task_file(task: Task, split: str, workspace: Workspace | None = None, source
 _SLICE = re.compile(r"^(?P<split>[\w.-]+)(?:\[(?P<a>\d*):(?P<b>\d*)\])?$")
 
 
-def _hub_rows(task: Task, split: str, limit: int | None) -> list[dict]:
+def hub_rows(task: Task, split: str, limit: int | None) -> list[dict]:
     if not task.hub_id:
         raise FtlabError(f"task {task.name} has no hub source")
     spec = task.hub_splits.get(split)
@@ -205,8 +205,8 @@ def _task_rows(task: Task, split: str, workspace, source_dir, limit) -> tuple[li
         return task.generated(split, None), "generated"
     path = task_file(task, split, workspace, source_dir)
     if path is not None:
-        return _read_table(path), str(path)
-    return _hub_rows(task, split, limit), f"hub:{task.hub_id}"
+        return read_table(path), str(path)
+    return hub_rows(task, split, limit), f"hub:{task.hub_id}"
 
 
 def validate_rows(task: Task, rows: list[dict], origin: str) -> tuple[list[dict], list[str]]:

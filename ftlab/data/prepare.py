@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from ftlab.data.loading import _hub_rows, _read_table, validate_rows
+from ftlab.data.loading import hub_rows, read_table, validate_rows
 from ftlab.data.tasks import TASKS, Task
 from ftlab.errors import FtlabError
 from ftlab.io import atomic_write_bytes, staged_files
@@ -43,9 +43,9 @@ def prepare_task(task: Task, out_dir: Path, from_dir: Path | None, limit: int | 
                 src = from_dir / name
                 if not src.is_file():
                     raise FtlabError(f"{src} not found; --from must hold {name} (or leave --from out to use the hub)")
-                rows, origin = _read_table(src), str(src)
+                rows, origin = read_table(src), str(src)
             else:
-                rows, origin = _hub_rows(task, split, limit), f"hub:{task.hub_id}"
+                rows, origin = hub_rows(task, split, limit), f"hub:{task.hub_id}"
         rows, warnings = validate_rows(task, rows, origin)
         if limit is not None:
             rows = rows[:limit]

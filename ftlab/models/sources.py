@@ -140,7 +140,7 @@ def resolve_model(ref: str, workspace: Workspace | None = None, revision: str | 
             base_name = sanitize_component(meta["name_fields"]["base"])
         src = ModelSource(ref, "local", base_name, path=path.resolve(), metadata=meta, adapter=adapter)
         if adapter:
-            _adapter_base_ref(src, ws)  # a vanished base fails now, not after data loading
+            adapter_base_ref(src, ws)  # a vanished base fails now, not after data loading
         return src
     if looks_like_path(ref, ws):
         raise FtlabError(missing_folder_message(ref, ws))
@@ -249,7 +249,7 @@ def builtin_folder(name: str) -> Path:
     try:
         tok = _tokenizer_from_gguf(gguf, b)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        _drop_gguf_quantizer(model)
+        drop_gguf_quantizer(model)
         model.generation_config.pad_token_id = tok.pad_token_id
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -290,7 +290,7 @@ def builtin_tokenizer_folder(name: str) -> Path:
     return final
 
 
-def _drop_gguf_quantizer(model) -> None:
+def drop_gguf_quantizer(model) -> None:
     # GGUF weights are de-quantised on load but the model keeps a GGUF quantizer that makes
     # save_pretrained and TRL refuse it.
     q = getattr(model, "hf_quantizer", None)
@@ -317,7 +317,7 @@ def load_tokenizer(source: ModelSource | str, workspace: Workspace | None = None
     elif src.kind == "local":
         folder = src.path
         if not (folder / "tokenizer_config.json").exists() and src.adapter:
-            return load_tokenizer(_adapter_base_ref(src, workspace), workspace)
+            return load_tokenizer(adapter_base_ref(src, workspace), workspace)
         with loading(folder):
             tok = AutoTokenizer.from_pretrained(folder)
     else:
@@ -329,7 +329,7 @@ def load_tokenizer(source: ModelSource | str, workspace: Workspace | None = None
     return tok
 
 
-def _adapter_base_ref(src: ModelSource, workspace: Workspace | None = None) -> str:
+def adapter_base_ref(src: ModelSource, workspace: Workspace | None = None) -> str:
     """The base an adapter loads onto; a local base that is gone is named as such (the adapter
     is fine, its base is not), instead of a bare "folder does not exist"."""
     ws = workspace or Workspace.default()
@@ -389,14 +389,14 @@ def load_model(ref: str | ModelSource, *, workspace: Workspace | None = None, dt
     elif src.kind == "gguf":
         with loading(src.path / src.gguf_file, "GGUF file"):
             model = AutoModelForCausalLM.from_pretrained(str(src.path), gguf_file=src.gguf_file, **kw)
-        _drop_gguf_quantizer(model)
+        drop_gguf_quantizer(model)
     elif src.kind == "local" and src.adapter:
         from peft import PeftModel
 
         from ftlab.train.compat import ensure_peft_usable
 
         ensure_peft_usable()
-        base, _, _ = load_model(_adapter_base_ref(src, workspace), workspace=workspace, dtype=dtype,
+        base, _, _ = load_model(adapter_base_ref(src, workspace), workspace=workspace, dtype=dtype,
                                 quantization_config=quantization_config, device_map=device_map,
                                 trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
         with loading(src.path, "adapter folder"):

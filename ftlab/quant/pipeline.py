@@ -124,9 +124,9 @@ class _Source:
         if self.plain_dir is not None:
             return _model_config(self.plain_dir)
         if self.src.adapter:
-            from ftlab.models.sources import _adapter_base_ref, builtin_folder, resolve_model
+            from ftlab.models.sources import adapter_base_ref, builtin_folder, resolve_model
 
-            base = resolve_model(_adapter_base_ref(self.src), self.workspace)
+            base = resolve_model(adapter_base_ref(self.src), self.workspace)
             if base.kind == "local":
                 return _model_config(base.path)
             if base.kind == "builtin":

@@ -48,7 +48,7 @@ def main_script(base: dict, argv: list[str] | None = None, prog: str = "01_Train
     import os
     import sys
 
-    from ftlab.cli import SUMMARY, _setup_logging, guarded
+    from ftlab.cli import SUMMARY, setup_logging, guarded
 
     parser = argparse.ArgumentParser(prog=prog, description=SUMMARY["train"])
     parser.add_argument("--workdir", default=None, help="workspace root (default: $FTLAB_HOME or the current folder)")
@@ -56,7 +56,7 @@ def main_script(base: dict, argv: list[str] | None = None, prog: str = "01_Train
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     add_arguments(parser)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    _setup_logging(args.verbose, args.quiet)
+    setup_logging(args.verbose, args.quiet)
     if args.workdir:
         os.environ["FTLAB_HOME"] = os.path.abspath(args.workdir)
     return guarded(lambda: run(args, base=base))

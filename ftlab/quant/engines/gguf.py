@@ -354,10 +354,10 @@ class GgufEngine(QuantEngine):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from ftlab.models.sources import _drop_gguf_quantizer
+        from ftlab.models.sources import drop_gguf_quantizer
 
         if not (folder / GGUF_FILE).is_file():
             raise FtlabError(f"GGUF folder {folder} has no {GGUF_FILE}; re-run ftlab export --format gguf")
         model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF_FILE, dtype=torch.float32)
-        _drop_gguf_quantizer(model)
+        drop_gguf_quantizer(model)
         return model
