@@ -22,6 +22,10 @@ CURRENT_VERSIONS: dict[str, int] = {"model": MODEL_SCHEMA_VERSION, "metrics": ME
 _UPGRADERS: dict[tuple[str, int], Callable[[dict], dict]] = {}
 
 
+class NewerSchemaError(FtlabError):
+    """A document written by a newer ftlab: not damaged, and not for this one to rewrite."""
+
+
 def register_upgrader(kind: str, from_version: int, fn: Callable[[dict], dict]) -> None:
     """`fn` turns a version `from_version` document into version `from_version + 1`."""
     _UPGRADERS[(kind, from_version)] = fn
@@ -37,7 +41,8 @@ def upgrade(kind: str, doc: dict, source: str = "document") -> dict:
     if not isinstance(version, int):
         raise FtlabError(f"{source} has no integer schema_version; it was not written by ftlab or is damaged")
     if version > current:
-        raise FtlabError(f"{source} has schema_version {version}, newer than this ftlab understands ({current}); upgrade ftlab")
+        raise NewerSchemaError(f"{source} has schema_version {version}, newer than this ftlab understands ({current}); "
+                               "upgrade ftlab")
     while version < current:
         fn = _UPGRADERS.get((kind, version))
         if fn is None:

@@ -164,6 +164,34 @@ def test_resume_after_kill_skips_finished_samples(workspace):
     assert rescored["metrics"] == again["datasets"]["synthetic-arith"]["metrics"]
 
 
+def test_damaged_metrics_file_is_moved_aside_and_rebuilt_from_the_stored_answers(workspace, caplog):
+    """A metrics file that no longer parses used to fail the model's evaluation (and the sweep
+    recorded the model as failed); its samples JSONL holds every answer, so it is kept aside and
+    rebuilt without generating. A file of a newer ftlab is not damaged: it is refused, untouched."""
+    cfg = cfg_of("eval.datasets=synthetic-arith", "eval.limit=6", "eval.batch_size=3")
+    first = evaluate("scratch:tiny", cfg, workspace, generator=CannedGenerator(arithmetic_oracle))
+    json_path, _ = metrics_paths(workspace, "scratch-tiny")
+    json_path.write_text('{"schema_version": 2, "kind": "metr')  # cut short, as by a full disk
+
+    class Untouchable(CannedGenerator):
+        def generate(self, prompts, **kw):
+            raise AssertionError("every answer is stored: nothing is generated")
+
+    with caplog.at_level("WARNING", logger="ftlab"):
+        rebuilt = evaluate("scratch:tiny", cfg, workspace, generator=Untouchable("x"))
+    aside = [p for p in json_path.parent.iterdir() if p.name.startswith("scratch-tiny.json.damaged-")]
+    assert len(aside) == 1 and aside[0].read_text() == '{"schema_version": 2, "kind": "metr'
+    assert f"scratch-tiny.json could not be read; kept it as {aside[0].name} and rebuilding it" in caplog.text
+    block, before = rebuilt["datasets"]["synthetic-arith"], first["datasets"]["synthetic-arith"]
+    assert block["metrics"] == before["metrics"] and block["n"] == 6 and block["generated_this_run"] == 0
+    assert load_metrics_document(json_path)["datasets"]["synthetic-arith"]["metrics"] == before["metrics"]
+
+    atomic_write_json(json_path, {"schema_version": 99, "kind": "metrics"})
+    with pytest.raises(FtlabError, match="newer than this ftlab"):
+        evaluate("scratch:tiny", cfg, workspace, generator=Untouchable("x"))
+    assert json.loads(json_path.read_text()) == {"schema_version": 99, "kind": "metrics"}
+
+
 def test_changed_settings_replace_only_that_task_and_keep_its_old_samples(workspace):
     cfg = cfg_of("eval.datasets=synthetic-arith,boolq", "eval.limit=3")
     write_datasets(workspace)

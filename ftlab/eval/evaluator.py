@@ -27,7 +27,7 @@ from ftlab.eval.runners import (  # noqa: F401  (PERPLEXITY, LOGLIKELIHOOD: part
 )
 from ftlab.io import append_jsonl, atomic_write_json, dir_size_bytes, to_jsonable
 from ftlab.paths import Workspace
-from ftlab.schema import METRICS_SCHEMA_VERSION
+from ftlab.schema import METRICS_SCHEMA_VERSION, NewerSchemaError
 
 if TYPE_CHECKING:  # generation imports transformers; the orchestrator only needs the settings
     from ftlab.eval.backend_api import Generator
@@ -319,7 +319,6 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
     """Runs, resumes or updates one model's evaluation on `cfg.eval.datasets` and returns the
     metrics document it wrote (which also keeps every other task evaluated before)."""
     from ftlab.env import PeakMemory, now_iso, set_threads
-    from ftlab.eval.documents import load_metrics_document
     from ftlab.models.sources import resolve_model
     from ftlab.naming import checked_name
 
@@ -333,8 +332,7 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
     # A given name is one file name inside Testing/metrics/, never a path (`../Models/X/config`).
     name = checked_name(model_name, "--name") if model_name else model_file_name(model_ref)
     json_path, samples_path = metrics_paths(workspace, name)
-    # A damaged or newer document is an error, not something to overwrite: it holds other tasks.
-    old = load_metrics_document(json_path, missing_ok=True)
+    old = _existing_document(json_path)
     store = SampleStore.read(samples_path, old)
     doc = _new_document(name, model_ref, source, cfg, old)
     previous = dict(doc["datasets"])
@@ -374,6 +372,25 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
     doc["summary"] = _summary(doc["datasets"], time.perf_counter() - t0, mem)
     atomic_write_json(json_path, doc)
     return to_jsonable(doc)
+
+
+def _existing_document(json_path: Path) -> dict | None:
+    """The model's metrics document, None when it has none. A damaged one (not JSON, not an object,
+    fields missing) is moved aside, kept, and rebuilt: every answer behind it is in the samples JSONL
+    beside it, so the tasks asked again are rescored from there without generating. A document of a
+    newer ftlab is refused: it is not damaged, and this ftlab cannot write its schema."""
+    from ftlab.eval.documents import load_metrics_document
+
+    try:
+        return load_metrics_document(json_path, missing_ok=True)
+    except NewerSchemaError:
+        raise
+    except FtlabError as exc:
+        aside = json_path.with_name(f"{json_path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(json_path, aside)
+        log.warning("%s could not be read; kept it as %s and rebuilding it from the stored answers (%s)",
+                    json_path.name, aside.name, exc)
+        return None
 
 
 def _summary(datasets: dict, runtime: float, mem) -> dict:
