@@ -57,7 +57,7 @@ def nf(base, dataset, method=None, peft=None, quant="NoQuant"):
 
 
 @pytest.fixture
-def ws(tmp_path) -> Workspace:
+def metrics_ws(tmp_path) -> Workspace:
     w = Workspace(tmp_path)
     docs = [
         metrics_doc("tiny-base", {"arc": 0.5, "boolq": 0.6}, fields=nf("tiny", "base"), size=4_000_000, latency=0.4),
@@ -149,8 +149,8 @@ def test_paired_bootstrap_bad_input():
 # the frame
 
 
-def test_frame_contents(ws):
-    df = load_metrics(ws)
+def test_frame_contents(metrics_ws):
+    df = load_metrics(metrics_ws)
     assert set(df.model) == {"tiny-base", "tiny-arc_SFT_LoRa16_NoQuant", "tiny-base_HQQ_w4_g64", "other-base"}
     for col in ("model", "base", "dataset", "method", "peft", "rank", "quant", "task", "metric", "value", "ci_low", "ci_high"):
         assert col in df.columns
@@ -165,47 +165,47 @@ def test_frame_contents(ws):
     assert math.isnan(df[df.model == "tiny-base"]["rank"].iloc[0])
     assert df[df.model == "tiny-base_HQQ_w4_g64"]["size_on_disk_bytes"].iloc[0] == 1_000_000
     # The same frame from the workspace root and from the metrics folder itself.
-    pd.testing.assert_frame_equal(df, load_metrics(ws.root))
-    pd.testing.assert_frame_equal(df, load_metrics(ws.metrics_dir))
+    pd.testing.assert_frame_equal(df, load_metrics(metrics_ws.root))
+    pd.testing.assert_frame_equal(df, load_metrics(metrics_ws.metrics_dir))
 
 
 def test_frame_parses_run_name_when_metadata_lacks_name_fields(tmp_path):
-    ws = Workspace(tmp_path)
+    metrics_ws = Workspace(tmp_path)
     doc = metrics_doc("tiny-boolq_SFT_DoRa8_NoQuant", {"boolq": 0.5})
-    atomic_write_json(ws.metrics_dir / "tiny-boolq_SFT_DoRa8_NoQuant.json", doc)
-    row = load_metrics(ws).iloc[0]
+    atomic_write_json(metrics_ws.metrics_dir / "tiny-boolq_SFT_DoRa8_NoQuant.json", doc)
+    row = load_metrics(metrics_ws).iloc[0]
     assert (row.base, row.dataset, row.method, row.peft, row["rank"], row.quant) == ("tiny", "boolq", "SFT", "DoRa8", 8.0, "NoQuant")
 
 
 def test_frame_upgrades_old_documents(tmp_path):
     # A v0 document of the prototype evaluator: model as a string, flat per-task results.
-    ws = Workspace(tmp_path)
-    atomic_write_json(ws.metrics_dir / "tiny-boolq_SFT_LoRa8_NoQuant.json", {
+    metrics_ws = Workspace(tmp_path)
+    atomic_write_json(metrics_ws.metrics_dir / "tiny-boolq_SFT_LoRa8_NoQuant.json", {
         "schema_version": 0, "model": "tiny-boolq_SFT_LoRa8_NoQuant", "eval_config_hash": "old",
         "results": {"boolq": {"n": 10, "accuracy": 0.4}, "arc": {"n": 10, "accuracy": 0.6}},
     })
-    df = load_metrics(ws)
+    df = load_metrics(metrics_ws)
     assert value(df, "tiny-boolq_SFT_LoRa8_NoQuant", "boolq") == 0.4
     assert value(df, "tiny-boolq_SFT_LoRa8_NoQuant", "overall", "mean_accuracy") == pytest.approx(0.5)
     assert df["rank"].iloc[0] == 8.0 and df["dataset"].iloc[0] == "boolq"
 
 
 def test_frame_rejects_damaged_documents_and_shows_finished_tasks_of_running_ones(tmp_path):
-    ws = Workspace(tmp_path)
+    metrics_ws = Workspace(tmp_path)
     # A run on another task is in progress (or was killed): the tasks it already holds are finished
     # results and stay visible (results accumulate; they never disappear from compare).
-    atomic_write_json(ws.metrics_dir / "a-base.json", metrics_doc("a-base", {"arc": 0.5}, status="running"))
-    assert value(load_metrics(ws), "a-base", "arc") == 0.5
-    (ws.metrics_dir / "b-base.json").write_text("{not json")
+    atomic_write_json(metrics_ws.metrics_dir / "a-base.json", metrics_doc("a-base", {"arc": 0.5}, status="running"))
+    assert value(load_metrics(metrics_ws), "a-base", "arc") == 0.5
+    (metrics_ws.metrics_dir / "b-base.json").write_text("{not json")
     with pytest.raises(FtlabError, match="b-base.json"):
-        load_metrics(ws)
-    (ws.metrics_dir / "b-base.json").write_text(json.dumps({"kind": "metrics"}))
+        load_metrics(metrics_ws)
+    (metrics_ws.metrics_dir / "b-base.json").write_text(json.dumps({"kind": "metrics"}))
     with pytest.raises(FtlabError, match="schema_version"):
-        load_metrics(ws)
+        load_metrics(metrics_ws)
 
 
-def test_filters_and_wide_table(ws):
-    df = load_metrics(ws)
+def test_filters_and_wide_table(metrics_ws):
+    df = load_metrics(metrics_ws)
     arc_tiny = filter_frame(df, task=["arc"], base=["tiny"])
     assert set(arc_tiny.task) == {"arc"} and set(arc_tiny.base) == {"tiny"}
     assert set(filter_frame(df, quant=["HQQ_w4_g64"]).model) == {"tiny-base_HQQ_w4_g64"}
@@ -223,43 +223,43 @@ def test_filters_and_wide_table(ws):
     assert math.isnan(wide.set_index("model").loc["other-base", "boolq/accuracy"])
 
 
-def test_deltas_against_family_base_and_explicit_baseline(ws):
-    df = add_deltas(load_metrics(ws))
+def test_deltas_against_family_base_and_explicit_baseline(metrics_ws):
+    df = add_deltas(load_metrics(metrics_ws))
     assert value(df, "tiny-arc_SFT_LoRa16_NoQuant", "arc", col="delta") == pytest.approx(0.2)
     assert value(df, "tiny-arc_SFT_LoRa16_NoQuant", "arc", col="baseline") == "tiny-base"
     assert value(df, "tiny-base_HQQ_w4_g64", "arc", col="delta") == pytest.approx(-0.05)
     assert value(df, "other-base", "arc", col="delta") == 0.0
-    explicit = add_deltas(load_metrics(ws), baseline="other-base")
+    explicit = add_deltas(load_metrics(metrics_ws), baseline="other-base")
     assert value(explicit, "tiny-base", "arc", col="delta") == pytest.approx(0.2)
     assert math.isnan(value(explicit, "tiny-base", "boolq", col="delta"))  # baseline lacks boolq
     with pytest.raises(FtlabError, match="no metrics"):
-        add_deltas(load_metrics(ws), baseline="nope")
+        add_deltas(load_metrics(metrics_ws), baseline="nope")
 
 
 # ---------------------------------------------------------------------------------------------
 # paired comparison on samples
 
 
-def write_samples(ws, model, dataset, correct, *, hash_=HASH, f1=None):
+def write_samples(metrics_ws, model, dataset, correct, *, hash_=HASH, f1=None):
     for i, c in enumerate(correct):
         line = {"dataset": dataset, "index": i, "prompt_hash": f"p{i}", "response": "", "extracted": None,
                 "flexible": None, "gold": "x", "correct": bool(c), "latency_s": 0.1, "new_tokens": 3,
                 "eval_config_hash": hash_}
         if f1 is not None:
             line["f1"] = f1[i]
-        append_jsonl(ws.metrics_dir / f"{model}.samples.jsonl", line)
+        append_jsonl(metrics_ws.metrics_dir / f"{model}.samples.jsonl", line)
 
 
-def test_pair_joins_on_dataset_and_index(ws):
+def test_pair_joins_on_dataset_and_index(metrics_ws):
     a = [1] * 6 + [1] * 2 + [0] * 8 + [0] * 4
     b = [1] * 6 + [0] * 2 + [1] * 8 + [0] * 4
-    (ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
-    write_samples(ws, "tiny-base", "arc", a)
+    (metrics_ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
+    write_samples(metrics_ws, "tiny-base", "arc", a)
     # B also answered 5 extra rows A never saw, and one stale line from an old config for row 0;
     # neither may enter the paired test.
-    write_samples(ws, "tiny-arc_SFT_LoRa16_NoQuant", "arc", b + [1] * 5)
-    write_samples(ws, "tiny-arc_SFT_LoRa16_NoQuant", "arc", [0], hash_="old-hash")
-    res = compare_pair(ws, "tiny-base", "tiny-arc_SFT_LoRa16_NoQuant", resamples=2000)
+    write_samples(metrics_ws, "tiny-arc_SFT_LoRa16_NoQuant", "arc", b + [1] * 5)
+    write_samples(metrics_ws, "tiny-arc_SFT_LoRa16_NoQuant", "arc", [0], hash_="old-hash")
+    res = compare_pair(metrics_ws, "tiny-base", "tiny-arc_SFT_LoRa16_NoQuant", resamples=2000)
     row = res.set_index("task").loc["arc"]
     assert row.n == 20 and row.a_only == 2 and row.b_only == 8
     assert row.mcnemar_p == pytest.approx(sps.binomtest(2, 10, 0.5).pvalue)
@@ -267,19 +267,19 @@ def test_pair_joins_on_dataset_and_index(ws):
     assert row.ci_low < 0.3 < row.ci_high
 
 
-def test_pair_uses_per_sample_f1_when_both_have_it(ws):
-    (ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
+def test_pair_uses_per_sample_f1_when_both_have_it(metrics_ws):
+    (metrics_ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
     for name, acc in (("tiny-base", 0.5), ("other-base", 0.75)):
-        atomic_write_json(ws.metrics_dir / f"{name}.json", metrics_doc(name, {"squad_v2": acc}))
-    write_samples(ws, "tiny-base", "squad_v2", [0, 1, 0, 1], f1=[0.2, 1.0, 0.5, 1.0])
-    write_samples(ws, "other-base", "squad_v2", [0, 1, 1, 1], f1=[0.4, 1.0, 1.0, 1.0])
-    res = compare_pair(ws, "tiny-base", "other-base", resamples=500).iloc[0]
+        atomic_write_json(metrics_ws.metrics_dir / f"{name}.json", metrics_doc(name, {"squad_v2": acc}))
+    write_samples(metrics_ws, "tiny-base", "squad_v2", [0, 1, 0, 1], f1=[0.2, 1.0, 0.5, 1.0])
+    write_samples(metrics_ws, "other-base", "squad_v2", [0, 1, 1, 1], f1=[0.4, 1.0, 1.0, 1.0])
+    res = compare_pair(metrics_ws, "tiny-base", "other-base", resamples=500).iloc[0]
     assert res.score == "f1" and res["diff"] == pytest.approx((0.2 + 0.5) / 4)
 
 
-def test_pair_without_common_samples_is_an_error(ws):
+def test_pair_without_common_samples_is_an_error(metrics_ws):
     with pytest.raises(FtlabError, match="no samples"):
-        compare_pair(ws, "tiny-base", "other-base")
+        compare_pair(metrics_ws, "tiny-base", "other-base")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,51 +292,51 @@ def test_pareto_front():
     assert list(pareto_front(size, acc)) == [0, 1, 3]
 
 
-def test_plots_written(ws, tmp_path):
+def test_plots_written(metrics_ws, tmp_path):
     out = tmp_path / "plots"
-    paths = write_plots(load_metrics(ws), out)
+    paths = write_plots(load_metrics(metrics_ws), out)
     assert sorted(p.name for p in paths) == ["accuracy_vs_latency.png", "accuracy_vs_size.png", "score_by_task.png"]
     for p in paths:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
-def _cli(ws, *args, cwd=None):
+def _cli(metrics_ws, *args, cwd=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ftlab", "--workdir", str(ws.root), "compare", *args],
+    return subprocess.run([sys.executable, "-m", "ftlab", "--workdir", str(metrics_ws.root), "compare", *args],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
-def test_cli_end_to_end(ws, tmp_path):
+def test_cli_end_to_end(metrics_ws, tmp_path):
     a = [1] * 6 + [1] * 2 + [0] * 8 + [0] * 4
     b = [1] * 6 + [0] * 2 + [1] * 8 + [0] * 4
-    (ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
-    write_samples(ws, "tiny-base", "arc", a)
-    write_samples(ws, "tiny-arc_SFT_LoRa16_NoQuant", "arc", b)
+    (metrics_ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
+    write_samples(metrics_ws, "tiny-base", "arc", a)
+    write_samples(metrics_ws, "tiny-arc_SFT_LoRa16_NoQuant", "arc", b)
     tidy = tmp_path / "out" / "tidy.csv"
-    r = _cli(ws, "--markdown", "--csv", str(tidy), "--pair", "tiny-base", "tiny-arc_SFT_LoRa16_NoQuant",
+    r = _cli(metrics_ws, "--markdown", "--csv", str(tidy), "--pair", "tiny-base", "tiny-arc_SFT_LoRa16_NoQuant",
              "--bootstrap", "2000", "--plot", str(tmp_path / "plots"))
     assert r.returncode == 0, r.stderr
     assert "| model | base |" in r.stdout and "tiny-arc_SFT_LoRa16_NoQuant" in r.stdout
     assert "delta vs each family's <base>-base" in r.stdout
     assert "McNemar: A-only=2 B-only=8 p=0.1094" in r.stdout
-    summary = pd.read_csv(ws.summary_csv)
+    summary = pd.read_csv(metrics_ws.summary_csv)
     assert len(summary) == 4 and "arc/accuracy" in summary.columns
     tidy_df = pd.read_csv(tidy)
     assert {"delta", "baseline"} <= set(tidy_df.columns)
     assert (tmp_path / "plots" / "accuracy_vs_size.png").stat().st_size > 0
 
     # A filtered call prints the subset but leaves the summary CSV complete.
-    r = _cli(ws, "--task", "boolq", "--quant", "NoQuant")
+    r = _cli(metrics_ws, "--task", "boolq", "--quant", "NoQuant")
     assert r.returncode == 0, r.stderr
     assert "arc/accuracy" not in r.stdout and "boolq/accuracy" in r.stdout
-    assert len(pd.read_csv(ws.summary_csv)) == 4
+    assert len(pd.read_csv(metrics_ws.summary_csv)) == 4
 
-    ws.summary_csv.unlink()
-    r = _cli(ws, "--task", "squadd")
+    metrics_ws.summary_csv.unlink()
+    r = _cli(metrics_ws, "--task", "squadd")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: --task squadd matches no metrics")
-    assert not ws.summary_csv.exists()  # bad input writes nothing
+    assert not metrics_ws.summary_csv.exists()  # bad input writes nothing
     assert "Traceback" not in r.stderr
 
 
@@ -350,35 +350,35 @@ def test_cli_on_empty_workspace(tmp_path):
 # per-task results from the evaluator (schema v2)
 
 
-def test_bootstrap_p_value_is_never_printed_as_zero(ws):
+def test_bootstrap_p_value_is_never_printed_as_zero(metrics_ws):
     from ftlab.compare.pair import describe_pair
     from ftlab.compare.stats import format_p
 
     assert format_p(0.0, resamples=10_000) == "< 0.0002" and format_p(0.0312, resamples=10_000) == "0.0312"
     assert format_p(float("nan"), resamples=100) == "n/a"
-    (ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
-    write_samples(ws, "tiny-base", "arc", [0] * 20)
-    write_samples(ws, "tiny-arc_SFT_LoRa16_NoQuant", "arc", [1] * 20)
-    res = compare_pair(ws, "tiny-base", "tiny-arc_SFT_LoRa16_NoQuant", resamples=2000)
+    (metrics_ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
+    write_samples(metrics_ws, "tiny-base", "arc", [0] * 20)
+    write_samples(metrics_ws, "tiny-arc_SFT_LoRa16_NoQuant", "arc", [1] * 20)
+    res = compare_pair(metrics_ws, "tiny-base", "tiny-arc_SFT_LoRa16_NoQuant", resamples=2000)
     assert res.iloc[0].bootstrap_p == 0.0  # no resample crossed zero
     text = describe_pair(res, "tiny-base", "tiny-arc_SFT_LoRa16_NoQuant")
     assert "bootstrap p < 0.001 " in text and "bootstrap p=0 " not in text
 
 
-def _evaluate(ws, name, datasets, responder, *overrides):
+def _evaluate(metrics_ws, name, datasets, responder, *overrides):
     from ftlab.config import EvalRunConfig, load_config
     from ftlab.eval.evaluator import evaluate
     from ftlab.eval.canned import CannedGenerator
 
     cfg = load_config(EvalRunConfig, overrides=[f"eval.datasets={datasets}", "eval.limit=6", "eval.bootstrap_samples=50",
                                                 *overrides])
-    return evaluate("scratch:tiny", cfg, ws, generator=CannedGenerator(responder), model_name=name)
+    return evaluate("scratch:tiny", cfg, metrics_ws, generator=CannedGenerator(responder), model_name=name)
 
 
 def test_compare_reads_every_current_task_of_every_model(tmp_path):
     import re
 
-    ws = Workspace(tmp_path)
+    metrics_ws = Workspace(tmp_path)
     data = tmp_path / "capitals.jsonl"
     data.write_text("".join(json.dumps({"question": f"Capital number {i}?", "answer": "Paris"}) + "\n" for i in range(6)))
 
@@ -391,25 +391,25 @@ def test_compare_reads_every_current_task_of_every_model(tmp_path):
         return f"\\boxed{{{max(int(m[1]), int(m[2]))}}}" if m else "\\boxed{Paris}"
 
     for name, responder in (("a-base", "\\boxed{1}"), ("a-arith_SFT_LoRa16_NoQuant", right)):
-        _evaluate(ws, name, "synthetic-arith", responder)
-        _evaluate(ws, name, str(data), responder)  # a second task set: the first stays
-    df = load_metrics(ws)
+        _evaluate(metrics_ws, name, "synthetic-arith", responder)
+        _evaluate(metrics_ws, name, str(data), responder)  # a second task set: the first stays
+    df = load_metrics(metrics_ws)
     for name in ("a-base", "a-arith_SFT_LoRa16_NoQuant"):
         assert {"synthetic-arith", str(data)} <= set(df[df.model == name].task)
     assert set(df[df.metric == "accuracy"].scoring_version.dropna()) == {2.0}
     assert value(df, "a-arith_SFT_LoRa16_NoQuant", "synthetic-arith") == 1.0
-    res = compare_pair(ws, "a-base", "a-arith_SFT_LoRa16_NoQuant", resamples=200).set_index("task")
+    res = compare_pair(metrics_ws, "a-base", "a-arith_SFT_LoRa16_NoQuant", resamples=200).set_index("task")
     assert res.loc["synthetic-arith"].n == 6 and res.loc[str(data)].n == 6 and res.loc["all"].n == 12
 
     # Re-evaluating one task under new settings: the pair uses only the lines behind the new result.
-    _evaluate(ws, "a-base", "synthetic-arith", right, "eval.max_new_tokens=40")
-    res = compare_pair(ws, "a-base", "a-arith_SFT_LoRa16_NoQuant", resamples=200).set_index("task")
+    _evaluate(metrics_ws, "a-base", "synthetic-arith", right, "eval.max_new_tokens=40")
+    res = compare_pair(metrics_ws, "a-base", "a-arith_SFT_LoRa16_NoQuant", resamples=200).set_index("task")
     assert res.loc["synthetic-arith"].n == 6 and res.loc["synthetic-arith"].a == 1.0
 
     # Results scored by an older rule are never paired with current ones.
-    doc_path = ws.metrics_dir / "a-base.json"
+    doc_path = metrics_ws.metrics_dir / "a-base.json"
     doc = json.loads(doc_path.read_text())
     doc["datasets"]["synthetic-arith"]["scoring_version"] = 1
     atomic_write_json(doc_path, doc)
     with pytest.raises(FtlabError, match="synthetic-arith: a-base was scored by scoring v1, .* by v2; rescore a-base"):
-        compare_pair(ws, "a-base", "a-arith_SFT_LoRa16_NoQuant", resamples=200)
+        compare_pair(metrics_ws, "a-base", "a-arith_SFT_LoRa16_NoQuant", resamples=200)

@@ -37,14 +37,14 @@ def test_ratio_interval_matches_scipy_paired_bootstrap():
     assert np.isnan(paired_bootstrap([0, 0, 0], [1, 0, 1]).ratio)  # a source at 0: undefined, not inf
 
 
-def _samples(ws: Workspace, model: str, correct: list[bool]) -> None:
+def _samples(metrics_ws: Workspace, model: str, correct: list[bool]) -> None:
     for i, c in enumerate(correct):
-        append_jsonl(ws.metrics_dir / f"{model}.samples.jsonl",
+        append_jsonl(metrics_ws.metrics_dir / f"{model}.samples.jsonl",
                      {"dataset": "synthetic-arith", "index": i, "correct": c, "eval_config_hash": "cfg-hash-1"})
 
 
 @pytest.fixture
-def ws(tmp_path) -> Workspace:
+def metrics_ws(tmp_path) -> Workspace:
     w = Workspace(tmp_path)
     # Source right on 40 of 100; the quantized model loses 12 of those and gains 2 elsewhere.
     src = [i < 40 for i in range(100)]
@@ -62,10 +62,10 @@ def ws(tmp_path) -> Workspace:
     return w
 
 
-def test_recovery_table_pairs_each_quantized_model_with_its_source(ws):
+def test_recovery_table_pairs_each_quantized_model_with_its_source(metrics_ws):
     from ftlab.compare import load_metrics
 
-    table = recovery_table(ws, load_metrics(ws), resamples=5000)
+    table = recovery_table(metrics_ws, load_metrics(metrics_ws), resamples=5000)
     row = table[table["quantized"] == QNT].iloc[0]
     assert row["source"] == SRC and row["task"] == "synthetic-arith" and row["n"] == 100
     assert row["source_score"] == 0.40 and row["quantized_score"] == 0.30
@@ -78,14 +78,14 @@ def test_recovery_table_pairs_each_quantized_model_with_its_source(ws):
     assert SRC not in set(table["quantized"])  # unquantized models have no recovery row
 
 
-def test_compare_cli_prints_recovery_and_plots_it(ws, capsys):
+def test_compare_cli_prints_recovery_and_plots_it(metrics_ws, capsys):
     from ftlab.cli import main
 
-    assert main(["--workdir", str(ws.root), "compare", "--plot", str(ws.root / "plots"), "--no-summary",
+    assert main(["--workdir", str(metrics_ws.root), "compare", "--plot", str(metrics_ws.root / "plots"), "--no-summary",
                  "--bootstrap", "2000"]) == 0
     out = capsys.readouterr().out
     assert "recovery of each quantized model vs its unquantized source" in out
     section = out.split("recovery of each quantized model")[1]
     line = next(x for x in section.splitlines() if x.startswith(QNT))
     assert "0.750 [" in line and "1.210 -> 1.270" in line
-    assert (ws.root / "plots" / "recovery.png").stat().st_size > 1000
+    assert (metrics_ws.root / "plots" / "recovery.png").stat().st_size > 1000

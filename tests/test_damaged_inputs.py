@@ -82,7 +82,7 @@ def tree(root: Path) -> list[str]:
 
 
 @pytest.fixture
-def ws(tmp_path, tiny_model_dir) -> Path:
+def tiny_ws(tmp_path, tiny_model_dir) -> Path:
     """A workspace with Models/tiny (a 400-token Llama that trains in a second)."""
     shutil.copytree(tiny_model_dir, tmp_path / "Models" / "tiny")
     return tmp_path
@@ -114,9 +114,9 @@ DAMAGE = {
 }
 
 
-def damaged_copy(ws: Path, kind: str) -> Path:
-    folder = ws / "Models" / f"tiny-{kind}"
-    shutil.copytree(ws / "Models" / "tiny", folder)
+def damaged_copy(tiny_ws: Path, kind: str) -> Path:
+    folder = tiny_ws / "Models" / f"tiny-{kind}"
+    shutil.copytree(tiny_ws / "Models" / "tiny", folder)
     DAMAGE[kind][0](folder)
     return folder
 
@@ -132,61 +132,61 @@ def entry_args(entry: str, model: str) -> list[str]:
 
 @pytest.mark.parametrize("kind", list(DAMAGE))
 @pytest.mark.parametrize("entry", ["train", "evaluate", "quantize", "chat"])
-def test_damaged_model_folder_is_one_line_for_every_entry_point(entry, kind, ws, capsys):
-    folder = damaged_copy(ws, kind)
-    before = tree(ws)
-    msg = in_process(capsys, ws, *entry_args(entry, f"Models/{folder.name}"))
+def test_damaged_model_folder_is_one_line_for_every_entry_point(entry, kind, tiny_ws, capsys):
+    folder = damaged_copy(tiny_ws, kind)
+    before = tree(tiny_ws)
+    msg = in_process(capsys, tiny_ws, *entry_args(entry, f"Models/{folder.name}"))
     _, file, what = DAMAGE[kind]
     assert msg.startswith(f"model folder {folder} is damaged: {file}") and what in msg, msg
     assert msg.endswith("re-copy or re-create it"), msg
-    assert tree(ws) == before  # nothing written
+    assert tree(tiny_ws) == before  # nothing written
 
 
 @pytest.mark.parametrize("entry, kind", [("train", "config-not-json"), ("evaluate", "weights-cut"),
                                          ("quantize", "shard-missing"), ("chat", "tokenizer-cut")])
-def test_damaged_model_folder_through_the_console(entry, kind, ws):
-    folder = damaged_copy(ws, kind)
-    before = tree(ws)
-    r = ftlab(ws, *entry_args(entry, f"Models/{folder.name}"))
+def test_damaged_model_folder_through_the_console(entry, kind, tiny_ws):
+    folder = damaged_copy(tiny_ws, kind)
+    before = tree(tiny_ws)
+    r = ftlab(tiny_ws, *entry_args(entry, f"Models/{folder.name}"))
     one_error(r, f"model folder Models/{folder.name} is damaged: {DAMAGE[kind][1]}", "re-copy or re-create it")
-    assert tree(ws) == before
+    assert tree(tiny_ws) == before
 
 
-def test_orchestrator_records_the_same_line_for_a_damaged_folder(ws):
+def test_orchestrator_records_the_same_line_for_a_damaged_folder(tiny_ws):
     from ftlab.schema import write_training_metadata
 
-    folder = damaged_copy(ws, "config-empty")
+    folder = damaged_copy(tiny_ws, "config-empty")
     write_training_metadata(folder, {"kind": "model", "run_name": folder.name, "base_model": {"ref": "x"},
                                      "quantization": {"method": "NoQuant"}, "history": []})
-    r = ftlab(ws, "orchestrate", "--datasets", "synthetic-arith", "--limit", "1")
+    r = ftlab(tiny_ws, "orchestrate", "--datasets", "synthetic-arith", "--limit", "1")
     assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr[-2000:]
-    report = json.loads((ws / "Testing" / "metrics" / f"{folder.name}.error.json").read_text())
+    report = json.loads((tiny_ws / "Testing" / "metrics" / f"{folder.name}.error.json").read_text())
     expected = f"model folder {folder} is damaged: config.json has no model_type (it is empty or not a model config); re-copy or re-create it"
     assert report["error"] == expected
     assert report["traceback_tail"] == [f"error: {expected}"]  # the worker printed that line and nothing else
-    assert not (ws / "Testing" / "metrics" / f"{folder.name}.json").exists()
+    assert not (tiny_ws / "Testing" / "metrics" / f"{folder.name}.json").exists()
 
 
-def test_weights_that_do_not_fit_the_config_are_one_line(ws, capsys):
+def test_weights_that_do_not_fit_the_config_are_one_line(tiny_ws, capsys):
     """What the cheap checks cannot see ends in one line too, and a tensor missing from the weights
     is an error (transformers 5 would fill it with random values and only log a report)."""
     from safetensors.torch import load_file, save_file
 
-    shape = ws / "Models" / "tiny-wrong-shape"
-    shutil.copytree(ws / "Models" / "tiny", shape)
+    shape = tiny_ws / "Models" / "tiny-wrong-shape"
+    shutil.copytree(tiny_ws / "Models" / "tiny", shape)
     cfg = json.loads((shape / "config.json").read_text())
     (shape / "config.json").write_text(json.dumps({**cfg, "hidden_size": 128}))
-    msg = in_process(capsys, ws, "chat", f"Models/{shape.name}", "--prompt", "hi")
+    msg = in_process(capsys, tiny_ws, "chat", f"Models/{shape.name}", "--prompt", "hi")
     assert msg == f"model folder {shape} is damaged: its weights have other shapes than config.json describes; re-copy or re-create it"
-    missing = ws / "Models" / "tiny-missing-tensor"
-    shutil.copytree(ws / "Models" / "tiny", missing)
+    missing = tiny_ws / "Models" / "tiny-missing-tensor"
+    shutil.copytree(tiny_ws / "Models" / "tiny", missing)
     weights = load_file(missing / "model.safetensors")
     del weights["model.norm.weight"]
     save_file(weights, missing / "model.safetensors", metadata={"format": "pt"})
-    msg = in_process(capsys, ws, "evaluate", f"Models/{missing.name}", "--datasets", "synthetic-arith", "--limit", "1")
+    msg = in_process(capsys, tiny_ws, "evaluate", f"Models/{missing.name}", "--datasets", "synthetic-arith", "--limit", "1")
     assert msg == (f"model folder {missing} is damaged: its weights lack 1 tensor(s) that config.json needs "
                    "(e.g. model.norm.weight); re-copy or re-create it")
-    assert not (ws / "Testing").exists()
+    assert not (tiny_ws / "Testing").exists()
 
 
 def test_folder_checks_pass_intact_models_and_name_each_damage(tiny_model_dir, tmp_path):
@@ -243,21 +243,21 @@ def test_rows_without_question_or_answer_are_dropped_and_reported(fmt, tmp_path,
         load_examples(str(only_empty), "train")
 
 
-def test_train_on_all_empty_answers_fails_before_anything_is_written(ws):
-    data = _jsonl(ws / "empty.jsonl", [{"instruction": f"{i}+1?", "input": "", "output": ""} for i in range(20)])
-    before = tree(ws)
-    r = ftlab(ws, "train", "model.name=Models/tiny", f"data.dataset={data}",
+def test_train_on_all_empty_answers_fails_before_anything_is_written(tiny_ws):
+    data = _jsonl(tiny_ws / "empty.jsonl", [{"instruction": f"{i}+1?", "input": "", "output": ""} for i in range(20)])
+    before = tree(tiny_ws)
+    r = ftlab(tiny_ws, "train", "model.name=Models/tiny", f"data.dataset={data}",
               *[a for a in TINY_TRAIN if not a.startswith("data.dataset")])
     one_error(r, "dataset empty", "has no usable rows: all 20 have an empty question or answer")
-    assert tree(ws) == before  # no model folder, checkpoints, locks or staging
+    assert tree(tiny_ws) == before  # no model folder, checkpoints, locks or staging
 
 
 # ---------------------------------------------------------------------------------------------
 # 3. names that escape their folder
 
 
-def _bad_names(ws: Path) -> list[str]:
-    return ["../../escaped", "../Models/tiny/config", str(ws.parent / "escaped-abs"), "sub/dir", "..",
+def _bad_names(tiny_ws: Path) -> list[str]:
+    return ["../../escaped", "../Models/tiny/config", str(tiny_ws.parent / "escaped-abs"), "sub/dir", "..",
             "tab\tname", "new\nline", "nul\x00x", "bell\x07"]
 
 
@@ -272,38 +272,38 @@ NAME_OPTIONS = {
 
 
 @pytest.mark.parametrize("option", list(NAME_OPTIONS))
-def test_every_name_option_refuses_paths_and_control_characters(option, ws, capsys):
+def test_every_name_option_refuses_paths_and_control_characters(option, tiny_ws, capsys):
     build, flag = NAME_OPTIONS[option]
-    config = (ws / "Models" / "tiny" / "config.json").read_bytes()
-    before = tree(ws)
-    for value in _bad_names(ws):
-        msg = in_process(capsys, ws, *build(value))
+    config = (tiny_ws / "Models" / "tiny" / "config.json").read_bytes()
+    before = tree(tiny_ws)
+    for value in _bad_names(tiny_ws):
+        msg = in_process(capsys, tiny_ws, *build(value))
         assert msg.startswith(f"{flag} {value!r} ") and ("not a plain name" in msg or "is outside" in msg), msg
-    assert tree(ws) == before
-    assert (ws / "Models" / "tiny" / "config.json").read_bytes() == config  # the issue's destroyed model
-    assert not list(ws.parent.glob("escaped*"))
+    assert tree(tiny_ws) == before
+    assert (tiny_ws / "Models" / "tiny" / "config.json").read_bytes() == config  # the issue's destroyed model
+    assert not list(tiny_ws.parent.glob("escaped*"))
 
 
-def test_study_names_are_refused_before_anything_runs(ws, capsys):
+def test_study_names_are_refused_before_anything_runs(tiny_ws, capsys):
     import yaml
 
-    for value in _bad_names(ws):
-        study = ws / "bad-study.yaml"
+    for value in _bad_names(tiny_ws):
+        study = tiny_ws / "bad-study.yaml"
         study.write_text(yaml.safe_dump({"name": value, "bases": ["Models/tiny"], "datasets": ["synthetic-arith"],
                                          "train": {"fixed": {"train.max_steps": 1}},
                                          "evaluate": {"datasets": ["synthetic-arith"], "limit": 1}}))
-        before = tree(ws)
-        msg = in_process(capsys, ws, "study", "run", str(study), "--dry-run")
+        before = tree(tiny_ws)
+        msg = in_process(capsys, tiny_ws, "study", "run", str(study), "--dry-run")
         assert f"name {value!r} is not a plain name" in msg, msg
-        assert tree(ws) == before
-    assert not list(ws.parent.glob("escaped*"))
+        assert tree(tiny_ws) == before
+    assert not list(tiny_ws.parent.glob("escaped*"))
 
 
-def test_name_options_through_the_console_and_a_plain_name_still_works(ws, capsys):
-    one_error(ftlab(ws, *NAME_OPTIONS["evaluate --name"][0]("../../Models/tiny/config")), "--name", "use e.g. 'config'")
-    one_error(ftlab(ws, *NAME_OPTIONS["quantize --output"][0]("/tmp/../etc")), "--output '/tmp/../etc' is outside")
-    assert ftlab_main(["--workdir", str(ws), *NAME_OPTIONS["quantize --output"][0]("Models/tiny-hqq")]) == 0
-    assert capsys.readouterr().out.strip() == str(ws / "Models" / "tiny-hqq")
+def test_name_options_through_the_console_and_a_plain_name_still_works(tiny_ws, capsys):
+    one_error(ftlab(tiny_ws, *NAME_OPTIONS["evaluate --name"][0]("../../Models/tiny/config")), "--name", "use e.g. 'config'")
+    one_error(ftlab(tiny_ws, *NAME_OPTIONS["quantize --output"][0]("/tmp/../etc")), "--output '/tmp/../etc' is outside")
+    assert ftlab_main(["--workdir", str(tiny_ws), *NAME_OPTIONS["quantize --output"][0]("Models/tiny-hqq")]) == 0
+    assert capsys.readouterr().out.strip() == str(tiny_ws / "Models" / "tiny-hqq")
 
 
 def test_name_rules():
@@ -327,13 +327,13 @@ def test_name_rules():
 # 4. a mistyped local path is not a hub failure
 
 
-def test_mistyped_folder_is_did_you_mean_without_a_hub_attempt(ws):
+def test_mistyped_folder_is_did_you_mean_without_a_hub_attempt(tiny_ws):
     # No offline flag and an endpoint that refuses connections: a hub attempt would show up.
     env = _env(HF_ENDPOINT="http://127.0.0.1:9")
     env.pop("HF_HUB_OFFLINE")
-    r = ftlab(ws, "evaluate", "Models/tiny-bse", "--datasets", "synthetic-arith", env=env)
+    r = ftlab(tiny_ws, "evaluate", "Models/tiny-bse", "--datasets", "synthetic-arith", env=env)
     assert one_error(r) == "model folder Models/tiny-bse does not exist; did you mean Models/tiny?"
-    r = ftlab(ws, "quantize", "--model", "Models/does-not-exist", "--method", "HQQ", env=env)
+    r = ftlab(tiny_ws, "quantize", "--model", "Models/does-not-exist", "--method", "HQQ", env=env)
     msg = one_error(r, "model folder Models/does-not-exist does not exist")
     assert "hub" not in msg
 
@@ -343,31 +343,31 @@ def test_mistyped_folder_is_did_you_mean_without_a_hub_attempt(ws):
     ("Models/tny/", "model folder Models/tny/ does not exist; did you mean Models/tiny?"),
     ("tny", "model 'tny' (did you mean 'tiny'?) is not a folder"),
 ])
-def test_typos_in_chat_and_train(ref, expected, ws, capsys, monkeypatch):
-    monkeypatch.chdir(ws)
-    assert in_process(capsys, ws, "chat", ref, "--prompt", "hi").startswith(expected)
-    assert in_process(capsys, ws, "train", f"model.name={ref}", *TINY_TRAIN).startswith(expected)
+def test_typos_in_chat_and_train(ref, expected, tiny_ws, capsys, monkeypatch):
+    monkeypatch.chdir(tiny_ws)
+    assert in_process(capsys, tiny_ws, "chat", ref, "--prompt", "hi").startswith(expected)
+    assert in_process(capsys, tiny_ws, "train", f"model.name={ref}", *TINY_TRAIN).startswith(expected)
 
 
 # ---------------------------------------------------------------------------------------------
 # 5. faults beyond bad input
 
 
-def test_adapter_whose_base_is_gone(ws, capsys, tiny_model_dir):
+def test_adapter_whose_base_is_gone(tiny_ws, capsys, tiny_model_dir):
     from ftlab.config import TrainRunConfig, load_config
     from ftlab.paths import Workspace
     from ftlab.train.runner import run_training
 
-    base = ws / "Models" / "my-base"
+    base = tiny_ws / "Models" / "my-base"
     shutil.copytree(tiny_model_dir, base)
     cfg = load_config(TrainRunConfig, None, tiny_overrides(base, train__max_steps=1, train__output_dir="adapter"))
-    adapter = run_training(cfg, Workspace(ws))
+    adapter = run_training(cfg, Workspace(tiny_ws))
     capsys.readouterr()
     shutil.rmtree(base)
     expected = f"adapter {adapter} was trained on base {base}, which no longer exists"
-    assert one_error(ftlab(ws, "evaluate", "Models/adapter", "--datasets", "synthetic-arith")).startswith(expected)
-    assert in_process(capsys, ws, "chat", "Models/adapter", "--prompt", "hi").startswith(expected)
-    assert in_process(capsys, ws, "quantize", "--model", "Models/adapter", *QUANT_FAST).startswith(expected)
+    assert one_error(ftlab(tiny_ws, "evaluate", "Models/adapter", "--datasets", "synthetic-arith")).startswith(expected)
+    assert in_process(capsys, tiny_ws, "chat", "Models/adapter", "--prompt", "hi").startswith(expected)
+    assert in_process(capsys, tiny_ws, "quantize", "--model", "Models/adapter", *QUANT_FAST).startswith(expected)
 
 
 def test_datasets_prepare_is_all_or_nothing(tmp_path, capsys):
@@ -379,16 +379,16 @@ def test_datasets_prepare_is_all_or_nothing(tmp_path, capsys):
         pd.DataFrame({"question": ["Which?"] * 3, "answer": ["A", "B", "C"]}).to_parquet(src / f"{split}-ai2_arc.parquet")
     pd.DataFrame({"question": ["Is it?"], "answer": [True], "context": ["c"]}).to_parquet(src / "train-boolq.parquet")
     (src / "test-boolq.parquet").write_bytes(b"not parquet")  # the last file of the set fails
-    ws = tmp_path / "ws"
-    (ws / "Datasets").mkdir(parents=True)
-    (ws / "Datasets" / "train-ai2_arc.parquet").write_bytes(b"previous")
-    msg = in_process(capsys, ws, "datasets", "prepare", "--from", str(src), "--tasks", "arc", "boolq")
+    tiny_ws = tmp_path / "ws"
+    (tiny_ws / "Datasets").mkdir(parents=True)
+    (tiny_ws / "Datasets" / "train-ai2_arc.parquet").write_bytes(b"previous")
+    msg = in_process(capsys, tiny_ws, "datasets", "prepare", "--from", str(src), "--tasks", "arc", "boolq")
     assert "test-boolq.parquet" in msg
-    assert tree(ws / "Datasets") == ["train-ai2_arc.parquet"]  # nothing new, no staging folder
-    assert (ws / "Datasets" / "train-ai2_arc.parquet").read_bytes() == b"previous"
+    assert tree(tiny_ws / "Datasets") == ["train-ai2_arc.parquet"]  # nothing new, no staging folder
+    assert (tiny_ws / "Datasets" / "train-ai2_arc.parquet").read_bytes() == b"previous"
     shutil.copy(src / "train-boolq.parquet", src / "test-boolq.parquet")
-    assert ftlab_main(["--workdir", str(ws), "datasets", "prepare", "--from", str(src), "--tasks", "arc", "boolq"]) == 0
-    assert tree(ws / "Datasets") == sorted(f"{s}-{t}.parquet" for s in ("train", "test") for t in ("ai2_arc", "boolq"))
+    assert ftlab_main(["--workdir", str(tiny_ws), "datasets", "prepare", "--from", str(src), "--tasks", "arc", "boolq"]) == 0
+    assert tree(tiny_ws / "Datasets") == sorted(f"{s}-{t}.parquet" for s in ("train", "test") for t in ("ai2_arc", "boolq"))
 
 
 HOLD = """
@@ -415,12 +415,12 @@ sys.exit(main(sys.argv[2:]))
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
-def test_signal_during_quantize_removes_its_staging_folder(sig, code, said, ws):
+def test_signal_during_quantize_removes_its_staging_folder(sig, code, said, tiny_ws):
     """`ftlab quantize` (the real CLI, paused inside the engine) is interrupted while its staging
     folder holds weights; export builds its folder with the same ftlab.io.staging_dir and guard."""
-    marker = ws / "staging.txt"
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(marker), "--workdir", str(ws), "quantize",
-                             "--model", "Models/tiny", *QUANT_FAST], env=_env(), cwd=ws,
+    marker = tiny_ws / "staging.txt"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(marker), "--workdir", str(tiny_ws), "quantize",
+                             "--model", "Models/tiny", *QUANT_FAST], env=_env(), cwd=tiny_ws,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
@@ -433,13 +433,13 @@ def test_signal_during_quantize_removes_its_staging_folder(sig, code, said, ws):
     finally:
         proc.kill()
     assert proc.returncode == code and err.strip().splitlines()[-1] == said and "Traceback" not in err, err[-2000:]
-    assert not staging.exists() and sorted(p.name for p in (ws / "Models").iterdir()) == ["tiny"]
+    assert not staging.exists() and sorted(p.name for p in (tiny_ws / "Models").iterdir()) == ["tiny"]
 
 
 @pytest.mark.slow
-def test_two_trains_to_one_name_publish_one_folder(ws):
+def test_two_trains_to_one_name_publish_one_folder(tiny_ws):
     args = ["train", "model.name=Models/tiny", *TINY_TRAIN, "train.max_steps=30"]
-    runs = [subprocess.Popen([sys.executable, "-m", "ftlab", "--workdir", str(ws), *args], env=_env(), cwd=ws,
+    runs = [subprocess.Popen([sys.executable, "-m", "ftlab", "--workdir", str(tiny_ws), *args], env=_env(), cwd=tiny_ws,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in runs]
     assert sorted(rc for rc, _, _ in results) == [0, 2], [err[-1500:] for _, _, err in results]
@@ -448,25 +448,25 @@ def test_two_trains_to_one_name_publish_one_folder(ws):
     # Whoever came second was refused before training: the folder is claimed (or already published).
     assert "is being built by another process" in line or "already exists" in line, line
     assert "step 1:" not in err
-    folder = ws / "Models" / "tiny-synthetic-arith_SFT_LoRa16_NoQuant"
+    folder = tiny_ws / "Models" / "tiny-synthetic-arith_SFT_LoRa16_NoQuant"
     from ftlab.schema import load_training_metadata
 
     assert load_training_metadata(folder)["results"]["global_step"] == 30
     # No staging or checkpoint folder, no lock left (the takeover guard file may stay in .locks).
-    assert sorted(p.name for p in (ws / "Models").iterdir() if p.name != ".locks") == ["tiny", folder.name]
-    assert not list((ws / "Models").rglob("*.lock"))
+    assert sorted(p.name for p in (tiny_ws / "Models").iterdir() if p.name != ".locks") == ["tiny", folder.name]
+    assert not list((tiny_ws / "Models").rglob("*.lock"))
 
 
-def test_claimed_output_refuses_a_second_train_before_loading(ws):
+def test_claimed_output_refuses_a_second_train_before_loading(tiny_ws):
     from ftlab.io import output_claim
 
-    folder = ws / "Models" / "tiny-synthetic-arith_SFT_LoRa16_NoQuant"
+    folder = tiny_ws / "Models" / "tiny-synthetic-arith_SFT_LoRa16_NoQuant"
     with output_claim(folder):  # held by this (live) process
-        r = ftlab(ws, "train", "model.name=Models/tiny", *TINY_TRAIN)
+        r = ftlab(tiny_ws, "train", "model.name=Models/tiny", *TINY_TRAIN)
     one_error(r, f"output folder {folder} is being built by another process (pid {os.getpid()} on ", only_line=False)
     assert not folder.exists() and "trainable parameters" not in r.stderr
-    assert sorted(p.name for p in (ws / "Models").iterdir() if p.name != ".locks") == ["tiny"]
-    assert not list((ws / "Models").rglob("*.lock"))
+    assert sorted(p.name for p in (tiny_ws / "Models").iterdir() if p.name != ".locks") == ["tiny"]
+    assert not list((tiny_ws / "Models").rglob("*.lock"))
 
 
 def test_publish_never_replaces_a_folder_that_appeared_meanwhile(tmp_path):
@@ -601,10 +601,10 @@ runpy.run_module("ftlab", run_name="__main__")
 """
 
 
-def test_train_prints_only_ftlab_lines(ws, tmp_path):
+def test_train_prints_only_ftlab_lines(tiny_ws, tmp_path):
     imported = tmp_path / "imported.json"
-    r = subprocess.run([sys.executable, "-c", _IMPORTED_ENGINES, str(imported), "--workdir", str(ws), "train",
-                        "model.name=Models/tiny", *TINY_TRAIN], capture_output=True, text=True, env=_env(), cwd=ws,
+    r = subprocess.run([sys.executable, "-c", _IMPORTED_ENGINES, str(imported), "--workdir", str(tiny_ws), "train",
+                        "model.name=Models/tiny", *TINY_TRAIN], capture_output=True, text=True, env=_env(), cwd=tiny_ws,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     # A plain LoRA run does not import gptqmodel (whose import prints a banner and GIL advice) or the
@@ -615,4 +615,4 @@ def test_train_prints_only_ftlab_lines(ws, tmp_path):
     assert foreign_lines(r.stderr) == [], r.stderr[-3000:]
     for noise in ("GPT-QModel", "GIL", "_pytree", "FutureWarning", "kernels-community"):
         assert noise not in r.stderr + r.stdout
-    assert r.stdout.strip() == str(ws / "Models" / "tiny-synthetic-arith_SFT_LoRa16_NoQuant")
+    assert r.stdout.strip() == str(tiny_ws / "Models" / "tiny-synthetic-arith_SFT_LoRa16_NoQuant")

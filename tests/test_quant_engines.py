@@ -21,15 +21,15 @@ SOURCE = "tiny-base"
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> Workspace:
+def quant_ws(tmp_path_factory) -> Workspace:
     """One workspace per module holding Models/tiny-base; each test writes differently named outputs."""
     root = tmp_path_factory.mktemp("ptq")
     build_quant_tiny_model(root / "Models" / SOURCE)
     return Workspace(root)
 
 
-def _request(method: str, ws: Workspace, **kw) -> QuantRequest:
-    base = dict(model=str(ws.models_dir / SOURCE), spec=QuantizationSpec(method), calib_dataset="synthetic-arith",
+def _request(method: str, quant_ws: Workspace, **kw) -> QuantRequest:
+    base = dict(model=str(quant_ws.models_dir / SOURCE), spec=QuantizationSpec(method), calib_dataset="synthetic-arith",
                 calib_samples=8, fidelity_samples=4, max_length=96)
     base.update(kw)
     return QuantRequest(**base)
@@ -45,18 +45,18 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("method", list(EXPECTED))
-def test_method_quantize_reload_generate(method, ws):
+def test_method_quantize_reload_generate(method, quant_ws):
     import torch
 
     from ftlab.models.sources import load_model
     from ftlab.schema import load_training_metadata
 
     tag, fields = EXPECTED[method]
-    req = _request(method, ws, spec=QuantizationSpec(method, **fields))
-    folder = quantize(req, ws)
+    req = _request(method, quant_ws, spec=QuantizationSpec(method, **fields))
+    folder = quantize(req, quant_ws)
 
-    assert folder == ws.models_dir / f"{SOURCE}_{tag}"
-    assert not [p for p in ws.models_dir.iterdir() if p.name.startswith(".staging")]
+    assert folder == quant_ws.models_dir / f"{SOURCE}_{tag}"
+    assert not [p for p in quant_ws.models_dir.iterdir() if p.name.startswith(".staging")]
     for f in ("config.json", "tokenizer_config.json", "chat_template.jinja", "training_metadata.json", "README.md"):
         assert (folder / f).is_file(), f
     # Shared like every other result: safetensors alone would leave its weights file 0600.
@@ -95,15 +95,15 @@ def test_method_quantize_reload_generate(method, ws):
     assert out.shape[1] == enc["input_ids"].shape[1] + 4
 
 
-def test_reloaded_gptq_accepts_lora(ws):
+def test_reloaded_gptq_accepts_lora(quant_ws):
     """The reload uses gptqmodel's torch kernels, which have autograd, so LoRA can train on top."""
     from peft import LoraConfig, get_peft_model
 
     from ftlab.quant.registry import load_quantized
 
-    folder = ws.models_dir / f"{SOURCE}_GPTQ_w4_g64"
+    folder = quant_ws.models_dir / f"{SOURCE}_GPTQ_w4_g64"
     if not folder.exists():
-        quantize(_request("GPTQ", ws, spec=QuantizationSpec("GPTQ", bits=4, group_size=64), measure_fidelity=False), ws)
+        quantize(_request("GPTQ", quant_ws, spec=QuantizationSpec("GPTQ", bits=4, group_size=64), measure_fidelity=False), quant_ws)
     spec = QuantizationSpec.from_dict(json.loads((folder / "training_metadata.json").read_text())["quantization"])
     model = load_quantized(folder, spec)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -116,13 +116,13 @@ def test_reloaded_gptq_accepts_lora(ws):
     assert grads and all(g is not None for g in grads)
 
 
-def test_adapter_folder_is_merged_first(ws, tmp_path):
+def test_adapter_folder_is_merged_first(quant_ws, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from ftlab.schema import load_training_metadata
 
-    base = ws.models_dir / SOURCE
+    base = quant_ws.models_dir / SOURCE
     adapter = tmp_path / "tiny-synthetic-arith_SFT_LoRa4_NoQuant"
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj"]))
     peft_model.save_pretrained(adapter)
@@ -130,20 +130,20 @@ def test_adapter_folder_is_merged_first(ws, tmp_path):
     cfg["base_model_name_or_path"] = str(base)
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
 
-    folder = quantize(_request("HQQ", ws, model=str(adapter), measure_fidelity=False), ws)
+    folder = quantize(_request("HQQ", quant_ws, model=str(adapter), measure_fidelity=False), quant_ws)
     assert folder.name == "tiny-synthetic-arith_SFT_LoRa4_HQQ_w4_g64"
     meta = load_training_metadata(folder)
     assert meta["merged"] is True and meta["adapter_only"] is False and meta["source"]["adapter_merged"]
 
 
-def test_history_keeps_source_metadata_and_requantizing_is_refused(ws, tmp_path):
+def test_history_keeps_source_metadata_and_requantizing_is_refused(quant_ws, tmp_path):
     from ftlab.schema import load_training_metadata, write_training_metadata
 
     src = tmp_path / "Models" / "tiny-synthetic-arith_SFT_NoPeft_NoQuant"
     src.parent.mkdir()
     import shutil
 
-    shutil.copytree(ws.models_dir / SOURCE, src)
+    shutil.copytree(quant_ws.models_dir / SOURCE, src)
     write_training_metadata(src, {"run_name": src.name, "method": "SFT", "dataset": {"name": "synthetic-arith"},
                                   "quantization": QuantizationSpec().to_dict(), "history": [],
                                   "results": {"train_loss": 1.5}, "merged": False})
@@ -157,7 +157,7 @@ def test_history_keeps_source_metadata_and_requantizing_is_refused(ws, tmp_path)
         quantize(_request("HQQ", local_ws, model=str(out)), local_ws)
 
 
-def test_failed_quantization_leaves_nothing(ws, monkeypatch):
+def test_failed_quantization_leaves_nothing(quant_ws, monkeypatch):
     from ftlab.quant.registry import get_engine
 
     engine = get_engine("HQQ")
@@ -167,11 +167,11 @@ def test_failed_quantization_leaves_nothing(ws, monkeypatch):
         raise RuntimeError("simulated crash mid-quantization")
 
     monkeypatch.setattr(engine, "quantize", boom)
-    req = _request("HQQ", ws, spec=QuantizationSpec("HQQ", bits=2, group_size=32), measure_fidelity=False)
+    req = _request("HQQ", quant_ws, spec=QuantizationSpec("HQQ", bits=2, group_size=32), measure_fidelity=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        quantize(req, ws)
-    assert not (ws.models_dir / f"{SOURCE}_HQQ_w2_g32").exists()
-    assert not [p for p in ws.models_dir.iterdir() if p.name.startswith(".staging")]
+        quantize(req, quant_ws)
+    assert not (quant_ws.models_dir / f"{SOURCE}_HQQ_w2_g32").exists()
+    assert not [p for p in quant_ws.models_dir.iterdir() if p.name.startswith(".staging")]
 
 
 def _cli(ws_root: Path, *args: str) -> int:
@@ -262,10 +262,10 @@ def test_smollm2_hqq_keeps_quality(tmp_path):
     from ftlab.models.sources import load_model
     from ftlab.schema import load_training_metadata
 
-    ws = Workspace(tmp_path)
+    quant_ws = Workspace(tmp_path)
     req = QuantRequest(model="smollm2-135m-instruct", spec=QuantizationSpec("HQQ", bits=4, group_size=64),
                        calib_dataset="synthetic-arith", fidelity_samples=16, max_length=128)
-    folder = quantize(req, ws)
+    folder = quantize(req, quant_ws)
     assert folder.name == "SmolLM2-135M-Instruct-base_HQQ_w4_g64"
     fid = load_training_metadata(folder)["results"]["ptq"]["fidelity"]
     assert fid["whole_text_perplexity_before"] < 200, fid  # a trained model (an untrained one scores near 49k)

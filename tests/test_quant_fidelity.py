@@ -22,7 +22,7 @@ SOURCE = "tiny-fid"
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> Workspace:
+def quant_ws(tmp_path_factory) -> Workspace:
     root = tmp_path_factory.mktemp("fid")
     build_peaked_quant_tiny_model(root / "Models" / SOURCE)
     return Workspace(root)
@@ -82,11 +82,11 @@ def test_percentile_is_llama_cpp_linear_interpolation():
     assert fidelity.percentile(values, 0.5) == pytest.approx(1.5)
 
 
-def test_answer_tokens_are_the_answer_and_end_of_turn(ws):
+def test_answer_tokens_are_the_answer_and_end_of_turn(quant_ws):
     from ftlab.models.sources import load_tokenizer, resolve_model
 
-    tok = load_tokenizer(resolve_model(str(ws.models_dir / SOURCE)), ws)
-    texts = task_texts("synthetic-arith", "test", 3, tok, workspace=ws)
+    tok = load_tokenizer(resolve_model(str(quant_ws.models_dir / SOURCE)), quant_ws)
+    texts = task_texts("synthetic-arith", "test", 3, tok, workspace=quant_ws)
     enc = fidelity.encode(tok, texts, max_length=512)
     for ids, start, answer in zip(enc.ids, enc.answer_start, texts.answers):
         assert answer.startswith("The answer is \\boxed{") and answer.endswith("<|im_end|>\n")
@@ -97,11 +97,11 @@ def test_answer_tokens_are_the_answer_and_end_of_turn(ws):
         assert len(ids) == 40 and ids[start:] == full_ids[full_start:]
 
 
-def test_identity_quantization_measures_zero(ws):
+def test_identity_quantization_measures_zero(quant_ws):
     from ftlab.models.sources import load_model
 
-    model, tok, _ = load_model(str(ws.models_dir / SOURCE), dtype="fp32")
-    texts = task_texts("synthetic-arith", "test", 6, tok, workspace=ws)
+    model, tok, _ = load_model(str(quant_ws.models_dir / SOURCE), dtype="fp32")
+    texts = task_texts("synthetic-arith", "test", 6, tok, workspace=quant_ws)
     got = fidelity.measure(model, model, tok, texts, max_length=128)
     assert got["kl_mean"] == pytest.approx(0, abs=1e-9) and got["kl_max"] == pytest.approx(0, abs=1e-9)
     assert got["top1_agreement"] == 1.0
@@ -110,16 +110,16 @@ def test_identity_quantization_measures_zero(ws):
     assert got["samples"] == 6 and got["tokens"] > 6 * 5
 
 
-def test_pipeline_fidelity_grows_with_fewer_bits(ws):
+def test_pipeline_fidelity_grows_with_fewer_bits(quant_ws):
     """HQQ at 8, 4 and 2 bits on the same tiny model: KL up, top-1 agreement down, recorded in
     training_metadata.json and the model card."""
     from ftlab.schema import load_training_metadata
 
     measured = {}
     for bits in (8, 4, 2):
-        req = QuantRequest(model=str(ws.models_dir / SOURCE), spec=QuantizationSpec("HQQ", bits=bits, group_size=32),
+        req = QuantRequest(model=str(quant_ws.models_dir / SOURCE), spec=QuantizationSpec("HQQ", bits=bits, group_size=32),
                            calib_dataset="synthetic-arith", fidelity_samples=8, max_length=128)
-        folder = quantize(req, ws)
+        folder = quantize(req, quant_ws)
         ptq = load_training_metadata(folder)["results"]["ptq"]
         measured[bits] = ptq["fidelity"]
         assert ptq["fidelity_of_cast"] is None  # HQQ computes in fp32 by default: nothing to separate

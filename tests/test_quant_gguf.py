@@ -17,25 +17,25 @@ SOURCE = "tinyg-base"
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> Workspace:
+def quant_ws(tmp_path_factory) -> Workspace:
     root = tmp_path_factory.mktemp("gguf")
     build_peaked_quant_tiny_model(root / "Models" / SOURCE)
     return Workspace(root)
 
 
-def _export(ws: Workspace, *args: str) -> int:
+def _export(quant_ws: Workspace, *args: str) -> int:
     from ftlab.cli import main
 
-    return main(["--workdir", str(ws.root), "export", "--model", f"Models/{SOURCE}", "--fidelity-dataset",
+    return main(["--workdir", str(quant_ws.root), "export", "--model", f"Models/{SOURCE}", "--fidelity-dataset",
                  "synthetic-arith", "--fidelity-samples", "8", "--max-length", "128", "--threads", "1", *args])
 
 
 @pytest.fixture(scope="module")
-def exported(ws) -> dict[str, Path]:
+def exported(quant_ws) -> dict[str, Path]:
     out = {}
     for t in ("f16", "q8_0", "q4_0"):
-        assert _export(ws, "--type", t) == 0
-        out[t] = ws.models_dir / f"{SOURCE}_GGUF_{t}"
+        assert _export(quant_ws, "--type", t) == 0
+        out[t] = quant_ws.models_dir / f"{SOURCE}_GGUF_{t}"
     return out
 
 
@@ -56,7 +56,7 @@ def test_folder_contents_metadata_and_fidelity_per_type(exported, capsys):
     assert fid["q4_0"]["top1_agreement"] > 0.5
 
 
-def test_tensor_types_tokenizer_and_chat_template_inside(exported, ws):
+def test_tensor_types_tokenizer_and_chat_template_inside(exported, quant_ws):
     from gguf import GGUFReader
     from transformers import AutoTokenizer
 
@@ -66,7 +66,7 @@ def test_tensor_types_tokenizer_and_chat_template_inside(exported, ws):
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     assert types["token_embd.weight"] == "Q8_0" and types["blk.0.attn_q.weight"] == "Q4_0"
     assert types["blk.0.attn_norm.weight"] == "F32" and "output.weight" not in types  # tied head
-    source_tok = load_tokenizer(resolve_model(str(ws.models_dir / SOURCE)), ws)
+    source_tok = load_tokenizer(resolve_model(str(quant_ws.models_dir / SOURCE)), quant_ws)
     gguf_tok = AutoTokenizer.from_pretrained(str(exported["q4_0"]), gguf_file="model.gguf")
     messages = [{"role": "user", "content": "What is 12 + 30?"}]
     assert gguf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
@@ -78,31 +78,31 @@ def test_tensor_types_tokenizer_and_chat_template_inside(exported, ws):
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
 
 
-def test_k_quant_without_llama_quantize_is_one_line_error(ws, capsys, monkeypatch):
+def test_k_quant_without_llama_quantize_is_one_line_error(quant_ws, capsys, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert _export(ws, "--type", "q4_k_m") == 2
+    assert _export(quant_ws, "--type", "q4_k_m") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "llama-quantize" in err and err.count("\n") == 1
-    assert not (ws.models_dir / f"{SOURCE}_GGUF_q4_k_m").exists()
+    assert not (quant_ws.models_dir / f"{SOURCE}_GGUF_q4_k_m").exists()
 
 
 @pytest.mark.parametrize("args, message", [(["--type", "q9_9"], "--type 'q9_9' is not a GGUF type"),
                                            (["--format", "onnx"], "--format 'onnx' is not supported")])
-def test_bad_export_arguments(ws, capsys, args, message):
-    assert _export(ws, *args) == 2
+def test_bad_export_arguments(quant_ws, capsys, args, message):
+    assert _export(quant_ws, *args) == 2
     assert message in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_orchestrator_evaluates_gguf_folders(exported, ws):
+def test_orchestrator_evaluates_gguf_folders(exported, quant_ws):
     """Discovery finds the GGUF folder by its metadata and the evaluator loads model.gguf."""
     from ftlab.orchestrate.discovery import EvalOptions
     from ftlab.orchestrate.sweep import Sweep, SweepSettings
 
-    report = Sweep(ws, EvalOptions(datasets=["synthetic-arith"], limit=2),
+    report = Sweep(quant_ws, EvalOptions(datasets=["synthetic-arith"], limit=2),
                    SweepSettings(threads=1, only=[f"{SOURCE}_GGUF_q8_0"])).run()
     assert [o.model for o in report.evaluated] == [f"{SOURCE}_GGUF_q8_0"], report
-    doc = json.loads((ws.metrics_dir / f"{SOURCE}_GGUF_q8_0.json").read_text())
+    doc = json.loads((quant_ws.metrics_dir / f"{SOURCE}_GGUF_q8_0.json").read_text())
     assert doc["status"] == "complete" and doc["datasets"]["synthetic-arith"]["n"] == 2
     assert doc["model"]["metadata"]["quantization"]["method"] == "GGUF"
 
