@@ -120,16 +120,21 @@ class Design:
     def variance(self) -> float:
         return sum(self.parts())
 
-    def fiducial_variance(self, draws: int = DRAWS) -> np.ndarray:
-        """`draws` draws of V* (the module's formula), from the fixed fiducial factors."""
+    def _fiducial_terms(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """DRAWS draws of each side's seed term and of the item part of V* (the module's formula),
+        from the fixed fiducial factors."""
         n = self.items
-        out = np.zeros(draws)
-        cells = np.zeros(draws)
-        for j, side in enumerate(self.sides):
-            k, d = side.seeds - 1, (side.seeds - 1) * (n - 1)
-            out += side.row_var / side.seeds * _fiducial_factors(0, j, k, draws)
-            cells += side.cell_var / (side.seeds * n) * _fiducial_factors(1, j, d, draws)
-        return out + np.maximum(0.0, self.item_raw * _fiducial_factors(2, 0, n - 1, draws) - cells)
+        seeds = [side.row_var / side.seeds * _fiducial_factors(0, j, side.seeds - 1, DRAWS)
+                 for j, side in enumerate(self.sides)]
+        cells = sum((side.cell_var / (side.seeds * n) * _fiducial_factors(1, j, (side.seeds - 1) * (n - 1), DRAWS)
+                     for j, side in enumerate(self.sides)), np.zeros(DRAWS))
+        return seeds, np.maximum(0.0, self.item_raw * _fiducial_factors(2, 0, n - 1, DRAWS) - cells)
+
+    def fiducial_sd(self) -> np.ndarray:
+        """The positive draws of sqrt(V*), what the test and the interval average over."""
+        seeds, item = self._fiducial_terms()
+        sd = np.sqrt(sum(seeds, np.zeros(DRAWS)) + item)
+        return sd[sd > 0]
 
     def power(self, difference: float, alpha: float) -> float:
         """Power of the generalized test when these values are the truth. What a study estimates
@@ -143,19 +148,15 @@ class Design:
 
     def _power_curve(self, alpha: float):
         """power(difference) over the grid of what a study could estimate (see `power`)."""
-        n = self.items
         per_side = max(2, round(_GRID ** (1 / len(self.sides)))) if self.sides else 1
         grids = [_sps.chi2.ppf((np.arange(per_side) + 0.5) / per_side, side.seeds - 1) / (side.seeds - 1)
                  for side in self.sides]
         points = np.array(np.meshgrid(*grids, indexing="ij")).reshape(len(self.sides), -1) if grids else np.ones((0, 1))
-        cells = sum(side.cell_var / (side.seeds * n) * _fiducial_factors(1, j, (side.seeds - 1) * (n - 1), DRAWS)
-                    for j, side in enumerate(self.sides))
-        item = np.maximum(0.0, self.item_raw * _fiducial_factors(2, 0, n - 1, DRAWS) - cells)
+        seed_terms, item = self._fiducial_terms()
         z = np.abs(np.random.default_rng(0).standard_normal(DRAWS))
         half = np.empty(points.shape[1])
         for o in range(points.shape[1]):  # one possible study: its seed terms, then its critical value
-            fiducial = item + sum(points[j, o] * side.row_var / side.seeds * _fiducial_factors(0, j, side.seeds - 1, DRAWS)
-                                  for j, side in enumerate(self.sides))
+            fiducial = item + sum(points[j, o] * term for j, term in enumerate(seed_terms))
             half[o] = np.quantile(z * np.sqrt(fiducial), 1 - alpha)
         sd = math.sqrt(self.variance())
 
@@ -202,8 +203,7 @@ class CrossedResult:
         """h with E[2 Phi(-h / sqrt(V*))] = 1 - confidence (bisection; the left side falls with h)."""
         if self.se == 0:
             return 0.0
-        sd = np.sqrt(self.design.fiducial_variance())
-        sd = sd[sd > 0]
+        sd = self.design.fiducial_sd()
         lo, hi = 0.0, float(sd.max()) * 10
         for _ in range(50):
             mid = (lo + hi) / 2
@@ -260,8 +260,7 @@ def _result(estimate: float, sides: list[SeedSide], item_values: np.ndarray, con
     seed_part, item_part = design.parts()
     if seed_part + item_part <= 0:  # every model scored every item alike: nothing to test a difference against
         return CrossedResult(estimate, 0.0, 1.0 if estimate == 0 else math.nan, confidence, 0.0, 0.0, design)
-    sd = np.sqrt(design.fiducial_variance())
-    sd = sd[sd > 0]
+    sd = design.fiducial_sd()
     p = _two_sided(estimate, sd) if sd.size else math.nan
     return CrossedResult(float(estimate), math.sqrt(seed_part + item_part), min(1.0, p), confidence, seed_part,
                          item_part, design)

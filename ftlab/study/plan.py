@@ -175,15 +175,15 @@ def plan_text(study, earlier=None, items: int | None = None) -> str:
         lines.append(planned)
         lines.append(f"  {'seeds':>5}  {'items for ' + format(settings.power, '.0%') + ' power':>20}  "
                      f"{'trainings':>9}  {'compute':>9}")
+        needs = {}
         for s in sorted(set(SEED_COUNTS) | ({seeds} if seeds >= 2 else set())):
-            need = items_for_power(var.model, d, s, alpha=alpha, power=settings.power, max_items=MAX_ITEMS,
-                                   paired=paired)
+            need = needs[s] = items_for_power(var.model, d, s, alpha=alpha, power=settings.power,
+                                              max_items=MAX_ITEMS, paired=paired)
             shown = f"{need:,}" if need else "not reachable"
             compute = times.compute_s(spec, len(study.recipes), s, need) if (times and need) else None
             mark = " <- planned" if s == seeds else ""
             lines.append(f"  {s:>5}  {shown:>20}  {len(study.recipes) * s:>9}  {_hours(compute):>9}{mark}")
-        if items_for_power(var.model, d, max(SEED_COUNTS), alpha=alpha, power=settings.power,
-                           max_items=MAX_ITEMS, paired=paired) is None:
+        if needs[max(SEED_COUNTS)] is None:
             lines.append(f"  not reachable: the seed spread alone keeps the power below {settings.power:g} "
                          f"with {max(SEED_COUNTS)} seeds, whatever the items")
     if times:
