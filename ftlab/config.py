@@ -508,6 +508,14 @@ def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def config_without(cfg: Any, keys: Iterable[tuple[str, str]]) -> dict:
+    """`config_to_dict(cfg)` less the (section, key) fields in `keys` (e.g. `keys_with_effect(...)`)."""
+    tree = config_to_dict(cfg)
+    for section, key in keys:
+        tree.get(section, {}).pop(key, None)
+    return tree
+
+
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     from ftlab.io import atomic_write_text
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ftlab.config import RUN_ONLY, TrainRunConfig, config_to_dict, keys_with_effect, load_config
+from ftlab.config import RUN_ONLY, TrainRunConfig, config_to_dict, config_without, keys_with_effect, load_config
 from ftlab.jobs.engine import Job, Resources, job_id
 from ftlab.naming import VARIANT_DIGITS, build_run_name, parse_run_name, peft_tag
 from ftlab.paths import Workspace
@@ -45,9 +45,7 @@ class StudyGraph:
 
 
 def identity_config(cfg: TrainRunConfig) -> dict:
-    tree = config_to_dict(cfg)
-    for section, key in NOT_IDENTITY:
-        tree.get(section, {}).pop(key, None)
+    tree = config_without(cfg, NOT_IDENTITY)
     tree["model"].pop("name", None)  # the snapshot's id stands for the base model
     return tree
 

@@ -9,7 +9,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ftlab.config import AFTER_TRAINING, RUN_ONLY, TrainRunConfig, config_to_dict, keys_with_effect
+from ftlab.config import AFTER_TRAINING, RUN_ONLY, TrainRunConfig, config_to_dict, config_without, keys_with_effect
 from ftlab.errors import FtlabError
 from ftlab.paths import Workspace
 
@@ -27,9 +27,7 @@ def checkpoint_dir_for(workspace: Workspace, name: str) -> Path:
 
 
 def training_fingerprint(cfg: TrainRunConfig) -> str:
-    d = config_to_dict(cfg)
-    for section, key in NON_TRAINING_KEYS:
-        d.get(section, {}).pop(key, None)
+    d = config_without(cfg, NON_TRAINING_KEYS)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
