@@ -91,5 +91,5 @@ def score_spread(model: StudyModel) -> float:
     of items: what a researcher would call this model's seed spread (beyond item noise)."""
     x, w = np.polynomial.hermite.hermgauss(40)
     scores = np.array([expected_score(model, np.sqrt(2) * model.seed_sd * u) for u in x])
-    mean = expected_recipe_score(model)
+    mean = (w * scores).sum() / np.sqrt(np.pi)  # expected_recipe_score, from the scores at hand
     return float(np.sqrt(max(0.0, (w * (scores - mean) ** 2).sum() / np.sqrt(np.pi))))
