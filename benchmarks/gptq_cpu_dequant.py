@@ -54,7 +54,7 @@ def child(args) -> int:
     from ftlab.quant import fidelity
     from ftlab.quant.calibration import task_texts
     from ftlab.quant.registry import load_quantized
-    from ftlab.quant.spec import QuantizationSpec
+    from ftlab.kinds.quant import QuantizationSpec
 
     ws = Workspace(Path(args.workdir) / f"ws-{args.child}-{args.round}")
     folder = Path(args.folder)

@@ -17,6 +17,8 @@ from typing import Any, Iterable, TypeVar
 import yaml
 
 from ftlab.errors import ConfigError, FtlabError
+from ftlab.kinds.peft import PEFT_NAMES, is_adapter, run_problems
+from ftlab.kinds.quant import QUANT_METHODS, TRAINING_METHODS
 from ftlab.registry import closest
 
 C = TypeVar("C")
@@ -53,24 +55,6 @@ def keys_with_effect(cls: type, *effects: str) -> frozenset[tuple[str, str]]:
 def _section_type(cls: type, section: dataclasses.Field) -> type:
     hints = typing.get_type_hints(cls)
     return hints[section.name]
-
-
-def _peft_kinds():
-    from ftlab.train.peft_methods import PEFT_KINDS  # the registry's kinds import no torch/peft
-
-    return PEFT_KINDS
-
-
-class _PeftKindsDoc:
-    """peft.method's doc, read from the PEFT kind registry when help is printed (one list of kinds)."""
-
-    def __str__(self) -> str:
-        return f"PEFT kind: {', '.join(_peft_kinds().names())} (NoPeft = full fine-tune; the README says what each does)"
-
-
-def _is_adapter(method: str) -> bool:
-    """True for a registered adapter kind; NoPeft and unknown names (reported elsewhere) are not."""
-    return method in _peft_kinds().names() and _peft_kinds().get(method).adapter
 
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -116,7 +100,7 @@ class DataConfig:
 
 @dataclass
 class PeftConfig:
-    method: str = doc_field("LoRa", _PeftKindsDoc())
+    method: str = doc_field("LoRa", f"PEFT kind: {', '.join(PEFT_NAMES.names())} (NoPeft = full fine-tune; the README says what each does)")
     r: int = doc_field(16, "adapter rank (VeRA: rank of the shared random matrices, typically 256)")
     alpha: float | None = doc_field(None, "LoRA alpha; None = 2*r (rsLoRA scales by alpha/sqrt(r))")
     dropout: float = doc_field(0.05, "dropout on the adapter input")
@@ -126,11 +110,11 @@ class PeftConfig:
 
     def validate(self) -> list[str]:
         out = []
-        kinds = _peft_kinds().names()
+        kinds = PEFT_NAMES.names()
         if self.method not in kinds:
             hint = closest(self.method, kinds)
             out.append(f"peft.method={self.method!r} is unknown" + (f" (did you mean {hint!r}?)" if hint else "") + f"; valid: {', '.join(kinds)}")
-        if _is_adapter(self.method) and self.r <= 0:
+        if is_adapter(self.method) and self.r <= 0:
             out.append(f"peft.r={self.r} must be a positive integer (e.g. peft.r=16)")
         if not 0 <= self.dropout < 1:
             out.append(f"peft.dropout={self.dropout} must be in [0, 1)")
@@ -141,21 +125,23 @@ class PeftConfig:
 
 @dataclass
 class QuantConfig:
-    method: str = doc_field("NoQuant", "training-time base quantization: NoQuant or QLORA (bitsandbytes)")
-    bits: int = doc_field(4, "QLORA base bits: 4 (NF4) or 8 (LLM.int8)")
+    method: str = doc_field("NoQuant", "training-time base quantization: " + "; ".join(
+        f"{n} ({m.doc})" for n, m in QUANT_METHODS.items() if m.training))
+    bits: int = doc_field(4, "bits of a quantized base: " + "; ".join(
+        f"{n}: {' or '.join(map(str, m.base_bits))}" for n, m in QUANT_METHODS.items() if m.base_bits))
     double_quant: bool = doc_field(True, "4-bit: also quantize the quantization constants")
     compute_dtype: str = doc_field("auto", "dtype for matmuls on the dequantized base: auto, bf16, fp16, fp32")
     lm_head_dtype: str | None = doc_field("bf16", "dtype the output head stays in (it is never quantized); recorded in the tag")
 
     def validate(self) -> list[str]:
         out = []
-        from ftlab.quant.spec import TRAINING_METHODS
-
         if self.method not in TRAINING_METHODS:
             out.append(f"quant.method={self.method!r} is not a training-time method; use {' or '.join(TRAINING_METHODS)} "
                        "(post-training methods: ftlab quantize)")
-        if self.method == "QLORA" and self.bits not in (4, 8):
-            out.append(f"quant.bits={self.bits} is not supported by bitsandbytes QLoRA; use 4 or 8")
+        elif QUANT_METHODS.get(self.method).base_bits and self.bits not in QUANT_METHODS.get(self.method).base_bits:
+            m = QUANT_METHODS.get(self.method)
+            out.append(f"quant.bits={self.bits} is not supported by {m.title}; use "
+                       f"{' or '.join(map(str, m.base_bits))}")
         if self.compute_dtype not in DTYPES:
             out.append(f"quant.compute_dtype={self.compute_dtype!r} is not one of {', '.join(DTYPES)}")
         return out
@@ -279,13 +265,11 @@ class TrainRunConfig:
 
     def validate(self) -> list[str]:
         """Cross-section rules that need no model, so they fail before any weights load."""
-        from ftlab.train.peft_methods import run_problems
-
         out = run_problems(self)  # the PEFT kind's own rules (QLoRA base, merge, ...)
         t, scratch = self.train, self.model.name.startswith("scratch:")
         if t.method == "PT" and not scratch and self.data.dataset is None:
             out.append("train.method=PT needs data.dataset (raw text or SFT data)")
-        if t.method == "PT" and scratch and _is_adapter(self.peft.method) and self.data.dataset is not None:
+        if t.method == "PT" and scratch and is_adapter(self.peft.method) and self.data.dataset is not None:
             out.append(f"train.method=PT on {self.model.name} trains every weight of a random model; "
                        "set peft.method=NoPeft (an adapter on random weights learns nothing useful)")
         if t.early_stopping_patience and not t.eval_steps:

@@ -345,27 +345,3 @@ def staged_files(folder: str | os.PathLike) -> Iterator[Path]:
             os.replace(f, folder / f.name)
         shutil.rmtree(tmp, ignore_errors=True)
     _fsync_dir(folder)
-
-
-@contextlib.contextmanager
-def output_claim(final_dir: str | os.PathLike, what: str = "output folder") -> Iterator[None]:
-    """Held while one process builds `final_dir`, taken before the long work starts: a second
-    process aiming at the same folder fails at once in one line instead of after hours of work.
-    The lock (Models/.locks/<name>.lock) names its owner and is taken over when that owner died."""
-    from ftlab.jobs.locks import JobLock, lock_path
-
-    final_dir = Path(final_dir)
-    lock = JobLock(lock_path(final_dir.parent, final_dir.name))
-    with disk_full_as_error(lock.path):
-        acquired = lock.acquire()
-    if not acquired:
-        owner = lock.owner()
-        raise FtlabError(f"{what} {final_dir} is being built by another process "
-                         f"({owner.describe() if owner else 'owner unknown'}); wait for it to finish, or choose "
-                         "another name")
-    try:
-        yield
-    finally:
-        lock.release()
-        with contextlib.suppress(OSError):
-            lock.path.parent.rmdir()  # only when no other claim is held

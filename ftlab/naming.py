@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftlab.errors import FtlabError
-from ftlab.quant.spec import parse_quant_tag
+from ftlab.kinds.peft import PEFT_NAMES
+from ftlab.kinds.quant import parse_quant_tag
+from ftlab.kinds.tasks import TASK_NAMES
 
 METHODS = ("SFT", "PT")
 BASE_DATASET = "base"
@@ -91,17 +93,13 @@ def base_component(model_ref: str) -> str:
 
 
 def _task_components() -> dict[str, str]:
-    from ftlab.data.tasks import TASKS
-
-    return {dataset_component(n): n for n in TASKS.names()}
+    return {dataset_component(n): n for n in TASK_NAMES.names()}
 
 
 def dataset_component(dataset: str) -> str:
     """Registered tasks keep their name (with `_` -> `-`); custom names lose `-` too."""
-    from ftlab.data.tasks import TASKS
-
-    if dataset in TASKS:
-        return sanitize_component(TASKS.canonical(dataset).replace("_", "-"))
+    if dataset in TASK_NAMES:
+        return sanitize_component(TASK_NAMES.canonical(dataset).replace("_", "-"))
     stem = re.split(r"[/\\]", str(dataset).rstrip("/\\"))[-1]
     stem = re.sub(r"\.(jsonl|json|parquet|csv|txt|md)$", "", stem, flags=re.I)
     return sanitize_component(stem, keep=".", sep=".")
@@ -109,39 +107,31 @@ def dataset_component(dataset: str) -> str:
 
 def peft_tag(method: str, r: int | None = None) -> str:
     """The run name's PEFT field (`NoPeft`, `LoRa16`), as the PEFT kind registry defines it."""
-    from ftlab.train.peft_methods import PEFT_KINDS
-
-    if method not in PEFT_KINDS.names():  # exact spelling: the tag is part of a folder name
-        raise FtlabError(f"unknown PEFT method {method!r}; valid: {', '.join(PEFT_KINDS.names())}")
-    return PEFT_KINDS.get(method).tag(r)
+    if method not in PEFT_NAMES.names():  # exact spelling: the tag is part of a folder name
+        raise FtlabError(f"unknown PEFT method {method!r}; valid: {', '.join(PEFT_NAMES.names())}")
+    return PEFT_NAMES.get(method).tag(r)
 
 
 def _peft_field_ok(text: str) -> bool:
     """True when `text` is a PEFT field some registered kind writes (`NoPeft`, `<kind><rank>`)."""
-    from ftlab.train.peft_methods import PEFT_KINDS
-
     m = re.fullmatch(r"([A-Za-z]+?)(\d*)", text)
-    if not m or m.group(1) not in PEFT_KINDS.names():
+    if not m or m.group(1) not in PEFT_NAMES.names():
         return False
-    kind = PEFT_KINDS.get(m.group(1))
+    kind = PEFT_NAMES.get(m.group(1))
     return bool(m.group(2)) == kind.adapter
 
 
 def peft_rank(text: str | None) -> int | None:
     """The rank in a run name's PEFT field (`LoRa16` -> 16); None for a kind without a rank
     (`NoPeft`) or a field no registered kind writes."""
-    from ftlab.train.peft_methods import PEFT_KINDS
-
     m = re.fullmatch(r"([A-Za-z]+?)(\d+)", text or "")
-    if not m or m.group(1) not in PEFT_KINDS.names() or not PEFT_KINDS.get(m.group(1)).adapter:
+    if not m or m.group(1) not in PEFT_NAMES.names() or not PEFT_NAMES.get(m.group(1)).adapter:
         return None
     return int(m.group(2))
 
 
 def _peft_field_doc() -> str:
-    from ftlab.train.peft_methods import PEFT_KINDS
-
-    return ", ".join(f"{n}<r>" if k.adapter else n for n, k in PEFT_KINDS.items())
+    return ", ".join(f"{n}<r>" if k.adapter else n for n, k in PEFT_NAMES.items())
 
 
 @dataclass(frozen=True)

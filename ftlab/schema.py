@@ -59,7 +59,7 @@ def _model_v0_to_v1(doc: dict) -> dict:
     if isinstance(base, str):
         doc["base_model"] = {"ref": base, "source_kind": None, "revision": None, "base_name": None}
     if "quantization" not in doc:
-        from ftlab.quant.spec import QuantizationSpec
+        from ftlab.kinds.quant import QuantizationSpec
 
         method = doc.pop("quant_method", "NoQuant") or "NoQuant"
         try:
@@ -120,7 +120,7 @@ def model_metadata(*, run_name: str, base_model: dict, quantization: dict, resul
 
 def model_metadata_problems(meta: dict[str, Any]) -> list[str]:
     """What is missing or mistyped in a model-metadata document (empty when it is well formed)."""
-    from ftlab.quant.spec import QuantizationSpec
+    from ftlab.kinds.quant import QuantizationSpec
 
     problems = [f"missing key {k!r}" for k in MODEL_METADATA_KEYS if k not in meta]
     for key, types in _MODEL_METADATA_TYPES.items():

@@ -72,7 +72,7 @@ from pathlib import Path
 from ftlab import console
 console.setup()
 from ftlab.quant.registry import QuantJob, get_engine, load_quantized
-from ftlab.quant.spec import QuantizationSpec
+from ftlab.kinds.quant import QuantizationSpec
 folder = Path(sys.argv[1])
 spec = QuantizationSpec("GPTQ", bits=4, group_size=32, compute_dtype="bf16")
 get_engine("GPTQ").quantize(QuantJob(source_dir=folder, out_dir=folder, spec=spec, tokenizer=None, calib_texts=["a"]))

@@ -47,7 +47,12 @@ def test_one_dtype_rule(native, monkeypatch):
     import ftlab.dtypes as dtypes
     from ftlab.models.sources import resolve_dtype
     from ftlab.quant.registry import torch_dtype as quant_torch_dtype
-    from ftlab.train.settings import resolve_compute_dtype, resolve_mixed_precision
+    from ftlab.config import QuantConfig, TrainRunConfig
+    from ftlab.train.base_quant import compute_dtype
+    from ftlab.train.settings import resolve_mixed_precision
+
+    def resolve_compute_dtype(value):  # QLoRA's matmul dtype for quant.compute_dtype=value
+        return compute_dtype(TrainRunConfig(quant=QuantConfig(method="QLORA", compute_dtype=value)))
 
     if torch.cuda.is_available():
         pytest.skip("the CPU answers are the ones under test")

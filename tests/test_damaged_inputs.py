@@ -458,7 +458,7 @@ def test_two_trains_to_one_name_publish_one_folder(tiny_ws):
 
 
 def test_claimed_output_refuses_a_second_train_before_loading(tiny_ws):
-    from ftlab.io import output_claim
+    from ftlab.jobs.locks import output_claim
 
     folder = tiny_ws / "Models" / "tiny-synthetic-arith_SFT_LoRa16_NoQuant"
     with output_claim(folder):  # held by this (live) process

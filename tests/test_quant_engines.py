@@ -14,7 +14,7 @@ import pytest
 from ftlab.errors import FtlabError
 from ftlab.paths import Workspace
 from ftlab.quant.pipeline import QuantRequest, quantize
-from ftlab.quant.spec import QuantizationSpec, parse_quant_tag
+from ftlab.kinds.quant import QuantizationSpec, parse_quant_tag
 from tiny_models import build_quant_tiny_model
 
 SOURCE = "tiny-base"

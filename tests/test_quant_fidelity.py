@@ -15,7 +15,7 @@ from ftlab.paths import Workspace
 from ftlab.quant import fidelity
 from ftlab.quant.calibration import task_texts
 from ftlab.quant.pipeline import QuantRequest, quantize
-from ftlab.quant.spec import QuantizationSpec
+from ftlab.kinds.quant import QuantizationSpec
 from tiny_models import build_peaked_quant_tiny_model
 
 SOURCE = "tiny-fid"

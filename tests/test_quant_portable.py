@@ -13,7 +13,7 @@ import pytest
 from ftlab.paths import Workspace
 from ftlab.quant.pipeline import QuantRequest, quantize
 from ftlab.quant.registry import check_supported, complete_spec, load_quantized
-from ftlab.quant.spec import QuantizationSpec
+from ftlab.kinds.quant import QuantizationSpec
 from tiny_models import build_quant_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]

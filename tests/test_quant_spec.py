@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from ftlab.errors import FtlabError
 from ftlab.quant.registry import check_supported, complete_spec, dtype_name, get_engine, method_names, torch_dtype
-from ftlab.quant.spec import QuantizationSpec, QuantMethod, parse_quant_tag, tag_quant
+from ftlab.kinds.quant import QuantizationSpec, QuantMethod, parse_quant_tag, tag_quant
 
 ROUND_TRIP_SPECS = [
     QuantizationSpec(),
@@ -65,25 +66,38 @@ def test_bad_tags(tag):
         parse_quant_tag(tag)
 
 
-def test_methods_and_tags_come_from_the_engine_registry(monkeypatch):
-    """One definition per method: QuantMethod, tag parsing and the CLI's list read the registry."""
+def test_methods_and_tags_are_one_name_each_with_one_engine(monkeypatch):
+    """One definition per method: QuantMethod and tag parsing read ftlab.kinds.quant, each
+    post-training name has exactly one engine, and the CLI's list reads the engines."""
+    from ftlab.kinds import quant as kinds
+    from ftlab.kinds.quant import PTQ_METHODS, QUANT_METHODS
     from ftlab.quant.cli import _methods_doc
-    from ftlab.quant.registry import ENGINES
 
     assert [m.value for m in QuantMethod] == ["NoQuant", "QLORA", *method_names()]
+    assert method_names() == list(PTQ_METHODS)
     assert _methods_doc() == ", ".join(method_names())
     for name in method_names():
-        engine = get_engine(name)
-        for form in engine.tag_forms():
-            spec = engine.spec_for_tag(form)
+        assert get_engine(name).name == name
+        for form in QUANT_METHODS.get(name).forms():
+            spec = QUANT_METHODS.get(name).spec_for(form)
             assert parse_quant_tag("_".join(form)).to_dict() == spec.to_dict()
     gguf = parse_quant_tag("GGUF_q4_k_m_headbf16")
     assert (gguf.method.value, gguf.bits, gguf.extra["gguf_type"], gguf.lm_head_dtype) == ("GGUF", 4, "q4_k_m", "bf16")
     assert tag_quant(gguf) == "GGUF_q4_k_m_headbf16"
-    # A tag head an engine no longer declares stops parsing: the tag words live only in the engine.
-    monkeypatch.setattr(type(ENGINES.get("BNB_NF4")), "tag_words", ("BNB", "nf4x"))
+    from ftlab.quant.engines.gguf import TYPES
+    assert {n: t.bits for n, t in TYPES.items()} == dict(kinds.GGUF_TYPES)
+    # A tag head the names layer no longer declares stops parsing: the tag words live only there.
+    nf4 = QUANT_METHODS.get("BNB_NF4")
+    monkeypatch.setitem(QUANT_METHODS._items, "bnb_nf4", ("BNB_NF4", dataclasses.replace(nf4, words=("BNB", "nf4x"))))
     with pytest.raises(FtlabError, match="BNB must be followed by nf4x or int8"):
         parse_quant_tag("BNB_nf4")
+
+
+def test_an_engine_needs_a_post_training_name():
+    from ftlab.quant.engine_api import QuantEngine, register_engine
+
+    with pytest.raises(ValueError, match="not a post-training method of ftlab.kinds.quant"):
+        register_engine(type("Fp3Engine", (QuantEngine,), {"name": "FP3"}))
 
 
 def test_unknown_spec_field_is_rejected():

@@ -68,12 +68,12 @@ def _name_fields(model: str, meta: dict) -> dict:
 def _rank(meta: dict, peft_tag: str | None) -> float:
     """The adapter rank from the metadata, else from the run name; NaN for kinds without one."""
     from ftlab.naming import peft_rank
-    from ftlab.train.peft_methods import PEFT_KINDS
+    from ftlab.kinds.peft import PEFT_NAMES
 
     peft = meta.get("peft") if isinstance(meta, dict) else None
     if isinstance(peft, dict) and isinstance(peft.get("r"), (int, float)):
         method = peft.get("method")
-        if method not in PEFT_KINDS.names() or PEFT_KINDS.get(method).adapter:
+        if method not in PEFT_NAMES.names() or PEFT_NAMES.get(method).adapter:
             return float(peft["r"])
         return math.nan
     rank = peft_rank(peft_tag)

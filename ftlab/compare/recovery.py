@@ -33,7 +33,7 @@ _FIDELITY = {"kl_mean": "kl_mean", "kl_p99": "kl_p99", "top1_agreement": "top1_a
 
 
 def _is_ptq(quant_tag) -> bool:
-    from ftlab.quant.spec import parse_quant_tag
+    from ftlab.kinds.quant import parse_quant_tag
 
     if not isinstance(quant_tag, str) or not quant_tag:
         return False

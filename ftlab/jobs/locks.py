@@ -25,8 +25,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from ftlab.env import now_iso
+from ftlab.errors import FtlabError
+from ftlab.io import disk_full_as_error
 
 log = logging.getLogger(__name__)
 
@@ -200,3 +203,23 @@ def is_locked_by_other(path: Path) -> LockOwner | None:
     return lock.owner()
 
 
+@contextlib.contextmanager
+def output_claim(final_dir: str | os.PathLike, what: str = "output folder") -> Iterator[None]:
+    """Held while one process builds `final_dir`, taken before the long work starts: a second
+    process aiming at the same folder fails at once in one line instead of after hours of work.
+    The lock (Models/.locks/<name>.lock) names its owner and is taken over when that owner died."""
+    final_dir = Path(final_dir)
+    lock = JobLock(lock_path(final_dir.parent, final_dir.name))
+    with disk_full_as_error(lock.path):
+        acquired = lock.acquire()
+    if not acquired:
+        owner = lock.owner()
+        raise FtlabError(f"{what} {final_dir} is being built by another process "
+                         f"({owner.describe() if owner else 'owner unknown'}); wait for it to finish, or choose "
+                         "another name")
+    try:
+        yield
+    finally:
+        lock.release()
+        with contextlib.suppress(OSError):
+            lock.path.parent.rmdir()  # only when no other claim is held

@@ -430,7 +430,7 @@ def _hub_error(ref: str, exc: Exception) -> str:
 
 
 def _ptq_spec(src: ModelSource):
-    from ftlab.quant.spec import QuantizationSpec
+    from ftlab.kinds.quant import QuantizationSpec
 
     q = (src.metadata or {}).get("quantization")
     if not q:

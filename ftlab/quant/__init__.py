@@ -1,5 +1,5 @@
 """Quantization: the spec and tags (spec.py), the method registry and engines."""
 
-from ftlab.quant.spec import QuantizationSpec, QuantMethod, parse_quant_tag, tag_quant
+from ftlab.kinds.quant import QuantizationSpec, QuantMethod, parse_quant_tag, tag_quant
 
 __all__ = ["QuantMethod", "QuantizationSpec", "parse_quant_tag", "tag_quant"]

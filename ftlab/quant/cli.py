@@ -62,7 +62,7 @@ def build_request(args: argparse.Namespace, spec=None):
     """The QuantRequest of `ftlab quantize` (or of `ftlab export`, which passes its own spec)."""
     from ftlab.quant.pipeline import QuantRequest
     from ftlab.quant.registry import get_engine
-    from ftlab.quant.spec import QuantizationSpec
+    from ftlab.kinds.quant import QuantizationSpec
 
     if not args.model:
         raise FtlabError("--model is required: a model folder, a run name under Models/ or a built-in model name")

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ftlab.quant.cli import build_request, run_request
     from ftlab.quant.engines.gguf import TYPES
-    from ftlab.quant.spec import QuantizationSpec
+    from ftlab.kinds.quant import QuantizationSpec
 
     if args.format.lower() not in FORMATS:
         raise FtlabError(f"--format {args.format!r} is not supported; use one of {', '.join(FORMATS)}")

@@ -21,7 +21,7 @@ from ftlab.errors import FtlabError
 from ftlab.paths import Workspace
 from ftlab.quant.calibration import task_texts
 from ftlab.quant.registry import check_supported, complete_spec, get_engine, load_quantized, QuantJob
-from ftlab.quant.spec import QuantizationSpec
+from ftlab.kinds.quant import QuantizationSpec
 
 log = logging.getLogger(__name__)
 

@@ -167,6 +167,6 @@ def _snapshot_tree(base: str, model_keys: dict) -> dict:
 
 
 def _quant_tag(cfg: TrainRunConfig) -> str:
-    from ftlab.train.runner import quantization_spec
+    from ftlab.train.base_quant import quantization_spec
 
     return quantization_spec(cfg).tag

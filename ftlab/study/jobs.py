@@ -48,7 +48,7 @@ class _ModelFolderKind:
 
     def lock_path(self, job: Job, workspace: Workspace) -> Path:
         # Not Models/.locks: the job's own `ftlab train`/`quantize` process claims the output folder
-        # there (ftlab.io.output_claim) while this driver holds the job's lock.
+        # there (ftlab.jobs.locks.output_claim) while this driver holds the job's lock.
         return lock_path(workspace.jobs_dir, job.name)
 
 

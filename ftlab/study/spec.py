@@ -353,7 +353,7 @@ def quant_spec(variant: dict, model_config: dict | None = None):
     """The completed QuantizationSpec of one variant: defaults filled in (the group size fitted to
     the base model's layer widths when its config.json is known), checked against those widths."""
     from ftlab.quant.registry import complete_spec, get_engine
-    from ftlab.quant.spec import QuantizationSpec
+    from ftlab.kinds.quant import QuantizationSpec
 
     engine = get_engine(str(variant["method"]))
     lm_head = str(variant["lm_head"]).lower() if variant.get("lm_head") else None

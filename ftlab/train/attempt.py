@@ -18,7 +18,8 @@ from ftlab.errors import FtlabError
 from ftlab.paths import Workspace
 from ftlab.train.checkpoints import prepare_checkpoint_dir, resume_checkpoint
 from ftlab.train.ranks import barrier
-from ftlab.train.settings import bnb_config, cuda_available, model_dtype, report_to, resolve_mixed_precision
+from ftlab.train.base_quant import base_quant
+from ftlab.train.settings import cuda_available, report_to, resolve_mixed_precision
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,9 @@ def train_once(cfg: TrainRunConfig, source, data, ckpt_dir: Path, workspace: Wor
     from ftlab.train.peft_methods import build_peft_config, get_kind, trainable_parameters
 
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
+    quant = base_quant(cfg)
     model, tokenizer, _ = load_model(
-        source, workspace=workspace, dtype=model_dtype(cfg), quantization_config=bnb_config(cfg),
+        source, workspace=workspace, dtype=quant.model_dtype(cfg), quantization_config=quant.load_config(quant.spec(cfg)),
         trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision, seed=cfg.train.seed,
         attn_implementation=cfg.model.attn_implementation,
     )
@@ -167,8 +169,7 @@ def train_once(cfg: TrainRunConfig, source, data, ckpt_dir: Path, workspace: Wor
         base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
         head = "compact" if compact_fused_head(base) else "trl"
     attention = choose_attention(trainer, cfg)
-    quantized_layers = sum(type(m).__module__.startswith("bitsandbytes") and type(m).__name__ in
-                           ("Linear4bit", "Linear8bitLt") for m in trainer.model.modules())
+    quantized_layers = quant.quantized_layers(trainer.model)
     # Swap the stock bar for one that also shows the loss (removal matches subclasses too, so
     # the stock one goes first).
     trainer.remove_callback(ProgressCallback)

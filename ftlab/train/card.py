@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ftlab.train.base_quant import BASE_QUANTS
+
 
 def _fmt(value, digits: int = 4) -> str:
     if isinstance(value, float):
@@ -52,9 +54,8 @@ def model_card(meta: dict) -> str:
             f"| tokens/s | {_fmt(res.get('tokens_per_s'), 4)} |",
             f"| peak RSS | {_fmt((res.get('peak_memory') or {}).get('peak_rss_mb'), 5)} MB |",
         ]
-    if meta.get("merged") and quant.get("method") == "QLORA":
-        lines += ["", "The QLoRA adapter was merged into the de-quantised 4/8-bit base it was trained against; "
-                  "the weights are full precision."]
+    if meta.get("merged") and quant.get("method") in BASE_QUANTS and BASE_QUANTS.get(quant["method"]).merged_note:
+        lines += ["", BASE_QUANTS.get(quant["method"]).merged_note]
     lines += ["", "## Loading", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer"]
     if meta.get("adapter_only"):
         lines += ["from peft import PeftModel",

@@ -9,7 +9,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ftlab.train.peft_methods import PEFT_KINDS  # names only: the kinds import no torch/peft
+    from ftlab.kinds.peft import PEFT_NAMES
 
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="YAML file with model:, data:, peft:, quant:, train: sections")
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--help-config", action="store_true", help="list every config key with its default and doc")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. peft.method=DoRa peft.r=8 train.max_steps=50 "
-                             f"(peft.method: {', '.join(PEFT_KINDS.names())}; --help-config lists every key)")
+                             f"(peft.method: {', '.join(PEFT_NAMES.names())}; --help-config lists every key)")
 
 
 def load_train_config(config: str | None, overrides: list[str], base: dict | None = None, overwrite: bool = False):

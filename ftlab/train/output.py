@@ -10,25 +10,7 @@ from pathlib import Path
 from ftlab.config import TrainRunConfig, config_to_dict, save_config
 from ftlab.paths import Workspace
 from ftlab.train.attempt import Outcome
-from ftlab.train.settings import bnb_config, model_dtype, quantization_spec
-
-
-def dequantized_merge(cfg: TrainRunConfig, source, workspace: Workspace, adapter_dir: Path):
-    """QLoRA merge: the adapter goes into the same 4/8-bit base it trained against, de-quantised
-    to the compute dtype, so the merged weights reproduce the trained model."""
-    from peft import PeftModel
-
-    from ftlab.dtypes import torch_dtype
-    from ftlab.models.sources import load_model
-    from ftlab.train.compat import ensure_peft_usable
-
-    ensure_peft_usable()
-    base, _, _ = load_model(source, workspace=workspace, dtype=model_dtype(cfg), quantization_config=bnb_config(cfg),
-                            trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision,
-                            seed=cfg.train.seed)
-    base = base.dequantize(dtype=torch_dtype(cfg.quant.compute_dtype, "compute"))
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    return merged
+from ftlab.train.base_quant import base_quant
 
 
 def _training_args_summary(out: Outcome) -> dict:
@@ -78,22 +60,21 @@ def write_folder(out: Outcome, requested: TrainRunConfig, source, data, workspac
 
     cfg = out.cfg
     kind = get_kind(cfg.peft.method)
-    spec = quantization_spec(cfg)
+    quant = base_quant(cfg)
+    spec = quant.spec(cfg)
     merge = kind.adapter and cfg.train.merge_after_train
     trainer = out.trainer
     state = trainer.state
     peft = peft_summary(cfg.peft, out.targets)
     with staging_dir(final_dir, overwrite=cfg.train.overwrite) as stage:
         model = trainer.model
-        if merge and cfg.quant.method == "QLORA":
-            adapter_tmp = stage / ".adapter"
-            kind.save(model, adapter_tmp, ckpt_dir)
-            merged = dequantized_merge(cfg, source, workspace, adapter_tmp)
-            merged.save_pretrained(stage)
-            shutil.rmtree(adapter_tmp)
-            spec.extra["merged_into"] = "dequantized base"
-        elif merge:
-            model.merge_and_unload().save_pretrained(stage)
+        if merge:
+            scratch = stage / ".adapter"  # where a merge that reloads the base saves the adapter first
+            quant.merge(model, cfg, source, workspace, lambda folder: kind.save(model, folder, ckpt_dir),
+                        scratch).save_pretrained(stage)
+            shutil.rmtree(scratch, ignore_errors=True)
+            if quant.merged_into:
+                spec.extra["merged_into"] = quant.merged_into
         else:
             notes = kind.save(model, stage, ckpt_dir)
             if peft is not None:
@@ -136,7 +117,7 @@ def write_folder(out: Outcome, requested: TrainRunConfig, source, data, workspac
 def write_snapshot(cfg: TrainRunConfig, model, tokenizer, source, final_dir: Path, name: str) -> Path:
     """The untrained base as a model folder (the evaluation baseline of its fine-tunes)."""
     from ftlab.io import atomic_write_text, staging_dir
-    from ftlab.quant.spec import QuantizationSpec
+    from ftlab.kinds.quant import QuantizationSpec
     from ftlab.schema import model_metadata, write_model_metadata
     from ftlab.train.card import model_card
 

@@ -1,10 +1,12 @@
-"""PEFT kinds: each one is a single `PeftKind` definition registered in `PEFT_KINDS` by name.
+"""PEFT kinds' behaviour: one `PeftKind` per name of `ftlab.kinds.peft.PEFT_NAMES`, in `PEFT_KINDS`.
 
-A kind carries everything ftlab knows about it: its name (the `peft.method` value and the prefix of
-the run name's PEFT field, `LoRa16`), the builder of its peft config, the fields it adds to the
-model metadata, its model-free config rules, hooks run once the trainer exists and when the adapter
-is saved, and its out-of-memory fallback. Config validation, naming, the runner and the OOM
-back-off read these fields; none of them branches on kind names. Adding a kind is one `PeftKind`.
+The name layer (`ftlab/kinds/peft.py`) holds what the foundation reads: the name (the `peft.method`
+value and the run name's PEFT field, `LoRa16`), its doc, whether it is an adapter, its model-free
+config rules and why it cannot run on CPU or a QLoRA base. Here each kind adds what training does
+with it: the builder of its peft config, the fields it adds to the model metadata, hooks run once
+the trainer exists and when the adapter is saved, and its out-of-memory fallback. Config validation,
+naming, the runner and the OOM back-off read these fields; none of them branches on kind names.
+Adding a kind is one `PeftName` and one `PeftKind`.
 """
 
 from __future__ import annotations
@@ -16,19 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ftlab.errors import FtlabError
+from ftlab.kinds.peft import PEFT_NAMES, PeftName
 from ftlab.registry import Registry
 from ftlab.train.targets import linear_types, module_suffixes, resolve_target_modules
 
 if TYPE_CHECKING:
-    from ftlab.config import PeftConfig, TrainRunConfig
+    from ftlab.config import PeftConfig
 
 log = logging.getLogger(__name__)
 
 INITIAL_ADAPTER_DIRNAME = "initial_adapter"
-
-
-def _no_problems(run: "TrainRunConfig") -> list[str]:
-    return []
 
 
 def _no_summary(cfg: "PeftConfig") -> dict:
@@ -46,26 +45,21 @@ def _plain_save(model, folder: Path, work_dir: Path) -> dict:
 
 @dataclass(frozen=True)
 class PeftKind:
-    name: str  # peft.method value and run-name prefix (LoRa -> LoRa16)
-    doc: str
+    name: str  # a name of ftlab.kinds.peft.PEFT_NAMES (doc, adapter, config rules and tag live there)
     build: Callable[["PeftConfig", list[str]], Any]  # -> peft.PeftConfig, or None for full fine-tuning
-    adapter: bool = True  # False: every weight trains, no rank, no adapter folder
     summary: Callable[["PeftConfig"], dict] = _no_summary  # kind-specific fields of the metadata's `peft`
-    problems: Callable[["TrainRunConfig"], list[str]] = _no_problems  # model-free rules, in config validation
     supported_modules: Callable[[], tuple[type, ...]] | None = None  # None: whatever peft supports
-    needs_cuda: str = ""  # why the kind cannot run on CPU (empty: it can)
     after_trainer: Callable[[Any, Path, bool], None] = _nothing_after_trainer  # (peft model, work dir, is main)
     save: Callable[[Any, Path, Path], dict] = _plain_save  # (model, folder, work dir) -> notes for `peft`
     oom_fallback: tuple[str, str] | None = None  # (back-off step name, cheaper kind) tried on out-of-memory
-    no_qlora: str = ""  # why the kind cannot train on a quantized (QLoRA) base (empty: it can)
 
-    def tag(self, r: int | None) -> str:
-        """The run name's PEFT field: the name, followed by the rank for adapter kinds."""
-        if not self.adapter:
-            return self.name
-        if r is None or r <= 0:
-            raise FtlabError(f"peft.r must be a positive integer for {self.name}, got {r}")
-        return f"{self.name}{r}"
+    @property
+    def named(self) -> PeftName:
+        return PEFT_NAMES.get(self.name)
+
+    @property
+    def adapter(self) -> bool:
+        return self.named.adapter
 
 
 PEFT_KINDS: Registry[PeftKind] = Registry("PEFT method")
@@ -134,14 +128,6 @@ def _save_converted(model, folder: Path, work_dir: Path) -> dict:
     return {"saved_as": "LoRA adapter of rank 2r for the original base (peft's conversion of the update)"}
 
 
-def _loftq_problems(run: "TrainRunConfig") -> list[str]:
-    out = []
-    if not run.train.merge_after_train:
-        out.append("peft.method=LoftQ replaces the base weights with their 4-bit approximation, so the adapter "
-                   "alone does not apply to the original base; set train.merge_after_train=true")
-    return out
-
-
 def _loftq(cfg: "PeftConfig", targets: list[str]):
     from peft import LoftQConfig
 
@@ -197,53 +183,22 @@ def _align_vera_projections(model, work_dir: Path, is_main: bool) -> None:
 
 
 for _kind in (
-    PeftKind("NoPeft", "full fine-tuning of every weight", lambda cfg, targets: None, adapter=False,
-             no_qlora="a quantized base cannot be fully fine-tuned"),
-    PeftKind("LoRa", "low-rank adapters, scale alpha/r", _lora(), summary=_lora_summary()),
-    PeftKind("rsLoRa", "rank-stabilised LoRA, scale alpha/sqrt(r)", _lora(use_rslora=True),
-             summary=_lora_summary(rslora=True)),
-    PeftKind("DoRa", "weight-decomposed LoRA (magnitude + direction)", _lora(use_dora=True),
-             summary=_lora_summary(dora=True), oom_fallback=("dora_off", "LoRa")),
-    PeftKind("VeRa", "shared frozen random projections, trainable scaling vectors", _vera, summary=_vera_summary,
-             supported_modules=linear_types, after_trainer=_align_vera_projections),
-    PeftKind("PiSSA", "LoRA initialised from the principal singular vectors of each weight (the base keeps the rest)",
-             _lora(init_lora_weights="pissa"), summary=_lora_summary(init="pissa"),
-             no_qlora="peft decomposes full-precision weights only",
+    PeftKind("NoPeft", lambda cfg, targets: None),
+    PeftKind("LoRa", _lora(), summary=_lora_summary()),
+    PeftKind("rsLoRa", _lora(use_rslora=True), summary=_lora_summary(rslora=True)),
+    PeftKind("DoRa", _lora(use_dora=True), summary=_lora_summary(dora=True), oom_fallback=("dora_off", "LoRa")),
+    PeftKind("VeRa", _vera, summary=_vera_summary, supported_modules=linear_types,
+             after_trainer=_align_vera_projections),
+    PeftKind("PiSSA", _lora(init_lora_weights="pissa"), summary=_lora_summary(init="pissa"),
              after_trainer=_save_initial_adapter, save=_save_converted),
-    PeftKind("OLoRa", "LoRA initialised from a QR decomposition of each weight (the base keeps the rest)",
-             _lora(init_lora_weights="olora"), summary=_lora_summary(init="olora"),
+    PeftKind("OLoRa", _lora(init_lora_weights="olora"), summary=_lora_summary(init="olora"),
              after_trainer=_save_initial_adapter, save=_save_converted),
-    PeftKind("LoftQ", "LoRA initialised so 4-bit base + adapter approximates the full-precision weight",
-             _loftq, summary=_loftq_summary, problems=_loftq_problems,
-             no_qlora="LoftQ quantizes the full-precision base itself",
-             needs_cuda="peft's LoftQ initialisation (peft.utils.loftq_utils) quantizes on cuda/xpu only; "
-                        "on CPU use PiSSA or OLoRa"),
+    PeftKind("LoftQ", _loftq, summary=_loftq_summary),
 ):
-    PEFT_KINDS.add(_kind.name, _kind)
+    PEFT_KINDS.add(PEFT_NAMES.canonical(_kind.name), _kind)  # a name the names layer does not know fails here
 
 
 # --- using a kind ----------------------------------------------------------------------------
-
-
-def run_problems(run: "TrainRunConfig") -> list[str]:
-    """Model-free rules of the chosen kind (TrainRunConfig.validate calls this)."""
-    if run.peft.method not in PEFT_KINDS.names():
-        return []  # PeftConfig.validate reports the unknown name
-    kind = get_kind(run.peft.method)
-    out = list(kind.problems(run))
-    if run.quant.method == "QLORA" and kind.no_qlora:
-        usable = ", ".join(n for n, k in PEFT_KINDS.items() if not k.no_qlora)
-        needs = "needs an adapter" if not kind.adapter else f"cannot train peft.method={kind.name}"
-        out.append(f"quant.method=QLORA {needs} ({kind.no_qlora}): set peft.method to one of {usable}, "
-                   "or quant.method=NoQuant")
-    return out
-
-
-def check_device(method: str, cuda: bool) -> None:
-    """Refuses a kind that cannot run here, before any model loads."""
-    kind = get_kind(method)
-    if kind.needs_cuda and not cuda:
-        raise FtlabError(f"peft.method={kind.name} needs a CUDA GPU: {kind.needs_cuda}")
 
 
 def build_peft_config(cfg: "PeftConfig", model) -> tuple[Any, list[str]]:

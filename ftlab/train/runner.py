@@ -25,7 +25,7 @@ from ftlab.errors import FtlabError
 from ftlab.paths import Workspace
 from ftlab.train.checkpoints import checkpoint_dir_for
 from ftlab.train.ranks import barrier, is_main
-from ftlab.train.settings import check_can_run, final_dir_for, quantization_spec, run_name  # noqa: F401 (quantization_spec: ftlab.study.graph)
+from ftlab.train.settings import check_can_run, final_dir_for, run_name
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def run_training(cfg: TrainRunConfig, workspace: Workspace, *, callbacks: Sequen
     `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, tests injecting faults).
     """
     from ftlab.env import set_threads
-    from ftlab.io import output_claim
+    from ftlab.jobs.locks import output_claim
     from ftlab.models.sources import resolve_model
     from ftlab.train.compat import ensure_peft_usable
     from ftlab.train.data import load_train_data
@@ -99,7 +99,7 @@ def save_base_snapshot(cfg: TrainRunConfig, workspace: Workspace, source) -> Pat
     from ftlab.train.output import write_snapshot
 
     if cfg.quant.method != "NoQuant":
-        raise FtlabError("a base snapshot (data.dataset=None) is not trained, so quant.method=QLORA has no "
+        raise FtlabError(f"a base snapshot (data.dataset=None) is not trained, so quant.method={cfg.quant.method} has no "
                          "meaning; set quant.method=NoQuant (quantize snapshots with `ftlab quantize`)")
     name = run_name(cfg, source.base_name)
     final_dir = final_dir_for(cfg, workspace, name)

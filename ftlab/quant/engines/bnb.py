@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import logging
 
-from ftlab.quant.registry import Capabilities, QuantEngine, QuantJob, register_engine, torch_dtype
+from ftlab.dtypes import torch_dtype
+from ftlab.kinds.quant import QuantizationSpec
+from ftlab.quant.engine_api import Capabilities, QuantEngine, QuantJob, register_engine
 
-if TYPE_CHECKING:
-    from ftlab.quant.spec import QuantizationSpec
 
 
 class _BnbEngine(QuantEngine):
@@ -44,7 +44,6 @@ class _BnbEngine(QuantEngine):
 @register_engine
 class BnbNf4Engine(_BnbEngine):
     name = "BNB_NF4"
-    tag_words = ("BNB", "nf4")
     backend = "bitsandbytes:nf4"
     caps = Capabilities(bits=(4,), default_bits=4, dtypes=("bf16", "fp16", "fp32"), default_dtype="fp32")
 
@@ -80,7 +79,6 @@ def _quiet_int8_cast_warning() -> None:
 @register_engine
 class BnbInt8Engine(_BnbEngine):
     name = "BNB_INT8"
-    tag_words = ("BNB", "int8")
     backend = "bitsandbytes:int8"
     caps = Capabilities(bits=(8,), default_bits=8, dtypes=("bf16", "fp16", "fp32"), default_dtype="fp32")
 

@@ -20,13 +20,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ftlab.errors import FtlabError
-from ftlab.quant.registry import Capabilities, QuantEngine, QuantJob, register_engine
+from ftlab.kinds.quant import GGUF_TYPES, QuantizationSpec
+from ftlab.quant.engine_api import Capabilities, QuantEngine, QuantJob, register_engine
 
-if TYPE_CHECKING:
-    from ftlab.quant.spec import QuantizationSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +37,26 @@ ARCHITECTURES = ("llama",)  # config.json model_type values written as llama.cpp
 
 @dataclass(frozen=True)
 class GgufType:
-    name: str  # as users type it and as the tag carries it: q4_0, q4_k_m
+    name: str  # as users type it and as the tag carries it: q4_0, q4_k_m (ftlab.kinds.quant.GGUF_TYPES)
     bits: int
     ggml: str | None  # gguf.GGMLQuantizationType member the gguf package writes; None: llama-quantize
     quantize_arg: str = ""  # llama-quantize's type name
 
 
-TYPES = {t.name: t for t in (
-    GgufType("f16", 16, "F16"), GgufType("bf16", 16, "BF16"), GgufType("q8_0", 8, "Q8_0"),
-    GgufType("q5_1", 5, "Q5_1"), GgufType("q5_0", 5, "Q5_0"), GgufType("q4_1", 4, "Q4_1"), GgufType("q4_0", 4, "Q4_0"),
-    GgufType("q6_k", 6, None, "Q6_K"), GgufType("q5_k_m", 5, None, "Q5_K_M"), GgufType("q5_k_s", 5, None, "Q5_K_S"),
-    GgufType("q4_k_m", 4, None, "Q4_K_M"), GgufType("q4_k_s", 4, None, "Q4_K_S"), GgufType("q3_k_l", 3, None, "Q3_K_L"),
-    GgufType("q3_k_m", 3, None, "Q3_K_M"), GgufType("q3_k_s", 3, None, "Q3_K_S"), GgufType("q2_k", 2, None, "Q2_K"),
-)}
+# How each type of ftlab.kinds.quant.GGUF_TYPES (its names and bits, read by run-name tags) is written:
+# (gguf package type, llama-quantize type).
+_WRITERS = {"f16": ("F16", ""), "bf16": ("BF16", ""), "q8_0": ("Q8_0", ""), "q5_1": ("Q5_1", ""), "q5_0": ("Q5_0", ""),
+            "q4_1": ("Q4_1", ""), "q4_0": ("Q4_0", ""), "q6_k": (None, "Q6_K"), "q5_k_m": (None, "Q5_K_M"),
+            "q5_k_s": (None, "Q5_K_S"), "q4_k_m": (None, "Q4_K_M"), "q4_k_s": (None, "Q4_K_S"),
+            "q3_k_l": (None, "Q3_K_L"), "q3_k_m": (None, "Q3_K_M"), "q3_k_s": (None, "Q3_K_S"), "q2_k": (None, "Q2_K")}
+TYPES = {name: GgufType(name, bits, *_WRITERS[name]) for name, bits in GGUF_TYPES}
 DEFAULT_BY_BITS = {16: "f16", 8: "q8_0", 5: "q5_0", 4: "q4_0", 6: "q6_k", 3: "q3_k_m", 2: "q2_k"}
 # Below 8 bits the (tied) embedding / output head is kept at q8_0: llama-quantize keeps the output
 # head at q6_k for these types, which the gguf package cannot write.
 HEAD_TYPE_BELOW_8_BITS = "Q8_0"
 
 
-def gguf_type(spec: "QuantizationSpec") -> GgufType:
+def gguf_type(spec: QuantizationSpec) -> GgufType:
     name = (spec.extra or {}).get("gguf_type")
     if name not in TYPES:
         raise FtlabError(f"GGUF type {name!r} is not one of {', '.join(TYPES)}")
@@ -311,19 +310,7 @@ class GgufEngine(QuantEngine):
     bundles_tokenizer = True
     recorded_extra = ("gguf_type", "tensor_types", "pre_tokenizer")
 
-    def tag_forms(self) -> list[tuple[str, ...]]:
-        return [("GGUF", *t.split("_")) for t in TYPES]
-
-    def tag_parts(self, spec: "QuantizationSpec") -> list[str]:
-        return ["GGUF", gguf_type(spec).name]
-
-    def spec_for_tag(self, form: tuple[str, ...]) -> "QuantizationSpec":
-        from ftlab.quant.spec import QuantizationSpec
-
-        t = TYPES["_".join(form[1:])]
-        return QuantizationSpec(self.name, bits=t.bits, extra={"gguf_type": t.name})
-
-    def complete(self, spec: "QuantizationSpec") -> None:
+    def complete(self, spec: QuantizationSpec) -> None:
         super().complete(spec)
         name = (spec.extra or {}).get("gguf_type") or DEFAULT_BY_BITS.get(spec.bits or self.caps.default_bits)
         if name not in TYPES:
@@ -335,7 +322,7 @@ class GgufEngine(QuantEngine):
         if TYPES[name].ggml not in (None, "F16", "BF16"):
             spec.group_size = None  # the block size is part of the type
 
-    def model_problems(self, spec: "QuantizationSpec", config: dict) -> list[str]:
+    def model_problems(self, spec: QuantizationSpec, config: dict) -> list[str]:
         problems = model_problems_of(config)
         t = TYPES.get((spec.extra or {}).get("gguf_type"))
         if t is not None and t.ggml is None and (p := llama_quantize_problem()):
@@ -350,7 +337,7 @@ class GgufEngine(QuantEngine):
 
         atomic_write_text(job.out_dir / MODELFILE, modelfile(job.tokenizer))
 
-    def load(self, folder: Path, spec: "QuantizationSpec", dtype: Any = None, device_map: Any = None):
+    def load(self, folder: Path, spec: QuantizationSpec, dtype: Any = None, device_map: Any = None):
         import torch
         from transformers import AutoModelForCausalLM
 

@@ -11,14 +11,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ftlab.console import quiet_third_party
 from ftlab.errors import FtlabError
-from ftlab.quant.registry import Capabilities, QuantEngine, QuantJob, register_engine, torch_dtype
+from ftlab.dtypes import torch_dtype
+from ftlab.kinds.quant import QuantizationSpec
+from ftlab.quant.engine_api import Capabilities, QuantEngine, QuantJob, register_engine
 
-if TYPE_CHECKING:
-    from ftlab.quant.spec import QuantizationSpec
 
 log = logging.getLogger(__name__)
 

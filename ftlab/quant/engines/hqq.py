@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ftlab.errors import FtlabError
-from ftlab.quant.registry import Capabilities, EngineOption, QuantEngine, QuantJob, register_engine, torch_dtype
+from ftlab.dtypes import torch_dtype
+from ftlab.kinds.quant import QuantizationSpec
+from ftlab.quant.engine_api import Capabilities, EngineOption, QuantEngine, QuantJob, register_engine
 
-if TYPE_CHECKING:
-    from ftlab.quant.spec import QuantizationSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,21 +1,16 @@
-"""No import cycle among ftlab's modules, counting imports inside functions (they hide a cycle,
-they do not remove it) and leaving out `if TYPE_CHECKING:` blocks (they never run).
-
-One cycle is known and being taken apart: the foundation (naming, schema) reads the quant method
-registry that lives inside the quant stage, whose engines read the foundation back. It may shrink;
-no module may join it and no other cycle may appear."""
+"""ftlab's layers, as docs/ARCHITECTURE.md's "Layers" table states them, hold in the code: every
+module is in one layer, no import goes to a later layer, and no import cycle exists. Imports inside
+functions count (they hide a dependency, they do not remove it); `if TYPE_CHECKING:` blocks do not
+(they never run)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1] / "ftlab"
-KNOWN_FOUNDATION_CYCLE = frozenset({
-    "ftlab.models.sources", "ftlab.naming", "ftlab.quant.engines", "ftlab.quant.engines.bnb",
-    "ftlab.quant.engines.gguf", "ftlab.quant.engines.gptq", "ftlab.quant.engines.hqq", "ftlab.quant.registry",
-    "ftlab.quant.spec", "ftlab.schema",
-})
+REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO / "ftlab"
 
 
 def _modules() -> dict[str, Path]:
@@ -117,10 +112,50 @@ def test_the_cycle_finder_finds_function_level_cycles_and_ignores_type_checking(
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset({"a", "b", "c"})]
 
 
-def test_no_import_cycle_but_the_known_foundation_one():
-    found = cycles(import_graph())
-    unexpected = [sorted(c) for c in found if not c <= KNOWN_FOUNDATION_CYCLE]
-    assert not unexpected, f"import cycles: {unexpected}"
+def test_no_import_cycle():
+    assert not [sorted(c) for c in cycles(import_graph())]
+
+
+def layers() -> list[tuple[str, list[str]]]:
+    """(layer name, module paths) rows of the doc's Layers table, in order."""
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if re.match(r"\| \d ", line)]
+    return [(name.strip(), re.findall(r"`(ftlab/[^`]*)`", cell)) for name, cell in rows]
+
+
+def layer_of(module: str, table: list[tuple[str, list[str]]]) -> int | None:
+    path = module.replace(".", "/")
+    for rank, (_, paths) in enumerate(table):
+        for p in paths:
+            if p.endswith("/") and (path + "/").startswith(p) or p in (f"{path}.py", f"{path}/__init__.py"):
+                return rank
+    return None
+
+
+def test_every_module_is_in_one_layer_of_the_doc():
+    table = layers()
+    assert [name for name, _ in table] == ["1 base", "2 kinds", "3 foundation", "4 stages", "5 compositions"]
+    listed = [p for _, paths in table for p in paths]
+    assert len(listed) == len(set(listed))
+    missing = sorted(m for m in import_graph() if layer_of(m, table) is None)
+    assert not missing, f"modules in no layer of docs/ARCHITECTURE.md: {missing}"
+    packages = {p.parent.relative_to(REPO).as_posix() + "/" for p in ROOT.glob("*/__init__.py")}
+    assert packages <= set(listed), "every package is a row entry of its own"
+
+
+def test_no_import_goes_to_a_later_layer():
+    table = layers()
+    upward = sorted(f"{m} ({table[layer_of(m, table)][0]}) imports {t} ({table[layer_of(t, table)][0]})"
+                    for m, targets in import_graph().items() for t in targets
+                    if layer_of(t, table) > layer_of(m, table))
+    assert not upward, upward
+
+
+def test_the_layer_check_catches_an_upward_import():
+    table = [("1 low", ["ftlab/errors.py"]), ("2 high", ["ftlab/study/"])]
+    assert layer_of("ftlab.study.run", table) == 1 and layer_of("ftlab.errors", table) == 0
+    assert layer_of("ftlab.config", table) is None
 
 
 def test_no_private_name_is_imported_from_another_module():
