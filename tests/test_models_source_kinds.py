@@ -126,7 +126,8 @@ def test_a_new_kind_is_one_definition_that_every_stage_reads(zoo, workspace):
     assert ptq.name.startswith("zoo-otter") and ptq.plain_dir == zoo.folder
     assert ptq.config()["hidden_size"] == 96
     # Adapters on it: an always-available base is taken as recorded.
-    adapter = ModelSource("Models/a", "local", "zoo-otter", metadata={"base_model": {"ref": "zoo:otter", "source_kind": "zoo"}})
+    adapter = ModelSource("Models/a", "local", "zoo-otter",
+                          metadata={"base_model": {"ref": "zoo:otter", "source_kind": "zoo"}})
     assert adapter_base_ref(adapter, workspace) == "zoo:otter"
 
 

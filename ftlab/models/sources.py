@@ -175,7 +175,7 @@ class SourceKind:
     model_folder: Callable[[ModelSource], Path | None] = _no_folder
     run_folder: bool = False  # its folder name is a run name: derived models are named after it, not as a base snapshot
     always_available: bool = False  # resolves wherever ftlab is installed (no file, no hub)
-    on_disk: bool = False  # a file or folder here: a recorded base of this kind that is gone is an error, never a hub id
+    on_disk: bool = False  # a file or folder here: a recorded base of this kind that is gone is an error, not a hub id
     path_is_ref: bool = False  # the `path` recorded for it is itself a reference to the same model
 
 
@@ -389,8 +389,8 @@ def adapter_base_ref(src: ModelSource, workspace: Workspace | None = None) -> st
     kind = recognise(SourceRef(ref, ws))
     if (kind is not None and kind.always_available) or local_path(ref, ws) is not None:
         return ref
-    recorded_kind = base.get("source_kind")
-    recorded = SOURCE_KINDS.get(recorded_kind) if isinstance(recorded_kind, str) and recorded_kind in SOURCE_KINDS else None
+    recorded_kind = base.get("source_kind")  # None in metadata written before it was recorded
+    recorded = SOURCE_KINDS.get(recorded_kind) if recorded_kind in SOURCE_KINDS else None
     # A relative ref means the folder it was trained from; the recorded absolute path still finds it.
     path = base.get("path")
     if path and recorded is not None and recorded.path_is_ref and Path(path).is_dir():
