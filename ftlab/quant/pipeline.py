@@ -102,36 +102,24 @@ class _Source:
         prior = QuantizationSpec.from_dict(q) if q else QuantizationSpec()
         if prior.method.is_ptq:
             raise FtlabError(f"{ref} is already quantized ({prior.tag}); quantize its unquantized source instead")
-        if self.src.kind == "local" and not self.src.adapter:
-            self.name = self.src.path.name
-            self.plain_dir: Path | None = self.src.path
-        elif self.src.kind == "builtin":
-            from ftlab.models.sources import builtin_folder
-            from ftlab.naming import build_run_name
+        from ftlab.naming import build_run_name
 
-            # The cached conversion is already a plain folder, so shape checks can run on it early.
-            self.name = build_run_name(self.src.base_name, None).render()
-            self.plain_dir = builtin_folder(self.src.ref)
-        else:
-            from ftlab.naming import build_run_name
-
-            # Adapters are named like their merged form would be; other refs become a base snapshot.
-            self.name = self.src.path.name if self.src.kind == "local" else build_run_name(self.src.base_name, None).render()
-            self.plain_dir = None
+        kind = self.src.definition
+        # Adapters are named like their merged form would be; refs that are not run folders become a
+        # base snapshot. A plain folder (a built-in's cached conversion too) lets shape checks run early.
+        self.name = self.src.path.name if kind.run_folder else build_run_name(self.src.base_name, None).render()
+        self.plain_dir: Path | None = kind.model_folder(self.src)
 
     def config(self) -> dict | None:
         """config.json of the plain model, read before any weights load (an adapter's base's)."""
         if self.plain_dir is not None:
             return _model_config(self.plain_dir)
         if self.src.adapter:
-            from ftlab.models.sources import adapter_base_ref, builtin_folder, resolve_model
+            from ftlab.models.sources import adapter_base_ref, resolve_model
 
             base = resolve_model(adapter_base_ref(self.src), self.workspace)
-            if base.kind == "local":
-                return _model_config(base.path)
-            if base.kind == "builtin":
-                return _model_config(builtin_folder(base.ref))
-        return None  # a hub id: its shapes are checked once it is materialized
+            return _model_config(base.definition.model_folder(base))
+        return None  # nothing on disk to read (a hub id, a GGUF, scratch): shapes are checked once it is materialized
 
     def materialize(self) -> Path:
         """Writes a merged/converted copy to a temp folder when the source is not a plain folder."""

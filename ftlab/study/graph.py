@@ -64,32 +64,13 @@ def base_config(src, workspace: Workspace) -> dict | None:
     """The base model's config.json (PTQ group sizes are fitted to its layer widths), cached in the
     job folder: finding it may convert a built-in model or ask the hub, which a plan should pay
     once, not on every no-op rerun. None when it cannot be had (no hub): the defaults apply."""
-    import json
-
     from ftlab.io import atomic_write_json, read_json
     from ftlab.jobs.engine import job_id as identity
 
     path = workspace.jobs_dir / "configs" / f"{identity('config', {'ref': src.ref, 'revision': src.revision}, [])}.json"
     if path.is_file():
         return read_json(path, "cached model config")
-    config = None
-    if src.kind == "local" and src.path and (src.path / "config.json").is_file():
-        config = json.loads((src.path / "config.json").read_text())
-    elif src.kind == "builtin":
-        from ftlab.models.sources import builtin_folder
-
-        config = json.loads((builtin_folder(src.ref) / "config.json").read_text())
-    elif src.kind == "scratch":
-        from ftlab.models.sources import load_model
-
-        config = load_model(src.ref)[0].config.to_dict()
-    elif src.kind == "hub":
-        try:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(src.ref, revision=src.revision).to_dict()
-        except (OSError, ValueError):
-            return None
+    config = src.definition.model_config(src)
     if config is not None:
         atomic_write_json(path, config)
     return config

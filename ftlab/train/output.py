@@ -36,10 +36,9 @@ def _training_args_summary(out: Outcome) -> dict:
 
 def base_model_info(source) -> dict:
     info = source.describe()
-    if source.kind == "builtin":
-        from ftlab.models.sources import builtin_folder
-
-        info["path"] = str(builtin_folder(source.ref))
+    folder = source.definition.model_folder(source)  # a built-in's cached conversion, not just its name
+    if folder is not None:
+        info["path"] = str(folder)
     return info
 
 
