@@ -77,7 +77,7 @@ def run_ftlab(steps: int, batch: int, out: Path, overrides: list[str], trl_head:
     from ftlab.config import TrainRunConfig, load_config
     from ftlab.paths import Workspace
     from ftlab.schema import load_training_metadata
-    from ftlab.train import run_training
+    from ftlab.train.runner import run_training
 
     if trl_head:  # ablation: keep TRL's CPU head, which scores every position
         import ftlab.train.fast_head as fast_head

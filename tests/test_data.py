@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from ftlab.data import load_examples
+from ftlab.data.loading import load_examples
 from ftlab.data.loading import dataset_fingerprint, resolve_task
 from ftlab.data.prompts import build_messages, build_target, render_prompt
 from ftlab.data.synthetic import generate

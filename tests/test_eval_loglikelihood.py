@@ -344,7 +344,8 @@ class _Tok:
 def test_a_supplied_template_is_learned_only_after_fine_tuning():
     from ftlab.errors import FtlabError
     from ftlab.eval.prompt_format import has_learned_template, resolve_prompt_format
-    from ftlab.models.sources import GEMMA_CHAT_TEMPLATE, ModelSource
+    from ftlab.models.builtins import GEMMA_CHAT_TEMPLATE
+    from ftlab.models.sources import ModelSource
 
     base = ModelSource("gemma-3-270m", "builtin", "gemma-3-270m")
     tuned = ModelSource("Models/x", "local", "gemma-3-270m", metadata={"dataset": {"name": "arc"}})

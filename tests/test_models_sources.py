@@ -86,7 +86,7 @@ def test_builtin_gemma_converts_with_turn_template():
 
 @pytest.mark.slow
 def test_gguf_file_source(tmp_path):
-    from ftlab.models.sources import _locate_smollm2
+    from ftlab.models.builtins import _locate_smollm2
 
     gguf = _locate_smollm2()
     src = resolve_model(str(gguf))

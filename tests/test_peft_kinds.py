@@ -13,7 +13,7 @@ from ftlab.config import TrainRunConfig, describe_config, load_config
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.naming import build_run_name, parse_run_name, peft_tag
 from ftlab.schema import load_training_metadata
-from ftlab.train import run_training
+from ftlab.train.runner import run_training
 from ftlab.train.peft_methods import PEFT_KINDS, build_peft_config
 from tiny_models import tiny_overrides
 

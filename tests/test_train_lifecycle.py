@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 from ftlab.config import TrainRunConfig, load_config
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.schema import load_training_metadata
-from ftlab.train import run_training
+from ftlab.train.runner import run_training
 from ftlab.train.checkpoints import checkpoint_dir_for
 from tiny_models import tiny_overrides
 

@@ -9,7 +9,7 @@ import torch
 
 from ftlab.config import TrainRunConfig, load_config
 from ftlab.schema import load_training_metadata
-from ftlab.train import run_training
+from ftlab.train.runner import run_training
 from tiny_models import tiny_overrides
 
 REQUIRED_KEYS = {"schema_version", "kind", "run_name", "name_fields", "base_model", "dataset", "method", "peft",

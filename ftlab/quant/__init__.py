@@ -1,5 +1,5 @@
-"""Quantization: the spec and tags (spec.py), the method registry and engines."""
+"""Quantization stage: the engine interface (`engine_api`), the engines, the registry that looks
+them up (`registry`), the pipeline, calibration and fidelity. A method's name, spec and run-name tag
+live below the foundation, in `ftlab/kinds/quant.py`.
 
-from ftlab.kinds.quant import QuantizationSpec, QuantMethod, parse_quant_tag, tag_quant
-
-__all__ = ["QuantMethod", "QuantizationSpec", "parse_quant_tag", "tag_quant"]
+The package imports nothing itself, so reading one of its modules does not load the others."""

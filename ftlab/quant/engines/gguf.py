@@ -161,7 +161,7 @@ def _pre_tokenizer(tokenizer, run_name: str) -> str:
     vocabularies match), else llama.cpp's "default"."""
     from gguf import GGUFReader
 
-    from ftlab.models.sources import BUILTIN_MODELS
+    from ftlab.models.builtins import BUILTIN_MODELS
 
     vocab = tokenizer.get_vocab()
     for name, builtin in BUILTIN_MODELS.items():
@@ -341,7 +341,7 @@ class GgufEngine(QuantEngine):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from ftlab.models.sources import drop_gguf_quantizer
+        from ftlab.models.builtins import drop_gguf_quantizer
 
         if not (folder / GGUF_FILE).is_file():
             raise FtlabError(f"GGUF folder {folder} has no {GGUF_FILE}; re-run ftlab export --format gguf")
