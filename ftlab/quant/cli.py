@@ -1,118 +1,151 @@
-"""`ftlab quantize` / `tools/quantize.py`: post-training quantization of a model folder."""
+"""`ftlab quantize` / `tools/quantize.py`: post-training quantization of a model folder.
+
+Its flags are generated from `QuantRunConfig`'s fields (`ftlab.quant.settings`): `--group-size 64`
+is `quant.group_size=64`, `--option axis=0` is `quant.options.axis=0`. Defaults < `--config` YAML
+< flags < `key=value` overrides, every problem reported at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
-from ftlab.errors import FtlabError
+from ftlab.config import describe_config
+from ftlab.env import set_threads
+from ftlab.errors import ConfigError, FtlabError
+from ftlab.paths import Workspace
+from ftlab.quant.fidelity import summary_line
+from ftlab.quant.pipeline import QuantRequest, quantize
+from ftlab.quant.registry import get_engine, method_names
+from ftlab.quant.settings import SETTINGS, QuantRunConfig, Setting, load_quant_config
+from ftlab.schema import load_training_metadata
 
 log = logging.getLogger(__name__)
 
+# How a field's flag differs from `--<name with dashes>` (`--no-<name>` for a setting that is on by
+# default); the field's doc is the flag's help. Older spellings stay accepted as aliases.
+_FLAGS: dict[str, dict] = {
+    "options": {"flags": ("--option",), "metavar": "NAME=VALUE"},
+    "lm_head": {"metavar": "DTYPE"},
+    "fidelity_dataset": {"flags": ("--fidelity-dataset", "--ppl-dataset")},
+    "fidelity_samples": {"flags": ("--fidelity-samples", "--ppl-samples")},
+    "fidelity": {"flags": ("--no-fidelity", "--no-perplexity")},
+}
+# Settings `ftlab export` shares: it fixes the method and needs no calibration.
+_EXPORT_SKIPS = ("calib_dataset", "calib_samples")
+
 
 def _methods_doc() -> str:
-    from ftlab.quant.registry import method_names
-
     return ", ".join(method_names())
 
 
+def flags_of(s: Setting) -> tuple[str, ...]:
+    default = ("--no-" if s.type is bool and s.default else "--") + s.name.replace("_", "-")
+    return _FLAGS.get(s.name, {}).get("flags", (default,))
+
+
+def _add_flags(parser: argparse.ArgumentParser, selected: list[Setting]) -> None:
+    for s in selected:
+        extra = _FLAGS.get(s.name, {})
+        shown = s.default not in (None, {}, False, True)
+        help_text = s.doc + (f" (default: {s.default})" if shown else "")
+        if s.type is bool:  # the flag of an on-by-default setting turns it off, and says so
+            parser.add_argument(*flags_of(s), dest=s.name, default=None, action="store_false" if s.default else "store_true",
+                                help=("do not " if s.default else "") + help_text)
+        elif s.type is dict:
+            parser.add_argument(*flags_of(s), dest=s.name, default=None, action="append", metavar=extra.get("metavar"),
+                                help=help_text + "; repeatable")
+        else:
+            parser.add_argument(*flags_of(s), dest=s.name, default=None, metavar=extra.get("metavar"), help=help_text,
+                                type=int if s.is_whole_number() else str)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=False,
-                        help="model folder (Models/X, a run name under Models/, a merged fine-tune or an adapter "
-                             "folder, which is merged first) or a built-in model name")
-    parser.add_argument("--method", required=False, help=f"quantization method: {_methods_doc()}")
-    parser.add_argument("--bits", type=int, default=None, help="weight bits (default: the method's, usually 4)")
-    parser.add_argument("--group-size", type=int, default=None,
-                        help="weights per quantization group, -1 = per channel (default: the method's, fitted to "
-                             "the model's layer widths for GPTQ/AWQ)")
-    parser.add_argument("--lm-head", default=None, metavar="DTYPE",
-                        help="dtype the unquantized output head (and the other unquantized tensors) are kept in: "
-                             "bf16, fp16, fp32; recorded in the tag as head<dtype> (default: the method's)")
-    parser.add_argument("--calib-dataset", default="openmath",
-                        help="task name or data file used for calibration (train split) and, by default, for the "
-                             "fidelity measurement (test split)")
-    parser.add_argument("--calib-samples", type=int, default=128, help="calibration texts (GPTQ, AWQ)")
-    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                        help="a method-specific setting, e.g. HQQ axis=0 (repeatable; --list-methods shows each "
-                             "method's options and defaults)")
+    _add_flags(parser, [s for s in SETTINGS.values() if s.section == "quant" or s.name in _EXPORT_SKIPS
+                        or s.name == "model"])
     add_output_arguments(parser)
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="YAML file with quant:, data:, run: sections (--help-config lists every key)")
+    parser.add_argument("--help-config", action="store_true", help="list every config key with its default and doc")
     parser.add_argument("--list-methods", action="store_true", help="print what each method supports and exit")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides over --config and the flags, e.g. quant.options.axis=0")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """Fidelity, data, output and thread flags shared with `ftlab export`."""
-    parser.add_argument("--fidelity-dataset", "--ppl-dataset", dest="fidelity_dataset", default=None,
-                        help="held-out task for fidelity to the source: answer-token KL, top-1 agreement, "
-                             "answer perplexity (default: the calibration task; openmath)")
-    parser.add_argument("--fidelity-samples", "--ppl-samples", dest="fidelity_samples", type=int, default=64,
-                        help="held-out texts for the fidelity measurement (default 64)")
-    parser.add_argument("--no-fidelity", "--no-perplexity", dest="no_fidelity", action="store_true",
-                        help="skip the fidelity measurement (source and quantized forward passes)")
-    parser.add_argument("--max-length", type=int, default=512, help="token cap per held-out text")
-    parser.add_argument("--data-dir", default=None, help="folder with <split>-<task>.parquet files (else Datasets/)")
-    parser.add_argument("--output", default=None,
-                        help="output folder name under Models/ (default: Models/<model name with quant tag>)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    _add_flags(parser, [s for s in SETTINGS.values()
+                        if s.section != "quant" and s.name not in _EXPORT_SKIPS and s.name != "model"])
 
 
-def build_request(args: argparse.Namespace, spec=None):
-    """The QuantRequest of `ftlab quantize` (or of `ftlab export`, which passes its own spec)."""
-    from ftlab.quant.pipeline import QuantRequest
-    from ftlab.quant.registry import get_engine
-    from ftlab.kinds.quant import QuantizationSpec
+def _flag_overrides(args: argparse.Namespace) -> tuple[list[str], set[str]]:
+    """The flags given, as `key=value` overrides, and the keys they set."""
+    out, keys = [], set()
+    for s in SETTINGS.values():
+        value = getattr(args, s.name, None)
+        if value is None:
+            continue
+        keys.add(s.key)
+        if s.type is dict:
+            for item in value:
+                name, sep, text = item.partition("=")
+                if not sep or not name.strip():
+                    raise FtlabError(f"--option {item!r} must look like NAME=VALUE (e.g. axis=0)")
+                out.append(f"{s.key}.{name.strip()}={text.strip()}")
+        elif s.type is bool:
+            out.append(f"{s.key}={'true' if value else 'false'}")
+        else:
+            out.append(f"{s.key}={value}")
+    return out, keys
 
-    if not args.model:
+
+def load_cli_config(args: argparse.Namespace, fixed: list[str] = ()) -> QuantRunConfig:
+    """The config of a command line: defaults < --config < flags < `fixed` < `key=value` overrides.
+    Problems name the flag for the settings a flag sets (or could have set)."""
+    given, flag_keys = _flag_overrides(args)
+    overrides = list(getattr(args, "overrides", None) or ())
+    typed = [o.split("=", 1)[0].strip() for o in overrides]
+    config = getattr(args, "config", None)
+    try:
+        return load_quant_config(config, [*given, *fixed, *overrides])
+    except ConfigError as exc:
+        named = {s.key: flags_of(s)[0] for s in SETTINGS.values()
+                 if s.key not in typed and (s.key in flag_keys or not config)}
+        pattern = re.compile(r"(?<![\w.-])(" + "|".join(re.escape(k) for k in named) + r")(?![\w])")
+        raise ConfigError([pattern.sub(lambda m: named[m.group(1)], p) for p in exc.problems]) from None
+
+
+def build_request(cfg: QuantRunConfig) -> QuantRequest:
+    """The QuantRequest of `ftlab quantize` (or of `ftlab export`, whose config fixes the method)."""
+    if not cfg.run.model:
         raise FtlabError("--model is required: a model folder, a run name under Models/ or a built-in model name")
-    if spec is None:
-        if not args.method:
-            raise FtlabError(f"--method is required: one of {_methods_doc()}")
-        engine = get_engine(args.method)
-        lm_head = args.lm_head.lower() if args.lm_head else None
-        spec = QuantizationSpec(method=engine.method, bits=args.bits, group_size=args.group_size,
-                                lm_head_dtype=lm_head, compute_dtype=lm_head, extra=_options(args.option))
-    calib_samples, calib_dataset = getattr(args, "calib_samples", None), getattr(args, "calib_dataset", "openmath")
-    for flag, value in (("--calib-samples", calib_samples), ("--fidelity-samples", args.fidelity_samples),
-                        ("--max-length", args.max_length)):
-        if value is not None and value <= 0:
-            raise FtlabError(f"{flag}={value} must be a positive integer")
+    d, r = cfg.data, cfg.run
     return QuantRequest(
-        model=args.model, spec=spec, calib_dataset=calib_dataset, calib_samples=calib_samples or 128,
-        fidelity_dataset=args.fidelity_dataset, fidelity_samples=args.fidelity_samples, max_length=args.max_length,
-        output=Path(args.output) if args.output else None, overwrite=args.overwrite,
-        source_dir=Path(args.data_dir) if args.data_dir else None, measure_fidelity=not args.no_fidelity,
+        model=r.model, spec=cfg.spec(), calib_dataset=d.calib_dataset, calib_samples=d.calib_samples,
+        fidelity_dataset=d.fidelity_dataset, fidelity_samples=d.fidelity_samples, max_length=d.max_length,
+        output=Path(r.output) if r.output else None, overwrite=r.overwrite,
+        source_dir=Path(d.data_dir) if d.data_dir else None, measure_fidelity=d.fidelity,
     )
-
-
-def _options(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items or ():
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise FtlabError(f"--option {item!r} must look like NAME=VALUE (e.g. axis=0)")
-        out[name.strip()] = value.strip()
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
     if args.list_methods:
-        from ftlab.quant.registry import get_engine, method_names
-
         for name in method_names():
             print(json.dumps(get_engine(name).describe()))
         return 0
-    return run_request(args, build_request(args))
+    if args.help_config:
+        print("\n".join(describe_config(QuantRunConfig)))
+        return 0
+    return run_request(load_cli_config(args), getattr(args, "workdir", None))
 
 
-def run_request(args: argparse.Namespace, request) -> int:
-    from ftlab.env import set_threads
-    from ftlab.paths import Workspace
-    from ftlab.quant.pipeline import quantize
-
-    set_threads(args.threads)
-    folder = quantize(request, Workspace.at(getattr(args, "workdir", None)))
+def run_request(cfg: QuantRunConfig, workdir: str | None = None) -> int:
+    request = build_request(cfg)
+    set_threads(cfg.run.threads)
+    folder = quantize(request, Workspace.at(workdir))
     _print_fidelity(folder)
     print(folder)
     return 0
@@ -120,9 +153,6 @@ def run_request(args: argparse.Namespace, request) -> int:
 
 def _print_fidelity(folder: Path) -> None:
     """What was lost, on the console (the folder path stays the last line, for scripts)."""
-    from ftlab.quant.fidelity import summary_line
-    from ftlab.schema import load_training_metadata
-
     ptq = load_training_metadata(folder)["results"]["ptq"]
     for key, label in (("fidelity_of_cast", "the dtype cast alone"), ("fidelity", "quantized")):
         if ptq.get(key):

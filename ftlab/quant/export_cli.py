@@ -2,7 +2,8 @@
 
 The export is a registered quantization method (`ftlab.quant.engines.gguf`), so it runs through
 the same pipeline as `ftlab quantize`: checks before any load, a staging folder, metadata with the
-fidelity of the exported file to its source, measured after transformers reloads it.
+fidelity of the exported file to its source, measured after transformers reloads it. Its flags
+are `ftlab quantize`'s output settings (`QuantRunConfig`) with the method fixed to GGUF.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import argparse
 
 from ftlab.errors import FtlabError
+from ftlab.quant.cli import add_output_arguments, load_cli_config, run_request
+from ftlab.quant.engines.gguf import TYPES
 
 FORMATS = ("gguf",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ftlab.quant.cli import add_output_arguments
-    from ftlab.quant.engines.gguf import TYPES
-
     parser.add_argument("--model", required=False, help="model folder (Models/X, a run name, an adapter folder, which "
                                                         "is merged first) or a built-in model name")
     parser.add_argument("--format", default="gguf", help="output format: gguf")
@@ -27,14 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftlab.quant.cli import build_request, run_request
-    from ftlab.quant.engines.gguf import TYPES
-    from ftlab.kinds.quant import QuantizationSpec
-
     if args.format.lower() not in FORMATS:
         raise FtlabError(f"--format {args.format!r} is not supported; use one of {', '.join(FORMATS)}")
     gtype = args.type.lower()
     if gtype not in TYPES:
         raise FtlabError(f"--type {args.type!r} is not a GGUF type ftlab writes; use one of {', '.join(TYPES)}")
-    args.fidelity_dataset = args.fidelity_dataset or "openmath"
-    return run_request(args, build_request(args, QuantizationSpec("GGUF", extra={"gguf_type": gtype})))
+    # Fidelity is measured on openmath unless --fidelity-dataset says otherwise (no calibration).
+    cfg = load_cli_config(args, fixed=["quant.method=GGUF", f"quant.options.gguf_type={gtype}",
+                                       "data.calib_dataset=openmath"])
+    return run_request(cfg, getattr(args, "workdir", None))

@@ -18,7 +18,7 @@ from ftlab.naming import VARIANT_DIGITS, build_run_name, parse_run_name, peft_ta
 from ftlab.paths import Workspace
 from ftlab.orchestrate.job import EVALUATE, evaluation_data
 from ftlab.study import jobs as _kinds  # noqa: F401  (registers the job kinds)
-from ftlab.study.spec import BASE, Recipe, StudySpec, eval_options, quant_spec, recipe_config
+from ftlab.study.spec import BASE, Recipe, StudySpec, eval_options, quant_job, recipe_config
 
 NONE = "none"  # the quant column of unquantized models
 # Keys that change how a job runs, not what it produces (marked on the config fields, as for the
@@ -90,17 +90,12 @@ def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace) ->
                         (model_job.id,), evaluation_data(model_job.name, options), Resources(1, gpu), info))
         g.evaluations[job.id] = info
 
-    def quantize(source: Job, calib: str, info: dict, config: dict | None) -> None:
+    def quantize(source: Job, calib: str, info: dict, model_config: dict | None) -> None:
         for variant in spec.quantize.variants:
-            q = quant_spec(variant, config)
-            payload = {"spec": q.to_dict(), "calib_dataset": variant.get("calib_dataset") or calib,
-                       "calib_samples": variant.get("calib_samples", 128)}
+            q, payload, config = quant_job(spec, variant, calib, model_config)
             jid = job_id("quantize", payload, [source.id])
             name = parse_run_name(source.name).with_quant_tag(q.tag).with_variant(_variant(jid)).render()
-            data = {"source": source.name, "method": q.method.value if hasattr(q.method, "value") else str(q.method),
-                    "bits": q.bits, "group_size": q.group_size, "lm_head": variant.get("lm_head"),
-                    "calib_dataset": payload["calib_dataset"], "calib_samples": payload["calib_samples"],
-                    "data_dir": spec.data_dir}
+            data = {"source": source.name, "config": config}
             job = g.add(Job(jid, "quantize", name, (source.id,), data, Resources(1, gpu), {**info, "quant": q.tag}))
             evaluate(job, {**info, "quant": q.tag, "model": name, "source_model": source.name})
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
+from ftlab.io import atomic_write_text
 from ftlab.jobs.engine import DONE, JOB_KINDS, STALE, TODO, Job, Status
 from ftlab.jobs.locks import lock_path
 from ftlab.paths import Workspace
@@ -56,19 +59,13 @@ class _TrainKind(_ModelFolderKind):
     """`ftlab train --config <the recipe's full config>` (also base snapshots: data.dataset=None)."""
 
     def command(self, job: Job, workspace: Workspace) -> list[str]:
-        import yaml
-
-        from ftlab.io import atomic_write_text
-
         config = json.loads(json.dumps(job.data["config"]))
         config["train"]["output_dir"] = str(model_folder(workspace, job.name))
         source = job.data.get("source")  # the base snapshot a recipe trains from
         if source:
             config["model"]["name"] = str(model_folder(workspace, source))
             config["model"]["revision"] = None  # the snapshot pinned it
-        path = jobs_dir(workspace) / f"{job.id}.train.yaml"
-        atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
-        return ["train", "--config", str(path)]
+        return ["train", "--config", str(_config_file(workspace, job, config))]
 
 
 class SnapshotKind(_TrainKind):
@@ -80,20 +77,27 @@ class TrainKind(_TrainKind):
 
 
 class QuantizeKind(_ModelFolderKind):
-    """`ftlab quantize --model <source folder> ... --output Models/<name>`."""
+    """`ftlab quantize --config <the variant's QuantRunConfig>`, reading the source job's folder and
+    writing `Models/<name>`."""
 
     name = "quantize"
 
     def command(self, job: Job, workspace: Workspace) -> list[str]:
-        d = job.data
-        args = ["quantize", "--model", str(model_folder(workspace, d["source"])), "--method", d["method"],
-                "--output", str(model_folder(workspace, job.name))]
-        for flag, key in (("--bits", "bits"), ("--group-size", "group_size"), ("--lm-head", "lm_head"),
-                          ("--calib-dataset", "calib_dataset"), ("--calib-samples", "calib_samples"),
-                          ("--data-dir", "data_dir")):
-            if d.get(key) is not None:
-                args += [flag, str(d[key])]
-        return args
+        config = json.loads(json.dumps(job.data["config"]))
+        config["run"]["model"] = str(model_folder(workspace, job.data["source"]))
+        config["run"]["output"] = str(model_folder(workspace, job.name))
+        return ["quantize", "--config", str(_config_file(workspace, job, config))]
+
+
+def config_path(workspace: Workspace, job: Job) -> Path:
+    """Where a job's full config is written for its command (absent for evaluation jobs)."""
+    return jobs_dir(workspace) / f"{job.id}.{job.kind}.yaml"
+
+
+def _config_file(workspace: Workspace, job: Job, config: dict) -> Path:
+    path = config_path(workspace, job)
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 for _kind in (SnapshotKind(), TrainKind(), QuantizeKind()):

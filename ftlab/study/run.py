@@ -14,7 +14,7 @@ from ftlab.jobs.backends import run_engine
 from ftlab.jobs.engine import BLOCKED, BUSY, DONE, FAILED, FAILED_EARLIER, RUNS, STALE, TODO, Engine, EngineSettings, Outcome, PlanRow
 from ftlab.paths import Workspace
 from ftlab.study.graph import StudyGraph, build_graph
-from ftlab.study.jobs import jobs_dir
+from ftlab.study.jobs import config_path, jobs_dir
 from ftlab.study.spec import Recipe, StudySpec, baseline_recipe, load_study, spec_summary
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def remove_outputs(study: Study) -> list[Path]:
     ws = study.workspace
     removed: list[Path] = []
     for job in study.graph.jobs:
-        paths = [study.engine().ledger.path(job.id), jobs_dir(ws) / f"{job.id}.train.yaml"]
+        paths = [study.engine().ledger.path(job.id), config_path(ws, job)]
         if job.kind == EVALUATE:
             paths += [ws.metrics_dir / f"{job.name}.json", ws.metrics_dir / f"{job.name}.samples.jsonl",
                       error_path(ws, job.name)]

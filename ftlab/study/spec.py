@@ -11,7 +11,7 @@ train:
   grid: {peft.method: [LoRa, DoRa], peft.r: [8, 16]}
   seeds: [0, 1]
 quantize:
-  variants: [{method: HQQ, bits: 4, group_size: 64}]
+  variants: [{method: HQQ, bits: 4, group_size: 64, options: {optimize: false}}]
 evaluate:
   datasets: [synthetic-arith]
   limit: 100
@@ -29,6 +29,9 @@ from typing import Any
 from ftlab.config import TrainRunConfig, config_to_dict, doc_field, load_config
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.naming import checked_name
+from ftlab.quant.registry import complete_spec, get_engine
+from ftlab.quant.settings import (SETTINGS, QuantRunConfig, flat_problems, identity as quant_identity, load_quant_config,
+                                  tree_of, whole_number_problems)
 
 BASE = "base"  # baseline: the untrained base snapshot of each recipe's base model
 # Keys the study sets itself; in `fixed` or `grid` they would silently fight the study.
@@ -53,8 +56,8 @@ class TrainSection:
 
 @dataclass
 class QuantizeSection:
-    variants: list[dict] = doc_field([], "PTQ variants applied to every trained model: "
-                                         "{method, bits, group_size, lm_head, calib_dataset, calib_samples}")
+    variants: list[dict] = doc_field([], "PTQ variants applied to every trained model: mappings of `ftlab quantize` "
+                                         "settings (ftlab.quant.settings), e.g. {method: HQQ, bits: 4, options: {axis: 0}}")
     base: bool = doc_field(False, "also quantize each base snapshot with every variant")
 
 
@@ -345,56 +348,78 @@ def _dataset_problems(entries: list[str], scoring: str) -> list[str]:
     return problems
 
 
-QUANT_KEYS = ("method", "bits", "group_size", "lm_head", "calib_dataset", "calib_samples")
-_WHOLE_NUMBER_KEYS = {"bits": 4, "group_size": 128, "calib_samples": 128}  # with an example value
+# Settings of `ftlab quantize` (QuantRunConfig) the study sets itself; in a variant they would
+# silently fight the study. Every other setting is a variant key.
+QUANT_MANAGED = {
+    "model": "every trained model (and, with quantize.base, every base snapshot) is quantized",
+    "output": "the study names every folder itself",
+    "overwrite": "a study never overwrites a folder",
+    "threads": "use `ftlab study run --threads`",
+    "data_dir": "set data_dir: at the top of the study file",
+}
+VARIANT_KEYS = [name for name in SETTINGS if name not in QUANT_MANAGED]
 
 
-def quant_spec(variant: dict, model_config: dict | None = None):
-    """The completed QuantizationSpec of one variant: defaults filled in (the group size fitted to
-    the base model's layer widths when its config.json is known), checked against those widths."""
-    from ftlab.quant.registry import complete_spec, get_engine
-    from ftlab.kinds.quant import QuantizationSpec
+def variant_config(variant: dict, calib: str | None = None, data_dir: str | None = None) -> QuantRunConfig:
+    """The `ftlab quantize` config of one variant (raises ConfigError): calibration on `calib` (the
+    training dataset) unless the variant names its own calib_dataset."""
+    flat = {k: v for k, v in variant.items() if k in VARIANT_KEYS}
+    if calib and not flat.get("calib_dataset"):
+        flat["calib_dataset"] = calib
+    if data_dir:
+        flat["data_dir"] = data_dir
+    tree, _ = tree_of(flat, SETTINGS, "quantize")
+    return load_quant_config(base=tree)
 
-    engine = get_engine(str(variant["method"]))
-    lm_head = str(variant["lm_head"]).lower() if variant.get("lm_head") else None
-    spec = complete_spec(QuantizationSpec(method=engine.method, bits=variant.get("bits"),
-                                          group_size=variant.get("group_size"), lm_head_dtype=lm_head,
-                                          compute_dtype=lm_head), model_config)
-    problems = engine.model_problems(spec, model_config) if model_config else []
+
+def _completed(cfg: QuantRunConfig, model_config: dict | None):
+    """The completed QuantizationSpec: defaults filled in (the group size fitted to the base model's
+    layer widths when its config.json is known), checked against those widths."""
+    spec = complete_spec(cfg.spec(), model_config)
+    problems = get_engine(spec.method).model_problems(spec, model_config) if model_config else []
     if problems:
         raise FtlabError("; ".join(problems))
     return spec
 
 
-def _quant_problems(spec: StudySpec) -> list[str]:
-    from ftlab.registry import closest
+def quant_spec(variant: dict, model_config: dict | None = None):
+    """The completed QuantizationSpec of one variant (raises ConfigError / FtlabError)."""
+    return _completed(variant_config(variant), model_config)
 
+
+def quant_job(spec: StudySpec, variant: dict, calib: str, model_config: dict | None) -> tuple[Any, dict, dict]:
+    """One variant's quantize job from a model trained on `calib`: its completed spec (the tag), the
+    payload its identity hashes, and the `ftlab quantize` config it runs with."""
+    cfg = variant_config(variant, calib, spec.data_dir)
+    q = _completed(cfg, model_config)
+    # The job runs with the completed bits and group size, so its folder carries the tag planned here.
+    cfg.quant.bits, cfg.quant.group_size = q.bits, q.group_size
+    return q, quant_identity(cfg, q), config_to_dict(cfg)
+
+
+def _quant_problems(spec: StudySpec) -> list[str]:
     problems = []
     for i, variant in enumerate(spec.quantize.variants):
         if not isinstance(variant, dict) or "method" not in variant:
             continue  # reported by validate()
-        for key in variant:
-            if key not in QUANT_KEYS:
-                hint = closest(str(key), list(QUANT_KEYS))
-                problems.append(f"unknown key quantize.variants[{i}].{key}"
-                                + (f" (did you mean {hint!r}?)" if hint else "") + f"; valid: {', '.join(QUANT_KEYS)}")
-        wrong = [k for k in _WHOLE_NUMBER_KEYS
-                 if variant.get(k) is not None and (isinstance(variant[k], bool) or not isinstance(variant[k], int))]
-        problems += [f"quantize.variants[{i}].{k}={variant[k]!r} must be a whole number (e.g. {_WHOLE_NUMBER_KEYS[k]})"
-                     for k in wrong]
+        label = f"quantize.variants[{i}]"
+        problems += [f"{label}.{k} is set by the study ({QUANT_MANAGED[k]})" for k in variant if k in QUANT_MANAGED]
+        problems += tree_of({k: v for k, v in variant.items() if k not in QUANT_MANAGED}, VARIANT_KEYS, label)[1]
+        wrong = whole_number_problems(variant, label)
+        problems += wrong
         if wrong:
             continue
         try:
             quant_spec(variant)
         except ConfigError as exc:
-            problems += [f"quantize.variants[{i}]: {p}" for p in exc.problems]
+            problems += [f"{label}: {p}" for p in flat_problems(exc.problems)]
         except FtlabError as exc:
-            problems.append(f"quantize.variants[{i}]: {exc}")
+            problems.append(f"{label}: {exc}")
     tags = []
     for variant in spec.quantize.variants:
         try:
             tags.append(quant_spec(variant).tag)
-        except (FtlabError, KeyError, TypeError):
+        except (FtlabError, KeyError, TypeError, AttributeError):
             continue
     if len(set(tags)) != len(tags):
         problems.append(f"quantize.variants: two variants give the same quant tag ({', '.join(tags)})")
