@@ -139,12 +139,11 @@ def layers() -> list[tuple[str, list[str]]]:
 
 
 def layer_of(module: str, table: list[tuple[str, list[str]]]) -> int | None:
+    """The row of the most specific entry naming `module` (its own path before its package's)."""
     path = module.replace(".", "/")
-    for rank, (_, paths) in enumerate(table):
-        for p in paths:
-            if p.endswith("/") and (path + "/").startswith(p) or p in (f"{path}.py", f"{path}/__init__.py"):
-                return rank
-    return None
+    hits = [(len(p), rank) for rank, (_, paths) in enumerate(table) for p in paths
+            if p.endswith("/") and (path + "/").startswith(p) or p in (f"{path}.py", f"{path}/__init__.py")]
+    return max(hits)[1] if hits else None
 
 
 def test_every_module_is_in_one_layer_of_the_doc():
@@ -170,6 +169,7 @@ def test_the_layer_check_catches_an_upward_import():
     table = [("1 low", ["ftlab/errors.py"]), ("2 high", ["ftlab/study/"])]
     assert layer_of("ftlab.study.run", table) == 1 and layer_of("ftlab.errors", table) == 0
     assert layer_of("ftlab.config", table) is None
+    assert layer_of("ftlab.study.run", [("1", ["ftlab/study/"]), ("2", ["ftlab/study/run.py"])]) == 1
 
 
 def test_no_private_name_is_imported_from_another_module():

@@ -21,7 +21,7 @@ from ftlab.jobs.backends import run_engine
 from ftlab.jobs.engine import BLOCKED, BUSY as ENGINE_BUSY, DONE, FAILED as ENGINE_FAILED, Engine, EngineSettings, Job, Resources, job_id
 from ftlab.jobs.locks import is_locked_by_other, lock_path
 from ftlab.orchestrate.discovery import BUSY, EvalOptions, PlanItem, plan_sweep
-from ftlab.orchestrate.job import EVALUATE, evaluation_data, mean_accuracy
+from ftlab.jobs.kinds import EVALUATE, evaluation_data, mean_accuracy
 from ftlab.paths import Workspace
 
 log = logging.getLogger(__name__)

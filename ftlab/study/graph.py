@@ -16,8 +16,7 @@ from ftlab.config import RUN_ONLY, TrainRunConfig, config_to_dict, config_withou
 from ftlab.jobs.engine import Job, Resources, job_id
 from ftlab.naming import VARIANT_DIGITS, build_run_name, parse_run_name, peft_tag
 from ftlab.paths import Workspace
-from ftlab.orchestrate.job import EVALUATE, evaluation_data
-from ftlab.study import jobs as _kinds  # noqa: F401  (registers the job kinds)
+from ftlab.jobs.kinds import EVALUATE, evaluation_data
 from ftlab.study.spec import BASE, Recipe, StudySpec, eval_options, quant_job, recipe_config
 
 NONE = "none"  # the quant column of unquantized models

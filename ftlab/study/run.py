@@ -14,7 +14,7 @@ from ftlab.jobs.backends import run_engine
 from ftlab.jobs.engine import BLOCKED, BUSY, DONE, FAILED, FAILED_EARLIER, RUNS, STALE, TODO, Engine, EngineSettings, Outcome, PlanRow
 from ftlab.paths import Workspace
 from ftlab.study.graph import StudyGraph, build_graph
-from ftlab.study.jobs import config_path, jobs_dir
+from ftlab.jobs.kinds import config_path, jobs_dir
 from ftlab.study.spec import Recipe, StudySpec, baseline_recipe, load_study, spec_summary
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def remove_outputs(study: Study) -> list[Path]:
     import shutil
 
     from ftlab.orchestrate.discovery import error_path
-    from ftlab.orchestrate.job import EVALUATE
+    from ftlab.jobs.kinds import EVALUATE
 
     ws = study.workspace
     removed: list[Path] = []

@@ -1,17 +1,33 @@
-"""The evaluation job, shared by `ftlab orchestrate` and `ftlab study`: `ftlab evaluate <model>`
-in its own process, judged by the orchestrator's planner (every requested task current in the
-model's metrics file), under the model's evaluation lock, with a `<model>.error.json` report when
-it fails (removed once it succeeds)."""
+"""The four kinds of job the engine (ftlab.jobs.engine) runs for `ftlab study` and `ftlab
+orchestrate`: snapshot, train, quantize, evaluate, registered in its JOB_KINDS. Each runs a real
+ftlab command in its own process and is judged by its output:
+
+- snapshot / train / quantize build `Models/<run name>.v<id>`: the folder only appears once
+  complete (staging folder, then rename), and its name carries the job's identity, so "the folder
+  exists" means "this job, with these settings and these inputs, is done";
+- evaluate is `ftlab evaluate <model>`, judged by the orchestrator's planner (every requested task
+  current in the model's metrics file), under the model's evaluation lock (a study and a sweep never
+  evaluate one model at once), with a `<model>.error.json` report when it fails (removed once it
+  succeeds).
+
+The kinds read the stages' own checks (the orchestrator's discovery, the evaluator's settings), so
+this module sits with the compositions, above the engine it registers into (docs/ARCHITECTURE.md,
+Layers).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import socket
 from pathlib import Path
 
+import yaml
+
 from ftlab.env import now_iso
-from ftlab.io import atomic_write_json, read_json
+from ftlab.errors import FtlabError
+from ftlab.io import atomic_write_json, atomic_write_text, read_json
 from ftlab.jobs.engine import DONE, JOB_KINDS, SKIP, STALE, TODO, Job, Status
 from ftlab.jobs.locks import lock_path
 from ftlab.jobs.process import ProcessResult
@@ -83,6 +99,7 @@ class EvaluateKind:
             acc = mean_accuracy(workspace, model)
             return "" if math.isnan(acc) else f"mean accuracy {acc:.4f}"
         cfg = self._options(job).resolve(model_ref_for(folder))
+        # heavy (the evaluator imports numpy and scikit-learn): only a failed evaluation's report needs it
         from ftlab.eval.evaluator import expected_settings
         from ftlab.eval.results import request_hash
 
@@ -96,8 +113,7 @@ class EvaluateKind:
 
 
 def mean_accuracy(workspace: Workspace, model: str) -> float:
-    from ftlab.errors import FtlabError
-    from ftlab.eval.evaluator import metrics_paths
+    from ftlab.eval.evaluator import metrics_paths  # heavy (numpy, scikit-learn); read once a job finished
 
     with contextlib.suppress(FtlabError, AttributeError, TypeError):
         doc = read_json(metrics_paths(workspace, model)[0], "metrics file")
@@ -107,4 +123,82 @@ def mean_accuracy(workspace: Workspace, model: str) -> float:
     return math.nan
 
 
-JOB_KINDS.add(EVALUATE, EvaluateKind())
+def jobs_dir(workspace: Workspace) -> Path:
+    """The ledger (each job's last outcome) and the configs of train jobs, shared by all studies."""
+    return workspace.jobs_dir
+
+
+def model_folder(workspace: Workspace, name: str) -> Path:
+    return workspace.models_dir / name
+
+
+class _ModelFolderKind:
+    """Jobs whose output is a model folder named after the job (snapshot, train, quantize)."""
+
+    name = ""
+
+    def finished(self, job: Job, workspace: Workspace, result, ok: bool) -> str:
+        return str(model_folder(workspace, job.name)) if ok else ""
+
+    def status(self, job: Job, workspace: Workspace) -> Status:
+        folder = model_folder(workspace, job.name)
+        if (folder / TRAINING_METADATA_FILE).is_file():
+            return Status(DONE, "model folder complete")
+        if folder.exists():
+            # Folders are published whole, so this one was put here by hand or by another tool.
+            return Status(STALE, f"{folder} exists but is not a finished ftlab model folder")
+        return Status(TODO, "not built yet")
+
+    def lock_path(self, job: Job, workspace: Workspace) -> Path:
+        # Not Models/.locks: the job's own `ftlab train`/`quantize` process claims the output folder
+        # there (ftlab.jobs.locks.output_claim) while this driver holds the job's lock.
+        return lock_path(workspace.jobs_dir, job.name)
+
+
+class _TrainKind(_ModelFolderKind):
+    """`ftlab train --config <the recipe's full config>` (also base snapshots: data.dataset=None)."""
+
+    def command(self, job: Job, workspace: Workspace) -> list[str]:
+        config = json.loads(json.dumps(job.data["config"]))
+        config["train"]["output_dir"] = str(model_folder(workspace, job.name))
+        source = job.data.get("source")  # the base snapshot a recipe trains from
+        if source:
+            config["model"]["name"] = str(model_folder(workspace, source))
+            config["model"]["revision"] = None  # the snapshot pinned it
+        return ["train", "--config", str(_config_file(workspace, job, config))]
+
+
+class SnapshotKind(_TrainKind):
+    name = "snapshot"
+
+
+class TrainKind(_TrainKind):
+    name = "train"
+
+
+class QuantizeKind(_ModelFolderKind):
+    """`ftlab quantize --config <the variant's QuantRunConfig>`, reading the source job's folder and
+    writing `Models/<name>`."""
+
+    name = "quantize"
+
+    def command(self, job: Job, workspace: Workspace) -> list[str]:
+        config = json.loads(json.dumps(job.data["config"]))
+        config["run"]["model"] = str(model_folder(workspace, job.data["source"]))
+        config["run"]["output"] = str(model_folder(workspace, job.name))
+        return ["quantize", "--config", str(_config_file(workspace, job, config))]
+
+
+def config_path(workspace: Workspace, job: Job) -> Path:
+    """Where a job's full config is written for its command (absent for evaluation jobs)."""
+    return jobs_dir(workspace) / f"{job.id}.{job.kind}.yaml"
+
+
+def _config_file(workspace: Workspace, job: Job, config: dict) -> Path:
+    path = config_path(workspace, job)
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+for _kind in (SnapshotKind(), TrainKind(), QuantizeKind(), EvaluateKind()):
+    JOB_KINDS.add(_kind.name, _kind)
