@@ -36,7 +36,7 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ftlab.train.cli import main_script  # noqa: E402
+from ftlab.commands.train import main_script  # noqa: E402
 
 BASE = {
     "model": {"name": MODEL_NAME},

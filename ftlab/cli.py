@@ -1,4 +1,6 @@
-"""The `ftlab` console command. Each subcommand lives in its stage's module (see COMMANDS)."""
+"""The `ftlab` console command: the command framework (parser, error guard, signals). `ftlab X` is
+the module `ftlab/commands/X.py` (add_arguments(parser), run(args) -> int), imported only when that
+command runs, so `ftlab --help` and light commands do not pay for torch/transformers imports."""
 
 from __future__ import annotations
 
@@ -8,24 +10,6 @@ import os
 import sys
 
 from ftlab.errors import FtlabError
-
-# name -> module providing HELP, add_arguments(parser), run(args) -> int. Imported lazily so
-# `ftlab --help` and light commands do not pay for torch/transformers imports.
-COMMANDS: dict[str, str] = {
-    "train": "ftlab.train.cli",
-    "quantize": "ftlab.quant.cli",
-    "export": "ftlab.quant.export_cli",
-    "evaluate": "ftlab.eval.cli_evaluate",
-    "orchestrate": "ftlab.orchestrate.cli",
-    "study": "ftlab.study.cli",
-    "compare": "ftlab.compare.cli",
-    "score": "ftlab.eval.cli_score",
-    "datasets": "ftlab.data.cli",
-    "models": "ftlab.models.cli",
-    "chat": "ftlab.eval.cli_chat",
-    "demo": "ftlab.demo",
-    "doctor": "ftlab.doctor",
-}
 
 # Each command's one-line help, the only copy: `ftlab --help` shows it without importing each
 # module, and a module that needs its own description (a script's parser) reads it from here.
@@ -47,6 +31,9 @@ SUMMARY: dict[str, str] = {
     "demo": "a small study offline on the built-in SmolLM2 model: fine-tune, quantize, evaluate, verdict",
     "doctor": "print the environment: torch, devices, engines, offline models, datasets, disk",
 }
+
+# name -> the module that implements it: one naming rule, `ftlab/commands/<name>.py`.
+COMMANDS: dict[str, str] = {name: f"ftlab.commands.{name}" for name in SUMMARY}
 
 
 def build_parser(with_subcommands: tuple[str, ...] = ()) -> argparse.ArgumentParser:

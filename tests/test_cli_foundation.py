@@ -122,6 +122,9 @@ def test_command_help_has_one_source():
     for module in COMMANDS.values():
         source = (root / (module.replace(".", "/") + ".py")).read_text()
         assert not re.search(r"^HELP\s*=", source, re.M), module
+    # one naming rule: `ftlab X` is ftlab/commands/X.py, and that folder holds nothing else
+    modules = {p.stem for p in (root / "ftlab" / "commands").glob("*.py")} - {"__init__"}
+    assert modules == set(SUMMARY)
 
 
 def test_method_lists_people_read_name_every_registered_method(capsys):

@@ -45,7 +45,7 @@ def test_demo_quick_is_a_study_ending_in_a_report_and_a_rerun_reuses_everything(
     assert "Traceback" not in r.stderr
 
     # The plan, after the run: variance and job times measured on this study.
-    from ftlab.demo import study_file
+    from ftlab.commands.demo import study_file
 
     plan = subprocess.run([sys.executable, "-m", "ftlab", "--workdir", str(tmp_path), "study", "plan",
                            str(study_file(quick=True))], capture_output=True, text=True, timeout=600)

@@ -6,7 +6,7 @@ import torch
 
 from ftlab.cli import main
 from ftlab.eval import load_metrics_document
-from ftlab.eval.cli_chat import chat
+from ftlab.commands.chat import chat
 from ftlab.eval.evaluator import metrics_paths
 from ftlab.eval.hf_generator import HFGenerator
 from ftlab.eval.stopping import BoxClosedCriteria

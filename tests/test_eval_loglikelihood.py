@@ -381,7 +381,7 @@ def test_plain_prompts_start_with_bos_where_the_tokenizer_puts_one(tiny):
 
 
 def test_chat_raw_continues_the_prompt_verbatim(capsys):
-    from ftlab.eval.cli_chat import chat
+    from ftlab.commands.chat import chat
     from ftlab.models.sources import load_model
 
     text, gen = chat("scratch:tiny", "The capital of France is", max_new_tokens=5, raw=True)

@@ -167,8 +167,8 @@ def test_forwarded_options_hash_like_ftlab_evaluate(tmp_path):
     """The planner's task settings must be the ones the worker's `ftlab evaluate` stores, whatever
     the order of options and overrides, or every finished model would look stale."""
     from ftlab.cli import build_parser
-    from ftlab.eval.cli_evaluate import _split_tail, build_config
-    from ftlab.orchestrate.cli import _split_overrides
+    from ftlab.commands.evaluate import _split_tail, build_config
+    from ftlab.commands.orchestrate import _split_overrides
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("eval:\n  system_prompt: Be brief.\n  limit: 9\n")

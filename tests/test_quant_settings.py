@@ -14,7 +14,7 @@ import yaml
 
 from ftlab.errors import ConfigError
 from ftlab.paths import Workspace
-from ftlab.quant.cli import add_arguments, flags_of, load_cli_config
+from ftlab.commands.quantize import add_arguments, flags_of, load_cli_config
 from ftlab.quant.registry import complete_spec
 from ftlab.quant.settings import SETTINGS, QuantRunConfig, identity, load_quant_config
 

@@ -71,7 +71,7 @@ def test_methods_and_tags_are_one_name_each_with_one_engine(monkeypatch):
     post-training name has exactly one engine, and the CLI's list reads the engines."""
     from ftlab.kinds import quant as kinds
     from ftlab.kinds.quant import PTQ_METHODS, QUANT_METHODS
-    from ftlab.quant.cli import _methods_doc
+    from ftlab.commands.quantize import _methods_doc
 
     assert [m.value for m in QuantMethod] == ["NoQuant", "QLORA", *method_names()]
     assert method_names() == list(PTQ_METHODS)

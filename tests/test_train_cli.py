@@ -69,7 +69,7 @@ def test_script_end_to_end_with_config_file_and_overrides(tiny_model_dir, tmp_pa
     assert meta["merged"] and meta["peft"]["method"] == "rsLoRa" and meta["peft"]["r"] == 4
 
     # the same command again: the folder exists -> one-line error, exit 2 (in-process: same entry point)
-    from ftlab.train.cli import main_script
+    from ftlab.commands.train import main_script
 
     ns = runpy.run_path(str(SCRIPT), run_name="not_main")
     rc = main_script(ns["BASE"], ["--workdir", str(tmp_path), "--config", str(cfg_file), *overrides])

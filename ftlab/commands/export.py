@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ftlab.errors import FtlabError
-from ftlab.quant.cli import add_output_arguments, load_cli_config, run_request
+from ftlab.commands.quantize import add_output_arguments, load_cli_config, run_request
 from ftlab.quant.engines.gguf import TYPES
 
 FORMATS = ("gguf",)

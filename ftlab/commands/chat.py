@@ -49,7 +49,7 @@ def chat(model_ref: str, prompt: str, *, system: str | None = None, max_new_toke
 
 def run(args: argparse.Namespace) -> int:
     from ftlab.env import set_threads
-    from ftlab.eval.cli_evaluate import resolve_threads
+    from ftlab.commands.evaluate import resolve_threads
     from ftlab.paths import Workspace
 
     set_threads(resolve_threads(args.threads))
