@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ftlab.errors import FtlabError
+from ftlab.eval.answer_kinds import ANSWER_KINDS
 from ftlab.io import read_json
 from ftlab.schema import register_upgrader, upgrade
 
@@ -65,7 +66,7 @@ def _metrics_v1_to_v2(doc: dict) -> dict:
             continue
         kind = block.get("answer_kind")
         tolerance = None
-        if kind == "numeric":
+        if kind in ANSWER_KINDS and ANSWER_KINDS.get(kind).uses_tolerance:
             tolerance = {"rel": eval_cfg.get("numeric_rel_tol", _V1_TOLERANCE["rel"]),
                          "abs": eval_cfg.get("numeric_abs_tol", _V1_TOLERANCE["abs"]), "rounded_golds": False}
         runner = "perplexity" if str(key).startswith("perplexity:") else "generate"

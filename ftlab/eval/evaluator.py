@@ -15,12 +15,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 from ftlab.config import EvalRunConfig, config_to_dict
 from ftlab.errors import FtlabError
 from ftlab.eval import loglikelihood as _loglikelihood  # noqa: F401  (registers the "loglikelihood" runner)
-from ftlab.eval.metrics import ScoringOptions, describe, get_scorer, score_responses, scoring_version, task_options
+from ftlab.eval.answer_kinds import ANSWER_KINDS, get_scorer, gold_of, scoring_version, task_options
+from ftlab.eval.metrics import ScoringOptions, describe, score_responses
 from ftlab.eval.results import SampleStore, TaskSpec, settings_changes, task_settings
 from ftlab.eval.runners import (  # noqa: F401  (PERPLEXITY, LOGLIKELIHOOD: part of this module's interface)
     LOGLIKELIHOOD, PERPLEXITY, RUNNER_SCORING_VERSIONS, RUNNERS, DatasetPlan, RunContext, prompt_hash,
@@ -132,7 +133,7 @@ def outdated_scoring(doc: dict) -> dict[str, tuple[int, int]]:
 def task_spec(plan: DatasetPlan, cfg: EvalRunConfig) -> TaskSpec:
     e, task = cfg.eval, plan.task
     tolerance = None
-    if task.answer_kind == "numeric" and plan.runner == "generate":
+    if ANSWER_KINDS.get(task.answer_kind).uses_tolerance and plan.runner == "generate":
         tolerance = scoring_options(task, cfg).tolerance()
     version = current_scoring_version(plan.runner, task.answer_kind)
     return TaskSpec(key=plan.name, runner=plan.runner, task=task.name, answer_kind=task.answer_kind,
@@ -156,13 +157,6 @@ def expected_settings(cfg: EvalRunConfig, workspace: Workspace | None = None) ->
     plans = [resolve_entry(entry, metadata, cfg.eval.scoring) for entry in cfg.eval.datasets]
     _check_unique(plans)
     return {p.name: plan_settings(p, cfg) for p in plans}
-
-
-def gold_of(task, example) -> Any:
-    """SQuAD keeps every reference answer (EM/F1 take the best match); other kinds one string."""
-    if task.answer_kind == "span" and example.meta.get("answers") is not None:
-        return list(example.meta["answers"])
-    return example.answer
 
 
 # ---------------------------------------------------------------------------------------------
