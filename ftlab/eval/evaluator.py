@@ -21,14 +21,15 @@ from ftlab.config import EvalRunConfig, config_to_dict
 from ftlab.errors import FtlabError
 from ftlab.eval import loglikelihood as _loglikelihood  # noqa: F401  (registers the "loglikelihood" runner)
 from ftlab.eval.answer_kinds import ANSWER_KINDS, get_scorer, gold_of, scoring_version, task_options
+from ftlab.eval.documents import load_metrics_document, metrics_document, write_metrics_document
 from ftlab.eval.metrics import ScoringOptions, describe, score_responses
 from ftlab.eval.results import SampleStore, TaskSpec, settings_changes, task_settings
 from ftlab.eval.runners import (  # noqa: F401  (PERPLEXITY, LOGLIKELIHOOD: part of this module's interface)
     LOGLIKELIHOOD, PERPLEXITY, RUNNER_SCORING_VERSIONS, RUNNERS, DatasetPlan, RunContext, prompt_hash,
 )
-from ftlab.io import append_jsonl, atomic_write_json, dir_size_bytes, to_jsonable
+from ftlab.io import append_jsonl, dir_size_bytes, to_jsonable
 from ftlab.paths import Workspace
-from ftlab.schema import METRICS_SCHEMA_VERSION, NewerSchemaError
+from ftlab.schema import NewerSchemaError
 
 if TYPE_CHECKING:  # generation imports transformers; the orchestrator only needs the settings
     from ftlab.eval.backend_api import Generator
@@ -295,17 +296,12 @@ def _new_document(name: str, model_ref: str, source, cfg: EvalRunConfig, old: di
     """The document this run writes: every task block of the old document carried over."""
     from ftlab.env import environment_info, now_iso
 
-    return {
-        "schema_version": METRICS_SCHEMA_VERSION, "kind": "metrics", "status": "running",
-        "model": {"name": name, "ref": str(model_ref), "path": str(source.path) if source.path else None,
-                  "source_kind": source.kind, "metadata": model_summary(source)},
-        # The config of the latest run; each task's own settings are in its block.
-        "eval_config": config_to_dict(cfg), "backend": cfg.eval.backend,
-        "datasets": dict((old or {}).get("datasets") or {}), "summary": {},
-        "superseded": list((old or {}).get("superseded") or []),
-        "quantization": _quantization_of(source), "environment": environment_info(),
-        "started_at": now_iso(), "finished_at": None,
-    }
+    return metrics_document(
+        model={"name": name, "ref": str(model_ref), "path": str(source.path) if source.path else None,
+               "source_kind": source.kind, "metadata": model_summary(source)},
+        eval_config=config_to_dict(cfg), backend=cfg.eval.backend,
+        datasets=(old or {}).get("datasets"), superseded=(old or {}).get("superseded"),
+        quantization=_quantization_of(source), environment=environment_info(), started_at=now_iso())
 
 
 def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, generator: Generator | None = None,
@@ -360,11 +356,11 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
             doc["datasets"][plan.name] = block
             doc["summary"] = _summary(doc["datasets"], time.perf_counter() - t0, mem)
             # After each task: a kill leaves every finished task readable, the document marked running.
-            atomic_write_json(json_path, doc)
+            write_metrics_document(json_path, doc)
     doc["status"] = "complete"
     doc["finished_at"] = now_iso()
     doc["summary"] = _summary(doc["datasets"], time.perf_counter() - t0, mem)
-    atomic_write_json(json_path, doc)
+    write_metrics_document(json_path, doc)
     return to_jsonable(doc)
 
 
@@ -373,8 +369,6 @@ def _existing_document(json_path: Path) -> dict | None:
     fields missing) is moved aside, kept, and rebuilt: every answer behind it is in the samples JSONL
     beside it, so the tasks asked again are rescored from there without generating. A document of a
     newer ftlab is refused: it is not damaged, and this ftlab cannot write its schema."""
-    from ftlab.eval.documents import load_metrics_document
-
     try:
         return load_metrics_document(json_path, missing_ok=True)
     except NewerSchemaError:
