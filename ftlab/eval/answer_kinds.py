@@ -24,6 +24,7 @@ from ftlab.eval.extraction import extract_with, last_line, last_number, last_yes
 from ftlab.eval.metrics import (
     BooleanScorer, ChoiceScorer, ExactScorer, NumericScorer, Scorer, ScoringOptions, SpanScorer,
 )
+from ftlab.kinds.eval import GENERATE, LOGLIKELIHOOD
 from ftlab.registry import Registry
 
 
@@ -37,7 +38,7 @@ class AnswerKind:
     # scored by the old rule become stale for tasks of this kind only (the evaluator rescores them
     # from the stored responses, without generating again).
     version: int
-    modes: tuple[str, ...]  # scoring modes (ftlab.eval.modes) that can score it
+    modes: tuple[str, ...]  # scoring modes (ftlab.kinds.eval names) that can score it
     doc: str
     # How a question and its gold become a log-likelihood item (ftlab.eval.choice_formats); None
     # when the kind has no options to compare.
@@ -82,8 +83,6 @@ def _non_numeric_golds(answers: list) -> str | None:
 def _all_match(pattern: str) -> Callable[[list[str]], bool]:
     return lambda answers: bool(answers) and all(re.fullmatch(pattern, a) for a in answers)
 
-
-GENERATE, LOGLIKELIHOOD = "generate", "loglikelihood"
 
 ANSWER_KINDS.add("numeric", AnswerKind(
     name="numeric", scorer=NumericScorer, flexible=last_number,

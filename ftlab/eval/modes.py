@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ftlab.errors import FtlabError
 from ftlab.eval.answer_kinds import ANSWER_KINDS
+from ftlab.kinds.eval import GENERATE, LOGLIKELIHOOD, PLAIN
 from ftlab.registry import Registry
 
 
@@ -41,12 +42,13 @@ class ScoringMode:
                 f":{self.suffix} suffix)")
 
 
+# One behaviour per name in ftlab.kinds.eval.SCORING_MODE_NAMES (the names the config accepts).
 SCORING_MODES: Registry[ScoringMode] = Registry("scoring mode")
-SCORING_MODES.add("generate", ScoringMode(
-    "generate", None, "generate",
+SCORING_MODES.add(GENERATE, ScoringMode(
+    GENERATE, None, "generate",
     "the model writes an answer; the answer in its \\boxed{} is extracted and matched (knowledge and format)"))
-SCORING_MODES.add("loglikelihood", ScoringMode(
-    "loglikelihood", "ll", "loglikelihood",
+SCORING_MODES.add(LOGLIKELIHOOD, ScoringMode(
+    LOGLIKELIHOOD, "ll", "loglikelihood",
     "each option's log-probability as the continuation of the prompt; the likeliest option is the "
     "answer (knowledge, whatever the output format)",
     # Plain text for every model, as lm-evaluation-harness does by default: a base model and its
@@ -54,7 +56,7 @@ SCORING_MODES.add("loglikelihood", ScoringMode(
     # prompt formats. Measured on SmolLM2-135M-Instruct, 200 rows, plain vs chat: ARC acc 0.245
     # vs 0.240, acc_norm 0.245 vs 0.245; BoolQ acc 0.38 vs 0.40, acc_norm 0.54 vs 0.61.
     # eval.prompt_format=chat uses the template.
-    auto_prompt_format="plain"))
+    auto_prompt_format=PLAIN))
 
 
 def split_entry(entry: str) -> tuple[str, ScoringMode | None]:

@@ -1,0 +1,1 @@
+"""Names and tags of the kinds of thing ftlab knows, below the foundation: stages register behaviour against them."""
