@@ -17,6 +17,7 @@ from typing import Any, Iterable, TypeVar
 import yaml
 
 from ftlab.errors import ConfigError, FtlabError
+from ftlab.kinds.eval import PROMPT_FORMAT_NAMES, SCORING_MODE_NAMES
 from ftlab.kinds.peft import PEFT_NAMES, is_adapter, run_problems
 from ftlab.kinds.quant import QUANT_METHODS, TRAINING_METHODS
 from ftlab.registry import closest
@@ -243,11 +244,8 @@ class EvalConfig:
             out.append(f"eval.batch_size={self.batch_size} must be >= 1 (or None for auto)")
         if self.num_fewshot < 0:
             out.append(f"eval.num_fewshot={self.num_fewshot} must be >= 0")
-        from ftlab.eval.modes import SCORING_MODES
-        from ftlab.eval.prompt_format import PROMPT_FORMATS
-
-        for key, value, valid in (("scoring", self.scoring, SCORING_MODES.names()),
-                                  ("prompt_format", self.prompt_format, list(PROMPT_FORMATS))):
+        for key, value, valid in (("scoring", self.scoring, list(SCORING_MODE_NAMES)),
+                                  ("prompt_format", self.prompt_format, list(PROMPT_FORMAT_NAMES))):
             if value not in valid:
                 hint = closest(value, valid)
                 out.append(f"eval.{key}={value!r} is unknown" + (f" (did you mean {hint!r}?)" if hint else "")

@@ -10,7 +10,8 @@ import torch
 from ftlab.cli import main
 from ftlab.eval import load_metrics_document
 from ftlab.eval.choice_logprobs import ChoiceRequest, ChoiceScorer
-from ftlab.eval.choice_prompts import ChoiceItem, build_item, encode, render, split_options
+from ftlab.eval.choice_formats import ChoiceItem, split_options
+from ftlab.eval.choice_prompts import build_item, encode, render
 from ftlab.eval.evaluator import metrics_paths
 from ftlab.eval.loglikelihood import metrics_block, predictions
 from ftlab.io import read_jsonl

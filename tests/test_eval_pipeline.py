@@ -18,7 +18,8 @@ from ftlab.errors import FtlabError
 from ftlab.eval import load_metrics_document
 from ftlab.eval.evaluator import evaluate, expected_settings, metrics_paths, model_file_name
 from ftlab.data.tasks import TASKS
-from ftlab.eval.metrics import ScoringOptions, get_scorer, score_responses
+from ftlab.eval.answer_kinds import get_scorer
+from ftlab.eval.metrics import ScoringOptions, score_responses
 from ftlab.eval.results import settings_key
 from ftlab.eval.canned import CannedGenerator
 from ftlab.io import append_jsonl, atomic_write_json, read_jsonl

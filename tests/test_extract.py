@@ -2,7 +2,8 @@
 
 import pytest
 
-from ftlab.eval.extraction import FLEXIBLE_EXTRACTORS, box_cut_off, extract, extract_boxed, has_closed_box
+from ftlab.eval.answer_kinds import ANSWER_KINDS, extract
+from ftlab.eval.extraction import box_cut_off, extract_boxed, has_closed_box
 
 BOXED = [
     ("The answer is \\boxed{42}.", "42"),
@@ -81,7 +82,7 @@ FLEXIBLE = [
 
 @pytest.mark.parametrize("kind,text,expected", FLEXIBLE)
 def test_flexible_fallback(kind, text, expected):
-    assert FLEXIBLE_EXTRACTORS.get(kind)(text) == expected
+    assert ANSWER_KINDS.get(kind).flexible(text) == expected
 
 
 def test_extract_prefers_strict_and_reports_fallback():

@@ -7,7 +7,8 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, matthews_corrcoef, precision_recall_fscore_support
 
 from ftlab.eval import normalize as nz
-from ftlab.eval.metrics import bootstrap_interval, describe, get_scorer, score_responses, ScoringOptions
+from ftlab.eval.answer_kinds import get_scorer
+from ftlab.eval.metrics import bootstrap_interval, describe, score_responses, ScoringOptions
 
 
 @pytest.mark.parametrize("text,value", [

@@ -24,7 +24,8 @@ from sklearn.metrics import f1_score, matthews_corrcoef
 from ftlab.cli import main
 from ftlab.data.tasks import TASKS, custom_task
 from ftlab.eval import normalize as nz
-from ftlab.eval.metrics import SCORERS, ScoringOptions, get_scorer, score_responses
+from ftlab.eval.answer_kinds import ANSWER_KINDS, get_scorer
+from ftlab.eval.metrics import ScoringOptions, score_responses
 
 CUSTOM = "custom"  # a user's numeric file: ftlab's default tolerance
 
@@ -247,7 +248,7 @@ def test_cut_off_last_box_is_never_credited_with_an_earlier_box(kind, response, 
 
 def test_every_answer_kind_has_a_scoring_version_above_v1():
     # Every kind's verdicts changed in v2 (at least the cut-off rule): v1 results are stale for all.
-    assert {name: SCORERS.get(name).version for name in SCORERS.names()} == {
+    assert {name: ANSWER_KINDS.get(name).version for name in ANSWER_KINDS.names()} == {
         "choice": 2, "boolean": 2, "numeric": 2, "span": 2, "exact": 2}
 
 

@@ -6,13 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
+from ftlab.data.tasks import TASKS, custom_task
 from ftlab.errors import FtlabError
+from ftlab.eval.answer_kinds import ANSWER_KINDS, get_scorer
+from ftlab.eval.metrics import ScoringOptions, sample_score_dict, score_responses
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True,
                         help="registered task (arc, boolq, squad_v2, openmath, synthetic-arith, ...) or an answer kind "
-                             "(numeric, choice, boolean, span, exact)")
+                             f"({', '.join(ANSWER_KINDS.names())})")
     parser.add_argument("--predictions", required=True, help="JSONL file, one {\"response\", \"answer\"} object per line")
     parser.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples for the accuracy interval")
     parser.add_argument("--seed", type=int, default=0)
@@ -27,9 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def task_of(task: str):
     """The registered task, or a stand-in with the kind's defaults for a bare answer kind."""
-    from ftlab.data.tasks import ANSWER_KINDS, TASKS, custom_task
-
-    if task in ANSWER_KINDS:
+    if task in ANSWER_KINDS.names():
         return custom_task(task, task)
     return TASKS.get(task)  # unknown names raise with the valid list
 
@@ -73,8 +74,6 @@ def read_predictions(path: str) -> tuple[list, list]:
 def score_file(task: str, predictions: str, *, bootstrap_samples: int = 1000, seed: int = 0,
                rel_tol: float | None = None, abs_tol: float | None = None,
                labels: tuple[str, ...] | None = None) -> tuple[dict, list]:
-    from ftlab.eval.metrics import ScoringOptions, get_scorer, sample_score_dict, score_responses
-
     t = task_of(task)
     for flag, value in (("--rel-tol", rel_tol), ("--abs-tol", abs_tol)):
         if value is not None and value < 0:

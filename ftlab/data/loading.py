@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftlab.data.tasks import TASKS, Task, custom_task, format_number
+from ftlab.data.tasks import TASKS, Task, custom_task
 from ftlab.errors import FtlabError
+from ftlab.eval.answer_kinds import ANSWER_KINDS
 from ftlab.paths import Workspace
 
 log = logging.getLogger(__name__)
@@ -145,14 +146,14 @@ def _read_custom_rows(path: Path) -> list[dict]:
 
 
 def _infer_answer_kind(answers: list) -> str:
+    """The first answer kind (by `infer_rank`) that recognises every non-empty answer."""
     vals = [str(a).strip() for a in answers if not _is_empty(a)]
-    if vals and all(re.fullmatch(r"[A-Ea-e]", v) for v in vals):
-        return "choice"
-    if vals and all(v.lower() in ("yes", "no", "true", "false") for v in vals):
-        return "boolean"
-    if vals and all(re.fullmatch(r"-?[\d,]*\.?\d+(e-?\d+)?", v) for v in vals):
-        return "numeric"
-    return "exact"
+    ranked = sorted((k for _, k in ANSWER_KINDS.items() if k.recognises is not None), key=lambda k: k.infer_rank)
+    for kind in ranked:
+        if kind.recognises(vals):
+            return kind.name
+    raise FtlabError(f"no answer kind matches answers such as {vals[:3]}; name the answer kind "
+                     f"({', '.join(ANSWER_KINDS.names())})")
 
 
 # --- registered tasks ---------------------------------------------------------------------
@@ -219,11 +220,12 @@ def validate_rows(task: Task, rows: list[dict], origin: str) -> tuple[list[dict]
             f"dataset {task.name} ({origin}) lacks column(s) {missing}; has {sorted(rows[0])}. "
             f"Required: {list(task.columns)}"
         )
+    kind = ANSWER_KINDS.get(task.answer_kind)
     warnings, kept, no_question, no_answer = [], [], 0, 0
     for r in rows:
         if _is_empty(r.get("question")):
             no_question += 1
-        elif _is_empty(r.get("answer")) and task.answer_kind != "span":  # SQuAD's empty answer = unanswerable
+        elif _is_empty(r.get("answer")) and not kind.empty_gold:
             no_answer += 1
         else:
             kept.append(r)
@@ -238,10 +240,10 @@ def validate_rows(task: Task, rows: list[dict], origin: str) -> tuple[list[dict]
         bad = sorted({task.gold(r) for r in kept} - set(task.labels))
         if bad:
             raise FtlabError(f"dataset {task.name} ({origin}) has answers outside the label set {list(task.labels)}: {bad[:5]}")
-    if task.answer_kind == "numeric":
-        bad_n = [r["answer"] for r in kept if not _is_number(format_number(r["answer"]))]
-        if bad_n:
-            warnings.append(f"{len(bad_n)} non-numeric answer(s), e.g. {str(bad_n[0])[:40]!r} (scored by text)")
+    if kind.gold_warning is not None:
+        warning = kind.gold_warning([r["answer"] for r in kept])
+        if warning:
+            warnings.append(warning)
     seen, dups = set(), 0
     for r in kept:
         key = (task.render(r), task.gold(r))
@@ -257,14 +259,6 @@ def _is_empty(value: Any) -> bool:
     if value is None or (isinstance(value, float) and value != value):
         return True
     return isinstance(value, str) and not value.strip()
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s.replace(",", ""))
-        return True
-    except ValueError:
-        return False
 
 
 def load_examples(task_or_file: str | Task, split: str = "test", *, workspace: Workspace | None = None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from ftlab.data.loading import hub_rows, read_table, validate_rows
 from ftlab.data.tasks import TASKS, Task
 from ftlab.errors import FtlabError
+from ftlab.eval.answer_kinds import ANSWER_KINDS
 from ftlab.io import atomic_write_bytes, staged_files
 from ftlab.paths import Workspace
 
@@ -49,10 +50,10 @@ def prepare_task(task: Task, out_dir: Path, from_dir: Path | None, limit: int | 
         rows, warnings = validate_rows(task, rows, origin)
         if limit is not None:
             rows = rows[:limit]
-        if task.labels:
-            # Canonical labels on disk, so every reader (ours or a notebook) sees A-D, yes/no.
+        if task.labels and ANSWER_KINDS.get(task.answer_kind).canonical_gold_on_disk:
+            # Canonical labels on disk, so every reader (ours or a notebook) sees A-D, not ARC's 1-4.
             for r in rows:
-                r["answer"] = task.gold(r) if task.answer_kind == "choice" else r["answer"]
+                r["answer"] = task.gold(r)
         _write_parquet(rows, out_dir / name)
         report.append({"task": task.name, "split": split, "rows": len(rows), "file": str(out_dir / name),
                        "origin": origin, "warnings": "; ".join(warnings)})

@@ -6,35 +6,21 @@ reading tasks), whether it was read from `Datasets/*.parquet`, `../shared/datase
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ftlab.errors import FtlabError
+from ftlab.eval.answer_kinds import ANSWER_KINDS
+# The numeric rules live with the scorer that applies them; imported here for the task table.
+from ftlab.eval.normalize import DEFAULT_TOLERANCE, NumericTolerance, format_number  # noqa: F401
 from ftlab.registry import Registry
-
-ANSWER_KINDS = ("numeric", "choice", "boolean", "span", "exact")
-
-
-@dataclass(frozen=True)
-class NumericTolerance:
-    """How a numeric task matches a non-integer gold; integer golds always match exactly (a relative
-    tolerance would let a six-digit integer that is off in its last digits pass)."""
-
-    rel: float = 1e-4  # |pred - gold| <= rel * |gold|
-    abs: float = 0.0
-    rounded_golds: bool = False  # a gold with 2+ decimals also matches a prediction that rounds to it
-    why: str = "non-integer golds within 1e-4 relative (ftlab's default for numeric files)"
-
-
-DEFAULT_TOLERANCE = NumericTolerance()
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
-    answer_kind: str  # how answers are matched: numeric, choice, boolean, span, exact
+    answer_kind: str  # how answers are matched: a name in ftlab.eval.answer_kinds.ANSWER_KINDS
     instruction: str  # appended to every question; asks for the answer in \boxed{}
     file_stem: str | None  # Datasets/<split>-<file_stem>.parquet
     columns: tuple[str, ...]  # required columns after normalisation
@@ -59,22 +45,6 @@ def get_task(name: str) -> Task:
 
 
 # --- openmath ---------------------------------------------------------------------------------
-
-
-def format_number(value: Any) -> str:
-    """`667.0` -> `667`, `0.5` -> `0.5`; answers in the shared subset are floats."""
-    if isinstance(value, str):
-        value = value.strip()
-        try:
-            value = float(value.replace(",", ""))
-        except ValueError:
-            return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        f = float(value)
-        if math.isfinite(f) and f.is_integer():
-            return str(int(f))
-        return repr(f)
-    return str(value)
 
 
 def _openmath_from_hub(row: dict) -> dict:
@@ -198,8 +168,8 @@ TASKS.add("synthetic-arith", Task(
 
 def custom_task(name: str, answer_kind: str) -> Task:
     """A task for a user's file: its questions are used as written, answers matched by `answer_kind`."""
-    if answer_kind not in ANSWER_KINDS:
-        raise FtlabError(f"answer kind {answer_kind!r} is unknown; valid: {', '.join(ANSWER_KINDS)}")
+    if answer_kind not in ANSWER_KINDS.names():
+        raise FtlabError(f"answer kind {answer_kind!r} is unknown; valid: {', '.join(ANSWER_KINDS.names())}")
     return Task(
         name=name, answer_kind=answer_kind,
         instruction="Put the final answer inside \\boxed{}.",

@@ -15,19 +15,21 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 from ftlab.config import EvalRunConfig, config_to_dict
 from ftlab.errors import FtlabError
 from ftlab.eval import loglikelihood as _loglikelihood  # noqa: F401  (registers the "loglikelihood" runner)
-from ftlab.eval.metrics import ScoringOptions, describe, get_scorer, score_responses, scoring_version, task_options
+from ftlab.eval.answer_kinds import ANSWER_KINDS, get_scorer, gold_of, scoring_version, task_options
+from ftlab.eval.documents import load_metrics_document, metrics_document, write_metrics_document
+from ftlab.eval.metrics import ScoringOptions, describe, score_responses
 from ftlab.eval.results import SampleStore, TaskSpec, settings_changes, task_settings
 from ftlab.eval.runners import (  # noqa: F401  (PERPLEXITY, LOGLIKELIHOOD: part of this module's interface)
     LOGLIKELIHOOD, PERPLEXITY, RUNNER_SCORING_VERSIONS, RUNNERS, DatasetPlan, RunContext, prompt_hash,
 )
-from ftlab.io import append_jsonl, atomic_write_json, dir_size_bytes, to_jsonable
+from ftlab.io import append_jsonl, dir_size_bytes, to_jsonable
 from ftlab.paths import Workspace
-from ftlab.schema import METRICS_SCHEMA_VERSION, NewerSchemaError
+from ftlab.schema import NewerSchemaError
 
 if TYPE_CHECKING:  # generation imports transformers; the orchestrator only needs the settings
     from ftlab.eval.backend_api import Generator
@@ -132,7 +134,7 @@ def outdated_scoring(doc: dict) -> dict[str, tuple[int, int]]:
 def task_spec(plan: DatasetPlan, cfg: EvalRunConfig) -> TaskSpec:
     e, task = cfg.eval, plan.task
     tolerance = None
-    if task.answer_kind == "numeric" and plan.runner == "generate":
+    if ANSWER_KINDS.get(task.answer_kind).uses_tolerance and plan.runner == "generate":
         tolerance = scoring_options(task, cfg).tolerance()
     version = current_scoring_version(plan.runner, task.answer_kind)
     return TaskSpec(key=plan.name, runner=plan.runner, task=task.name, answer_kind=task.answer_kind,
@@ -156,13 +158,6 @@ def expected_settings(cfg: EvalRunConfig, workspace: Workspace | None = None) ->
     plans = [resolve_entry(entry, metadata, cfg.eval.scoring) for entry in cfg.eval.datasets]
     _check_unique(plans)
     return {p.name: plan_settings(p, cfg) for p in plans}
-
-
-def gold_of(task, example) -> Any:
-    """SQuAD keeps every reference answer (EM/F1 take the best match); other kinds one string."""
-    if task.answer_kind == "span" and example.meta.get("answers") is not None:
-        return list(example.meta["answers"])
-    return example.answer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,17 +296,12 @@ def _new_document(name: str, model_ref: str, source, cfg: EvalRunConfig, old: di
     """The document this run writes: every task block of the old document carried over."""
     from ftlab.env import environment_info, now_iso
 
-    return {
-        "schema_version": METRICS_SCHEMA_VERSION, "kind": "metrics", "status": "running",
-        "model": {"name": name, "ref": str(model_ref), "path": str(source.path) if source.path else None,
-                  "source_kind": source.kind, "metadata": model_summary(source)},
-        # The config of the latest run; each task's own settings are in its block.
-        "eval_config": config_to_dict(cfg), "backend": cfg.eval.backend,
-        "datasets": dict((old or {}).get("datasets") or {}), "summary": {},
-        "superseded": list((old or {}).get("superseded") or []),
-        "quantization": _quantization_of(source), "environment": environment_info(),
-        "started_at": now_iso(), "finished_at": None,
-    }
+    return metrics_document(
+        model={"name": name, "ref": str(model_ref), "path": str(source.path) if source.path else None,
+               "source_kind": source.kind, "metadata": model_summary(source)},
+        eval_config=config_to_dict(cfg), backend=cfg.eval.backend,
+        datasets=(old or {}).get("datasets"), superseded=(old or {}).get("superseded"),
+        quantization=_quantization_of(source), environment=environment_info(), started_at=now_iso())
 
 
 def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, generator: Generator | None = None,
@@ -366,11 +356,11 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
             doc["datasets"][plan.name] = block
             doc["summary"] = _summary(doc["datasets"], time.perf_counter() - t0, mem)
             # After each task: a kill leaves every finished task readable, the document marked running.
-            atomic_write_json(json_path, doc)
+            write_metrics_document(json_path, doc)
     doc["status"] = "complete"
     doc["finished_at"] = now_iso()
     doc["summary"] = _summary(doc["datasets"], time.perf_counter() - t0, mem)
-    atomic_write_json(json_path, doc)
+    write_metrics_document(json_path, doc)
     return to_jsonable(doc)
 
 
@@ -379,8 +369,6 @@ def _existing_document(json_path: Path) -> dict | None:
     fields missing) is moved aside, kept, and rebuilt: every answer behind it is in the samples JSONL
     beside it, so the tasks asked again are rescored from there without generating. A document of a
     newer ftlab is refused: it is not damaged, and this ftlab cannot write its schema."""
-    from ftlab.eval.documents import load_metrics_document
-
     try:
         return load_metrics_document(json_path, missing_ok=True)
     except NewerSchemaError:

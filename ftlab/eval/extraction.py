@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from ftlab.registry import Registry
-
 BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 # `\boxed {x}` (space) and `\boxed 5` (MATH's brace-less form) both occur in model output.
@@ -82,9 +80,7 @@ def has_closed_box(text: str | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Flexible fallbacks, one per answer kind.
-
-FLEXIBLE_EXTRACTORS: Registry[Callable[[str], str | None]] = Registry("flexible extractor")
+# Flexible fallbacks; each answer kind's definition (ftlab.eval.answer_kinds) names its own.
 
 _NUMBER = re.compile(
     r"-?\\[dt]?frac\{[^{}]+\}\{[^{}]+\}|-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|-?\.\d+"
@@ -98,19 +94,16 @@ def _strip_markup(text: str) -> str:
     return text.replace("**", "").replace("$", "")
 
 
-@FLEXIBLE_EXTRACTORS.register("numeric")
 def last_number(text: str) -> str | None:
     hits = _NUMBER.findall(_strip_markup(text))
     return hits[-1] if hits else None
 
 
-@FLEXIBLE_EXTRACTORS.register("boolean")
 def last_yes_no(text: str) -> str | None:
     hits = _YES_NO.findall(text)
     return hits[-1].lower() if hits else None
 
 
-@FLEXIBLE_EXTRACTORS.register("choice")
 def lone_letter(text: str) -> str | None:
     text = _strip_markup(text)
     # "The answer is C" is the strongest signal; otherwise take the last standalone letter.
@@ -123,7 +116,7 @@ def lone_letter(text: str) -> str | None:
     return hits_no_article[-1] if hits_no_article else None
 
 
-def _last_line(text: str) -> str | None:
+def last_line(text: str) -> str | None:
     cue = re.findall(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", text, flags=re.IGNORECASE)
     if cue:
         return cue[-1].strip().rstrip(".").strip() or None
@@ -131,15 +124,11 @@ def _last_line(text: str) -> str | None:
     return lines[-1] if lines else None
 
 
-FLEXIBLE_EXTRACTORS.add("span", _last_line)
-FLEXIBLE_EXTRACTORS.add("exact", _last_line)
-
-
-def extract(text: str | None, answer_kind: str) -> tuple[str | None, str | None]:
-    """(strict, flexible): flexible is the strict answer when there is one, else the fallback."""
+def extract_with(text: str | None, fallback: Callable[[str], str | None]) -> tuple[str | None, str | None]:
+    """(strict, flexible): flexible is the strict answer when there is one, else `fallback(text)`."""
     strict = extract_boxed(text)
     if strict is not None:
         return strict, strict
     if not text:
         return None, None
-    return None, FLEXIBLE_EXTRACTORS.get(answer_kind)(text)
+    return None, fallback(text)

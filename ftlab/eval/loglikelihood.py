@@ -19,7 +19,8 @@ import numpy as np
 
 from ftlab.errors import FtlabError
 from ftlab.eval.runners import LOGLIKELIHOOD, RUNNERS, DatasetPlan, RunContext, prompt_hash
-from ftlab.eval.metrics import SampleScore, ScoringOptions, bootstrap_interval, get_scorer
+from ftlab.eval.answer_kinds import get_scorer
+from ftlab.eval.metrics import SampleScore, ScoringOptions, bootstrap_interval
 from ftlab.io import append_jsonl
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def metrics_block(task, lines: list[dict], *, bootstrap_samples: int, seed: int)
     kind's metrics (accuracy, macro-F1, per-class, confusion matrix) for the acc predictions,
     plus acc_norm, each with a bootstrap interval."""
     # The label set is the options the questions offered (a custom 3-option file has three
-    # classes), as for generative scoring (ftlab.eval.metrics.task_options).
+    # classes), as for generative scoring (ftlab.eval.answer_kinds.task_options).
     labels = tuple(task.labels) if task.labels else tuple(sorted({x for ln in lines for x in ln["choice_labels"]}))
     scorer = get_scorer(task.answer_kind, ScoringOptions.for_task(task, labels=labels or None))
     scores, norm = [], []

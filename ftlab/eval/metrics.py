@@ -12,16 +12,18 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from ftlab.data.tasks import DEFAULT_TOLERANCE
 from ftlab.errors import FtlabError
-from ftlab.eval import normalize as nz
-from ftlab.eval.extraction import box_cut_off, extract, extract_boxed
-from ftlab.registry import Registry
+import ftlab.eval.normalize as nz
+from ftlab.eval.extraction import box_cut_off, extract_boxed, extract_with
+from ftlab.eval.normalize import DEFAULT_TOLERANCE
 from ftlab.resampling import bootstrap_means, percentile_interval
+
+if TYPE_CHECKING:  # the definitions name these classes; a scorer only reads its definition's fields
+    from ftlab.eval.answer_kinds import AnswerKind
 
 INVALID = "invalid"
 
@@ -62,15 +64,14 @@ class ScoringOptions:
 class Scorer:
     """Normalises predictions and golds of one answer kind and aggregates task metrics.
 
-    `version` is the scoring rule's version for this answer kind: bump it with any change that can
-    change a verdict, so results scored by the old rule become stale for tasks of this kind only
-    (the evaluator rescores them from the stored responses, without generating again).
+    A scorer is made for its answer kind's definition (ftlab.eval.answer_kinds), which names it,
+    gives its flexible fallback and its scoring rule version.
     """
 
-    kind = "base"
-    version = 1
-
-    def __init__(self, options: ScoringOptions | None = None):
+    def __init__(self, definition: AnswerKind, options: ScoringOptions | None = None):
+        self.definition = definition
+        self.kind = definition.name
+        self.version = definition.version
         self.options = options or ScoringOptions()
 
     def norm_gold(self, gold: Any) -> Any:
@@ -86,7 +87,7 @@ class Scorer:
         return {}
 
     def score(self, response: str | None, gold: Any) -> SampleScore:
-        strict, flexible = extract(response, self.kind)
+        strict, flexible = extract_with(response, self.definition.flexible)
         g = self.norm_gold(gold)
         if g is None:
             raise FtlabError(f"gold answer {gold!r} is not a valid {self.kind} answer "
@@ -113,9 +114,6 @@ class Scorer:
 
     def aggregate(self, scores: Sequence[SampleScore]) -> dict:
         return {"accuracy": _mean([s.correct for s in scores])}
-
-
-SCORERS: Registry[type[Scorer]] = Registry("answer kind")
 
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -151,12 +149,8 @@ def _class_metrics(golds: list[str], preds: list[str], labels: list[str]) -> dic
     }
 
 
-@SCORERS.register("choice")
 class ChoiceScorer(Scorer):
     """The boxed answer names exactly one of the task's options (normalize.normalize_choice)."""
-
-    kind = "choice"
-    version = 2  # v2: one option or invalid (`A and C`, `a dog` no longer count as A); the task's label set; cut-off boxes
 
     def norm_gold(self, gold: Any) -> str | None:
         return nz.normalize_choice(str(gold)) if gold is not None else None
@@ -177,10 +171,8 @@ class ChoiceScorer(Scorer):
         return _class_metrics(golds, preds, labels)
 
 
-@SCORERS.register("boolean")
 class BooleanScorer(Scorer):
-    kind = "boolean"
-    version = 2  # v2: exactly yes/no/true/false (`yes or no`, `No, because`, `y` are invalid); cut-off boxes
+    """Exactly yes/no/true/false (normalize.normalize_boolean); golds in the datasets' encodings."""
 
     def norm_gold(self, gold: Any) -> str | None:
         return nz.boolean_gold(gold)
@@ -220,14 +212,10 @@ def _numeric_answer(text: str) -> NumericAnswer:
     return NumericAnswer(nz.parse_number(text), nz.normalize_math_text(text), nz.decimal_places(text))
 
 
-@SCORERS.register("numeric")
 class NumericScorer(Scorer):
     """The whole boxed expression must be the gold's number (`5\\sqrt{3}` is not 5); integer golds
     match exactly, non-integer golds within the task's documented tolerance; a gold that is not a
     number (`x^2+1`) matches the same LaTeX text after canonical spelling."""
-
-    kind = "numeric"
-    version = 2  # v2: whole-expression numbers, exact integer golds, per-task tolerance, LaTeX shorthand, cut-off boxes
 
     def norm_gold(self, gold: Any) -> NumericAnswer | None:
         if isinstance(gold, (int, float)) and not isinstance(gold, bool):
@@ -271,14 +259,10 @@ class NumericScorer(Scorer):
         }
 
 
-@SCORERS.register("span")
 class SpanScorer(Scorer):
     """SQuAD v2 as the official script scores it: max EM/F1 over the gold answers that normalise to
     something, `""` when none does (unanswerable). An empty box or an abstention phrase is the
     prediction `""`; a response without a (closed) box is wrong for every question."""
-
-    kind = "span"
-    version = 2  # v2: unanswerable only when golds normalise to empty; "unknown" golds are answers; cut-off boxes
 
     def norm_gold(self, gold: Any) -> list[str]:
         return nz.gold_spans(gold)
@@ -320,40 +304,14 @@ class SpanScorer(Scorer):
         }
 
 
-@SCORERS.register("exact")
 class ExactScorer(Scorer):
     """Whitespace-, case- and trailing-period-insensitive string equality (custom tasks)."""
-
-    kind = "exact"
-    version = 2  # v2: cut-off boxes are not credited with an earlier box
 
     def norm_gold(self, gold: Any) -> str | None:
         return nz.normalize_exact(None if gold is None else str(gold))
 
     def norm_pred(self, text: str | None) -> str | None:
         return nz.normalize_exact(text)
-
-
-def task_options(task, questions: Sequence[str], golds: Sequence[Any]) -> tuple[str, ...] | None:
-    """A choice task's option labels: the registered set, else (custom files) every letter the
-    questions list as options or the golds use; None for other kinds."""
-    if task.answer_kind != "choice":
-        return None
-    if task.labels:
-        return tuple(task.labels)
-    found = {nz.normalize_choice(str(g)) for g in golds} - {None}
-    for q in questions:
-        found.update(nz.option_labels(q))
-    return tuple(sorted(found)) or None
-
-
-def scoring_version(answer_kind: str) -> int:
-    """The current scoring rule version of an answer kind (stored with every task result)."""
-    return SCORERS.get(answer_kind).version
-
-
-def get_scorer(answer_kind: str, options: ScoringOptions | None = None) -> Scorer:
-    return SCORERS.get(answer_kind)(options)
 
 
 # ---------------------------------------------------------------------------------------------

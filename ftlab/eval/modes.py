@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftlab.errors import FtlabError
+from ftlab.eval.answer_kinds import ANSWER_KINDS
+from ftlab.kinds.eval import GENERATE, LOGLIKELIHOOD, PLAIN
 from ftlab.registry import Registry
 
 
@@ -19,7 +21,6 @@ class ScoringMode:
     name: str  # eval.scoring value
     suffix: str | None  # dataset-entry suffix that selects it (`arc:ll`); None: plain entries
     runner: str  # key in ftlab.eval.runners.RUNNERS
-    answer_kinds: tuple[str, ...] | None  # task answer kinds it can score; None = all
     doc: str
     # What eval.prompt_format=auto means in this mode; None: the chat template when the model
     # learned one (ftlab.eval.prompt_format).
@@ -29,20 +30,25 @@ class ScoringMode:
         """The metrics-document key of task `ref` scored in this mode."""
         return f"{ref}:{self.suffix}" if self.suffix else ref
 
+    def answer_kinds(self) -> list[str]:
+        """The answer kinds whose definitions say this mode can score them."""
+        return [name for name, kind in ANSWER_KINDS.items() if self.name in kind.modes]
+
     def check(self, entry: str, answer_kind: str) -> None:
-        if self.answer_kinds is not None and answer_kind not in self.answer_kinds:
+        if self.name not in ANSWER_KINDS.get(answer_kind).modes:
             raise FtlabError(
                 f"eval.datasets: {entry!r} has {answer_kind} answers; {self.name} scoring needs "
-                f"{' or '.join(self.answer_kinds)} answers (score it generatively: eval.scoring=generate and no "
+                f"{' or '.join(self.answer_kinds())} answers (score it generatively: eval.scoring=generate and no "
                 f":{self.suffix} suffix)")
 
 
+# One behaviour per name in ftlab.kinds.eval.SCORING_MODE_NAMES (the names the config accepts).
 SCORING_MODES: Registry[ScoringMode] = Registry("scoring mode")
-SCORING_MODES.add("generate", ScoringMode(
-    "generate", None, "generate", None,
+SCORING_MODES.add(GENERATE, ScoringMode(
+    GENERATE, None, "generate",
     "the model writes an answer; the answer in its \\boxed{} is extracted and matched (knowledge and format)"))
-SCORING_MODES.add("loglikelihood", ScoringMode(
-    "loglikelihood", "ll", "loglikelihood", ("choice", "boolean"),
+SCORING_MODES.add(LOGLIKELIHOOD, ScoringMode(
+    LOGLIKELIHOOD, "ll", "loglikelihood",
     "each option's log-probability as the continuation of the prompt; the likeliest option is the "
     "answer (knowledge, whatever the output format)",
     # Plain text for every model, as lm-evaluation-harness does by default: a base model and its
@@ -50,7 +56,7 @@ SCORING_MODES.add("loglikelihood", ScoringMode(
     # prompt formats. Measured on SmolLM2-135M-Instruct, 200 rows, plain vs chat: ARC acc 0.245
     # vs 0.240, acc_norm 0.245 vs 0.245; BoolQ acc 0.38 vs 0.40, acc_norm 0.54 vs 0.61.
     # eval.prompt_format=chat uses the template.
-    auto_prompt_format="plain"))
+    auto_prompt_format=PLAIN))
 
 
 def split_entry(entry: str) -> tuple[str, ScoringMode | None]:

@@ -10,9 +10,12 @@ rule's verdicts next to the reference's and says where, and why, ftlab reads an 
 from __future__ import annotations
 
 import collections
+import math
 import re
 import string
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 # ---------------------------------------------------------------------------------------------
 # Shared LaTeX clean-up
@@ -136,6 +139,36 @@ def decimal_places(text: str | None) -> int:
     """Digits after the decimal point of a plain decimal gold (`16.67` -> 2), else 0."""
     m = re.fullmatch(r"\s*[-+]?\d*\.(\d+)\s*", str(text or ""))
     return len(m.group(1)) if m else 0
+
+
+@dataclass(frozen=True)
+class NumericTolerance:
+    """How a numeric task matches a non-integer gold; integer golds always match exactly (a relative
+    tolerance would let a six-digit integer that is off in its last digits pass)."""
+
+    rel: float = 1e-4  # |pred - gold| <= rel * |gold|
+    abs: float = 0.0
+    rounded_golds: bool = False  # a gold with 2+ decimals also matches a prediction that rounds to it
+    why: str = "non-integer golds within 1e-4 relative (ftlab's default for numeric files)"
+
+
+DEFAULT_TOLERANCE = NumericTolerance()
+
+
+def format_number(value: Any) -> str:
+    """`667.0` -> `667`, `0.5` -> `0.5`; answers in the shared subset are floats."""
+    if isinstance(value, str):
+        value = value.strip()
+        try:
+            value = float(value.replace(",", ""))
+        except ValueError:
+            return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        f = float(value)
+        if math.isfinite(f) and f.is_integer():
+            return str(int(f))
+        return repr(f)
+    return str(value)
 
 
 def numbers_match(pred: Fraction | None, gold: Fraction | None, *, rel_tol: float = 0.0, abs_tol: float = 0.0,

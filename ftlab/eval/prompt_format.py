@@ -10,9 +10,15 @@ instead (log-likelihood: plain text, see ftlab.eval.modes).
 
 from __future__ import annotations
 
-from ftlab.errors import FtlabError
+from typing import Callable
 
-PROMPT_FORMATS = ("auto", "chat", "plain")
+from ftlab.errors import FtlabError
+from ftlab.kinds.eval import AUTO, CHAT, PLAIN, PROMPT_FORMAT_NAMES
+from ftlab.registry import Registry
+
+# One behaviour per name in ftlab.kinds.eval.PROMPT_FORMAT_NAMES (the names the config accepts):
+# (tokenizer, source, option) -> `chat` or `plain` for this model.
+PROMPT_FORMATS: Registry[Callable[..., str]] = Registry("prompt format")
 
 
 def supplied_templates() -> set[str]:
@@ -33,22 +39,34 @@ def has_learned_template(tokenizer, source=None) -> bool:
     return bool((getattr(source, "metadata", None) or {}).get("dataset"))
 
 
+@PROMPT_FORMATS.register(AUTO)
+def _auto(tokenizer, source, option: str) -> str:
+    return CHAT if has_learned_template(tokenizer, source) else PLAIN
+
+
+@PROMPT_FORMATS.register(CHAT)
+def _chat(tokenizer, source, option: str) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise FtlabError(f"{option} asks for the chat template, but the model's tokenizer has none; "
+                         "give the prompt as plain text instead")
+    return CHAT
+
+
+@PROMPT_FORMATS.register(PLAIN)
+def _plain(tokenizer, source, option: str) -> str:
+    return PLAIN
+
+
 def resolve_prompt_format(requested: str, tokenizer, source=None, option: str = "eval.prompt_format",
                           auto: str | None = None) -> str:
     """`chat` or `plain` for this model; `option` names the setting in error messages; `auto`, when
     given, is what `auto` means (a scoring mode's fixed choice)."""
-    if requested == "auto" and auto is not None:
+    if requested == AUTO and auto is not None:
         requested = auto
-    if requested not in PROMPT_FORMATS:
-        raise FtlabError(f"{option}={requested!r} is unknown; valid: {', '.join(PROMPT_FORMATS)}")
-    if requested == "chat":
-        if not getattr(tokenizer, "chat_template", None):
-            raise FtlabError(f"{option} asks for the chat template, but the model's tokenizer has none; "
-                             "give the prompt as plain text instead")
-        return "chat"
-    if requested == "plain":
-        return "plain"
-    return "chat" if has_learned_template(tokenizer, source) else "plain"
+    # The exact spelling, as the config checks it (the registry's lookup ignores case).
+    if requested not in PROMPT_FORMAT_NAMES:
+        raise FtlabError(f"{option}={requested!r} is unknown; valid: {', '.join(PROMPT_FORMAT_NAMES)}")
+    return PROMPT_FORMATS.get(requested)(tokenizer, source, option)
 
 
 def encode_prompts(tokenizer, prompts, chat: bool) -> list[list[int]]:
