@@ -113,7 +113,7 @@ def _timed_evaluate(args, overrides: list[str]):
     from ftlab.config import EvalRunConfig, load_config
     from ftlab.env import PeakMemory
     from ftlab.eval.evaluator import evaluate, metrics_paths, model_file_name
-    from ftlab.eval.generation import build_generator
+    from ftlab.eval.backends.registry import build_generator
     from ftlab.io import read_jsonl
     from ftlab.paths import Workspace
 
@@ -131,7 +131,7 @@ def _timed_evaluate(args, overrides: list[str]):
 
 
 def side_ftlab(args) -> dict:
-    from ftlab.eval.kv_cache import shared_prefix_length
+    from ftlab.eval.backends.kv_cache import shared_prefix_length
 
     doc, lines, generator, wall, cpu, peak = _timed_evaluate(args, [
         f"eval.datasets={args.task}", f"eval.limit={args.n}", f"eval.batch_size={args.batch_size}",
@@ -226,8 +226,8 @@ def side_lmeval_ll(args) -> dict:
     from lm_eval.api.instance import Instance
 
     from ftlab.data.tasks import get_task
-    from ftlab.eval.choice_prompts import build_item, render
-    from ftlab.eval.modes import SCORING_MODES
+    from ftlab.eval.scoring.choice_prompts import build_item, render
+    from ftlab.eval.scoring.modes import SCORING_MODES
     from ftlab.eval.prompt_format import resolve_prompt_format
     from ftlab.models.sources import load_model
 
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
 
 
 def _same_answers(kind: str, a: list[str], b: list[str]) -> float:
-    from ftlab.eval.extraction import extract
+    from ftlab.eval.scoring.extraction import extract
 
     return sum(extract(x, kind) == extract(y, kind) for x, y in zip(a, b)) / len(a)
 
@@ -441,7 +441,7 @@ def loglikelihood_comparison(args, run) -> dict:
     again at the batch size auto settled on, given explicitly (no probe)."""
     import numpy as np
 
-    from ftlab.eval.loglikelihood import predictions
+    from ftlab.eval.scoring.loglikelihood import predictions
 
     ours = run("ftlab_ll", None)
     peers = [run("lmeval_ll", None)]

@@ -56,7 +56,7 @@ def _hqq(model, nbits, group_size, axis, optimize, round_zero):
 def _accuracy(model, tok, args, ws, name: str) -> dict:
     from ftlab.config import EvalRunConfig, load_config
     from ftlab.eval.evaluator import evaluate
-    from ftlab.eval.hf_generator import HFGenerator
+    from ftlab.eval.backends.hf import HFGenerator
 
     cfg = load_config(EvalRunConfig, overrides=[
         f"eval.datasets={args.task}", f"eval.limit={args.n}", f"eval.threads={args.threads}", "eval.bootstrap_samples=1000",

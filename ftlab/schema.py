@@ -17,7 +17,7 @@ TRAINING_METADATA_FILE = "training_metadata.json"
 # One schema version per document kind, defined here and nowhere else. Bump it together with an
 # upgrader from the previous version (registered where the kind's document is built).
 MODEL_SCHEMA_VERSION = 1
-METRICS_SCHEMA_VERSION = 2  # v2: results keyed per task with their own settings (ftlab.eval.results)
+METRICS_SCHEMA_VERSION = 2  # v2: results keyed per task with their own settings (ftlab.eval.records.results)
 CURRENT_VERSIONS: dict[str, int] = {"model": MODEL_SCHEMA_VERSION, "metrics": METRICS_SCHEMA_VERSION}
 _UPGRADERS: dict[tuple[str, int], Callable[[dict], dict]] = {}
 

@@ -11,10 +11,10 @@ from ftlab.cli import main
 from ftlab.data.loading import load_examples, resolve_task
 from ftlab.data.tasks import TASKS, custom_task
 from ftlab.errors import FtlabError
-from ftlab.eval.answer_kinds import ANSWER_KINDS, AnswerKind, extract, get_scorer, scoring_version, task_options
-from ftlab.eval.choice_prompts import build_item
-from ftlab.eval.metrics import Scorer, score_responses
-from ftlab.eval.modes import SCORING_MODES
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS, AnswerKind, extract, get_scorer, scoring_version, task_options
+from ftlab.eval.scoring.choice_prompts import build_item
+from ftlab.eval.scoring.metrics import Scorer, score_responses
+from ftlab.eval.scoring.modes import SCORING_MODES
 
 # A small sample per kind on which its scorer reports every metric it declares.
 SAMPLES = {

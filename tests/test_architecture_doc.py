@@ -4,7 +4,7 @@ How the doc is read (kept simple on purpose; the doc follows these conventions):
 - Only inline code (`...`) outside fenced blocks is checked.
 - A path (`ftlab/io.py`, `ftlab/train/`, `tests/conftest.py`, `quantization_utils.py`) must exist.
 - A dotted name starting with `ftlab.` is imported: the longest importable module prefix, then the
-  rest as attributes (`ftlab.eval.results.stale_tasks`, `ftlab.eval.sizing.PREFILL_TOKEN_BUDGET`).
+  rest as attributes (`ftlab.eval.records.results.stale_tasks`, `ftlab.eval.backends.sizing.PREFILL_TOKEN_BUDGET`).
 - An unqualified name is checked when it is a call (`atomic_write_text(path, text)`), CamelCase
   (`RunName`) or UPPER_CASE (`TASKS`); other bare words (`tiny`, `numeric`) are values, not names, and
   values the doc means literally are written quoted (`"LoRa16"`). It must exist in a module of its
@@ -258,7 +258,7 @@ def _doc_fields(label: str) -> set[str]:
 
 def test_sample_line_fields_match_what_evaluation_writes(workspace, shared_datasets):
     from ftlab.cli import main
-    from ftlab.eval import load_metrics_document
+    from ftlab.eval.records.documents import load_metrics_document
     from ftlab.eval.evaluator import metrics_paths
     from ftlab.io import read_jsonl
 

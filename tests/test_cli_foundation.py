@@ -135,7 +135,7 @@ def test_method_lists_people_read_name_every_registered_method(capsys):
 
     from ftlab.cli import SUMMARY
     from ftlab.config import EvalRunConfig, TrainRunConfig, describe_config
-    from ftlab.eval.generation import GENERATORS
+    from ftlab.eval.backends.registry import GENERATORS
     from ftlab.quant.registry import ENGINES
     from ftlab.train.peft_methods import PEFT_KINDS
 

@@ -368,7 +368,7 @@ def test_bootstrap_p_value_is_never_printed_as_zero(metrics_ws):
 def _evaluate(metrics_ws, name, datasets, responder, *overrides):
     from ftlab.config import EvalRunConfig, load_config
     from ftlab.eval.evaluator import evaluate
-    from ftlab.eval.canned import CannedGenerator
+    from ftlab.eval.backends.canned import CannedGenerator
 
     cfg = load_config(EvalRunConfig, overrides=[f"eval.datasets={datasets}", "eval.limit=6", "eval.bootstrap_samples=50",
                                                 *overrides])

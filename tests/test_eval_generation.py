@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from ftlab.cli import main
-from ftlab.eval import load_metrics_document
+from ftlab.eval.records.documents import load_metrics_document
 from ftlab.commands.chat import chat
 from ftlab.eval.evaluator import metrics_paths
-from ftlab.eval.hf_generator import HFGenerator
-from ftlab.eval.stopping import BoxClosedCriteria
+from ftlab.eval.backends.hf import HFGenerator
+from ftlab.eval.backends.stopping import BoxClosedCriteria
 from ftlab.io import read_jsonl
 
 PROMPTS = [
@@ -170,7 +170,7 @@ def test_kv_bytes_per_token_matches_a_real_cache(kv_heads):
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.cache_utils import DynamicCache
 
-    from ftlab.eval.sizing import kv_bytes_per_token
+    from ftlab.eval.backends.sizing import kv_bytes_per_token
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
@@ -184,8 +184,8 @@ def test_kv_bytes_per_token_matches_a_real_cache(kv_heads):
 
 
 def test_auto_batch_size_follows_free_memory_and_caps(tiny, monkeypatch):
-    from ftlab.eval import sizing
-    from ftlab.eval.sizing import auto_batch_size, kv_bytes_per_token
+    from ftlab.eval.backends import sizing
+    from ftlab.eval.backends.sizing import auto_batch_size, kv_bytes_per_token
 
     model, _ = tiny
     per_token = kv_bytes_per_token(model)
@@ -200,7 +200,7 @@ def test_auto_batch_size_follows_free_memory_and_caps(tiny, monkeypatch):
 
 
 def test_auto_batch_and_prefill_budget_keep_greedy_outputs(tiny, monkeypatch):
-    from ftlab.eval import sizing
+    from ftlab.eval.backends import sizing
 
     model, tok = tiny
     gen = HFGenerator(model, tok, progress=False)
@@ -216,7 +216,7 @@ def test_auto_batch_and_prefill_budget_keep_greedy_outputs(tiny, monkeypatch):
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_outputs(tiny, monkeypatch, caplog):
-    from ftlab.eval.continuous import ContinuousBatcher
+    from ftlab.eval.backends.continuous import ContinuousBatcher
 
     model, tok = tiny
     gen = HFGenerator(model, tok, progress=False)
@@ -230,7 +230,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_outputs(tiny, monkeypatch, cap
         return real_forward(self, ids, mask, pos, cache)
 
     monkeypatch.setattr(ContinuousBatcher, "_forward", forward)
-    with caplog.at_level("WARNING", logger="ftlab.eval.continuous"):
+    with caplog.at_level("WARNING", logger="ftlab.eval.backends.continuous"):
         backed_off = _run(gen, prompts, max_new_tokens=12, batch_size=5)
     assert [g.text for g in backed_off] == [g.text for g in alone]
     assert gen.batch_size_used == 2
@@ -238,7 +238,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_outputs(tiny, monkeypatch, cap
 
 
 def _every_forward_raises(monkeypatch, exc: Exception) -> None:
-    from ftlab.eval.continuous import ContinuousBatcher
+    from ftlab.eval.backends.continuous import ContinuousBatcher
 
     def forward(self, ids, mask, pos, cache):
         raise exc

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from ftlab.cli import main
-from ftlab.eval import load_metrics_document
-from ftlab.eval.choice_logprobs import ChoiceRequest, ChoiceScorer
-from ftlab.eval.choice_formats import ChoiceItem, split_options
-from ftlab.eval.choice_prompts import build_item, encode, render
+from ftlab.eval.records.documents import load_metrics_document
+from ftlab.eval.scoring.choice_logprobs import ChoiceRequest, ChoiceScorer
+from ftlab.eval.scoring.choice_formats import ChoiceItem, split_options
+from ftlab.eval.scoring.choice_prompts import build_item, encode, render
 from ftlab.eval.evaluator import metrics_paths
-from ftlab.eval.loglikelihood import metrics_block, predictions
+from ftlab.eval.scoring.loglikelihood import metrics_block, predictions
 from ftlab.io import read_jsonl
 
 
@@ -147,7 +147,7 @@ def test_contexts_of_very_different_lengths_do_not_share_a_forward(tiny):
 
 def test_choice_logprobs_token_budget_and_out_of_memory(tiny, monkeypatch, caplog):
     from ftlab.errors import FtlabError
-    from ftlab.eval import sizing
+    from ftlab.eval.backends import sizing
 
     model, tok = tiny
     reqs = _requests(6)
@@ -172,7 +172,7 @@ def test_choice_logprobs_token_budget_and_out_of_memory(tiny, monkeypatch, caplo
 
     monkeypatch.setattr(ChoiceScorer, "_score_cached", small_memory)
     scorer = ChoiceScorer(model, tok.pad_token_id)
-    with caplog.at_level("WARNING", logger="ftlab.eval.choice_logprobs"):
+    with caplog.at_level("WARNING", logger="ftlab.eval.scoring.choice_logprobs"):
         backed_off = {}
         for group in scorer.score(reqs):
             backed_off.update(dict(group))
@@ -363,7 +363,7 @@ def test_a_supplied_template_is_learned_only_after_fine_tuning():
 
 
 def test_plain_prompts_start_with_bos_where_the_tokenizer_puts_one(tiny):
-    from ftlab.eval.hf_generator import HFGenerator
+    from ftlab.eval.backends.hf import HFGenerator
     from ftlab.eval.prompt_format import bos_ids
 
     model, tok = tiny
@@ -398,7 +398,7 @@ def test_chat_raw_continues_the_prompt_verbatim(capsys):
 def test_chat_format_stops_at_the_templates_end_of_turn(tiny):
     """Gemma's template ends a turn with <end_of_turn> while its EOS is <eos>: without stopping
     there a chat answer runs on into invented next turns (the answer shown several times)."""
-    from ftlab.eval.hf_generator import HFGenerator
+    from ftlab.eval.backends.hf import HFGenerator
     from ftlab.eval.prompt_format import end_of_turn_ids
 
     model, tok = tiny

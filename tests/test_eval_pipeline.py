@@ -15,13 +15,13 @@ from ftlab.cli import main
 from ftlab.config import EvalRunConfig, load_config
 from ftlab.data.loading import load_examples
 from ftlab.errors import FtlabError
-from ftlab.eval import load_metrics_document
+from ftlab.eval.records.documents import load_metrics_document
 from ftlab.eval.evaluator import evaluate, expected_settings, metrics_paths, model_file_name
 from ftlab.data.tasks import TASKS
-from ftlab.eval.answer_kinds import get_scorer
-from ftlab.eval.metrics import ScoringOptions, score_responses
-from ftlab.eval.results import settings_key
-from ftlab.eval.canned import CannedGenerator
+from ftlab.eval.scoring.answer_kinds import get_scorer
+from ftlab.eval.scoring.metrics import ScoringOptions, score_responses
+from ftlab.eval.records.results import settings_key
+from ftlab.eval.backends.canned import CannedGenerator
 from ftlab.io import append_jsonl, atomic_write_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ftlab.eval.answer_kinds import ANSWER_KINDS, extract
-from ftlab.eval.extraction import box_cut_off, extract_boxed, has_closed_box
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS, extract
+from ftlab.eval.scoring.extraction import box_cut_off, extract_boxed, has_closed_box
 
 BOXED = [
     ("The answer is \\boxed{42}.", "42"),

@@ -11,8 +11,8 @@ import pytest
 
 from ftlab.config import EvalRunConfig, load_config
 from ftlab.errors import ConfigError
-from ftlab.eval.answer_kinds import ANSWER_KINDS
-from ftlab.eval.modes import SCORING_MODES
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS
+from ftlab.eval.scoring.modes import SCORING_MODES
 from ftlab.eval.prompt_format import PROMPT_FORMATS
 from ftlab.kinds import eval as eval_kinds
 

@@ -123,7 +123,7 @@ def test_the_cycle_finder_finds_function_level_cycles_and_ignores_type_checking(
     assert "ftlab.b.X" not in _imports(tree, "ftlab") and "ftlab.c.Y" in _imports(tree, "ftlab")
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset({"a", "b", "c"})]
     assert _parents("ftlab.eval.scoring.metrics") == ["ftlab.eval", "ftlab.eval.scoring"]
-    assert _within("ftlab.eval.metrics", "ftlab.eval") and not _within("ftlab.evaluation", "ftlab.eval")
+    assert _within("ftlab.eval.scoring.metrics", "ftlab.eval") and not _within("ftlab.evaluation", "ftlab.eval")
 
 
 def test_no_import_cycle():

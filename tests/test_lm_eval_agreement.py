@@ -22,7 +22,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 # The test's own reading of the inline options ("... A. text B. text"), independent of
-# ftlab.eval.choice_prompts.split_options; lm-eval loads it through `!function utils.process_docs`.
+# ftlab.eval.scoring.choice_prompts.split_options; lm-eval loads it through `!function utils.process_docs`.
 PROCESS_DOCS = textwrap.dedent('''
     import re
 
@@ -73,7 +73,7 @@ def smollm2():
 def _ftlab(smollm2, tmp_path, shared_datasets, n: int, prompt_format: str, shots: int) -> tuple[list[dict], dict]:
     from ftlab.config import EvalRunConfig, load_config
     from ftlab.eval.evaluator import evaluate, metrics_paths
-    from ftlab.eval.hf_generator import HFGenerator
+    from ftlab.eval.backends.hf import HFGenerator
     from ftlab.io import read_jsonl
     from ftlab.paths import Workspace
 

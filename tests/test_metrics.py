@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, matthews_corrcoef, precision_recall_fscore_support
 
-from ftlab.eval import normalize as nz
-from ftlab.eval.answer_kinds import get_scorer
-from ftlab.eval.metrics import bootstrap_interval, describe, score_responses, ScoringOptions
+from ftlab.eval.scoring import normalize as nz
+from ftlab.eval.scoring.answer_kinds import get_scorer
+from ftlab.eval.scoring.metrics import bootstrap_interval, describe, score_responses, ScoringOptions
 
 
 @pytest.mark.parametrize("text,value", [

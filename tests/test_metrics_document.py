@@ -10,8 +10,8 @@ import pytest
 from ftlab.cli import main
 from ftlab.config import EvalRunConfig, load_config
 from ftlab.errors import FtlabError
-from ftlab.eval.canned import CannedGenerator
-from ftlab.eval.documents import (
+from ftlab.eval.backends.canned import CannedGenerator
+from ftlab.eval.records.documents import (
     load_metrics_document, metrics_document, metrics_document_problems, write_metrics_document,
 )
 from ftlab.eval.evaluator import evaluate, metrics_paths

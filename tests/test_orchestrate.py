@@ -20,7 +20,7 @@ import pytest
 
 from ftlab.errors import FtlabError
 from ftlab.eval.evaluator import expected_settings
-from ftlab.eval.results import request_hash
+from ftlab.eval.records.results import request_hash
 from ftlab.io import atomic_write_json, read_json, read_jsonl
 from ftlab.orchestrate.discovery import (
     BAD_FOLDER, FAILED, FAILED_EARLIER, INCOMPLETE, MISSING, STALE, UP_TO_DATE, EvalOptions, plan_sweep,

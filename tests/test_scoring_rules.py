@@ -23,9 +23,9 @@ from sklearn.metrics import f1_score, matthews_corrcoef
 
 from ftlab.cli import main
 from ftlab.data.tasks import TASKS, custom_task
-from ftlab.eval import normalize as nz
-from ftlab.eval.answer_kinds import ANSWER_KINDS, get_scorer
-from ftlab.eval.metrics import ScoringOptions, score_responses
+from ftlab.eval.scoring import normalize as nz
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS, get_scorer
+from ftlab.eval.scoring.metrics import ScoringOptions, score_responses
 
 CUSTOM = "custom"  # a user's numeric file: ftlab's default tolerance
 

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def chat(model_ref: str, prompt: str, *, system: str | None = None, max_new_tokens: int = 256, dtype: str = "auto",
          enable_thinking: bool = False, stop_at_box: bool = False, raw: bool | None = None, workspace=None):
     """(response text, Generation) for one prompt; `raw` None = plain text for base models."""
-    from ftlab.eval.hf_generator import HFGenerator, default_device_map
+    from ftlab.eval.backends.hf import HFGenerator, default_device_map
     from ftlab.models.sources import load_model
 
     if not prompt or not prompt.strip():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ftlab.data.tasks import TASKS, custom_task
 from ftlab.errors import FtlabError
-from ftlab.eval.answer_kinds import ANSWER_KINDS, get_scorer
-from ftlab.eval.metrics import ScoringOptions, sample_score_dict, score_responses
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS, get_scorer
+from ftlab.eval.scoring.metrics import ScoringOptions, sample_score_dict, score_responses
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

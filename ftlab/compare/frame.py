@@ -155,8 +155,8 @@ def rows_from_document(doc: dict, workspace: Workspace | None = None) -> list[di
 
 def load_document(path: Path) -> dict:
     """Reads one metrics JSON, upgraded to the current schema version by the evaluator's
-    registered upgraders (ftlab.eval.documents)."""
-    from ftlab.eval.documents import load_metrics_document
+    registered upgraders (ftlab.eval.records.documents)."""
+    from ftlab.eval.records.documents import load_metrics_document
 
     return load_metrics_document(path)
 

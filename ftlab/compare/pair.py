@@ -30,9 +30,9 @@ def load_samples(source: Workspace | str | os.PathLike, model: str) -> tuple[pd.
     metrics document they belong to.
 
     Lines of superseded settings (an older prompt, token cap or limit) stay in the samples file;
-    only those under each task block's own settings key enter a comparison (ftlab.eval.results).
+    only those under each task block's own settings key enter a comparison (ftlab.eval.records.results).
     """
-    from ftlab.eval.results import current_samples
+    from ftlab.eval.records.results import current_samples
 
     mdir = metrics_dir_of(source)
     path = samples_path(mdir, model)

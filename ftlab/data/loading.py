@@ -19,7 +19,7 @@ from typing import Any
 
 from ftlab.data.tasks import TASKS, Task, custom_task
 from ftlab.errors import FtlabError
-from ftlab.eval.answer_kinds import ANSWER_KINDS
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS
 from ftlab.paths import Workspace
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pathlib import Path
 from ftlab.data.loading import hub_rows, read_table, validate_rows
 from ftlab.data.tasks import TASKS, Task
 from ftlab.errors import FtlabError
-from ftlab.eval.answer_kinds import ANSWER_KINDS
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS
 from ftlab.io import atomic_write_bytes, staged_files
 from ftlab.paths import Workspace
 

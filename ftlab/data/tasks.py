@@ -11,16 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ftlab.errors import FtlabError
-from ftlab.eval.answer_kinds import ANSWER_KINDS
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS
 # The numeric rules live with the scorer that applies them; imported here for the task table.
-from ftlab.eval.normalize import DEFAULT_TOLERANCE, NumericTolerance, format_number  # noqa: F401
+from ftlab.eval.scoring.normalize import DEFAULT_TOLERANCE, NumericTolerance, format_number  # noqa: F401
 from ftlab.registry import Registry
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
-    answer_kind: str  # how answers are matched: a name in ftlab.eval.answer_kinds.ANSWER_KINDS
+    answer_kind: str  # how answers are matched: a name in ftlab.eval.scoring.answer_kinds.ANSWER_KINDS
     instruction: str  # appended to every question; asks for the answer in \boxed{}
     file_stem: str | None  # Datasets/<split>-<file_stem>.parquet
     columns: tuple[str, ...]  # required columns after normalisation

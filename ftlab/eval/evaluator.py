@@ -1,6 +1,6 @@
 """Evaluate one model on the configured tasks: generate, score, write `Testing/metrics/<model>.json`.
 
-Results accumulate per task (ftlab.eval.results): the document holds every task evaluated so far,
+Results accumulate per task (ftlab.eval.records.results): the document holds every task evaluated so far,
 each with the settings that made it. A run evaluates only the tasks whose stored result is missing
 or was made under other settings, and reuses every finished sample line whose prompt and settings
 still hold: a killed run resumes, a raised `limit` generates only the new rows, and a new scoring
@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 from ftlab.config import EvalRunConfig, config_to_dict
 from ftlab.errors import FtlabError
-from ftlab.eval import loglikelihood as _loglikelihood  # noqa: F401  (registers the "loglikelihood" runner)
-from ftlab.eval.answer_kinds import ANSWER_KINDS, get_scorer, gold_of, scoring_version, task_options
-from ftlab.eval.documents import load_metrics_document, metrics_document, write_metrics_document
-from ftlab.eval.metrics import ScoringOptions, describe, score_responses
-from ftlab.eval.results import SampleStore, TaskSpec, settings_changes, task_settings
+from ftlab.eval.scoring import loglikelihood as _loglikelihood  # noqa: F401  (registers the "loglikelihood" runner)
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS, get_scorer, gold_of, scoring_version, task_options
+from ftlab.eval.records.documents import load_metrics_document, metrics_document, write_metrics_document
+from ftlab.eval.scoring.metrics import ScoringOptions, describe, score_responses
+from ftlab.eval.records.results import SampleStore, TaskSpec, settings_changes, task_settings
 from ftlab.eval.runners import (  # noqa: F401  (PERPLEXITY, LOGLIKELIHOOD: part of this module's interface)
     LOGLIKELIHOOD, PERPLEXITY, RUNNER_SCORING_VERSIONS, RUNNERS, DatasetPlan, RunContext, prompt_hash,
 )
@@ -32,7 +32,7 @@ from ftlab.paths import Workspace
 from ftlab.schema import NewerSchemaError
 
 if TYPE_CHECKING:  # generation imports transformers; the orchestrator only needs the settings
-    from ftlab.eval.backend_api import Generator
+    from ftlab.eval.backends.api import Generator
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ def _trained_task(metadata: dict | None) -> str:
 
 def resolve_entry(entry: str, metadata: dict | None, scoring: str = "generate") -> DatasetPlan:
     """The task and runner a dataset entry names, without loading rows (the planner needs this).
-    `scoring` (eval.scoring) is the mode of entries without a mode suffix (ftlab.eval.modes)."""
+    `scoring` (eval.scoring) is the mode of entries without a mode suffix (ftlab.eval.scoring.modes)."""
     from ftlab.data.loading import resolve_task
-    from ftlab.eval.modes import resolve_entry as entry_mode
+    from ftlab.eval.scoring.modes import resolve_entry as entry_mode
 
     if entry == PERPLEXITY or entry.startswith(PERPLEXITY + ":"):
         # Held-out texts of the model's own training task unless one is named (perplexity:arc).
@@ -330,7 +330,7 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
     def make_generator() -> Generator:
         nonlocal generator
         if generator is None:
-            from ftlab.eval.generation import build_generator
+            from ftlab.eval.backends.registry import build_generator
 
             generator = build_generator(model_ref, cfg, workspace)
         doc["backend"] = generator.name

@@ -5,7 +5,7 @@ generation `auto` is the chat template when the model learned one. A template th
 for a base model shipped without one (gemma-3-270m's GGUF) does not count until a fine-tune has
 trained on it: asked "The capital of France is" inside invented turns, gemma-3-270m answers
 "devenue", while the same text given plainly continues sensibly. A scoring mode may fix `auto`
-instead (log-likelihood: plain text, see ftlab.eval.modes).
+instead (log-likelihood: plain text, see ftlab.eval.scoring.modes).
 """
 
 from __future__ import annotations

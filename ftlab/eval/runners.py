@@ -1,6 +1,6 @@
 """What an evaluation runner is: the plan of one dataset entry (`DatasetPlan`), what a runner gets
 for it (`RunContext`), and the registry of runners by name (`RUNNERS`). The evaluator
-(ftlab.eval.evaluator) registers the generation and perplexity runners, ftlab.eval.loglikelihood
+(ftlab.eval.evaluator) registers the generation and perplexity runners, ftlab.eval.scoring.loglikelihood
 the log-likelihood one; both import this module, and neither the other."""
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ftlab.config import EvalRunConfig
-from ftlab.eval.results import SampleStore, settings_key
+from ftlab.eval.records.results import SampleStore, settings_key
 from ftlab.registry import Registry
 
 if TYPE_CHECKING:  # generation imports transformers; a plan needs none of it
-    from ftlab.eval.backend_api import Generator
+    from ftlab.eval.backends.api import Generator
 
 
 PERPLEXITY = "perplexity"
 LOGLIKELIHOOD = "loglikelihood"
 # Scoring version of runners that score with no answer-kind scorer (a perplexity is a perplexity).
-# Bump the log-likelihood one when ftlab.eval.loglikelihood changes a stored prediction or metric.
+# Bump the log-likelihood one when ftlab.eval.scoring.loglikelihood changes a stored prediction or metric.
 RUNNER_SCORING_VERSIONS = {PERPLEXITY: 1, LOGLIKELIHOOD: 1}
 
 

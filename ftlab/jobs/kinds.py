@@ -101,7 +101,7 @@ class EvaluateKind:
         cfg = self._options(job).resolve(model_ref_for(folder))
         # heavy (the evaluator imports numpy and scikit-learn): only a failed evaluation's report needs it
         from ftlab.eval.evaluator import expected_settings
-        from ftlab.eval.results import request_hash
+        from ftlab.eval.records.results import request_hash
 
         atomic_write_json(err, {
             "model": model, "error": result.error, "exit_code": result.returncode,

@@ -1,7 +1,7 @@
 """Names of the evaluation stage's kinds that the configuration checks: scoring modes and prompt formats.
 
 `ftlab.config` (foundation) validates `eval.scoring` and `eval.prompt_format` against these names
-without importing the eval stage; `ftlab.eval.modes` and `ftlab.eval.prompt_format` register each
+without importing the eval stage; `ftlab.eval.scoring.modes` and `ftlab.eval.prompt_format` register each
 name's behaviour, and tests/test_kinds_eval.py checks that the behaviour registries and these
 lists hold the same names. Only the stdlib may be imported here.
 """

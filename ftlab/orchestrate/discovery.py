@@ -1,6 +1,6 @@
 """Which model folders need an evaluation, and why — task by task.
 
-Results are kept per task (ftlab.eval.results): a model needs an evaluation when a requested task
+Results are kept per task (ftlab.eval.records.results): a model needs an evaluation when a requested task
 has no result yet (missing; incomplete when a run was interrupted), when a task's stored result was
 made under other settings (stale: another prompt, limit, token cap, scoring rule, ...; the detail
 names the task and the setting), or when an earlier attempt failed and the user asked to retry
@@ -89,7 +89,7 @@ class PlanItem:
 
     @property
     def request_hash(self) -> str:
-        from ftlab.eval.results import request_hash
+        from ftlab.eval.records.results import request_hash
 
         return request_hash(self.expected)
 
@@ -121,9 +121,9 @@ def _describe(stale: dict[str, str]) -> str:
 def assess(workspace: Workspace, folder: Path, cfg: EvalRunConfig, *, retry_failed: bool = False) -> PlanItem:
     """The plan entry for one model folder: why it runs or why it is skipped. `cfg` is the config
     `ftlab evaluate <folder>` would run with."""
-    from ftlab.eval.documents import load_metrics_document
+    from ftlab.eval.records.documents import load_metrics_document
     from ftlab.eval.evaluator import expected_settings, metrics_paths
-    from ftlab.eval.results import NOT_EVALUATED, SampleStore, request_hash, stale_tasks
+    from ftlab.eval.records.results import NOT_EVALUATED, SampleStore, request_hash, stale_tasks
     from ftlab.schema import load_training_metadata
 
     model = metrics_name(folder)

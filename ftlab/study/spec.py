@@ -334,7 +334,7 @@ def _dataset_problems(entries: list[str], scoring: str) -> list[str]:
     after every training has run."""
     from ftlab.data.loading import is_custom_file
     from ftlab.eval.evaluator import PERPLEXITY, resolve_entry
-    from ftlab.eval.modes import split_entry
+    from ftlab.eval.scoring.modes import split_entry
 
     problems = []
     for entry in entries:

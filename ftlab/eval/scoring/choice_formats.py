@@ -1,11 +1,11 @@
 """The log-likelihood formats of the answer kinds that have options: per question a context and one
-continuation per option. Each answer kind's definition (ftlab.eval.answer_kinds) names its format:
+continuation per option. Each answer kind's definition (ftlab.eval.scoring.answer_kinds) names its format:
 
 - choice (arc, custom files with options written `A. ... B. ...`): context `Question: <stem>\\nAnswer:`,
   options the option texts;
 - boolean (boolq, custom yes/no files): context `<question>\\nAnswer:`, options `no` and `yes`.
 
-How an item is rendered and tokenized is ftlab.eval.choice_prompts.
+How an item is rendered and tokenized is ftlab.eval.scoring.choice_prompts.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from ftlab.errors import FtlabError
-from ftlab.eval.normalize import normalize_boolean
+from ftlab.eval.scoring.normalize import normalize_boolean
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """What log-likelihood scoring asks a model: per question a context and one continuation per option.
 
-The answer kind's definition names its format (`AnswerKind.choice_format`, ftlab.eval.answer_kinds;
-the formats themselves are in ftlab.eval.choice_formats).
+The answer kind's definition names its format (`AnswerKind.choice_format`, ftlab.eval.scoring.answer_kinds;
+the formats themselves are in ftlab.eval.scoring.choice_formats).
 
 Rendering follows lm-evaluation-harness, so its numbers can be checked against ours item by item:
 as plain text the continuation is ` <option>` (a space, then the option) and few-shot examples
@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from ftlab.errors import FtlabError
-from ftlab.eval.answer_kinds import ANSWER_KINDS
-from ftlab.eval.choice_formats import ChoiceItem
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS
+from ftlab.eval.scoring.choice_formats import ChoiceItem
 
 
 def build_item(task, example) -> ChoiceItem:

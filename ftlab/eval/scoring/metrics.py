@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from ftlab.errors import FtlabError
-import ftlab.eval.normalize as nz
-from ftlab.eval.extraction import box_cut_off, extract_boxed, extract_with
-from ftlab.eval.normalize import DEFAULT_TOLERANCE
+import ftlab.eval.scoring.normalize as nz
+from ftlab.eval.scoring.extraction import box_cut_off, extract_boxed, extract_with
+from ftlab.eval.scoring.normalize import DEFAULT_TOLERANCE
 from ftlab.resampling import bootstrap_means, percentile_interval
 
 if TYPE_CHECKING:  # the definitions name these classes; a scorer only reads its definition's fields
-    from ftlab.eval.answer_kinds import AnswerKind
+    from ftlab.eval.scoring.answer_kinds import AnswerKind
 
 INVALID = "invalid"
 
@@ -64,7 +64,7 @@ class ScoringOptions:
 class Scorer:
     """Normalises predictions and golds of one answer kind and aggregates task metrics.
 
-    A scorer is made for its answer kind's definition (ftlab.eval.answer_kinds), which names it,
+    A scorer is made for its answer kind's definition (ftlab.eval.scoring.answer_kinds), which names it,
     gives its flexible fallback and its scoring rule version.
     """
 

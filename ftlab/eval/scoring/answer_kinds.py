@@ -18,10 +18,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import ftlab.eval.normalize as nz
-from ftlab.eval.choice_formats import ChoiceItem, boolean_item, choice_item
-from ftlab.eval.extraction import extract_with, last_line, last_number, last_yes_no, lone_letter
-from ftlab.eval.metrics import (
+import ftlab.eval.scoring.normalize as nz
+from ftlab.eval.scoring.choice_formats import ChoiceItem, boolean_item, choice_item
+from ftlab.eval.scoring.extraction import extract_with, last_line, last_number, last_yes_no, lone_letter
+from ftlab.eval.scoring.metrics import (
     BooleanScorer, ChoiceScorer, ExactScorer, NumericScorer, Scorer, ScoringOptions, SpanScorer,
 )
 from ftlab.kinds.eval import GENERATE, LOGLIKELIHOOD
@@ -40,11 +40,11 @@ class AnswerKind:
     version: int
     modes: tuple[str, ...]  # scoring modes (ftlab.kinds.eval names) that can score it
     doc: str
-    # How a question and its gold become a log-likelihood item (ftlab.eval.choice_formats); None
+    # How a question and its gold become a log-likelihood item (ftlab.eval.scoring.choice_formats); None
     # when the kind has no options to compare.
     choice_format: Callable[[str, str, str], ChoiceItem] | None = None
     # Predictions must name one of the task's options (the task's labels, else those its
-    # questions and golds use): ftlab.eval.answer_kinds.task_options.
+    # questions and golds use): ftlab.eval.scoring.answer_kinds.task_options.
     has_options: bool = False
     # Matched within a numeric tolerance, stored in the task's settings so a change makes it stale.
     uses_tolerance: bool = False

@@ -1,7 +1,7 @@
 """The `loglikelihood` evaluation runner (`arc:ll`, `boolq:ll`, eval.scoring=loglikelihood).
 
-Each option's log-probability as the continuation of the question's prompt (ftlab.eval.choice_prompts
-says what is asked, ftlab.eval.choice_logprobs computes it). Two predictions per question, defined
+Each option's log-probability as the continuation of the question's prompt (ftlab.eval.scoring.choice_prompts
+says what is asked, ftlab.eval.scoring.choice_logprobs computes it). Two predictions per question, defined
 as lm-evaluation-harness defines them (checked item by item in tests/test_lm_eval_agreement.py):
 - `acc`: the option with the highest summed log-probability;
 - `acc_norm`: the highest log-probability divided by the option's length in characters (the
@@ -19,8 +19,8 @@ import numpy as np
 
 from ftlab.errors import FtlabError
 from ftlab.eval.runners import LOGLIKELIHOOD, RUNNERS, DatasetPlan, RunContext, prompt_hash
-from ftlab.eval.answer_kinds import get_scorer
-from ftlab.eval.metrics import SampleScore, ScoringOptions, bootstrap_interval
+from ftlab.eval.scoring.answer_kinds import get_scorer
+from ftlab.eval.scoring.metrics import SampleScore, ScoringOptions, bootstrap_interval
 from ftlab.io import append_jsonl
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def metrics_block(task, lines: list[dict], *, bootstrap_samples: int, seed: int)
     kind's metrics (accuracy, macro-F1, per-class, confusion matrix) for the acc predictions,
     plus acc_norm, each with a bootstrap interval."""
     # The label set is the options the questions offered (a custom 3-option file has three
-    # classes), as for generative scoring (ftlab.eval.answer_kinds.task_options).
+    # classes), as for generative scoring (ftlab.eval.scoring.answer_kinds.task_options).
     labels = tuple(task.labels) if task.labels else tuple(sorted({x for ln in lines for x in ln["choice_labels"]}))
     scorer = get_scorer(task.answer_kind, ScoringOptions.for_task(task, labels=labels or None))
     scores, norm = [], []
@@ -75,9 +75,9 @@ def metrics_block(task, lines: list[dict], *, bootstrap_samples: int, seed: int)
 @RUNNERS.register(LOGLIKELIHOOD)
 def run_loglikelihood(plan: DatasetPlan, ctx: RunContext) -> dict:
     from ftlab.env import PeakMemory
-    from ftlab.eval.choice_logprobs import ChoiceRequest, ChoiceScorer
-    from ftlab.eval.choice_prompts import build_item, encode, render
-    from ftlab.eval.modes import SCORING_MODES
+    from ftlab.eval.scoring.choice_logprobs import ChoiceRequest, ChoiceScorer
+    from ftlab.eval.scoring.choice_prompts import build_item, encode, render
+    from ftlab.eval.scoring.modes import SCORING_MODES
     from ftlab.eval.prompt_format import encode_prompts, resolve_prompt_format
 
     g = ctx.generator

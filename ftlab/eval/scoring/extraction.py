@@ -80,7 +80,7 @@ def has_closed_box(text: str | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Flexible fallbacks; each answer kind's definition (ftlab.eval.answer_kinds) names its own.
+# Flexible fallbacks; each answer kind's definition (ftlab.eval.scoring.answer_kinds) names its own.
 
 _NUMBER = re.compile(
     r"-?\\[dt]?frac\{[^{}]+\}\{[^{}]+\}|-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|-?\.\d+"

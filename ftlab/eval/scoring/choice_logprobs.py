@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
-from ftlab.eval import sizing
-from ftlab.eval.kv_cache import PrefixCache, accepts_logits_to_keep, copy_rows, supports_cache_surgery
+from ftlab.eval.backends import sizing
+from ftlab.eval.backends.kv_cache import PrefixCache, accepts_logits_to_keep, copy_rows, supports_cache_surgery
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftlab.errors import FtlabError
-from ftlab.eval.answer_kinds import ANSWER_KINDS
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS
 from ftlab.kinds.eval import GENERATE, LOGLIKELIHOOD, PLAIN
 from ftlab.registry import Registry
 

@@ -1,6 +1,6 @@
 """The transformers generation backend (`hf`, `hf-generate`): prompt rendering and encoding,
 batch sizing, and fixed batches through `model.generate`; continuous batching lives in
-ftlab.eval.continuous.
+ftlab.eval.backends.continuous.
 
 Why it is fast without changing answers:
 - prompts are sorted by token length, so prompts prefilled together need little padding;
@@ -20,10 +20,10 @@ import time
 from typing import Iterator, Sequence
 
 from ftlab.errors import FtlabError
-from ftlab.eval import sizing
-from ftlab.eval.backend_api import Generation
+from ftlab.eval.backends import sizing
+from ftlab.eval.backends.api import Generation
 from ftlab.eval.prompt_format import encode_prompts, end_of_turn_ids, resolve_prompt_format
-from ftlab.eval.stopping import BoxClosedCriteria
+from ftlab.eval.backends.stopping import BoxClosedCriteria
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ class HFGenerator:
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
                  stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
-        from ftlab.eval.continuous import ContinuousBatcher
-        from ftlab.eval.kv_cache import supports_cache_surgery
+        from ftlab.eval.backends.continuous import ContinuousBatcher
+        from ftlab.eval.backends.kv_cache import supports_cache_surgery
 
         if not prompts:
             return

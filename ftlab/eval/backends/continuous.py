@@ -14,10 +14,10 @@ import logging
 import time
 from typing import Iterator, Sequence
 
-from ftlab.eval import sizing
-from ftlab.eval.backend_api import Generation, Generator
-from ftlab.eval.kv_cache import PrefixCache, accepts_logits_to_keep, select_rows, splice_rows
-from ftlab.eval.stopping import closing_token_ids, finish_reason
+from ftlab.eval.backends import sizing
+from ftlab.eval.backends.api import Generation, Generator
+from ftlab.eval.backends.kv_cache import PrefixCache, accepts_logits_to_keep, select_rows, splice_rows
+from ftlab.eval.backends.stopping import closing_token_ids, finish_reason
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from transformers import StoppingCriteria
 
-from ftlab.eval.extraction import has_closed_box
+from ftlab.eval.scoring.extraction import has_closed_box
 
 
 def closing_token_ids(tokenizer) -> list[int]:

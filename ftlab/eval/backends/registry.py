@@ -1,17 +1,17 @@
 """Generation backends, keyed by name: `hf` (continuous batching, the default), `hf-generate`
 (fixed batches through `model.generate`) and `canned` (fixed responses; tests only).
 
-What a backend is (ftlab.eval.backend_api) is kept apart from how each one works: ftlab.eval.hf_generator
-(rendering, encoding, fixed batches), ftlab.eval.continuous (the rolling batch),
-ftlab.eval.kv_cache (shared prefix and row editing), ftlab.eval.stopping (when a row is done),
-ftlab.eval.sizing (auto batch size, out-of-memory) and ftlab.eval.canned (the test double).
+What a backend is (ftlab.eval.backends.api) is kept apart from how each one works: ftlab.eval.backends.hf
+(rendering, encoding, fixed batches), ftlab.eval.backends.continuous (the rolling batch),
+ftlab.eval.backends.kv_cache (shared prefix and row editing), ftlab.eval.backends.stopping (when a row is done),
+ftlab.eval.backends.sizing (auto batch size, out-of-memory) and ftlab.eval.backends.canned (the test double).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from ftlab.eval.backend_api import Generation, Generator  # noqa: F401  (the backend interface, re-exported)
+from ftlab.eval.backends.api import Generation, Generator  # noqa: F401  (the backend interface, re-exported)
 from ftlab.registry import Registry
 
 
@@ -21,7 +21,7 @@ GENERATORS: Registry[Callable[..., Generator]] = Registry("generation backend")
 @GENERATORS.register("hf")
 def _hf_backend(model_ref: str, cfg, workspace, options: Mapping[str, Any] | None = None) -> Generator:
     """Continuous batching: finished rows leave the batch at once and waiting prompts take their place."""
-    from ftlab.eval.hf_generator import load_hf_generator
+    from ftlab.eval.backends.hf import load_hf_generator
 
     return load_hf_generator(model_ref, cfg, workspace, continuous=True)
 
@@ -29,7 +29,7 @@ def _hf_backend(model_ref: str, cfg, workspace, options: Mapping[str, Any] | Non
 @GENERATORS.register("hf-generate")
 def _hf_generate_backend(model_ref: str, cfg, workspace, options: Mapping[str, Any] | None = None) -> Generator:
     """Fixed length-sorted batches through model.generate (reference path; slower when answer lengths vary)."""
-    from ftlab.eval.hf_generator import load_hf_generator
+    from ftlab.eval.backends.hf import load_hf_generator
 
     return load_hf_generator(model_ref, cfg, workspace, continuous=False)
 
@@ -37,7 +37,7 @@ def _hf_generate_backend(model_ref: str, cfg, workspace, options: Mapping[str, A
 @GENERATORS.register("canned")
 def _canned_backend(model_ref: str, cfg, workspace, options: Mapping[str, Any] | None = None) -> Generator:
     """Test double: `eval.backend_options={response: "..."}` or `{responses_file: lines.jsonl}`."""
-    from ftlab.eval.canned import from_options
+    from ftlab.eval.backends.canned import from_options
 
     return from_options(dict(options or {}))
 

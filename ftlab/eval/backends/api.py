@@ -1,7 +1,7 @@
 """What a generation backend is: the `Generator` protocol every backend implements and the
-`Generation` it yields. The backends (ftlab.eval.hf_generator, ftlab.eval.canned) and the batcher
-(ftlab.eval.continuous) import this module; the registry that picks one by name
-(ftlab.eval.generation) imports them."""
+`Generation` it yields. The backends (ftlab.eval.backends.hf, ftlab.eval.backends.canned) and the batcher
+(ftlab.eval.backends.continuous) import this module; the registry that picks one by name
+(ftlab.eval.backends.registry) imports them."""
 
 from __future__ import annotations
 

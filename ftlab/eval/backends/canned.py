@@ -7,7 +7,7 @@ import time
 from typing import Callable, Iterator, Sequence
 
 from ftlab.errors import FtlabError
-from ftlab.eval.backend_api import Generation
+from ftlab.eval.backends.api import Generation
 
 
 class CannedGenerator:
