@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from ftlab.errors import FtlabError
 import ftlab.eval.scoring.normalize as nz
+from ftlab.errors import FtlabError
 from ftlab.eval.scoring.extraction import box_cut_off, extract_boxed, extract_with
 from ftlab.eval.scoring.normalize import DEFAULT_TOLERANCE
 from ftlab.resampling import bootstrap_means, percentile_interval
