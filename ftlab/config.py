@@ -17,6 +17,7 @@ from typing import Any, Iterable, TypeVar
 import yaml
 
 from ftlab.errors import ConfigError, FtlabError
+from ftlab.io import atomic_write_text
 from ftlab.kinds.eval import PROMPT_FORMAT_NAMES, SCORING_MODE_NAMES
 from ftlab.kinds.peft import PEFT_NAMES, is_adapter, run_problems
 from ftlab.kinds.quant import QUANT_METHODS, TRAINING_METHODS
@@ -499,8 +500,6 @@ def config_without(cfg: Any, keys: Iterable[tuple[str, str]]) -> dict:
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
-    from ftlab.io import atomic_write_text
-
     return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 

@@ -33,7 +33,7 @@ def cpu_has_native_bf16() -> bool:
 
 def auto_dtype(role: str) -> str:
     """What `auto` resolves to here for `role` (see the module doc), as a short name."""
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     if role not in ROLES:
         raise ValueError(f"dtype role {role!r} is not one of {ROLES}")
@@ -57,6 +57,6 @@ def dtype_name(value: Any, role: str = "weights") -> str:
 
 def torch_dtype(value: Any, role: str = "weights"):
     """The torch.dtype for `value` (see `dtype_name`)."""
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     return getattr(torch, DTYPE_NAMES[dtype_name(value, role)])

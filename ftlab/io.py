@@ -8,11 +8,15 @@ folder, and publishing a folder is never split by a signal or mixed with another
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import errno
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -119,8 +123,6 @@ def signals_deferred() -> Iterator[None]:
     """SIGINT/SIGTERM that arrive inside the block take effect when it ends, so publishing or
     cleaning up a folder is never cut in half. Python-level (handlers swapped, not the signal
     mask): with worker threads alive the kernel may deliver a signal to any thread."""
-    import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -174,8 +176,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def to_jsonable(obj: Any) -> Any:
     """Converts dataclasses, paths, enums, numpy and torch scalars into plain JSON values."""
-    import dataclasses
-    import enum
 
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}

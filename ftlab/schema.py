@@ -10,8 +10,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ftlab.env import environment_info, now_iso
 from ftlab.errors import FtlabError
 from ftlab.io import atomic_write_json, read_json
+from ftlab.kinds.quant import QuantizationSpec
+from ftlab.naming import parse_run_name
 
 TRAINING_METADATA_FILE = "training_metadata.json"
 # One schema version per document kind, defined here and nowhere else. Bump it together with an
@@ -59,8 +62,6 @@ def _model_v0_to_v1(doc: dict) -> dict:
     if isinstance(base, str):
         doc["base_model"] = {"ref": base, "source_kind": None, "revision": None, "base_name": None}
     if "quantization" not in doc:
-        from ftlab.kinds.quant import QuantizationSpec
-
         method = doc.pop("quant_method", "NoQuant") or "NoQuant"
         try:
             doc["quantization"] = QuantizationSpec(method=method).to_dict()
@@ -103,8 +104,6 @@ def model_metadata(*, run_name: str, base_model: dict, quantization: dict, resul
     """The model-metadata document of a folder named `run_name` (name fields parsed from it when it
     is a run name), stamped with this machine's environment and the time; `extra` adds
     kind-specific sections (oom_backoff, requested_config, source)."""
-    from ftlab.env import environment_info, now_iso
-    from ftlab.naming import parse_run_name
 
     try:
         name_fields = vars(parse_run_name(run_name))
@@ -120,7 +119,6 @@ def model_metadata(*, run_name: str, base_model: dict, quantization: dict, resul
 
 def model_metadata_problems(meta: dict[str, Any]) -> list[str]:
     """What is missing or mistyped in a model-metadata document (empty when it is well formed)."""
-    from ftlab.kinds.quant import QuantizationSpec
 
     problems = [f"missing key {k!r}" for k in MODEL_METADATA_KEYS if k not in meta]
     for key, types in _MODEL_METADATA_TYPES.items():

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 
+from ftlab.commands.evaluate import resolve_threads
+from ftlab.env import set_threads
 from ftlab.errors import FtlabError
+from ftlab.models.sources import load_model
+from ftlab.paths import Workspace
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def chat(model_ref: str, prompt: str, *, system: str | None = None, max_new_tokens: int = 256, dtype: str = "auto",
          enable_thinking: bool = False, stop_at_box: bool = False, raw: bool | None = None, workspace=None):
     """(response text, Generation) for one prompt; `raw` None = plain text for base models."""
-    from ftlab.eval.backends.hf import HFGenerator, default_device_map
-    from ftlab.models.sources import load_model
+    from ftlab.eval.backends.hf import HFGenerator, default_device_map  # lazy: ftlab.eval.backends.hf imports transformers
 
     if not prompt or not prompt.strip():
         raise FtlabError("--prompt is empty; give the question to ask")
@@ -48,10 +51,6 @@ def chat(model_ref: str, prompt: str, *, system: str | None = None, max_new_toke
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftlab.env import set_threads
-    from ftlab.commands.evaluate import resolve_threads
-    from ftlab.paths import Workspace
-
     set_threads(resolve_threads(args.threads))
     text, _ = chat(args.model, args.prompt, system=args.system, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
                    enable_thinking=args.enable_thinking, stop_at_box=args.stop_at_box, raw=args.raw,

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             label = args.baseline or "each family's <base>-base"
             print(f"\ndelta vs {label}:")
             print(_render(deltas.drop(columns=[c for c in ID_COLUMNS[1:] if c in deltas.columns]), args.markdown))
-    from ftlab.compare import recovery
+    from ftlab.compare import recovery  # lazy: ftlab.compare imports pandas
 
     # Quantized models against their own sources (delta vs base is the wrong reference for them).
     rec = recovery.recovery_table(ws, df, resamples=args.bootstrap, confidence=args.confidence, seed=args.seed)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(describe_pair(pair_result, *args.pair, args.confidence))
     if args.plot:
-        from ftlab.compare.plots import write_plots
+        from ftlab.compare.plots import write_plots  # lazy: ftlab.compare.plots imports numpy
 
         written = write_plots(df, args.plot)
         rec_png = recovery.plot_recovery(rec, Path(args.plot) / "recovery.png")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ftlab.paths import Workspace
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -24,12 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftlab.paths import Workspace
-
     ws = Workspace.default()
     if args.action == "list":
-        from ftlab.data.loading import task_file
-        from ftlab.data.tasks import TASKS
+        from ftlab.data.loading import task_file  # lazy: ftlab.data.loading imports numpy
+        from ftlab.data.tasks import TASKS  # lazy: ftlab.data.tasks imports numpy
 
         print(f"{'task':<16} {'answers':<8} {'train source':<44} doc")
         for name, t in TASKS.items():
@@ -38,13 +38,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<16} {t.answer_kind:<8} {where:<44} {t.doc}")
         return 0
     if args.action == "prepare":
-        from ftlab.data.prepare import prepare_datasets
+        from ftlab.data.prepare import prepare_datasets  # lazy: ftlab.data.prepare imports numpy
 
         for r in prepare_datasets(args.tasks, ws, args.from_dir, args.limit):
             warn = f"  ({r['warnings']})" if r["warnings"] else ""
             print(f"{r['task']:<16} {r['split']:<5} {r['rows']:>6} rows -> {r['file']}{warn}")
         return 0
-    from ftlab.data.loading import dataset_fingerprint, load_examples, resolve_task
+    from ftlab.data.loading import dataset_fingerprint, load_examples, resolve_task  # lazy: ftlab.data.loading imports numpy
 
     examples = load_examples(args.dataset, args.split, workspace=ws, source_dir=args.source_dir)
     task = resolve_task(args.dataset)
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{task.name}: {len(examples)} usable rows, answer kind {task.answer_kind}, "
               f"fingerprint {dataset_fingerprint(examples)}")
         return 0
-    from ftlab.data.prompts import build_messages, build_target
+    from ftlab.data.prompts import build_messages, build_target  # lazy: ftlab.data.prompts imports numpy
 
     for ex in examples[: args.n]:
         print("-" * 60)

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 from ftlab.errors import FtlabError
-
+from ftlab.jobs.engine import EngineSettings
+from ftlab.paths import Workspace
+from ftlab.study.run import execute, open_study, remove_outputs
 
 DEMO_FILE = "demo-study.yaml"
 QUICK_FILE = "demo-study-quick.yaml"
@@ -45,10 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftlab.jobs.engine import EngineSettings
-    from ftlab.paths import Workspace
-    from ftlab.study.run import execute, open_study, remove_outputs
-
     workspace = Workspace.at(getattr(args, "workdir", None))
     path = study_file(args.quick)
     study = open_study(path, workspace, args.overrides)

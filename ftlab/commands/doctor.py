@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import os
 import shutil
+
+import psutil
+
+from ftlab.console import quiet_third_party
+from ftlab.env import device_info, package_version
+from ftlab.models.sources import BUILTIN_MODELS
+from ftlab.paths import Workspace, cache_dir
 
 ENGINES = ("bitsandbytes", "gptqmodel", "hqq", "peft", "trl", "ray")
 
@@ -18,7 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _import_status(name: str) -> str:
     if importlib.util.find_spec(name) is None:
         return "not installed"
-    from ftlab.console import quiet_third_party
 
     saved = os.environ.get("HF_HOME")
     try:
@@ -36,13 +43,8 @@ def _import_status(name: str) -> str:
 
 
 def collect() -> dict:
-    import psutil
-
-    from ftlab.data.loading import task_file
-    from ftlab.data.tasks import TASKS
-    from ftlab.env import device_info, package_version
-    from ftlab.models.sources import BUILTIN_MODELS
-    from ftlab.paths import Workspace, cache_dir
+    from ftlab.data.loading import task_file  # lazy: ftlab.data.loading imports numpy
+    from ftlab.data.tasks import TASKS  # lazy: ftlab.data.tasks imports numpy
 
     ws = Workspace.default()
     info = {"workspace": str(ws.root), "cache": str(cache_dir())}
@@ -76,8 +78,6 @@ def collect() -> dict:
 def run(args: argparse.Namespace) -> int:
     info = collect()
     if args.json:
-        import json
-
         print(json.dumps(info, indent=2))
         return 0
     for key, value in info.items():

@@ -8,7 +8,11 @@ import json
 import logging
 import os
 
+from ftlab.cli import SUMMARY
+from ftlab.config import EvalRunConfig, load_config
+from ftlab.env import set_threads
 from ftlab.errors import FtlabError
+from ftlab.paths import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,6 @@ def _split_tail(args: argparse.Namespace) -> argparse.Namespace:
     tail = list(getattr(args, "overrides", None) or [])
     if any(t in ("-h", "--help") for t in tail):
         # `ftlab evaluate MODEL --help`: the tail parser below has no help of its own.
-        from ftlab.cli import SUMMARY
 
         full = argparse.ArgumentParser(prog="ftlab evaluate", description=SUMMARY["evaluate"])
         add_arguments(full)
@@ -72,7 +75,6 @@ def _split_tail(args: argparse.Namespace) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace):
     """EvalRunConfig from defaults < --config < key=value overrides < dedicated flags."""
-    from ftlab.config import EvalRunConfig, load_config
 
     flags = list(args.overrides)
     if args.datasets:
@@ -95,9 +97,7 @@ def resolve_threads(configured: int | None) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftlab.env import set_threads
-    from ftlab.eval.evaluator import evaluate, metrics_paths, model_file_name
-    from ftlab.paths import Workspace
+    from ftlab.eval.evaluator import evaluate, metrics_paths, model_file_name  # lazy: ftlab.eval.evaluator imports numpy
 
     args = _split_tail(args)
     if args.eval_quiet:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_json:
         print(json.dumps(doc, indent=2))
     else:
-        from ftlab.eval.evaluator import expected_settings
+        from ftlab.eval.evaluator import expected_settings  # lazy: ftlab.eval.evaluator imports numpy
 
         requested = list(expected_settings(cfg, ws))
         for task in requested:

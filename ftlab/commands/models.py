@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from ftlab.errors import FtlabError
+from ftlab.io import dir_size_bytes
+from ftlab.models.scratch import SCRATCH_PRESETS
+from ftlab.models.sources import BUILTIN_MODELS, builtin_folder
+from ftlab.paths import Workspace, cache_dir
+from ftlab.schema import load_training_metadata
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--convert", metavar="NAME", default=None,
@@ -11,10 +18,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def list_model_folders(models_dir) -> list[dict]:
-    from ftlab.errors import FtlabError
-    from ftlab.io import dir_size_bytes
-    from ftlab.schema import load_training_metadata
-
     rows = []
     if not models_dir.is_dir():
         return rows
@@ -39,10 +42,6 @@ def list_model_folders(models_dir) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftlab.models.scratch import SCRATCH_PRESETS
-    from ftlab.models.sources import BUILTIN_MODELS, builtin_folder
-    from ftlab.paths import Workspace, cache_dir
-
     if args.convert:
         print(builtin_folder(BUILTIN_MODELS.canonical(args.convert)))
         return 0

@@ -10,6 +10,7 @@ from ftlab.data.tasks import TASKS, custom_task
 from ftlab.errors import FtlabError
 from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS, get_scorer
 from ftlab.eval.scoring.metrics import ScoringOptions, sample_score_dict, score_responses
+from ftlab.io import to_jsonable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,8 +91,6 @@ def score_file(task: str, predictions: str, *, bootstrap_samples: int = 1000, se
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftlab.io import to_jsonable
-
     block, samples = score_file(args.task, args.predictions, bootstrap_samples=args.bootstrap_samples,
                                 seed=args.seed, rel_tol=args.rel_tol, abs_tol=args.abs_tol,
                                 labels=parse_labels(args.labels))

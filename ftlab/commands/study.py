@@ -6,12 +6,13 @@ import argparse
 import os
 
 from ftlab.errors import FtlabError
-
+from ftlab.jobs.backends import BACKENDS
+from ftlab.jobs.engine import EngineSettings
+from ftlab.paths import Workspace
+from ftlab.study.run import execute, open_study, print_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ftlab.jobs.backends import BACKENDS
-
     sub = parser.add_subparsers(dest="study_command", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run every job that is not done, then write the report",
                          description="Runs every job of the study that is not done (crash-safe: run it again "
@@ -46,17 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftlab.jobs.engine import EngineSettings
-    from ftlab.paths import Workspace
-    from ftlab.study.run import execute, open_study, print_report
-
     workspace = Workspace.at(getattr(args, "workdir", None))
     study = open_study(args.file, workspace, args.overrides)
     if args.study_command == "report":
         print_report(study)
         return 0
     if args.study_command == "plan":
-        from ftlab.study.plan import plan_text
+        from ftlab.study.plan import plan_text  # lazy: ftlab.study.plan imports numpy
 
         if args.items is not None and args.items < 2:
             raise FtlabError(f"--items {args.items}: give at least 2 items per task")

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
+
+from ftlab.cli import SUMMARY, guarded, setup_logging
+from ftlab.config import TrainRunConfig, describe_config, load_config
+from ftlab.kinds.peft import PEFT_NAMES
+from ftlab.paths import Workspace
+from ftlab.train.runner import run_training
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ftlab.kinds.peft import PEFT_NAMES
-
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="YAML file with model:, data:, peft:, quant:, train: sections")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -21,20 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_train_config(config: str | None, overrides: list[str], base: dict | None = None, overwrite: bool = False):
-    from ftlab.config import TrainRunConfig, load_config
-
     overrides = list(overrides) + (["train.overwrite=true"] if overwrite else [])
     return load_config(TrainRunConfig, config, overrides, base=base)
 
 
 def run(args: argparse.Namespace, base: dict | None = None) -> int:
-    from ftlab.config import TrainRunConfig, describe_config
-
     if getattr(args, "help_config", False):
         print("\n".join(describe_config(TrainRunConfig)))
         return 0
-    from ftlab.paths import Workspace
-    from ftlab.train.runner import run_training
 
     cfg = load_train_config(args.config, args.overrides, base=base, overwrite=args.overwrite)
     folder = run_training(cfg, Workspace.default())
@@ -45,10 +45,7 @@ def run(args: argparse.Namespace, base: dict | None = None) -> int:
 def main_script(base: dict, argv: list[str] | None = None, prog: str = "01_Train.py") -> int:
     """Entry for `Fine-tuning/01_Train.py`: its edit block is `base`; the command line may add
     `--config FILE` and `key=value` overrides on top. Errors print one line and exit 2, like `ftlab`."""
-    import os
-    import sys
 
-    from ftlab.cli import SUMMARY, setup_logging, guarded
 
     parser = argparse.ArgumentParser(prog=prog, description=SUMMARY["train"])
     parser.add_argument("--workdir", default=None, help="workspace root (default: $FTLAB_HOME or the current folder)")

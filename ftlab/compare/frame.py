@@ -15,6 +15,9 @@ from typing import Iterable
 import pandas as pd
 
 from ftlab.errors import FtlabError
+from ftlab.io import dir_size_bytes
+from ftlab.kinds.peft import PEFT_NAMES
+from ftlab.naming import RunName, parse_run_name, peft_rank
 from ftlab.paths import Workspace
 
 log = logging.getLogger(__name__)
@@ -54,8 +57,6 @@ def _name_fields(model: str, meta: dict) -> dict:
         out = {k: fields.get(k) for k in ("base", "dataset", "method", "peft", "quant_tag")}
     else:
         try:
-            from ftlab.naming import parse_run_name
-
             rn = parse_run_name(meta.get("run_name") or model)
             out = {"base": rn.base, "dataset": rn.dataset, "method": rn.method, "peft": rn.peft,
                    "quant_tag": rn.quant_tag}
@@ -67,8 +68,6 @@ def _name_fields(model: str, meta: dict) -> dict:
 
 def _rank(meta: dict, peft_tag: str | None) -> float:
     """The adapter rank from the metadata, else from the run name; NaN for kinds without one."""
-    from ftlab.naming import peft_rank
-    from ftlab.kinds.peft import PEFT_NAMES
 
     peft = meta.get("peft") if isinstance(meta, dict) else None
     if isinstance(peft, dict) and isinstance(peft.get("r"), (int, float)):
@@ -102,8 +101,6 @@ def model_size_bytes(doc: dict, workspace: Workspace | None) -> float:
         candidates.append(workspace.models_dir / model["name"])
     for folder in candidates:
         if folder.is_dir():
-            from ftlab.io import dir_size_bytes
-
             return float(dir_size_bytes(folder))
     return math.nan
 
@@ -156,7 +153,7 @@ def rows_from_document(doc: dict, workspace: Workspace | None = None) -> list[di
 def load_document(path: Path) -> dict:
     """Reads one metrics JSON, upgraded to the current schema version by the evaluator's
     registered upgraders (ftlab.eval.records.documents)."""
-    from ftlab.eval.records.documents import load_metrics_document
+    from ftlab.eval.records.documents import load_metrics_document  # lazy: ftlab.eval.records.documents imports numpy
 
     return load_metrics_document(path)
 
@@ -165,7 +162,7 @@ def load_documents(source: Workspace | str | os.PathLike) -> list[dict]:
     """Every model's metrics document. Each task block in a document is a finished result, so a
     document whose latest run is still going (or was killed) contributes its finished tasks. A task
     scored by an older scoring rule is reported, never silently set beside newer ones."""
-    from ftlab.eval.evaluator import outdated_scoring
+    from ftlab.eval.evaluator import outdated_scoring  # lazy: ftlab.eval.evaluator imports numpy
 
     mdir = metrics_dir_of(source)
     docs = []
@@ -246,7 +243,6 @@ def baseline_for(model: str, base: str | None) -> str | None:
     """The default baseline: the un-quantized base snapshot of the same family, `<base>-base`."""
     if not base:
         return None
-    from ftlab.naming import RunName
 
     return RunName(base, "base").render()
 

@@ -10,6 +10,7 @@ import pandas as pd
 from ftlab.compare.frame import load_document, metrics_dir_of
 from ftlab.compare.stats import format_p, mcnemar_exact, paired_bootstrap
 from ftlab.errors import FtlabError
+from ftlab.eval.records.results import current_samples
 from ftlab.io import read_jsonl
 from ftlab.paths import Workspace
 
@@ -32,7 +33,6 @@ def load_samples(source: Workspace | str | os.PathLike, model: str) -> tuple[pd.
     Lines of superseded settings (an older prompt, token cap or limit) stay in the samples file;
     only those under each task block's own settings key enter a comparison (ftlab.eval.records.results).
     """
-    from ftlab.eval.records.results import current_samples
 
     mdir = metrics_dir_of(source)
     path = samples_path(mdir, model)

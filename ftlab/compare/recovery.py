@@ -3,7 +3,6 @@
 "Delta vs base" answers whether a fine-tune helped; for a quantized model the base snapshot is the
 wrong reference. Its source is found in its metadata (`source.name`, written by `ftlab quantize`;
 older folders: the last `history` entry), and both are compared on the samples they both answered:
-
 * recovery = quantized score / source score per task, with a paired-bootstrap interval of that ratio;
 * McNemar's exact test on the per-sample correct/incorrect outcomes (`lost` = source right,
   quantized wrong; `gained` = the reverse), from `ftlab.compare.pair` / `ftlab.compare.stats`;
@@ -21,7 +20,9 @@ import pandas as pd
 
 from ftlab.compare.pair import ALL_TASKS, compare_pair
 from ftlab.errors import FtlabError
+from ftlab.kinds.quant import parse_quant_tag
 from ftlab.paths import Workspace
+from ftlab.schema import load_training_metadata
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ _FIDELITY = {"kl_mean": "kl_mean", "kl_p99": "kl_p99", "top1_agreement": "top1_a
 
 
 def _is_ptq(quant_tag) -> bool:
-    from ftlab.kinds.quant import parse_quant_tag
-
     if not isinstance(quant_tag, str) or not quant_tag:
         return False
     try:
@@ -44,8 +43,6 @@ def _is_ptq(quant_tag) -> bool:
 
 
 def _metadata(workspace: Workspace, model: str, path) -> dict | None:
-    from ftlab.schema import load_training_metadata
-
     for folder in ([Path(path)] if isinstance(path, str) and path else []) + [workspace.models_dir / model]:
         if folder.is_dir():
             try:
@@ -117,7 +114,7 @@ HEADER = ("recovery of each quantized model vs its unquantized source (quantized
 
 def render(table: pd.DataFrame, confidence: float = 0.95, markdown: bool = False) -> str:
     """The console section: one line per quantized model and task."""
-    from ftlab.compare.frame import to_markdown, to_text
+    from ftlab.compare.frame import to_markdown, to_text  # lazy: ftlab.compare.frame imports pandas
 
     if table.empty:
         return ""
@@ -144,9 +141,9 @@ def render(table: pd.DataFrame, confidence: float = 0.95, markdown: bool = False
 
 def plot_recovery(table: pd.DataFrame, path: Path) -> Path | None:
     """Bars of recovery per quantized model and task with their intervals; the line at 1 is the source."""
-    import numpy as np
+    import numpy as np  # lazy: numpy takes 0.18 s
 
-    from ftlab.compare.plots import pyplot, save_figure
+    from ftlab.compare.plots import pyplot, save_figure  # lazy: ftlab.compare.plots imports numpy
 
     data = table[table["recovery"].notna() & (table["task"] != ALL_TASKS)]
     if data.empty:

@@ -73,7 +73,7 @@ def expected_score(model: StudyModel, seed_effect: float = 0.0) -> float:
 def matched_base_effect(model: StudyModel) -> float:
     """The fixed effect a deterministic model needs for its expected score to equal recipe A's
     mean over seeds (which Jensen's inequality moves away from a seed effect of 0)."""
-    from scipy.optimize import brentq
+    from scipy.optimize import brentq  # lazy: scipy.stats takes 1.8 s
 
     target = expected_recipe_score(model)
     return float(brentq(lambda e: expected_score(model, e) - target, -10, 10))

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def _write_parquet(rows: list[dict], path: Path) -> None:
-    import pandas as pd
+    import pandas as pd  # lazy: pandas takes 1.2 s
 
     buf = io.BytesIO()
     pd.DataFrame(rows).to_parquet(buf, index=False)

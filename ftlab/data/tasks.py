@@ -10,8 +10,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ftlab.data.synthetic import generate
 from ftlab.errors import FtlabError
 from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS
+
 # The numeric rules live with the scorer that applies them; imported here for the task table.
 from ftlab.eval.scoring.normalize import DEFAULT_TOLERANCE, NumericTolerance, format_number  # noqa: F401
 from ftlab.registry import Registry
@@ -151,8 +153,6 @@ TASKS.add("squad_v2", Task(
 
 
 def _synthetic(split: str, n: int | None) -> list[dict]:
-    from ftlab.data.synthetic import generate
-
     return generate(split, n)
 
 

@@ -18,16 +18,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftlab.config import EvalRunConfig, config_to_dict
+from ftlab.env import PeakMemory, current_rss_mb, environment_info, now_iso, set_threads
 from ftlab.errors import FtlabError
-from ftlab.eval.scoring import loglikelihood as _loglikelihood  # noqa: F401  (registers the "loglikelihood" runner)
-from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS, get_scorer, gold_of, scoring_version, task_options
+from ftlab.eval.backends.registry import build_generator
+from ftlab.eval.fewshot import draw_shots
+from ftlab.eval.perplexity import perplexity
 from ftlab.eval.records.documents import load_metrics_document, metrics_document, write_metrics_document
-from ftlab.eval.scoring.metrics import ScoringOptions, describe, score_responses
 from ftlab.eval.records.results import SampleStore, TaskSpec, settings_changes, task_settings
 from ftlab.eval.runners import (  # noqa: F401  (PERPLEXITY, LOGLIKELIHOOD: part of this module's interface)
-    LOGLIKELIHOOD, PERPLEXITY, RUNNER_SCORING_VERSIONS, RUNNERS, DatasetPlan, RunContext, prompt_hash,
+    LOGLIKELIHOOD,
+    PERPLEXITY,
+    RUNNER_SCORING_VERSIONS,
+    RUNNERS,
+    DatasetPlan,
+    RunContext,
+    prompt_hash,
 )
+from ftlab.eval.scoring import loglikelihood as _loglikelihood  # noqa: F401  (registers the "loglikelihood" runner)
+from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS, get_scorer, gold_of, scoring_version, task_options
+from ftlab.eval.scoring.metrics import ScoringOptions, describe, score_responses
 from ftlab.io import append_jsonl, dir_size_bytes, to_jsonable
+from ftlab.models.sources import resolve_model
+from ftlab.naming import checked_name
 from ftlab.paths import Workspace
 from ftlab.schema import NewerSchemaError
 
@@ -67,8 +79,8 @@ def _trained_task(metadata: dict | None) -> str:
 def resolve_entry(entry: str, metadata: dict | None, scoring: str = "generate") -> DatasetPlan:
     """The task and runner a dataset entry names, without loading rows (the planner needs this).
     `scoring` (eval.scoring) is the mode of entries without a mode suffix (ftlab.eval.scoring.modes)."""
-    from ftlab.data.loading import resolve_task
-    from ftlab.eval.scoring.modes import resolve_entry as entry_mode
+    from ftlab.data.loading import resolve_task  # lazy: ftlab.data.loading imports numpy
+    from ftlab.eval.scoring.modes import resolve_entry as entry_mode  # lazy: ftlab.eval.scoring.modes imports numpy
 
     if entry == PERPLEXITY or entry.startswith(PERPLEXITY + ":"):
         # Held-out texts of the model's own training task unless one is named (perplexity:arc).
@@ -82,8 +94,7 @@ def resolve_entry(entry: str, metadata: dict | None, scoring: str = "generate") 
 
 
 def _plan(entry: str, cfg: EvalRunConfig, workspace: Workspace, source) -> DatasetPlan:
-    from ftlab.data.loading import load_examples
-    from ftlab.eval.fewshot import draw_shots
+    from ftlab.data.loading import load_examples  # lazy: ftlab.data.loading imports numpy
 
     e = cfg.eval
     plan = resolve_entry(entry, source.metadata, e.scoring)
@@ -150,7 +161,6 @@ def plan_settings(plan: DatasetPlan, cfg: EvalRunConfig) -> dict:
 def expected_settings(cfg: EvalRunConfig, workspace: Workspace | None = None) -> dict[str, dict]:
     """Task key -> the settings `evaluate(cfg.model.name, cfg)` would store for it. Loads no model
     and no rows, so the orchestrator can tell which task of which model is stale, and why."""
-    from ftlab.models.sources import resolve_model
 
     metadata = None
     if PERPLEXITY in cfg.eval.datasets:  # perplexity of the model's own training task: read its metadata
@@ -166,8 +176,7 @@ def expected_settings(cfg: EvalRunConfig, workspace: Workspace | None = None) ->
 
 @RUNNERS.register("generate")
 def run_generation(plan: DatasetPlan, ctx: RunContext) -> dict:
-    from ftlab.data.prompts import build_messages
-    from ftlab.env import PeakMemory
+    from ftlab.data.prompts import build_messages  # lazy: ftlab.data.prompts imports numpy
 
     e = ctx.cfg.eval
     golds = [gold_of(plan.task, ex) for ex in plan.examples]
@@ -248,8 +257,7 @@ PERPLEXITY_AUTO_BATCH = 8  # eval.batch_size=None: full-sequence forwards keep e
 
 @RUNNERS.register(PERPLEXITY)
 def run_perplexity(plan: DatasetPlan, ctx: RunContext) -> dict:
-    from ftlab.data.prompts import build_messages, build_target
-    from ftlab.env import PeakMemory
+    from ftlab.data.prompts import build_messages, build_target  # lazy: ftlab.data.prompts imports numpy
 
     g = ctx.generator
     if getattr(g, "model", None) is None:
@@ -263,7 +271,6 @@ def run_perplexity(plan: DatasetPlan, ctx: RunContext) -> dict:
     if old is not None and old.get("texts_hash") == text_hash and old.get("settings_key") == ctx.settings_key:
         log.info("%s: reusing the perplexity computed on the same texts under the same settings", plan.name)
         return {k: v for k, v in old.items() if k not in ("settings", "settings_key", "scoring_version")}
-    from ftlab.eval.perplexity import perplexity
 
     with PeakMemory() as mem:
         t0 = time.perf_counter()
@@ -294,7 +301,6 @@ def _quantization_of(source) -> dict | None:
 
 def _new_document(name: str, model_ref: str, source, cfg: EvalRunConfig, old: dict | None) -> dict:
     """The document this run writes: every task block of the old document carried over."""
-    from ftlab.env import environment_info, now_iso
 
     return metrics_document(
         model={"name": name, "ref": str(model_ref), "path": str(source.path) if source.path else None,
@@ -308,9 +314,6 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
              model_name: str | None = None) -> dict:
     """Runs, resumes or updates one model's evaluation on `cfg.eval.datasets` and returns the
     metrics document it wrote (which also keeps every other task evaluated before)."""
-    from ftlab.env import PeakMemory, now_iso, set_threads
-    from ftlab.models.sources import resolve_model
-    from ftlab.naming import checked_name
 
     if cfg.eval.threads is not None:
         set_threads(cfg.eval.threads)
@@ -330,8 +333,6 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
     def make_generator() -> Generator:
         nonlocal generator
         if generator is None:
-            from ftlab.eval.backends.registry import build_generator
-
             generator = build_generator(model_ref, cfg, workspace)
         doc["backend"] = generator.name
         return generator
@@ -385,7 +386,6 @@ def _summary(datasets: dict, runtime: float, mem) -> dict:
     """Across every task the document holds (not only this run's); runtime and memory of this run."""
     accs = [d["metrics"].get("accuracy") for d in datasets.values() if d["metrics"].get("accuracy") is not None]
     mem_now = mem.as_dict()
-    from ftlab.env import current_rss_mb
 
     mem_now["peak_rss_mb"] = round(max(mem.peak_rss_mb, current_rss_mb()), 1)
     return {

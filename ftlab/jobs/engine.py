@@ -13,6 +13,8 @@ workspace never run a job twice: the second one sees the lock, waits, and then f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -22,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
+
+from tqdm.auto import tqdm
 
 from ftlab.env import now_iso
 from ftlab.errors import FtlabError
@@ -68,8 +72,6 @@ class Job:
 
 def job_id(kind: str, payload: dict, inputs: Sequence[str]) -> str:
     """A job's identity: a hash of its kind, its resolved settings and its inputs' identities."""
-    import hashlib
-    import json
 
     blob = json.dumps({"kind": kind, "payload": payload, "deps": sorted(inputs)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -463,7 +465,6 @@ class Engine:
     def run(self, backend: Callable[["Engine"], None]) -> list[Outcome]:
         """Runs every job that needs it through `backend` (ftlab.jobs.backends.run_engine passes the
         one the settings name); returns all outcomes."""
-        from tqdm.auto import tqdm
 
         rows = self.plan()
         self._to_run = {r.job.id for r in rows if r.state not in (DONE, SKIP)}

@@ -1,7 +1,6 @@
 """The four kinds of job the engine (ftlab.jobs.engine) runs for `ftlab study` and `ftlab
 orchestrate`: snapshot, train, quantize, evaluate, registered in its JOB_KINDS. Each runs a real
 ftlab command in its own process and is judged by its output:
-
 - snapshot / train / quantize build `Models/<run name>.v<id>`: the folder only appears once
   complete (staging folder, then rename), and its name carries the job's identity, so "the folder
   exists" means "this job, with these settings and these inputs, is done";
@@ -27,13 +26,25 @@ import yaml
 
 from ftlab.env import now_iso
 from ftlab.errors import FtlabError
+from ftlab.eval.records.results import request_hash
 from ftlab.io import atomic_write_json, atomic_write_text, read_json
 from ftlab.jobs.engine import DONE, JOB_KINDS, SKIP, STALE, TODO, Job, Status
 from ftlab.jobs.locks import lock_path
 from ftlab.jobs.process import ProcessResult
 from ftlab.orchestrate.discovery import (
-    BAD_FOLDER, FAILED, FAILED_EARLIER, MISSING, STALE as STALE_REASON, UP_TO_DATE, EvalOptions, assess, error_path,
-    metrics_name, model_ref_for,
+    BAD_FOLDER,
+    FAILED,
+    FAILED_EARLIER,
+    MISSING,
+    UP_TO_DATE,
+    EvalOptions,
+    assess,
+    error_path,
+    metrics_name,
+    model_ref_for,
+)
+from ftlab.orchestrate.discovery import (
+    STALE as STALE_REASON,
 )
 from ftlab.paths import Workspace
 from ftlab.schema import TRAINING_METADATA_FILE
@@ -100,8 +111,7 @@ class EvaluateKind:
             return "" if math.isnan(acc) else f"mean accuracy {acc:.4f}"
         cfg = self._options(job).resolve(model_ref_for(folder))
         # heavy (the evaluator imports numpy and scikit-learn): only a failed evaluation's report needs it
-        from ftlab.eval.evaluator import expected_settings
-        from ftlab.eval.records.results import request_hash
+        from ftlab.eval.evaluator import expected_settings  # lazy: ftlab.eval.evaluator imports numpy
 
         atomic_write_json(err, {
             "model": model, "error": result.error, "exit_code": result.returncode,
@@ -113,7 +123,7 @@ class EvaluateKind:
 
 
 def mean_accuracy(workspace: Workspace, model: str) -> float:
-    from ftlab.eval.evaluator import metrics_paths  # heavy (numpy, scikit-learn); read once a job finished
+    from ftlab.eval.evaluator import metrics_paths  # lazy: ftlab.eval.evaluator imports numpy; heavy (numpy, scikit-learn); read once a job finished
 
     with contextlib.suppress(FtlabError, AttributeError, TypeError):
         doc = read_json(metrics_paths(workspace, model)[0], "metrics file")

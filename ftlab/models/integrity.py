@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import struct
 from pathlib import Path
 from typing import Iterator
 
+from safetensors import SafetensorError
+
+from ftlab import console
 from ftlab.errors import FtlabError
 
 FIX = "re-copy or re-create it"
@@ -101,13 +105,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def _load_errors() -> tuple[type[BaseException], ...]:
     """What a damaged folder makes transformers, peft, safetensors, tokenizers and torch raise
     (programming errors such as TypeError/AttributeError are left alone so bugs stay visible)."""
-    import pickle
 
     types: list[type[BaseException]] = [OSError, ValueError, KeyError, IndexError, EOFError, RuntimeError,
                                         pickle.UnpicklingError]
     with contextlib.suppress(ImportError):
-        from safetensors import SafetensorError
-
         types.append(SafetensorError)
     return tuple(types)
 
@@ -138,9 +139,8 @@ def load_report_as_error(folder: str | Path) -> Iterator[dict]:
     would publish wrong numbers. The block passes `output_loading_info=True` and puts the info in
     the yielded dict; transformers' own report and its per-tensor "Loading weights" bar (a local
     read) are silenced unless -v, so a failure prints only its one line."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # lazy: transformers takes 1.3 s (and torch)
 
-    from ftlab import console
 
     info: dict = {}
     previous = hf_logging.get_verbosity()

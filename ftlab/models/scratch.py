@@ -21,7 +21,7 @@ class ScratchPreset:
 
     def llama_config(self, vocab_size: int, bos_token_id: int | None, eos_token_id: int | None,
                      pad_token_id: int | None):
-        from transformers import LlamaConfig
+        from transformers import LlamaConfig  # lazy: transformers takes 1.3 s (and torch)
 
         return LlamaConfig(
             vocab_size=vocab_size,

@@ -39,13 +39,16 @@ from typing import Any, Callable
 from ftlab.dtypes import torch_dtype
 from ftlab.errors import FtlabError
 from ftlab.io import normalize_modes
+from ftlab.kinds.quant import QuantizationSpec
 from ftlab.models.builtins import BUILTIN_MODELS, BuiltinModel, drop_gguf_quantizer
 from ftlab.models.integrity import check_model_folder, load_report_as_error, loading
 from ftlab.models.scratch import SCRATCH_PRESETS
 from ftlab.naming import base_component, sanitize_component
 from ftlab.paths import Workspace, cache_dir
+from ftlab.quant.registry import load_quantized
 from ftlab.registry import Registry, closest
 from ftlab.schema import load_training_metadata
+from ftlab.train.compat import ensure_peft_usable
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +243,8 @@ def _publish_dir(tmp: Path, final: Path) -> None:
 
 def builtin_folder(name: str) -> Path:
     """The cached HF folder of a built-in model, converting it from GGUF on first use."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # lazy: torch takes 3.3 s to import
+    from transformers import AutoModelForCausalLM  # lazy: transformers takes 1.3 s (and torch)
 
     b = BUILTIN_MODELS.get(name)
     final = cache_dir() / "models" / b.name
@@ -271,7 +274,7 @@ def builtin_folder(name: str) -> Path:
 
 
 def _tokenizer_from_gguf(gguf: Path, b: BuiltinModel | None = None):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers takes 1.3 s (and torch)
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if b is not None and b.chat_template and not tok.chat_template:
@@ -368,8 +371,6 @@ def _hub_error(ref: str, exc: Exception) -> str:
 
 
 def _ptq_spec(src: ModelSource):
-    from ftlab.kinds.quant import QuantizationSpec
-
     q = (src.metadata or {}).get("quantization")
     if not q:
         return None
@@ -391,14 +392,14 @@ def _scratch_resolve(r: SourceRef) -> ModelSource:
 
 
 def _scratch_tokenizer(src: ModelSource, workspace: Workspace | None):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers takes 1.3 s (and torch)
 
     return AutoTokenizer.from_pretrained(builtin_tokenizer_folder(src.extra.get("tokenizer", "smollm2-135m-instruct")))
 
 
 def _scratch_load(src: ModelSource, req: LoadRequest):
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # lazy: torch takes 3.3 s to import
+    from transformers import AutoModelForCausalLM  # lazy: transformers takes 1.3 s (and torch)
 
     tok = req.tokenizer
     preset = SCRATCH_PRESETS.get(src.ref.split(":", 1)[1])
@@ -421,13 +422,13 @@ register_source_kind(SourceKind(
 
 
 def _builtin_tokenizer(src: ModelSource, workspace: Workspace | None):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers takes 1.3 s (and torch)
 
     return AutoTokenizer.from_pretrained(builtin_tokenizer_folder(src.ref))
 
 
 def _builtin_load(src: ModelSource, req: LoadRequest):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: transformers takes 1.3 s (and torch)
 
     folder = builtin_folder(src.ref)
     with load_report_as_error(folder) as info:
@@ -467,7 +468,7 @@ def _gguf_resolve(r: SourceRef) -> ModelSource:
 
 
 def _gguf_load(src: ModelSource, req: LoadRequest):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: transformers takes 1.3 s (and torch)
 
     with loading(src.path / src.gguf_file, "GGUF file"):
         model = AutoModelForCausalLM.from_pretrained(str(src.path), gguf_file=src.gguf_file, **req.kwargs)
@@ -511,7 +512,7 @@ def _local_base_name(r: SourceRef, src: ModelSource) -> str:
 
 
 def _local_tokenizer(src: ModelSource, workspace: Workspace | None):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers takes 1.3 s (and torch)
 
     folder = src.path
     if not (folder / "tokenizer_config.json").exists() and src.adapter:
@@ -522,12 +523,11 @@ def _local_tokenizer(src: ModelSource, workspace: Workspace | None):
 
 def _local_load(src: ModelSource, req: LoadRequest):
     """A full model, an adapter on its base, or a PTQ folder (told apart by the folder's files)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: transformers takes 1.3 s (and torch)
 
     if src.adapter:
-        from peft import PeftModel
+        from peft import PeftModel  # lazy: peft imports torch and transformers (15 s cold)
 
-        from ftlab.train.compat import ensure_peft_usable
 
         ensure_peft_usable()
         base, _, _ = load_model(adapter_base_ref(src, req.workspace), workspace=req.workspace, dtype=req.dtype,
@@ -538,8 +538,6 @@ def _local_load(src: ModelSource, req: LoadRequest):
         return model.merge_and_unload() if req.merge_adapter else model
     spec = _ptq_spec(src)
     if spec is not None:
-        from ftlab.quant.registry import load_quantized
-
         with loading(src.path):
             return load_quantized(src.path, spec, dtype=req.dtype, device_map=req.device_map)
     with load_report_as_error(src.path) as info:
@@ -565,7 +563,7 @@ register_source_kind(SourceKind(
 
 
 def _hub_tokenizer(src: ModelSource, workspace: Workspace | None):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers takes 1.3 s (and torch)
 
     try:
         return AutoTokenizer.from_pretrained(src.ref, revision=src.revision)
@@ -574,7 +572,7 @@ def _hub_tokenizer(src: ModelSource, workspace: Workspace | None):
 
 
 def _hub_load(src: ModelSource, req: LoadRequest):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: transformers takes 1.3 s (and torch)
 
     try:
         return AutoModelForCausalLM.from_pretrained(src.ref, revision=src.revision, use_safetensors=True,
@@ -584,7 +582,7 @@ def _hub_load(src: ModelSource, req: LoadRequest):
 
 
 def _hub_config(src: ModelSource) -> dict | None:
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: transformers takes 1.3 s (and torch)
 
     try:
         return AutoConfig.from_pretrained(src.ref, revision=src.revision).to_dict()

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from ftlab.config import EvalRunConfig, load_config
 from ftlab.errors import FtlabError
+from ftlab.eval.records.results import NOT_EVALUATED, SampleStore, request_hash, stale_tasks
 from ftlab.io import read_json
 from ftlab.paths import Workspace
-from ftlab.schema import TRAINING_METADATA_FILE
+from ftlab.schema import TRAINING_METADATA_FILE, load_training_metadata
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,6 @@ class PlanItem:
 
     @property
     def request_hash(self) -> str:
-        from ftlab.eval.records.results import request_hash
-
         return request_hash(self.expected)
 
     @property
@@ -121,10 +120,8 @@ def _describe(stale: dict[str, str]) -> str:
 def assess(workspace: Workspace, folder: Path, cfg: EvalRunConfig, *, retry_failed: bool = False) -> PlanItem:
     """The plan entry for one model folder: why it runs or why it is skipped. `cfg` is the config
     `ftlab evaluate <folder>` would run with."""
-    from ftlab.eval.records.documents import load_metrics_document
-    from ftlab.eval.evaluator import expected_settings, metrics_paths
-    from ftlab.eval.records.results import NOT_EVALUATED, SampleStore, request_hash, stale_tasks
-    from ftlab.schema import load_training_metadata
+    from ftlab.eval.evaluator import expected_settings, metrics_paths  # lazy: ftlab.eval.evaluator imports numpy
+    from ftlab.eval.records.documents import load_metrics_document  # lazy: ftlab.eval.records.documents imports numpy
 
     model = metrics_name(folder)
     try:
@@ -185,7 +182,7 @@ def plan_sweep(workspace: Workspace, options: EvalOptions, *, retry_failed: bool
 def metrics_name(folder: Path) -> str:
     """The name `ftlab evaluate <folder>` files its metrics under (the folder name for every
     folder ftlab creates; sanitised for hand-made folders with unusual characters)."""
-    from ftlab.eval.evaluator import model_file_name
+    from ftlab.eval.evaluator import model_file_name  # lazy: ftlab.eval.evaluator imports numpy
 
     return model_file_name(model_ref_for(folder))
 

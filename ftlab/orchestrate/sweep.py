@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ftlab.errors import FtlabError
-from ftlab.jobs.backends import run_engine
-from ftlab.jobs.engine import BLOCKED, BUSY as ENGINE_BUSY, DONE, FAILED as ENGINE_FAILED, Engine, EngineSettings, Job, Resources, job_id
+from ftlab.jobs.backends import cuda_device_count, run_engine
+from ftlab.jobs.engine import BLOCKED, DONE, Engine, EngineSettings, Job, Resources, job_id
+from ftlab.jobs.engine import BUSY as ENGINE_BUSY
+from ftlab.jobs.engine import FAILED as ENGINE_FAILED
+from ftlab.jobs.kinds import EVALUATE, evaluation_data, mean_accuracy
 from ftlab.jobs.locks import is_locked_by_other, lock_path
 from ftlab.orchestrate.discovery import BUSY, EvalOptions, PlanItem, plan_sweep
-from ftlab.jobs.kinds import EVALUATE, evaluation_data, mean_accuracy
 from ftlab.paths import Workspace
 
 log = logging.getLogger(__name__)
@@ -119,8 +121,6 @@ class Sweep:
         return items
 
     def job(self, item: PlanItem) -> Job:
-        from ftlab.jobs.backends import cuda_device_count
-
         data = evaluation_data(item.folder.name, self.options, retry_failed=self.settings.retry_failed,
                                since=self._started)
         # Locally an evaluation uses the GPU when there is one; on Ray it reserves --num-gpus.

@@ -54,8 +54,8 @@ def render_answer(tokenizer, messages: list[dict], prompt: str, target: str) -> 
 def task_texts(dataset: str, split: str, n: int, tokenizer, *, workspace: Workspace | None = None,
                source_dir: str | os.PathLike | None = None) -> TextSet:
     """The first `n` rows of a split as the chat-formatted prompt and its boxed answer."""
-    from ftlab.data.loading import load_examples, resolve_task
-    from ftlab.data.prompts import build_messages, build_target, render_prompt
+    from ftlab.data.loading import load_examples, resolve_task  # lazy: ftlab.data.loading imports numpy
+    from ftlab.data.prompts import build_messages, build_target, render_prompt  # lazy: ftlab.data.prompts imports numpy
 
     if n is None or n <= 0:
         raise FtlabError(f"sample count for {dataset} must be positive, got {n}")

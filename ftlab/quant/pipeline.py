@@ -17,11 +17,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftlab.env import PeakMemory
 from ftlab.errors import FtlabError
-from ftlab.paths import Workspace
-from ftlab.quant.calibration import task_texts
-from ftlab.quant.registry import check_supported, complete_spec, get_engine, load_quantized, QuantJob
+from ftlab.io import atomic_write_text, dir_size_bytes, staging_dir
 from ftlab.kinds.quant import QuantizationSpec
+from ftlab.models.sources import adapter_base_ref, load_model, load_tokenizer, resolve_model
+from ftlab.naming import build_run_name, output_folder, with_quant_tag
+from ftlab.paths import Workspace
+from ftlab.quant import fidelity
+from ftlab.quant.calibration import task_texts
+from ftlab.quant.registry import QuantJob, check_supported, complete_spec, get_engine, load_quantized, torch_dtype
+from ftlab.schema import model_metadata, write_model_metadata
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,6 @@ class QuantRequest:
 
 def output_name(source_name: str, tag: str) -> str:
     """The source's run name with its quant tag replaced; names that are not run names get `_<tag>`."""
-    from ftlab.naming import with_quant_tag
 
     try:
         return with_quant_tag(source_name, tag)
@@ -70,7 +75,7 @@ def _model_config(folder: Path | None) -> dict | None:
 
 
 def _device() -> str:
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -79,7 +84,7 @@ def _release() -> None:
     """Returns freed model memory now (callers `del` their references first) so peaks stay honest."""
     gc.collect()
     with contextlib.suppress(Exception):
-        import torch
+        import torch  # lazy: torch takes 3.3 s to import
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -89,8 +94,6 @@ class _Source:
     """The source model as a plain transformers folder (adapters merged, built-ins converted)."""
 
     def __init__(self, ref: str, workspace: Workspace):
-        from ftlab.models.sources import resolve_model
-
         # `Models/X` is written relative to the workspace in docs and scripts, not to the cwd.
         if not Path(ref).expanduser().exists() and (workspace.root / ref).is_dir():
             ref = str(workspace.root / ref)
@@ -102,7 +105,6 @@ class _Source:
         prior = QuantizationSpec.from_dict(q) if q else QuantizationSpec()
         if prior.method.is_ptq:
             raise FtlabError(f"{ref} is already quantized ({prior.tag}); quantize its unquantized source instead")
-        from ftlab.naming import build_run_name
 
         kind = self.src.definition
         # Adapters are named like their merged form would be; refs that are not run folders become a
@@ -115,8 +117,6 @@ class _Source:
         if self.plain_dir is not None:
             return _model_config(self.plain_dir)
         if self.src.adapter:
-            from ftlab.models.sources import adapter_base_ref, resolve_model
-
             base = resolve_model(adapter_base_ref(self.src), self.workspace)
             return _model_config(base.definition.model_folder(base))
         return None  # nothing on disk to read (a hub id, a GGUF, scratch): shapes are checked once it is materialized
@@ -125,7 +125,6 @@ class _Source:
         """Writes a merged/converted copy to a temp folder when the source is not a plain folder."""
         if self.plain_dir is not None:
             return self.plain_dir
-        from ftlab.models.sources import load_model
 
         log.info("merging/converting %s into a plain folder before quantizing", self.src.ref)
         model, tok, _ = load_model(self.src, workspace=self.workspace, dtype="fp32", merge_adapter=True)
@@ -147,8 +146,6 @@ class _Source:
 
 
 def _metadata(source: _Source, name: str, spec: QuantizationSpec, ptq: dict) -> dict:
-    from ftlab.schema import model_metadata
-
     prev = dict(source.meta or {})
     history = list(prev.pop("history", None) or [])
     if prev:
@@ -196,8 +193,6 @@ def _model_card(meta: dict) -> str:
 def _source_pass(src_dir: Path, workspace: Workspace, session, spec: QuantizationSpec) -> dict | None:
     """Runs the fp32 source over the held-out texts once; when the method computes in bf16/fp16,
     also measures the cast alone, so a reader can tell the dtype's share of the loss from the rounding's."""
-    from ftlab.models.sources import load_model
-    from ftlab.quant.registry import torch_dtype
 
     model, _, _ = load_model(str(src_dir), workspace=workspace, dtype="fp32")
     session.run_reference(model)
@@ -211,12 +206,6 @@ def _source_pass(src_dir: Path, workspace: Workspace, session, spec: Quantizatio
 
 def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
     """Runs one PTQ request and returns the finished output folder."""
-    from ftlab.env import PeakMemory
-    from ftlab.io import atomic_write_text, dir_size_bytes, staging_dir
-    from ftlab.models.sources import load_tokenizer
-    from ftlab.quant import fidelity
-    from ftlab.naming import output_folder
-    from ftlab.schema import write_model_metadata
 
     workspace = workspace or Workspace.default()
     device = _device()
@@ -232,7 +221,7 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
     if request.max_length <= 0:
         raise FtlabError(f"max_length={request.max_length} must be positive")
 
-    from ftlab.data.loading import resolve_task
+    from ftlab.data.loading import resolve_task  # lazy: ftlab.data.loading imports numpy
 
     # Unknown task names fail here, before the tokenizer or any model is loaded.
     if engine.caps.needs_calibration:

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from ftlab.errors import FtlabError
+from ftlab.io import read_json
 from ftlab.paths import Workspace
 from ftlab.schema import TRAINING_METADATA_FILE
 
@@ -21,7 +22,6 @@ def _flat_metrics(metrics: dict) -> dict:
 
 def _fidelity(workspace: Workspace, model: str) -> dict:
     """The PTQ fidelity figures recorded in the model folder's metadata, when there are any."""
-    from ftlab.io import read_json
 
     path = workspace.models_dir / model / TRAINING_METADATA_FILE
     try:
@@ -35,7 +35,7 @@ def _fidelity(workspace: Workspace, model: str) -> dict:
 def collect(workspace: Workspace, evaluations: list[dict], tasks: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`evaluations`: the info of every evaluation job whose metrics exist (recipe, seed, quant,
     model, source_model). Returns (samples, models); tasks not in the metrics are skipped."""
-    from ftlab.compare.pair import load_samples
+    from ftlab.compare.pair import load_samples  # lazy: ftlab.compare.pair imports pandas
 
     sample_frames, model_rows = [], []
     for info in evaluations:

@@ -15,7 +15,7 @@ _MARKERS = "osD^v<>p*h"
 
 
 def _colors(quants) -> dict[str, tuple]:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # lazy: matplotlib takes 1.2 s
 
     cmap = colormaps["tab10"]
     return {q: cmap(i % 10) for i, q in enumerate(quant_order(quants))}

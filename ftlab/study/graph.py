@@ -13,11 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftlab.config import RUN_ONLY, TrainRunConfig, config_to_dict, config_without, keys_with_effect, load_config
+from ftlab.io import atomic_write_json, read_json
+from ftlab.jobs.backends import cuda_device_count
 from ftlab.jobs.engine import Job, Resources, job_id
+from ftlab.jobs.engine import job_id as identity
+from ftlab.jobs.kinds import EVALUATE, evaluation_data
+from ftlab.models.sources import resolve_model
 from ftlab.naming import VARIANT_DIGITS, build_run_name, parse_run_name, peft_tag
 from ftlab.paths import Workspace
-from ftlab.jobs.kinds import EVALUATE, evaluation_data
 from ftlab.study.spec import BASE, Recipe, StudySpec, eval_options, quant_job, recipe_config
+from ftlab.train.base_quant import quantization_spec
 
 NONE = "none"  # the quant column of unquantized models
 # Keys that change how a job runs, not what it produces (marked on the config fields, as for the
@@ -54,8 +59,6 @@ def _variant(job_hash: str) -> str:
 
 
 def _wants_gpu() -> float:
-    from ftlab.jobs.backends import cuda_device_count
-
     return 1.0 if cuda_device_count() else 0.0
 
 
@@ -63,8 +66,6 @@ def base_config(src, workspace: Workspace) -> dict | None:
     """The base model's config.json (PTQ group sizes are fitted to its layer widths), cached in the
     job folder: finding it may convert a built-in model or ask the hub, which a plan should pay
     once, not on every no-op rerun. None when it cannot be had (no hub): the defaults apply."""
-    from ftlab.io import atomic_write_json, read_json
-    from ftlab.jobs.engine import job_id as identity
 
     path = workspace.jobs_dir / "configs" / f"{identity('config', {'ref': src.ref, 'revision': src.revision}, [])}.json"
     if path.is_file():
@@ -76,8 +77,6 @@ def base_config(src, workspace: Workspace) -> dict | None:
 
 
 def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace) -> StudyGraph:
-    from ftlab.models.sources import resolve_model
-
     g = StudyGraph()
     gpu = _wants_gpu()
     options = eval_options(spec)
@@ -142,6 +141,4 @@ def _snapshot_tree(base: str, model_keys: dict) -> dict:
 
 
 def _quant_tag(cfg: TrainRunConfig) -> str:
-    from ftlab.train.base_quant import quantization_spec
-
     return quantization_spec(cfg).tag

@@ -4,17 +4,32 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from ftlab.errors import FtlabError
 from ftlab.io import atomic_write_json
 from ftlab.jobs.backends import run_engine
-from ftlab.jobs.engine import BLOCKED, BUSY, DONE, FAILED, FAILED_EARLIER, RUNS, STALE, TODO, Engine, EngineSettings, Outcome, PlanRow
+from ftlab.jobs.engine import (
+    BLOCKED,
+    BUSY,
+    DONE,
+    FAILED,
+    FAILED_EARLIER,
+    RUNS,
+    STALE,
+    TODO,
+    Engine,
+    EngineSettings,
+    Outcome,
+    PlanRow,
+)
+from ftlab.jobs.kinds import EVALUATE, config_path, jobs_dir
+from ftlab.orchestrate.discovery import error_path
 from ftlab.paths import Workspace
 from ftlab.study.graph import StudyGraph, build_graph
-from ftlab.jobs.kinds import config_path, jobs_dir
 from ftlab.study.spec import Recipe, StudySpec, baseline_recipe, load_study, spec_summary
 
 log = logging.getLogger(__name__)
@@ -100,7 +115,7 @@ def run_study(study: Study, settings: EngineSettings, echo: Callable[[str], None
 def finished_results(study: Study, *, require: bool = True):
     """(samples, models, evaluations finished) of the study's current evaluations; with `require`,
     none finished is an FtlabError saying how to get them."""
-    from ftlab.study.collect import collect
+    from ftlab.study.collect import collect  # lazy: ftlab.study.collect imports pandas
 
     engine = study.engine()
     states = {j.id: engine.status(j).state for j in study.graph.jobs if j.kind == "evaluate"}
@@ -117,7 +132,6 @@ def finished_results(study: Study, *, require: bool = True):
 
 def analysis_settings(study: Study):
     """The study file's analysis settings with the baseline's label."""
-    from dataclasses import replace
 
     baseline = baseline_recipe(study.spec, study.recipes)
     return replace(study.spec.analysis, baseline="base" if baseline is None else baseline.label)
@@ -125,9 +139,9 @@ def analysis_settings(study: Study):
 
 def report_study(study: Study) -> tuple[dict, str]:
     """Writes the verdict from the finished evaluations; returns (written paths, verdict text)."""
-    from ftlab.study.analysis import analyze_study
-    from ftlab.study.report import write_analysis
-    from ftlab.study.verdict import verdict_text
+    from ftlab.study.analysis import analyze_study  # lazy: ftlab.study.analysis imports numpy
+    from ftlab.study.report import write_analysis  # lazy: ftlab.study.report imports pandas
+    from ftlab.study.verdict import verdict_text  # lazy: ftlab.study.verdict imports pandas
 
     samples, models, finished = finished_results(study)
     analysis = analyze_study(samples, models, analysis_settings(study))
@@ -168,10 +182,7 @@ def remove_outputs(study: Study) -> list[Path]:
     """Deletes what this study's jobs built (model folders, metrics, job records) and its report
     folder, so the next run starts over; other studies' and hand-made outputs stay. Returns the
     paths removed."""
-    import shutil
 
-    from ftlab.orchestrate.discovery import error_path
-    from ftlab.jobs.kinds import EVALUATE
 
     ws = study.workspace
     removed: list[Path] = []

@@ -26,12 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ftlab.config import TrainRunConfig, config_to_dict, doc_field, load_config
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.naming import checked_name
+from ftlab.orchestrate.discovery import EvalOptions
 from ftlab.quant.registry import complete_spec, get_engine
-from ftlab.quant.settings import (SETTINGS, QuantRunConfig, flat_problems, identity as quant_identity, load_quant_config,
-                                  tree_of, whole_number_problems)
+from ftlab.quant.settings import (
+    SETTINGS,
+    QuantRunConfig,
+    flat_problems,
+    load_quant_config,
+    tree_of,
+    whole_number_problems,
+)
+from ftlab.quant.settings import identity as quant_identity
 
 BASE = "base"  # baseline: the untrained base snapshot of each recipe's base model
 # Keys the study sets itself; in `fixed` or `grid` they would silently fight the study.
@@ -298,7 +308,6 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> tuple[StudySpec, 
 
 def eval_overrides(spec: StudySpec) -> list[str]:
     """`key=value` overrides of the evaluation settings, in the orchestrator's option form."""
-    import yaml
 
     out = []
     for key, value in spec.evaluate.settings.items():
@@ -312,8 +321,6 @@ def eval_overrides(spec: StudySpec) -> list[str]:
 
 
 def eval_options(spec: StudySpec):
-    from ftlab.orchestrate.discovery import EvalOptions
-
     return EvalOptions(datasets=list(spec.evaluate.datasets), limit=spec.evaluate.limit,
                        overrides=eval_overrides(spec))
 
@@ -332,9 +339,9 @@ def _dataset_problems(entries: list[str], scoring: str) -> list[str]:
     """Each evaluation entry names a registered task (or a data file, found when its job runs) in a
     scoring mode that task allows, so a typo fails the plan instead of the first evaluation job
     after every training has run."""
-    from ftlab.data.loading import is_custom_file
-    from ftlab.eval.evaluator import PERPLEXITY, resolve_entry
-    from ftlab.eval.scoring.modes import split_entry
+    from ftlab.data.loading import is_custom_file  # lazy: ftlab.data.loading imports numpy
+    from ftlab.eval.evaluator import PERPLEXITY, resolve_entry  # lazy: ftlab.eval.evaluator imports numpy
+    from ftlab.eval.scoring.modes import split_entry  # lazy: ftlab.eval.scoring.modes imports numpy
 
     problems = []
     for entry in entries:

@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ftlab.config import TrainRunConfig
+from ftlab.env import PeakMemory
 from ftlab.errors import FtlabError
+from ftlab.models.sources import load_model
 from ftlab.paths import Workspace
-from ftlab.train.checkpoints import prepare_checkpoint_dir, resume_checkpoint
-from ftlab.train.ranks import barrier
 from ftlab.train.base_quant import base_quant
+from ftlab.train.checkpoints import prepare_checkpoint_dir, resume_checkpoint
+from ftlab.train.fast_head import compact_fused_head
+from ftlab.train.peft_methods import build_peft_config, get_kind, trainable_parameters
+from ftlab.train.ranks import barrier
 from ftlab.train.settings import cuda_available, report_to, resolve_mixed_precision
 
 log = logging.getLogger(__name__)
@@ -44,7 +48,7 @@ class Outcome:
 
 
 def _sft_config(cfg: TrainRunConfig, ckpt_dir: Path, has_eval: bool, precision: str, fmt: str):
-    from trl import SFTConfig
+    from trl import SFTConfig  # lazy: trl imports torch and transformers
 
     t = cfg.train
     eval_strategy = "steps" if (has_eval and t.eval_steps) else "no"
@@ -98,7 +102,7 @@ def _sft_config(cfg: TrainRunConfig, ckpt_dir: Path, has_eval: bool, precision: 
     if t.gradient_checkpointing:
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if not cuda_available():
-        import torch.distributed as dist
+        import torch.distributed as dist  # lazy: torch takes 3.3 s to import
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (not dist.is_available() or dist.is_gloo_available()):
             kwargs["ddp_backend"] = "gloo"
@@ -106,12 +110,12 @@ def _sft_config(cfg: TrainRunConfig, ckpt_dir: Path, has_eval: bool, precision: 
 
 
 def _datasets(data, tokenizer, cfg: TrainRunConfig):
-    from datasets import Dataset
+    from datasets import Dataset  # lazy: datasets takes 2.3 s
 
     train_rows, val_rows, fmt = data.train_rows, data.val_rows, data.format
     if fmt == "prompt-completion" and not getattr(tokenizer, "chat_template", None):
         # No chat template (raw base model): the same plain transcript evaluation uses.
-        from ftlab.data.prompts import render_prompt
+        from ftlab.data.prompts import render_prompt  # lazy: ftlab.data.prompts imports numpy
 
         def flat(row):
             return {"prompt": render_prompt(tokenizer, row["prompt"]),
@@ -125,14 +129,11 @@ def _datasets(data, tokenizer, cfg: TrainRunConfig):
 
 def train_once(cfg: TrainRunConfig, source, data, ckpt_dir: Path, workspace: Workspace,
                 callbacks: Sequence[Any], is_main: bool) -> Outcome:
-    from transformers import EarlyStoppingCallback
-    from transformers.trainer_callback import ProgressCallback
-    from trl import SFTTrainer
+    from transformers import EarlyStoppingCallback  # lazy: transformers takes 1.3 s (and torch)
+    from transformers.trainer_callback import ProgressCallback  # lazy: transformers takes 1.3 s (and torch)
+    from trl import SFTTrainer  # lazy: trl imports torch and transformers
 
-    from ftlab.env import PeakMemory
-    from ftlab.models.sources import load_model
-    from ftlab.train.callbacks import LossProgressCallback, add_perplexity
-    from ftlab.train.peft_methods import build_peft_config, get_kind, trainable_parameters
+    from ftlab.train.callbacks import LossProgressCallback, add_perplexity  # lazy: ftlab.train.callbacks imports transformers
 
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
     quant = base_quant(cfg)
@@ -164,7 +165,6 @@ def train_once(cfg: TrainRunConfig, source, data, ckpt_dir: Path, workspace: Wor
     get_kind(cfg.peft.method).after_trainer(trainer.model, ckpt_dir, is_main)  # e.g. VeRA dtypes, PiSSA's initial adapter
     head = "trl"
     if not cuda_available():  # TRL already scores only labelled positions on Triton (GPU) devices
-        from ftlab.train.fast_head import compact_fused_head
 
         base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
         head = "compact" if compact_fused_head(base) else "trl"

@@ -19,9 +19,11 @@ from typing import Any, Callable
 from ftlab.config import TrainRunConfig
 from ftlab.dtypes import dtype_name, torch_dtype
 from ftlab.kinds.quant import QuantizationSpec, QuantMethod
+from ftlab.models.sources import load_model
 from ftlab.paths import Workspace
 from ftlab.quant.registry import get_engine
 from ftlab.registry import Registry
+from ftlab.train.compat import ensure_peft_usable
 
 
 def compute_dtype(cfg: TrainRunConfig) -> str:
@@ -85,10 +87,8 @@ def _dequantized_merge(model, cfg: TrainRunConfig, source, workspace: Workspace,
     """The adapter goes into the same 4/8-bit base it trained against, de-quantised to the compute
     dtype, so the merged weights reproduce the trained model (merging into the full-precision
     original would not: the adapter learned to correct the quantized weights)."""
-    from peft import PeftModel  # heavy: loaded only when a QLoRA adapter is merged
+    from peft import PeftModel  # lazy: peft imports torch and transformers (15 s cold); heavy: loaded only when a QLoRA adapter is merged
 
-    from ftlab.models.sources import load_model
-    from ftlab.train.compat import ensure_peft_usable
 
     ensure_peft_usable()
     save_adapter(scratch)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ftlab.config import AFTER_TRAINING, RUN_ONLY, TrainRunConfig, config_to_dict, config_without, keys_with_effect
 from ftlab.errors import FtlabError
+from ftlab.io import atomic_write_json
 from ftlab.paths import Workspace
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,6 @@ def newest_complete_checkpoint(ckpt_dir: Path) -> str | None:
 
 
 def prepare_checkpoint_dir(cfg: TrainRunConfig, ckpt_dir: Path, resume: str | None) -> None:
-    from ftlab.io import atomic_write_json
-
     if resume is None and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # stale checkpoints of other settings or 'never'
     ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ def ensure_peft_usable() -> None:
     global _patched
     if _patched:
         return
-    import peft.import_utils as iu
+    import peft.import_utils as iu  # lazy: peft imports torch and transformers (15 s cold)
 
     probe = _lazy_probe(iu.is_gptqmodel_available)
     for name in _PEFT_MODULES_WITH_PROBE:

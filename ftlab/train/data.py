@@ -7,6 +7,7 @@ template and masks the prompt when `completion_only_loss` is on. PT rows are `{"
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,6 @@ def _read_raw_text(path: Path) -> list[str]:
 
 def load_train_data(cfg: TrainRunConfig, workspace: Workspace) -> TrainData:
     """Reads, splits and formats the training data named by `cfg.data.dataset`."""
-    import hashlib
 
     ref = cfg.data.dataset
     if ref is None:
@@ -81,8 +81,8 @@ def load_train_data(cfg: TrainRunConfig, workspace: Workspace) -> TrainData:
         digest = hashlib.sha256("\n\n".join(paras).encode()).hexdigest()[:16]
         return TrainData(str(ref), [{"text": t} for t in train], [{"text": t} for t in val], digest, "text")
 
-    from ftlab.data.loading import dataset_fingerprint, is_custom_file, load_examples, resolve_task
-    from ftlab.data.prompts import build_messages, build_target
+    from ftlab.data.loading import dataset_fingerprint, is_custom_file, load_examples, resolve_task  # lazy: ftlab.data.loading imports numpy
+    from ftlab.data.prompts import build_messages, build_target  # lazy: ftlab.data.prompts imports numpy
 
     task = resolve_task(str(ref))
     limit = cfg.data.trunc_train + cfg.data.val_size if cfg.data.trunc_train else None

@@ -22,7 +22,7 @@ def compact_fused_head(model) -> bool:
     Returns False, leaving TRL's head as is, when this TRL version lacks the pieces used here or
     the model needs a head transform (soft-capping, logit scaling) that only TRL's path applies."""
     try:
-        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, FusedCausalLMOutput, _ChunkedLogProbFunction
+        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, FusedCausalLMOutput, _ChunkedLogProbFunction  # lazy: trl imports torch and transformers
     except ImportError:
         log.debug("TRL internals changed; keeping TRL's fused head")
         return False

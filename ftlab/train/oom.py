@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 def is_oom(exc: BaseException) -> bool:
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     if isinstance(exc, torch.OutOfMemoryError):
         return True
@@ -36,7 +36,7 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def release_memory() -> None:
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     gc.collect()
     if torch.cuda.is_available():

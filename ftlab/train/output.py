@@ -8,9 +8,14 @@ import shutil
 from pathlib import Path
 
 from ftlab.config import TrainRunConfig, config_to_dict, save_config
+from ftlab.io import atomic_write_json, atomic_write_text, staging_dir
+from ftlab.kinds.quant import QuantizationSpec
 from ftlab.paths import Workspace
+from ftlab.schema import model_metadata, write_model_metadata
 from ftlab.train.attempt import Outcome
 from ftlab.train.base_quant import base_quant
+from ftlab.train.card import model_card
+from ftlab.train.peft_methods import get_kind, peft_summary
 
 
 def _training_args_summary(out: Outcome) -> dict:
@@ -52,10 +57,6 @@ def write_folder(out: Outcome, requested: TrainRunConfig, source, data, workspac
                  final_dir: Path, name: str, ckpt_dir: Path, attempts: list[dict]) -> Path:
     """Builds the model folder in a staging directory and renames it into place: weights or adapter
     (saved the way the PEFT kind says), tokenizer, resolved config, logs, metadata, card."""
-    from ftlab.io import atomic_write_json, atomic_write_text, staging_dir
-    from ftlab.schema import model_metadata, write_model_metadata
-    from ftlab.train.card import model_card
-    from ftlab.train.peft_methods import get_kind, peft_summary
 
     cfg = out.cfg
     kind = get_kind(cfg.peft.method)
@@ -115,10 +116,6 @@ def write_folder(out: Outcome, requested: TrainRunConfig, source, data, workspac
 
 def write_snapshot(cfg: TrainRunConfig, model, tokenizer, source, final_dir: Path, name: str) -> Path:
     """The untrained base as a model folder (the evaluation baseline of its fine-tunes)."""
-    from ftlab.io import atomic_write_text, staging_dir
-    from ftlab.kinds.quant import QuantizationSpec
-    from ftlab.schema import model_metadata, write_model_metadata
-    from ftlab.train.card import model_card
 
     with staging_dir(final_dir, overwrite=cfg.train.overwrite) as stage:
         model.save_pretrained(stage)
@@ -135,7 +132,6 @@ def write_snapshot(cfg: TrainRunConfig, model, tokenizer, source, final_dir: Pat
 def _point_adapter_at_base(folder: Path, base: dict) -> None:
     """adapter_config.json names a loadable base (the built-in cache folder, a local path or hub id)
     so plain `AutoModelForCausalLM.from_pretrained(adapter_folder)` works too."""
-    from ftlab.io import atomic_write_json
 
     path = folder / "adapter_config.json"
     cfg = json.loads(path.read_text())

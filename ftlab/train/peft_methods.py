@@ -78,7 +78,7 @@ def lora_alpha(cfg: "PeftConfig") -> float:
 
 def _lora(**extra: Any) -> Callable[["PeftConfig", list[str]], Any]:
     def build(cfg: "PeftConfig", targets: list[str]):
-        from peft import LoraConfig
+        from peft import LoraConfig  # lazy: peft imports torch and transformers (15 s cold)
 
         return LoraConfig(r=cfg.r, lora_alpha=lora_alpha(cfg), lora_dropout=cfg.dropout,
                           target_modules=targets, bias="none", task_type="CAUSAL_LM", **extra)
@@ -129,7 +129,7 @@ def _save_converted(model, folder: Path, work_dir: Path) -> dict:
 
 
 def _loftq(cfg: "PeftConfig", targets: list[str]):
-    from peft import LoftQConfig
+    from peft import LoftQConfig  # lazy: peft imports torch and transformers (15 s cold)
 
     # peft's defaults (4-bit NF4, one alternating step), recorded in the metadata summary.
     return _lora(init_lora_weights="loftq", loftq_config=LoftQConfig(loftq_bits=4, loftq_iter=1))(cfg, targets)
@@ -147,7 +147,7 @@ def _vera(cfg: "PeftConfig", targets: list[str]):
     for the largest layer and slices them per layer, so q/k/v/o/MLP layers of different shapes
     can share them. What VeRA cannot adapt is a non-linear module (embeddings, norms): rejected in
     build_peft_config through `supported_modules`."""
-    from peft import VeraConfig
+    from peft import VeraConfig  # lazy: peft imports torch and transformers (15 s cold)
 
     # save_projection: the frozen random matrices travel with the adapter, so loading never
     # depends on regenerating them with the same PRNG implementation.

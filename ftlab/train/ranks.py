@@ -6,7 +6,7 @@ import os
 
 
 def barrier() -> None:
-    from accelerate import PartialState
+    from accelerate import PartialState  # lazy: accelerate takes 3.7 s
 
     state = PartialState()
     if state.num_processes > 1:
@@ -19,6 +19,6 @@ def is_main() -> bool:
     rank = os.environ.get("RANK")
     if rank is not None:
         return int(rank) == 0
-    from accelerate import PartialState
+    from accelerate import PartialState  # lazy: accelerate takes 3.7 s
 
     return PartialState().is_main_process

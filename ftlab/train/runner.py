@@ -21,9 +21,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ftlab.config import TrainRunConfig
+from ftlab.env import set_threads
 from ftlab.errors import FtlabError
+from ftlab.jobs.locks import output_claim
+from ftlab.models.sources import load_model, resolve_model
 from ftlab.paths import Workspace
+from ftlab.train.attempt import train_once
 from ftlab.train.checkpoints import checkpoint_dir_for
+from ftlab.train.compat import ensure_peft_usable
+from ftlab.train.data import load_train_data
+from ftlab.train.oom import train_with_backoff
+from ftlab.train.output import write_folder, write_snapshot
 from ftlab.train.ranks import barrier, is_main
 from ftlab.train.settings import check_can_run, final_dir_for, run_name
 
@@ -35,11 +43,6 @@ def run_training(cfg: TrainRunConfig, workspace: Workspace, *, callbacks: Sequen
 
     `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, tests injecting faults).
     """
-    from ftlab.env import set_threads
-    from ftlab.jobs.locks import output_claim
-    from ftlab.models.sources import resolve_model
-    from ftlab.train.compat import ensure_peft_usable
-    from ftlab.train.data import load_train_data
 
     # resolve
     if cfg.train.threads:
@@ -66,10 +69,6 @@ def run_training(cfg: TrainRunConfig, workspace: Workspace, *, callbacks: Sequen
 
 def _train_and_publish(cfg: TrainRunConfig, workspace: Workspace, source, data, name: str, final_dir: Path,
                        ckpt_dir: Path, callbacks: Sequence[Any], main: bool) -> Path:
-    from ftlab.train.attempt import train_once
-    from ftlab.train.oom import train_with_backoff
-    from ftlab.train.output import write_folder
-
     def drop_checkpoints() -> None:
         if main and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # its checkpoints belong to the old settings
@@ -95,8 +94,6 @@ def _train_and_publish(cfg: TrainRunConfig, workspace: Workspace, source, data, 
 
 def save_base_snapshot(cfg: TrainRunConfig, workspace: Workspace, source) -> Path:
     """`data.dataset=None`: the untrained base saved as `<base>-base` (the evaluation baseline)."""
-    from ftlab.models.sources import load_model
-    from ftlab.train.output import write_snapshot
 
     if cfg.quant.method != "NoQuant":
         raise FtlabError(f"a base snapshot (data.dataset=None) is not trained, so quant.method={cfg.quant.method} has no "

@@ -6,10 +6,14 @@ The training-time base quantization (QLoRA) is a definition of `ftlab/train/base
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from ftlab.config import TrainRunConfig
+from ftlab.dtypes import auto_dtype
 from ftlab.errors import FtlabError
+from ftlab.kinds.peft import check_device
+from ftlab.naming import build_run_name, output_folder, peft_tag
 from ftlab.paths import Workspace
 from ftlab.train.base_quant import quantization_spec
 
@@ -17,7 +21,7 @@ REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 def cuda_available() -> bool:
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     return torch.cuda.is_available()
 
@@ -25,7 +29,6 @@ def cuda_available() -> bool:
 def resolve_mixed_precision(value: str) -> str:
     """`auto` -> the compute dtype rule (bf16 on bf16 GPUs and native-bf16 CPUs, fp16 on older GPUs,
     else no mixed precision)."""
-    from ftlab.dtypes import auto_dtype
 
     if value == "auto":
         return {"fp32": "no"}.get(auto_dtype("compute"), auto_dtype("compute"))
@@ -35,8 +38,6 @@ def resolve_mixed_precision(value: str) -> str:
 
 
 def report_to(cfg: TrainRunConfig) -> list[str]:
-    import importlib.util
-
     names = [n.strip().lower() for n in cfg.train.report_to if n.strip()]
     if names in ([], ["none"]):
         return []
@@ -52,8 +53,6 @@ def report_to(cfg: TrainRunConfig) -> list[str]:
 
 
 def run_name(cfg: TrainRunConfig, base_name: str) -> str:
-    from ftlab.naming import build_run_name, peft_tag
-
     tag = quantization_spec(cfg).tag
     if cfg.data.dataset is None:
         return build_run_name(base_name, None, quant_tag=tag).render()
@@ -63,8 +62,6 @@ def run_name(cfg: TrainRunConfig, base_name: str) -> str:
 
 def final_dir_for(cfg: TrainRunConfig, workspace: Workspace, name: str) -> Path:
     if cfg.train.output_dir:
-        from ftlab.naming import output_folder
-
         return output_folder(cfg.train.output_dir, workspace.models_dir, "train.output_dir")
     return workspace.models_dir / name
 
@@ -72,7 +69,6 @@ def final_dir_for(cfg: TrainRunConfig, workspace: Workspace, name: str) -> Path:
 def check_can_run(cfg: TrainRunConfig, workspace: Workspace, name: str) -> Path:
     """The output folder, after the checks that need this machine but no model: the PEFT kind's
     device, the loggers, an existing folder."""
-    from ftlab.kinds.peft import check_device
 
     check_device(cfg.peft.method, cuda_available())
     report_to(cfg)  # fail on a missing logger before any weights load

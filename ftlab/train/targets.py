@@ -14,12 +14,12 @@ from ftlab.registry import Registry
 
 
 def linear_types() -> tuple[type, ...]:
-    import torch.nn as nn
-    from transformers.pytorch_utils import Conv1D
+    import torch.nn as nn  # lazy: torch takes 3.3 s to import
+    from transformers.pytorch_utils import Conv1D  # lazy: transformers takes 1.3 s (and torch)
 
     types: list[type] = [nn.Linear, Conv1D]
     try:  # bitsandbytes layers subclass nn.Linear today; listed explicitly in case that changes
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # lazy: bitsandbytes takes 10 s
 
         types += [bnb.nn.Linear4bit, bnb.nn.Linear8bitLt]
     except Exception:  # noqa: BLE001 - bitsandbytes missing or without a usable backend

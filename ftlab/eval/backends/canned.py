@@ -8,6 +8,7 @@ from typing import Callable, Iterator, Sequence
 
 from ftlab.errors import FtlabError
 from ftlab.eval.backends.api import Generation
+from ftlab.io import read_jsonl
 
 
 class CannedGenerator:
@@ -50,7 +51,6 @@ class CannedGenerator:
 def from_options(options: dict) -> CannedGenerator:
     """`eval.backend_options={response: "..."}` or `{responses_file: lines.jsonl}` (lines with a
     "response" key, used in order)."""
-    from ftlab.io import read_jsonl
 
     if "responses_file" in options:
         lines = read_jsonl(options["responses_file"])

@@ -19,11 +19,15 @@ import logging
 import time
 from typing import Iterator, Sequence
 
+from tqdm.auto import tqdm
+
 from ftlab.errors import FtlabError
 from ftlab.eval.backends import sizing
 from ftlab.eval.backends.api import Generation
-from ftlab.eval.prompt_format import encode_prompts, end_of_turn_ids, resolve_prompt_format
+from ftlab.eval.backends.kv_cache import supports_cache_surgery
 from ftlab.eval.backends.stopping import BoxClosedCriteria
+from ftlab.eval.prompt_format import encode_prompts, end_of_turn_ids, resolve_prompt_format
+from ftlab.models.sources import load_model
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ class HFGenerator:
         return self.prompt_format == "chat"
 
     def render(self, messages: list[dict], enable_thinking: bool = False) -> str:
-        from ftlab.data.prompts import render_plain, render_prompt
+        from ftlab.data.prompts import render_plain, render_prompt  # lazy: ftlab.data.prompts imports numpy
 
         if not self.chat:
             return render_plain(messages)
@@ -77,8 +81,7 @@ class HFGenerator:
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
                  stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
-        from ftlab.eval.backends.continuous import ContinuousBatcher
-        from ftlab.eval.backends.kv_cache import supports_cache_surgery
+        from ftlab.eval.backends.continuous import ContinuousBatcher  # lazy: ftlab.eval.backends.continuous imports transformers
 
         if not prompts:
             return
@@ -91,9 +94,8 @@ class HFGenerator:
     def generate_static(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
                         stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
         """Fixed batches through `model.generate` (any model transformers can generate with)."""
-        import torch
-        from tqdm.auto import tqdm
-        from transformers import GenerationConfig, StoppingCriteriaList
+        import torch  # lazy: torch takes 3.3 s to import
+        from transformers import GenerationConfig, StoppingCriteriaList  # lazy: transformers takes 1.3 s (and torch)
 
         if not prompts:
             return
@@ -145,14 +147,12 @@ class HFGenerator:
 
 def default_device_map():
     """The whole model on the first GPU when there is one (bitsandbytes needs a device map)."""
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     return {"": 0} if torch.cuda.is_available() else None
 
 
 def load_hf_generator(model_ref: str, cfg, workspace, continuous: bool) -> HFGenerator:
-    from ftlab.models.sources import load_model
-
     model, tokenizer, source = load_model(
         model_ref, workspace=workspace, dtype=cfg.model.dtype, revision=cfg.model.revision,
         trust_remote_code=cfg.model.trust_remote_code, attn_implementation=cfg.model.attn_implementation,

@@ -8,6 +8,7 @@ whether a model has one; callers fall back to whole-sequence forwards otherwise.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Callable, Sequence
 
@@ -35,7 +36,7 @@ def cache_layers(cache) -> list | None:
 def supports_cache_surgery(model) -> bool:
     """Whether rows may be added to and removed from the model's KV cache by editing its per-layer
     tensors (plain full-attention caches; not sliding-window or hybrid ones)."""
-    from transformers.cache_utils import DynamicCache
+    from transformers.cache_utils import DynamicCache  # lazy: transformers takes 1.3 s (and torch)
 
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
@@ -50,8 +51,6 @@ def supports_cache_surgery(model) -> bool:
 
 
 def accepts_logits_to_keep(model) -> bool:
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
@@ -70,8 +69,8 @@ class PrefixCache:
 
     @classmethod
     def compute(cls, model, encoded: Sequence[Sequence[int]], forward: Forward, device) -> "PrefixCache":
-        import torch
-        from transformers.cache_utils import DynamicCache
+        import torch  # lazy: torch takes 3.3 s to import
+        from transformers.cache_utils import DynamicCache  # lazy: transformers takes 1.3 s (and torch)
 
         n = shared_prefix_length(encoded)
         if not n:
@@ -88,8 +87,8 @@ class PrefixCache:
     def prefill(self, model, seqs: Sequence[Sequence[int]], pad_id: int, device, forward: Forward):
         """Runs the tokens of `seqs` after the shared prefix in one left-padded forward.
         Returns (forward's output, cache, attention mask, next position id per row)."""
-        import torch
-        from transformers.cache_utils import DynamicCache
+        import torch  # lazy: torch takes 3.3 s to import
+        from transformers.cache_utils import DynamicCache  # lazy: transformers takes 1.3 s (and torch)
 
         p = len(self.tokens)
         rest = [seq[p:] for seq in seqs]
@@ -127,7 +126,7 @@ def select_rows(cache, mask, idx):
 def copy_rows(cache, mask, idx):
     """A new cache (and mask) holding rows `idx` of `cache` (repeats allowed: one copy of a
     question's context per option); `cache` itself is left as it was."""
-    from transformers.cache_utils import DynamicCache
+    from transformers.cache_utils import DynamicCache  # lazy: transformers takes 1.3 s (and torch)
 
     new = DynamicCache()
     for layer_idx, layer in enumerate(cache_layers(cache)):
@@ -137,8 +136,8 @@ def copy_rows(cache, mask, idx):
 
 def splice_rows(cache, mask, new_cache, new_mask):
     """Appends the rows of `new_cache` to `cache`, left-padding whichever is shorter."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: torch takes 3.3 s to import
+    import torch.nn.functional as F  # lazy: torch takes 3.3 s to import
 
     old_len, new_len = mask.shape[1], new_mask.shape[1]
     width = max(old_len, new_len)

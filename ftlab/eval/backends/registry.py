@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from ftlab.eval.backends.api import Generation, Generator  # noqa: F401  (the backend interface, re-exported)
+from ftlab.eval.backends.canned import from_options
 from ftlab.registry import Registry
-
 
 GENERATORS: Registry[Callable[..., Generator]] = Registry("generation backend")
 
@@ -21,7 +21,7 @@ GENERATORS: Registry[Callable[..., Generator]] = Registry("generation backend")
 @GENERATORS.register("hf")
 def _hf_backend(model_ref: str, cfg, workspace, options: Mapping[str, Any] | None = None) -> Generator:
     """Continuous batching: finished rows leave the batch at once and waiting prompts take their place."""
-    from ftlab.eval.backends.hf import load_hf_generator
+    from ftlab.eval.backends.hf import load_hf_generator  # lazy: ftlab.eval.backends.hf imports transformers
 
     return load_hf_generator(model_ref, cfg, workspace, continuous=True)
 
@@ -29,7 +29,7 @@ def _hf_backend(model_ref: str, cfg, workspace, options: Mapping[str, Any] | Non
 @GENERATORS.register("hf-generate")
 def _hf_generate_backend(model_ref: str, cfg, workspace, options: Mapping[str, Any] | None = None) -> Generator:
     """Fixed length-sorted batches through model.generate (reference path; slower when answer lengths vary)."""
-    from ftlab.eval.backends.hf import load_hf_generator
+    from ftlab.eval.backends.hf import load_hf_generator  # lazy: ftlab.eval.backends.hf imports transformers
 
     return load_hf_generator(model_ref, cfg, workspace, continuous=False)
 
@@ -37,7 +37,6 @@ def _hf_generate_backend(model_ref: str, cfg, workspace, options: Mapping[str, A
 @GENERATORS.register("canned")
 def _canned_backend(model_ref: str, cfg, workspace, options: Mapping[str, Any] | None = None) -> Generator:
     """Test double: `eval.backend_options={response: "..."}` or `{responses_file: lines.jsonl}`."""
-    from ftlab.eval.backends.canned import from_options
 
     return from_options(dict(options or {}))
 

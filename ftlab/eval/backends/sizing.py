@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+import psutil
+
 from ftlab.errors import FtlabError
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def kv_bytes_per_token(model) -> int | None:
         head_dim = config.hidden_size // heads
     if not (layers and kv_heads and head_dim):
         return None
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     dtype = getattr(model, "dtype", torch.float32)
     element = dtype.itemsize if dtype.is_floating_point else 4
@@ -44,11 +46,10 @@ def kv_bytes_per_token(model) -> int | None:
 
 def free_memory_bytes(device) -> int:
     if device.type == "cuda":
-        import torch
+        import torch  # lazy: torch takes 3.3 s to import
 
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    import psutil
 
     return int(psutil.virtual_memory().available)
 
@@ -75,7 +76,7 @@ def single_row_oom(exc: BaseException, what: str = "generating a single row",
 
 
 def is_out_of_memory(exc: RuntimeError) -> bool:
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     text = str(exc)
     return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text

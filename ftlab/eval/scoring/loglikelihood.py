@@ -17,9 +17,12 @@ import time
 
 import numpy as np
 
+from ftlab.env import PeakMemory
 from ftlab.errors import FtlabError
+from ftlab.eval.prompt_format import encode_prompts, resolve_prompt_format
 from ftlab.eval.runners import LOGLIKELIHOOD, RUNNERS, DatasetPlan, RunContext, prompt_hash
 from ftlab.eval.scoring.answer_kinds import get_scorer
+from ftlab.eval.scoring.choice_logprobs import ChoiceRequest, ChoiceScorer
 from ftlab.eval.scoring.metrics import SampleScore, ScoringOptions, bootstrap_interval
 from ftlab.io import append_jsonl
 
@@ -74,11 +77,8 @@ def metrics_block(task, lines: list[dict], *, bootstrap_samples: int, seed: int)
 
 @RUNNERS.register(LOGLIKELIHOOD)
 def run_loglikelihood(plan: DatasetPlan, ctx: RunContext) -> dict:
-    from ftlab.env import PeakMemory
-    from ftlab.eval.scoring.choice_logprobs import ChoiceRequest, ChoiceScorer
-    from ftlab.eval.scoring.choice_prompts import build_item, encode, render
-    from ftlab.eval.scoring.modes import SCORING_MODES
-    from ftlab.eval.prompt_format import encode_prompts, resolve_prompt_format
+    from ftlab.eval.scoring.choice_prompts import build_item, encode, render  # lazy: ftlab.eval.scoring.choice_prompts imports numpy
+    from ftlab.eval.scoring.modes import SCORING_MODES  # lazy: ftlab.eval.scoring.modes imports numpy
 
     g = ctx.generator
     if getattr(g, "model", None) is None:

@@ -122,7 +122,7 @@ def _mean(values: Iterable[float]) -> float | None:
 
 
 def _confusion(golds: list[str], preds: list[str], labels: list[str]) -> dict:
-    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import confusion_matrix  # lazy: scikit-learn takes 3 s
 
     matrix = confusion_matrix(golds, preds, labels=labels)
     return {"labels": labels, "rows": "gold", "columns": "predicted", "matrix": matrix.tolist()}
@@ -132,7 +132,7 @@ def _class_metrics(golds: list[str], preds: list[str], labels: list[str]) -> dic
     """accuracy, macro-F1 over the classes that occur among the golds (a class with no support has
     no recall to average; counting it as F1 0 would punish a model for a class the data lacks),
     per-class precision/recall/F1/support over every label, confusion matrix with `invalid`."""
-    from sklearn.metrics import f1_score, precision_recall_fscore_support
+    from sklearn.metrics import f1_score, precision_recall_fscore_support  # lazy: scikit-learn takes 3 s
 
     supported = [lab for lab in labels if lab in set(golds)]
     prec, rec, f1, support = precision_recall_fscore_support(golds, preds, labels=labels, zero_division=0)
@@ -184,7 +184,7 @@ class BooleanScorer(Scorer):
         return nz.normalize_boolean(text)
 
     def aggregate(self, scores: Sequence[SampleScore]) -> dict:
-        from sklearn.metrics import f1_score, matthews_corrcoef
+        from sklearn.metrics import f1_score, matthews_corrcoef  # lazy: scikit-learn takes 3 s
 
         if not scores:
             return {"accuracy": None}

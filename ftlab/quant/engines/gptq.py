@@ -7,18 +7,20 @@ both methods use gptqmodel, which quantizes on CPU with its torch kernels.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ftlab.console import quiet_third_party
-from ftlab.errors import FtlabError
 from ftlab.dtypes import torch_dtype
+from ftlab.errors import FtlabError
 from ftlab.kinds.quant import QuantizationSpec
 from ftlab.quant.engine_api import Capabilities, QuantEngine, QuantJob, register_engine
-
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ def import_gptqmodel():
     with _preserve_env("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE"):
         try:
             with quiet_third_party():  # its banner and GIL/environment advice, unless -v
-                import gptqmodel
+                import gptqmodel  # lazy: gptqmodel takes 16 s
         except ImportError as exc:
             raise FtlabError(f"gptqmodel is not importable ({exc}); install it with `uv sync`") from None
     return gptqmodel
@@ -60,7 +62,7 @@ class _GptqModelEngine(QuantEngine):
     config_class_name: str
 
     def _quantize_config(self, spec: QuantizationSpec):
-        from gptqmodel.quantization import config as qconfig
+        from gptqmodel.quantization import config as qconfig  # lazy: gptqmodel takes 16 s
 
         cls = getattr(qconfig, self.config_class_name)
         # offload_to_disk streams layers through a temp folder: slower and pointless for models
@@ -68,7 +70,7 @@ class _GptqModelEngine(QuantEngine):
         return cls(bits=spec.bits, group_size=spec.group_size, offload_to_disk=False)
 
     def _device(self, device_map: Any) -> str:
-        import torch
+        import torch  # lazy: torch takes 3.3 s to import
 
         if isinstance(device_map, str) and device_map not in ("auto",):
             return device_map
@@ -76,7 +78,7 @@ class _GptqModelEngine(QuantEngine):
 
     def quantize(self, job: QuantJob) -> None:
         import_gptqmodel()
-        from gptqmodel import GPTQModel
+        from gptqmodel import GPTQModel  # lazy: gptqmodel takes 16 s
 
         if not job.calib_texts:
             raise FtlabError(f"{self.method.value} needs calibration texts; set --calib-samples to a positive number")
@@ -99,7 +101,7 @@ class _GptqModelEngine(QuantEngine):
 
     def load(self, folder: Path, spec: QuantizationSpec, dtype: Any = None, device_map: Any = None):
         import_gptqmodel()
-        from gptqmodel import BACKEND, GPTQModel
+        from gptqmodel import BACKEND, GPTQModel  # lazy: gptqmodel takes 16 s
 
         device = self._device(device_map)
         # The torch kernels are the ones with autograd, so LoRA can train on top of the reload;
@@ -122,8 +124,6 @@ class _LayerProgress:
         self.desc = desc
 
     def __enter__(self):
-        from tqdm.auto import tqdm
-
         # sys.stderr as it is now, before gptqmodel's output is redirected; a layer takes a second or
         # more, so every step is drawn (mininterval=0).
         self.bar = tqdm(total=self.total, desc=self.desc, unit="layer", file=sys.stderr, leave=False,
@@ -225,7 +225,7 @@ def compute_best_clip_by_matmul(self, w, input_feat, n_grid=20, max_shrink=0.5, 
     product each step; profiled on SmolLM2-135M with 2 threads it took 70% of AWQ's run
     (benchmarks/ptq.md, "AWQ speed"). The matmul gives the same sums up to float rounding.
     """
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     co, ci = w.shape
     group_size = self.qcfg.group_size if self.qcfg.group_size > 0 else ci
@@ -262,9 +262,8 @@ def compute_best_clip_by_matmul(self, w, input_feat, n_grid=20, max_shrink=0.5, 
 def _fast_awq_clip():
     """Swaps in `compute_best_clip_by_matmul` for the run when gptqmodel's method is the one it
     replicates (same name and parameters); otherwise gptqmodel's own code runs unchanged."""
-    import inspect
 
-    from gptqmodel.looper import awq_processor
+    from gptqmodel.looper import awq_processor  # lazy: gptqmodel takes 16 s
 
     cls = getattr(awq_processor, "AWQProcessor", None)
     original = getattr(cls, "_compute_best_clip", None)

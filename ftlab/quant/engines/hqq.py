@@ -16,11 +16,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ftlab.errors import FtlabError
+from safetensors import safe_open
+
 from ftlab.dtypes import torch_dtype
+from ftlab.errors import FtlabError
 from ftlab.kinds.quant import QuantizationSpec
 from ftlab.quant.engine_api import Capabilities, EngineOption, QuantEngine, QuantJob, register_engine
-
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ _DTYPES = {"torch.uint8": "uint8", "torch.int8": "int8", "torch.int32": "int32",
 
 
 def _device(device_map: Any) -> str:
-    import torch
+    import torch  # lazy: torch takes 3.3 s to import
 
     if isinstance(device_map, str) and device_map != "auto":
         return device_map
@@ -59,8 +60,8 @@ def _layer_meta(layer) -> dict:
 
 def save_hqq(model, folder: Path) -> None:
     """Writes an HQQ-quantized transformers model as `hqq_model.safetensors` + config.json."""
-    from hqq.core.quantize import HQQLinear
-    from safetensors.torch import save_file
+    from hqq.core.quantize import HQQLinear  # lazy: hqq.core imports torch
+    from safetensors.torch import save_file  # lazy: safetensors.torch imports torch
 
     tensors, layers = {}, {}
     quantized = set()
@@ -86,8 +87,6 @@ def save_hqq(model, folder: Path) -> None:
 
 
 def _read_header(path: Path) -> dict[str, dict]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         header = f.metadata() or {}
     if header.get("format") != FORMAT:
@@ -109,8 +108,8 @@ def _read_header(path: Path) -> dict[str, dict]:
 
 
 def _hqq_layer(meta: dict, tensors: dict, compute_dtype, device: str):
-    import torch
-    from hqq.core.quantize import HQQLinear
+    import torch  # lazy: torch takes 3.3 s to import
+    from hqq.core.quantize import HQQLinear  # lazy: hqq.core imports torch
 
     state = {k: tensors[k] for k in _LAYER_TENSORS if k in tensors}
     state.update({k: v for k, v in meta.items() if k not in ("unpack_view_dtype", "compute_dtype", "shape")})
@@ -126,9 +125,9 @@ def _hqq_layer(meta: dict, tensors: dict, compute_dtype, device: str):
 
 def load_hqq(folder: Path, compute_dtype, device: str):
     """Rebuilds the model from config.json and `hqq_model.safetensors` (no pickle, nothing evaluated)."""
-    from accelerate import init_empty_weights
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from accelerate import init_empty_weights  # lazy: accelerate takes 3.7 s
+    from safetensors.torch import load_file  # lazy: safetensors.torch imports torch
+    from transformers import AutoConfig, AutoModelForCausalLM  # lazy: transformers takes 1.3 s (and torch)
 
     path = folder / WEIGHTS_FILE
     layers = _read_header(path)
@@ -170,9 +169,9 @@ class HqqEngine(QuantEngine):
     }
 
     def quantize(self, job: QuantJob) -> None:
-        from hqq.core.quantize import BaseQuantizeConfig
-        from hqq.models.hf.base import AutoHQQHFModel
-        from transformers import AutoModelForCausalLM
+        from hqq.core.quantize import BaseQuantizeConfig  # lazy: hqq.core imports torch
+        from hqq.models.hf.base import AutoHQQHFModel  # lazy: hqq.core imports torch
+        from transformers import AutoModelForCausalLM  # lazy: transformers takes 1.3 s (and torch)
 
         dtype = torch_dtype(job.spec.compute_dtype)
         model = AutoModelForCausalLM.from_pretrained(job.source_dir, dtype=dtype, use_safetensors=True)
@@ -186,7 +185,7 @@ class HqqEngine(QuantEngine):
             model.generation_config.save_pretrained(job.out_dir)
 
     def load(self, folder: Path, spec: QuantizationSpec, dtype: Any = None, device_map: Any = None):
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig  # lazy: transformers takes 1.3 s (and torch)
 
         if not (folder / WEIGHTS_FILE).is_file():
             if (folder / LEGACY_PICKLE).is_file():
