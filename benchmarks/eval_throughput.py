@@ -335,7 +335,7 @@ def main(argv=None) -> int:
 
 
 def _same_answers(kind: str, a: list[str], b: list[str]) -> float:
-    from ftlab.eval.scoring.extraction import extract
+    from ftlab.eval.scoring.answer_kinds import extract
 
     return sum(extract(x, kind) == extract(y, kind) for x, y in zip(a, b)) / len(a)
 

@@ -248,7 +248,7 @@ def markdown(doc: dict) -> str:
          f"- The crossed test EXCEEDS alpha + 3 Monte Carlo sd ({_pct(doc['alpha'] + 3 * mc)}) in a null row")
         + ": its largest false-positive rate is "
         f"{_pct(worst['crossed'])} ({worst['scenario']}, {worst['seeds']} seeds, {worst['items']} items, seed sd "
-        f"{worst['seed_sd']:g}); CI tests the same bound on fewer simulations (tests/test_verdict_calibration.py).",
+        f"{worst['seed_sd']:g}); CI tests the same bound on fewer simulations (tests/compare/test_verdict_calibration.py).",
         f"- The pooled McNemar is calibrated only when trained models do not vary by seed; with seed spread it "
         f"declares a difference between identical recipes in up to {_pct(pooled['pooled_mcnemar'])} of studies "
         f"({pooled['scenario']}, {pooled['seeds']} seeds, {pooled['items']} items, seed sd {pooled['seed_sd']:g}), and "

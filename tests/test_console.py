@@ -3,7 +3,7 @@
 gptqmodel prints its import banner, loader notes, generation_config dumps, per-layer tables and its
 own bars (about 3,000 lines for one SmolLM2-135M quantization written to a file). ftlab swallows them
 and shows a bar over the decoder layers, driven by gptqmodel's layer-complete callback. A real run is
-covered by tests/test_quant_portable.py; here a stand-in gptqmodel package (importable like the real
+covered by tests/quant/test_quant_portable.py; here a stand-in gptqmodel package (importable like the real
 one, printing like it) makes the console check fast and exact.
 """
 

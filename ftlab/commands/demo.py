@@ -26,7 +26,7 @@ QUICK_FILE = "demo-study-quick.yaml"
 def study_file(quick: bool = False) -> Path:
     """The shipped demo study: in the wheel (`ftlab/examples/`) or beside the package in a checkout."""
     name = QUICK_FILE if quick else DEMO_FILE
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the ftlab package (this module is ftlab/commands/demo.py)
     for folder in (here / "examples", here.parent / "examples"):
         if (folder / name).is_file():
             return folder / name

@@ -36,7 +36,7 @@ Untruncated, V^ is unbiased (E[Var_i(delta_i)] = s2_item + s2_cell,A / S_A + s2_
 is the two-way cluster-robust variance (clusters: trained models and items, minus their
 intersection; Cameron, Gelbach & Miller 2011, JBES 29:238) written with the ANOVA estimates of a
 crossed random-effects design (generalizability theory; Brennan 2001), and in a balanced design
-it is the REML mixed model's variance when every component is positive (tests/test_crossed.py).
+it is the REML mixed model's variance when every component is positive (tests/compare/test_crossed.py).
 An unseeded side (a base snapshot: one deterministic model) has no seed term, and its item
 interactions are part of delta_i. One recipe's own score uses the same formulas with c_i in place
 of delta_i.
@@ -53,7 +53,7 @@ Satterthwaite's degrees of freedom: with 2 or 3 seeds a seed term has 1 or 2 deg
 and when its estimate comes out small the estimated variance is small *and* the estimated df is
 large at once: against an unseeded base that test declared 8-14% of identical recipes different
 at 2 seeds and 6-8% at 3 once seeds vary (alpha 5%), and up to 6% for two recipes of unequal spread. The
-generalized test stayed at or below alpha in every case simulated (tests/test_verdict_calibration.py,
+generalized test stayed at or below alpha in every case simulated (tests/compare/test_verdict_calibration.py,
 benchmarks/verdict_calibration.md); its price is caution at 2 seeds. A side with one trained
 model has no estimable seed spread: recipe-level inference needs at least 2 seeds per seeded side.
 """

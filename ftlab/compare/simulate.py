@@ -14,7 +14,7 @@ could cause), 0 by default; recipe B may have its own seed spread (`seed_sd_b`).
 base model (`draw(base=True)`) is one deterministic model on the same items whose expected score
 equals recipe A's.
 
-`tests/test_verdict_calibration.py` and `benchmarks/verdict_calibration.py` use it to measure the
+`tests/compare/test_verdict_calibration.py` and `benchmarks/verdict_calibration.py` use it to measure the
 false-positive rate (difference 0) and the power of the study verdict's tests.
 """
 

@@ -117,7 +117,7 @@ def _ratio_interval(means_a: np.ndarray, means_b: np.ndarray, alpha: float) -> t
     ("inverted_cdf"), so a resample whose A mean is 0 counts as +inf (B > 0) instead of breaking
     an interpolation; a resample with both means 0 has no ratio and is left out (the count is
     returned). Agrees with scipy.stats.bootstrap(paired=True, method="percentile") when no
-    resample has A at 0 (tests/test_compare_recovery.py)."""
+    resample has A at 0 (tests/compare/test_compare_recovery.py)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = means_b / means_a
     defined = ratios[~np.isnan(ratios)]
@@ -177,7 +177,7 @@ def mcnemar_mdd(n_pairs: int, discordant_rate: float, *, alpha: float = 0.05, po
     the sample says nothing about how often they would.
     The relation is the normal approximation: at this delta, the power computed exactly (binomial
     sums) is 0.80-0.85 for the z-test and 0.76-0.78 for the exact McNemar test, which is
-    conservative (measured for n = 60..3000 in tests/test_study_analysis.py).
+    conservative (measured for n = 60..3000 in tests/study/test_study_analysis.py).
     """
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise FtlabError(f"alpha={alpha} and power={power} must both lie strictly between 0 and 1")

@@ -2,7 +2,7 @@
 
 `ftlab.config` (foundation) validates `eval.scoring` and `eval.prompt_format` against these names
 without importing the eval stage; `ftlab.eval.scoring.modes` and `ftlab.eval.prompt_format` register each
-name's behaviour, and tests/test_kinds_eval.py checks that the behaviour registries and these
+name's behaviour, and tests/kinds/test_kinds_eval.py checks that the behaviour registries and these
 lists hold the same names. Only the stdlib may be imported here.
 """
 

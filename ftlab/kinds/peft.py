@@ -1,7 +1,7 @@
 """PEFT kinds by name: what the foundation reads about each kind (the run name's PEFT field, the
 help text, the model-free config rules). Their behaviour (the peft config builder, metadata,
 hooks, saving, out-of-memory fallback) is a `PeftKind` in `ftlab/train/peft_methods.py`, registered
-against a name here; `tests/test_peft_kinds.py` checks that every name has exactly one.
+against a name here; `tests/train/test_peft_kinds.py` checks that every name has exactly one.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ tag it writes into run names, with the inverse parser.
 This is the names layer: the foundation (`ftlab.naming`, `ftlab.schema`, `ftlab.config`) reads
 methods and tags from here, and each post-training method's behaviour (capabilities, quantize,
 load) is an engine in `ftlab/quant/engines/`, registered against a name of `QUANT_METHODS`
-(`tests/test_quant_spec.py` checks that every post-training name has exactly one engine).
+(`tests/quant/test_quant_spec.py` checks that every post-training name has exactly one engine).
 
 Tags: `NoQuant`, `QLORA_w4_headbf16`, `QLORA_w8`, `GPTQ_w4_g128_headbf16`, `AWQ_w4_g128`,
 `HQQ_w4_g64`, `BNB_nf4`, `BNB_int8`, `GGUF_q4_k_m`; optional `_a<bits>` (activations),

@@ -1,7 +1,7 @@
 """Registered task names, which run names keep as they are (`ftlab.naming.dataset_component`).
 
 Each task's definition (source, answer kind, prompt, gold) is a `Task` in `ftlab/data/tasks.py`,
-registered against a name here; `tests/test_layers.py` checks the two lists are equal.
+registered against a name here; `tests/kinds/test_kinds.py` checks the two lists are equal.
 """
 
 from __future__ import annotations

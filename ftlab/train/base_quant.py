@@ -7,7 +7,7 @@ quantization config the base loads with, the dtype of the modules left unquantiz
 adapter is merged into the base, which layers it quantized, and what the model card says about a
 merge. Settings, the trainer, the output folder and the card read these; none branches on a
 method's name. Adding a training-time method is one name in `ftlab/kinds/quant.py` and one
-`BaseQuant` here (`tests/test_base_quant.py` checks every training-time name has one).
+`BaseQuant` here (`tests/train/test_base_quant.py` checks every training-time name has one).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each option's log-probability as the continuation of the question's prompt (ftlab.eval.scoring.choice_prompts
 says what is asked, ftlab.eval.scoring.choice_logprobs computes it). Two predictions per question, defined
-as lm-evaluation-harness defines them (checked item by item in tests/test_lm_eval_agreement.py):
+as lm-evaluation-harness defines them (checked item by item in tests/eval/test_lm_eval_agreement.py):
 - `acc`: the option with the highest summed log-probability;
 - `acc_norm`: the highest log-probability divided by the option's length in characters (the
   option text without its leading space), which removes the bias towards short options.

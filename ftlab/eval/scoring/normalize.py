@@ -3,7 +3,7 @@
 Every rule here reads the *whole* answer: a prediction is a number, one option, yes/no or a span,
 or it is invalid. Nothing is salvaged from a longer answer (`5\\sqrt{3}` is not 5, `A and C` is not
 A), because a rule that salvages is more generous than the official references (Hendrycks MATH
-`is_equiv`, the SQuAD v2 script) and inflates accuracy. tests/test_scoring_rules.py records each
+`is_equiv`, the SQuAD v2 script) and inflates accuracy. tests/eval/test_scoring_rules.py records each
 rule's verdicts next to the reference's and says where, and why, ftlab reads an answer differently.
 """
 

@@ -15,7 +15,7 @@ from ftlab.config import TrainRunConfig, load_config
 from ftlab.schema import load_training_metadata
 from tiny_models import tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "Fine-tuning" / "01_Train.py"
 
 

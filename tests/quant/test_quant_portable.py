@@ -16,7 +16,7 @@ from ftlab.quant.registry import check_supported, complete_spec, load_quantized
 from ftlab.kinds.quant import QuantizationSpec
 from tiny_models import build_quant_tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOLLM2_SHAPES = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
                   "num_attention_heads": 9, "head_dim": 64}
 

@@ -24,7 +24,7 @@ from ftlab.eval.records.results import settings_key
 from ftlab.eval.backends.canned import CannedGenerator
 from ftlab.io import append_jsonl, atomic_write_json, read_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cfg_of(*overrides):

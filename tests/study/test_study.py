@@ -19,7 +19,7 @@ from ftlab.errors import ConfigError, FtlabError
 from ftlab.io import read_jsonl
 from ftlab.paths import Workspace
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 TINY_TRAIN = {"train.max_steps": 2, "train.batch_size": 4, "data.trunc_train": 16, "data.val_size": 0,
               "data.max_length": 64, "train.report_to": ["none"]}

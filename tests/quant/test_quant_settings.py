@@ -18,7 +18,7 @@ from ftlab.commands.quantize import add_arguments, flags_of, load_cli_config
 from ftlab.quant.registry import complete_spec
 from ftlab.quant.settings import SETTINGS, QuantRunConfig, identity, load_quant_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "study"))  # the study helpers of tests/study/test_study.py
 from test_study import graph_of, ids, study_file  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 The frames are built in-process with known outcomes (no model, no files): recipes A, B, C trained
 with seeds, an unseeded base snapshot as the baseline, and a GPTQ variant of every trained model.
 The recipe-level test itself (`ftlab.compare.crossed`) is checked against statsmodels' mixed model
-and scipy in tests/test_crossed.py and for calibration in tests/test_verdict_calibration.py; here,
+and scipy in tests/compare/test_crossed.py and for calibration in tests/compare/test_verdict_calibration.py; here,
 that the verdict feeds it the right matrices and words what it found.
 """
 

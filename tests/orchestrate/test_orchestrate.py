@@ -29,7 +29,7 @@ from ftlab.jobs.locks import REMOTE_STALE_S, JobLock
 from ftlab.jobs.process import run_process, summarize_failure
 from ftlab.paths import Workspace
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASK = "synthetic-arith"  # generated offline, no dataset download
 CANNED_YAML = 'eval:\n  backend: canned\n  backend_options: {response: "\\\\boxed{4}"}\n'
 

@@ -16,7 +16,7 @@ from ftlab.eval.scoring.modes import SCORING_MODES
 from ftlab.eval.prompt_format import PROMPT_FORMATS
 from ftlab.kinds import eval as eval_kinds
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_behaviour_registries_and_name_lists_are_equal():

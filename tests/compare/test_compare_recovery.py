@@ -12,7 +12,7 @@ from ftlab.compare.stats import paired_bootstrap
 from ftlab.io import append_jsonl, atomic_write_json
 from ftlab.paths import Workspace
 from ftlab.schema import write_training_metadata
-from tests.test_compare import metrics_doc, nf
+from tests.compare.test_compare import metrics_doc, nf
 
 SRC = "tiny-arith_SFT_LoRa16_NoQuant"
 QNT = "tiny-arith_SFT_LoRa16_GPTQ_w4_g64"

@@ -18,7 +18,7 @@ from ftlab.compare.crossed import VarianceModel
 from ftlab.errors import FtlabError
 from ftlab.paths import Workspace
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def study_file(tmp_path: Path, analysis: dict | None = None, seeds=(0, 1, 2), limit: int = 200) -> Path:

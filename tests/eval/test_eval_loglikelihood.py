@@ -1,6 +1,6 @@
 """Log-likelihood scoring (`arc:ll`, `boolq:ll`), few-shot prompts and plain-text prompts for base
 models, on tiny in-process models. Agreement with lm-evaluation-harness itself on a real model is
-tests/test_lm_eval_agreement.py."""
+tests/eval/test_lm_eval_agreement.py."""
 
 import json
 

@@ -249,7 +249,7 @@ def test_gptqmodel_import_keeps_hf_home():
     code = ("import os; from ftlab.quant.engines.gptq import import_gptqmodel; import_gptqmodel(); "
             "print('HF_HOME=' + str(os.environ.get('HF_HOME')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "HF_HOME=None" in out.stdout
 
@@ -281,7 +281,7 @@ def test_smollm2_hqq_keeps_quality(tmp_path):
 
 
 def test_tools_script_runs_the_same_command(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, str(repo / "tools" / "quantize.py"), "--workdir", str(tmp_path),
                           "--model", str(tmp_path / "missing"), "--method", "HQQ"],
                          capture_output=True, text=True, timeout=300)
