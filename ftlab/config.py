@@ -140,10 +140,8 @@ class QuantConfig:
         if self.method not in TRAINING_METHODS:
             out.append(f"quant.method={self.method!r} is not a training-time method; use {' or '.join(TRAINING_METHODS)} "
                        "(post-training methods: ftlab quantize)")
-        elif QUANT_METHODS.get(self.method).base_bits and self.bits not in QUANT_METHODS.get(self.method).base_bits:
-            m = QUANT_METHODS.get(self.method)
-            out.append(f"quant.bits={self.bits} is not supported by {m.title}; use "
-                       f"{' or '.join(map(str, m.base_bits))}")
+        elif (m := QUANT_METHODS.get(self.method)).base_bits and self.bits not in m.base_bits:
+            out.append(f"quant.bits={self.bits} is not supported by {m.title}; use {' or '.join(map(str, m.base_bits))}")
         if self.compute_dtype not in DTYPES:
             out.append(f"quant.compute_dtype={self.compute_dtype!r} is not one of {', '.join(DTYPES)}")
         return out

@@ -110,8 +110,7 @@ class EvaluateKind:
             acc = mean_accuracy(workspace, model)
             return "" if math.isnan(acc) else f"mean accuracy {acc:.4f}"
         cfg = self._options(job).resolve(model_ref_for(folder))
-        # heavy (the evaluator imports numpy and scikit-learn): only a failed evaluation's report needs it
-        from ftlab.eval.evaluator import expected_settings  # lazy: ftlab.eval.evaluator imports numpy
+        from ftlab.eval.evaluator import expected_settings  # lazy: ftlab.eval.evaluator imports numpy; only a failure report needs it
 
         atomic_write_json(err, {
             "model": model, "error": result.error, "exit_code": result.returncode,
@@ -123,7 +122,7 @@ class EvaluateKind:
 
 
 def mean_accuracy(workspace: Workspace, model: str) -> float:
-    from ftlab.eval.evaluator import metrics_paths  # lazy: ftlab.eval.evaluator imports numpy; heavy (numpy, scikit-learn); read once a job finished
+    from ftlab.eval.evaluator import metrics_paths  # lazy: ftlab.eval.evaluator imports numpy; read once a job finished
 
     with contextlib.suppress(FtlabError, AttributeError, TypeError):
         doc = read_json(metrics_paths(workspace, model)[0], "metrics file")

@@ -20,6 +20,7 @@ from ftlab.errors import FtlabError
 from ftlab.kinds.quant import PTQ_METHODS, QuantizationSpec, QuantMethod
 from ftlab.registry import Registry
 
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a method can do; checked by `check_supported` before any work starts."""
@@ -90,7 +91,7 @@ class QuantEngine(ABC):
         """Fills method-specific fields into a requested spec (in place), before the generic defaults:
         each declared option's value (given or default) lands in `spec.extra`."""
         extra = dict(spec.extra or {})
-        unknown = sorted(k for k in extra if k not in self.options and k not in self.recorded_extra)
+        unknown = sorted(k for k in extra if k not in self.settable_extra)
         if unknown:
             valid = ", ".join(self.options) or "none"
             raise FtlabError(f"{self.name} has no option {', '.join(unknown)}; its options: {valid}")
@@ -98,8 +99,13 @@ class QuantEngine(ABC):
             extra[name] = option.parse(name, extra.get(name, option.default), self.name)
         spec.extra = extra
 
-    # extra keys an engine records itself (not settable), e.g. GGUF's tensor types
+    # extra keys an engine records itself, e.g. GGUF's tensor types (a caller may fix some: gguf_type)
     recorded_extra: tuple[str, ...] = ()
+
+    @property
+    def settable_extra(self) -> tuple[str, ...]:
+        """The `spec.extra` names a request may carry: the options, and what the engine records."""
+        return (*self.options, *self.recorded_extra)
 
     @abstractmethod
     def quantize(self, job: QuantJob) -> None:

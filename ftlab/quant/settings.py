@@ -24,18 +24,11 @@ from ftlab.kinds.quant import QuantizationSpec
 from ftlab.registry import closest
 
 
-class _MethodsDoc:
-    """quant.method's doc, read from the engine registry when help is printed (one list of methods)."""
-
-    def __str__(self) -> str:
-        return f"quantization method: {', '.join(method_names())}"
-
-
 @dataclass
 class QuantSpecSettings:
     """What the quantized weights are: these fields make up the `QuantizationSpec`."""
 
-    method: str | None = doc_field(None, _MethodsDoc())
+    method: str | None = doc_field(None, f"quantization method: {', '.join(method_names())}")
     bits: int | None = doc_field(None, "weight bits; None = the method's (usually 4)")
     group_size: int | None = doc_field(None, "weights per quantization group, -1 = per channel; None = the method's, "
                                              "fitted to the model's layer widths for GPTQ/AWQ")
@@ -51,9 +44,7 @@ class QuantSpecSettings:
             engine = get_engine(self.method)
         except FtlabError as exc:
             return [f"quant.method: {exc}"]
-        # The names the engine itself accepts in `spec.extra` (`QuantEngine.complete`): its options,
-        # and what it records but lets a caller fix (GGUF's gguf_type).
-        valid = [*engine.options, *engine.recorded_extra]
+        valid = list(engine.settable_extra)  # what QuantEngine.complete accepts in `spec.extra`
         problems = []
         for name, value in self.options.items():
             if name not in valid:
@@ -168,8 +159,9 @@ def settings() -> list[Setting]:
     return out
 
 
-SETTINGS = {s.name: s for s in settings()}
-if len(SETTINGS) != len(settings()):  # a flat name would mean two fields
+_ALL = settings()
+SETTINGS = {s.name: s for s in _ALL}
+if len(SETTINGS) != len(_ALL):  # a flat name would mean two fields
     raise TypeError("QuantRunConfig field names must be unique across its sections")
 
 # Whole-number settings whose default (None) is no example of a value.

@@ -54,7 +54,7 @@ def measured_variance(samples, task: str, what: str) -> Variance | None:
     """The components measured on a finished study's unquantized recipes with 2+ seeds: the mean
     seed component and model x item residual over recipes, the recipe x item variance over pairs
     of them (truncated at 0). None when no recipe has 2 seeds."""
-    from ftlab.study.analysis import NO_QUANT, config_of, normalize_samples  # lazy: ftlab.study.analysis imports numpy; pandas: only when measuring
+    from ftlab.study.analysis import NO_QUANT, config_of, normalize_samples  # lazy: ftlab.study.analysis imports numpy and pandas; only when measuring
 
     df = normalize_samples(samples)
     rows = df[(df["task"] == task) & (df["quant"] == NO_QUANT) & df["seed"].notna()]

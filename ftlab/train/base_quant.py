@@ -87,7 +87,7 @@ def _dequantized_merge(model, cfg: TrainRunConfig, source, workspace: Workspace,
     """The adapter goes into the same 4/8-bit base it trained against, de-quantised to the compute
     dtype, so the merged weights reproduce the trained model (merging into the full-precision
     original would not: the adapter learned to correct the quantized weights)."""
-    from peft import PeftModel  # lazy: peft imports torch and transformers (15 s cold); heavy: loaded only when a QLoRA adapter is merged
+    from peft import PeftModel  # lazy: peft imports torch and transformers; only when a QLoRA adapter is merged
 
 
     ensure_peft_usable()
