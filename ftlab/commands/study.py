@@ -50,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
     workspace = Workspace.at(getattr(args, "workdir", None))
     study = open_study(args.file, workspace, args.overrides)
     if args.study_command == "report":
-        print_report(study)
+        if study.spec.adaptive.on:
+            from ftlab.study import adaptive  # lazy: ftlab.study.adaptive imports pandas and scipy
+
+            adaptive.print_report(study)
+        else:
+            print_report(study)
         return 0
     if args.study_command == "plan":
         from ftlab.study.plan import plan_text  # lazy: ftlab.study.plan imports numpy
@@ -63,4 +68,8 @@ def run(args: argparse.Namespace) -> int:
     settings = EngineSettings(workers=args.workers, threads=args.threads, timeout_s=args.timeout,
                               retry_failed=not args.skip_failed, backend=args.backend,
                               ray_address=args.ray_address, cwd=os.getcwd())
+    if study.spec.adaptive.on:
+        from ftlab.study import adaptive  # lazy: ftlab.study.adaptive imports pandas and scipy
+
+        return adaptive.execute(study, settings, dry_run_=args.dry_run, report=not args.no_report)
     return execute(study, settings, dry_run=args.dry_run, report=not args.no_report)

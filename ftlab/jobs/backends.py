@@ -5,6 +5,7 @@ task's command in a child process, report with `finish`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -21,6 +22,12 @@ from ftlab.registry import Registry
 log = logging.getLogger(__name__)
 
 BACKENDS: Registry = Registry("job backend")
+
+
+def backend_session(settings):
+    """A context in which several `run_engine` calls share the backend's runtime (each backend's
+    `session`, when it has one: a local Ray started once rather than once per call)."""
+    return getattr(BACKENDS.get(settings.backend), "session", contextlib.nullcontext)(settings)
 
 
 def run_engine(engine: Engine) -> list[Outcome]:
@@ -152,6 +159,33 @@ def import_ray():
     return ray
 
 
+def _ray_init(ray, s) -> bool:
+    """Connects to the cluster or starts a local Ray unless one is up; True when it started one."""
+    if ray.is_initialized():
+        return False
+    if s.ray_address:
+        log.info("connecting to Ray at %s", s.ray_address)
+        ray.init(address=s.ray_address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        threads = s.threads_per_job()
+        cpus = threads * (s.workers or max(1, (os.cpu_count() or 1) // threads))
+        log.info("starting a local Ray with %d CPUs", cpus)
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    return True
+
+
+@contextlib.contextmanager
+def _ray_session(settings):
+    """Ray kept up over several engine runs (an adaptive study's rounds): started once, not per round."""
+    ray = import_ray()
+    started = _ray_init(ray, settings)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
 @BACKENDS.register("ray")
 def run_ray(engine: Engine) -> None:
     """A Ray task per job declaring the CPUs (its thread budget) and GPUs it needs; Ray places it
@@ -159,17 +193,8 @@ def run_ray(engine: Engine) -> None:
     ray = import_ray()
     s = engine.settings
     threads = s.threads_per_job()
-    started_here = False
     in_flight: dict = {}
-    if not ray.is_initialized():
-        if s.ray_address:
-            log.info("connecting to Ray at %s", s.ray_address)
-            ray.init(address=s.ray_address, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            cpus = threads * (s.workers or max(1, (os.cpu_count() or 1) // threads))
-            log.info("starting a local Ray with %d CPUs", cpus)
-            ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-        started_here = True
+    started_here = _ray_init(ray, s)
     try:
         total = ray.cluster_resources()
         free = {"CPU": float(total.get("CPU", 1)), "GPU": float(total.get("GPU", 0))}
@@ -223,3 +248,6 @@ def run_ray(engine: Engine) -> None:
     finally:
         if started_here:
             ray.shutdown()
+
+
+run_ray.session = _ray_session

@@ -215,6 +215,15 @@ def score_scale_mdd(mdd: float) -> float:
     return math.inf if mdd > 1 else mdd
 
 
+def recipe_test(a: Config, b: Config, *, pair_seeds: bool, confidence: float) -> tuple[str, CrossedResult]:
+    """B - A at recipe level (each side 2+ seeds, or one unseeded model), on the items both rows
+    hold: two recipes trained with the same seeds, seed k with seed k when `pair_seeds` (both rows
+    ordered by seed; the one-sample inference on the differences), else as independent samples."""
+    if pair_seeds and a.seeded and b.seeded and sorted(a.seeds) == sorted(b.seeds):
+        return CROSSED_PAIRED, crossed_mean(b.score - a.score, confidence=confidence)
+    return CROSSED, crossed_difference(a.score, b.score, seeded_a=a.seeded, seeded_b=b.seeded, confidence=confidence)
+
+
 def compare_configs(a: Config, b: Config, settings: StudyAnalysisSettings) -> dict | None:
     """B - A on the items both answered; None when they share fewer than 2 items. The test is the
     one the data support (module docstring): seeds x items at recipe level, McNemar for two single
@@ -230,13 +239,8 @@ def compare_configs(a: Config, b: Config, settings: StudyAnalysisSettings) -> di
            "diff_correct": (b_only - a_only) / pairs, "score_a": float(a.score.mean()),
            "score_b": float(b.score.mean()), "bootstrap_p": math.nan}
     if (a.seeded or b.seeded) and a.recipe_level and b.recipe_level:
-        if settings.pair_seeds and a.seeded and b.seeded and sorted(a.seeds) == sorted(b.seeds):
-            # Seed k with seed k (both rows ordered by seed): the one-sample inference on the differences.
-            res = crossed_mean(b.score - a.score, confidence=settings.confidence)
-            return {**out, "level": RECIPE, "test": CROSSED_PAIRED, **_crossed_fields(res, settings)}
-        res = crossed_difference(a.score, b.score, seeded_a=a.seeded, seeded_b=b.seeded,
-                                 confidence=settings.confidence)
-        return {**out, "level": RECIPE, "test": CROSSED, **_crossed_fields(res, settings)}
+        test, res = recipe_test(a, b, pair_seeds=settings.pair_seeds, confidence=settings.confidence)
+        return {**out, "level": RECIPE, "test": test, **_crossed_fields(res, settings)}
     if len(a.models) == 1 and len(b.models) == 1:
         mc = mcnemar_exact(a.correct[0], b.correct[0])
         bs = paired_bootstrap(a.score[0], b.score[0], resamples=settings.resamples,

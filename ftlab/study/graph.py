@@ -10,7 +10,7 @@ named `<run name>.v<first 8 digits of the id>`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ftlab.config import RUN_ONLY, TrainRunConfig, config_to_dict, config_without, keys_with_effect, load_config
 from ftlab.io import atomic_write_json, read_json
@@ -76,15 +76,20 @@ def base_config(src, workspace: Workspace) -> dict | None:
     return config
 
 
-def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace) -> StudyGraph:
+def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace,
+                design: dict[str, tuple[int, int]] | None = None) -> StudyGraph:
+    """The study's jobs. `design` (an adaptive study's current round): recipe label (BASE for the
+    base snapshots) -> (seeds, items): the first `seeds` of train.seeds and the first `items` test
+    rows of each task; None: every recipe with every seed, on evaluate.limit items."""
     g = StudyGraph()
     gpu = _wants_gpu()
-    options = eval_options(spec)
-    eval_payload = {"datasets": options.datasets, "limit": options.limit, "overrides": options.overrides}
+    fixed = eval_options(spec)
     snapshots: dict[str, Job] = {}
 
     def evaluate(model_job: Job, info: dict) -> None:
-        job = g.add(Job(job_id(EVALUATE, eval_payload, [model_job.id]), EVALUATE, model_job.name,
+        options = fixed if design is None else replace(fixed, limit=design[info["recipe"]][1])
+        payload = {"datasets": options.datasets, "limit": options.limit, "overrides": options.overrides}
+        job = g.add(Job(job_id(EVALUATE, payload, [model_job.id]), EVALUATE, model_job.name,
                         (model_job.id,), evaluation_data(model_job.name, options), Resources(1, gpu), info))
         g.evaluations[job.id] = info
 
@@ -117,7 +122,7 @@ def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace) ->
 
     for recipe in recipes:
         snap = snapshots[recipe.base]
-        for seed in spec.train.seeds:
+        for seed in (spec.train.seeds if design is None else spec.train.seeds[:design[recipe.label][0]]):
             cfg = recipe_config(spec, recipe, seed)
             tid = job_id("train", identity_config(cfg), [snap.id])
             src = resolve_model(recipe.base)

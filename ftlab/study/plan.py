@@ -142,7 +142,7 @@ def plan_text(study, earlier=None, items: int | None = None) -> str:
     if d is None:
         raise FtlabError("analysis.min_difference is not set: give the smallest score difference between recipes "
                          "that matters (e.g. analysis.min_difference=0.03 or an analysis: section in the study file)")
-    n = items or spec.evaluate.limit
+    n = items or spec.evaluate.limit or (spec.adaptive.max_items if spec.adaptive.on else None)  # adaptive: its ceiling
     if not n:
         raise FtlabError("evaluate.limit is not set, so the planned number of items is unknown; set it or pass --items N")
     seeds = len(spec.train.seeds)

@@ -163,7 +163,9 @@ def _methods(s: StudyAnalysisSettings) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ blocks
 
-def _blocks(a: StudyAnalysis, title: str, study_summary: dict, plots: dict[str, bytes]) -> list[tuple]:
+def _blocks(a: StudyAnalysis, title: str, study_summary: dict, plots: dict[str, bytes],
+            extra: list[tuple] = ()) -> list[tuple]:
+    """The report's blocks; `extra` (an adaptive study's rounds) comes first after the summary."""
     s = a.settings
     summary = {**study_summary, "baseline": s.baseline, "alpha": s.alpha, "power": s.power,
                "bootstrap resamples": s.resamples, "confidence": s.confidence, "bootstrap seed": s.bootstrap_seed}
@@ -171,7 +173,7 @@ def _blocks(a: StudyAnalysis, title: str, study_summary: dict, plots: dict[str, 
         summary["difference that matters"] = s.min_difference
     summary_table = pd.DataFrame({"": list(summary), "value": [
         v if isinstance(v, str) else json.dumps(v, default=str) for v in summary.values()]})
-    blocks: list[tuple] = [("h", 1, title), ("table", summary_table), ("h", 2, "Verdict")]
+    blocks: list[tuple] = [("h", 1, title), ("table", summary_table), *extra, ("h", 2, "Verdict")]
     for v in a.verdicts:
         blocks += [("h", 3, v.task), ("ul", v.sentences)]
     if a.notes:
@@ -249,14 +251,15 @@ def _parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def render_report(analysis: StudyAnalysis, *, title: str, study_summary: dict) -> dict[str, bytes]:
+def render_report(analysis: StudyAnalysis, *, title: str, study_summary: dict,
+                  extra_blocks: list[tuple] = ()) -> dict[str, bytes]:
     """Every file of the report, by its path relative to the output folder."""
     s = analysis.settings
     plots = {"scores.png": figures.scores_by_recipe(analysis.ranking, s.confidence),
              "recovery.png": figures.recovery(analysis.recovery, s.confidence),
              "pareto.png": figures.pareto(analysis.pareto)}
     plots = {name: png for name, png in plots.items() if png is not None}
-    blocks = _blocks(analysis, title, study_summary, plots)
+    blocks = _blocks(analysis, title, study_summary, plots, list(extra_blocks))
     files = {"report.md": render_markdown(blocks).encode(), "report.html": render_html(blocks, plots).encode(),
              "frame.parquet": _parquet(analysis.tidy), "frame.csv": analysis.tidy.to_csv(index=False).encode()}
     for name in ("ranking", "vs_baseline", "vs_best", "recovery", "pareto"):
@@ -266,12 +269,12 @@ def render_report(analysis: StudyAnalysis, *, title: str, study_summary: dict) -
 
 
 def write_analysis(analysis: StudyAnalysis, out_dir: str | os.PathLike, *, title: str,
-                   study_summary: dict) -> dict[str, Path]:
+                   study_summary: dict, extra_blocks: list[tuple] = ()) -> dict[str, Path]:
     """Writes an analysed study's report into `out_dir`; returns {relative name: path written}."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FtlabError(f"report folder {out} is a file; give a folder")
-    files = render_report(analysis, title=title, study_summary=study_summary)
+    files = render_report(analysis, title=title, study_summary=study_summary, extra_blocks=extra_blocks)
     written = {name: atomic_write_bytes(out / name, data) for name, data in files.items()}
     for name in _PLOT_NAMES:  # a chart this study no longer has must not linger beside the new report
         stale = out / PLOTS_DIR / name

@@ -30,6 +30,7 @@ from ftlab.jobs.kinds import EVALUATE, config_path, jobs_dir
 from ftlab.orchestrate.discovery import error_path
 from ftlab.paths import Workspace
 from ftlab.study.graph import StudyGraph, build_graph
+from ftlab.study.rounds import current_design
 from ftlab.study.spec import Recipe, StudySpec, baseline_recipe, load_study, spec_summary
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ class Study:
 
 
 def open_study(path: str | Path, workspace: Workspace, overrides: list[str] = ()) -> Study:
+    """The study with its job graph; an adaptive study's graph is its latest round's design."""
     spec, recipes = load_study(path, list(overrides))
-    return Study(Path(path), spec, recipes, build_graph(spec, recipes, workspace), workspace)
+    design = current_design(workspace.studies_dir / spec.name, spec, recipes) if spec.adaptive.on else None
+    return Study(Path(path), spec, recipes, build_graph(spec, recipes, workspace, design), workspace)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ def analysis_settings(study: Study):
     return replace(study.spec.analysis, baseline="base" if baseline is None else baseline.label)
 
 
-def report_study(study: Study) -> tuple[dict, str]:
+def report_study(study: Study, extra_blocks: list[tuple] = ()) -> tuple[dict, str]:
     """Writes the verdict from the finished evaluations; returns (written paths, verdict text)."""
     from ftlab.study.analysis import analyze_study  # lazy: ftlab.study.analysis imports numpy
     from ftlab.study.report import write_analysis  # lazy: ftlab.study.report imports pandas
@@ -149,7 +152,8 @@ def report_study(study: Study) -> tuple[dict, str]:
     summary = {"file": str(study.path), "evaluations_finished": finished, "evaluations_planned": total,
                "recipes": [r.label for r in study.recipes], "seeds": study.spec.train.seeds,
                "quant_variants": study.spec.quantize.variants, "tasks": study.spec.evaluate.datasets}
-    paths = write_analysis(analysis, study.folder, title=f"Study {study.spec.name}", study_summary=summary)
+    paths = write_analysis(analysis, study.folder, title=f"Study {study.spec.name}", study_summary=summary,
+                           extra_blocks=list(extra_blocks))
     return paths, verdict_text(analysis.verdicts)
 
 

@@ -42,6 +42,7 @@ from ftlab.quant.settings import (
     whole_number_problems,
 )
 from ftlab.quant.settings import identity as quant_identity
+from ftlab.study.spending import SPENDING
 
 BASE = "base"  # baseline: the untrained base snapshot of each recipe's base model
 # Keys the study sets itself; in `fixed` or `grid` they would silently fight the study.
@@ -119,6 +120,64 @@ class StudyAnalysisSettings:
 
 
 @dataclass
+class AdaptiveSection:
+    """An adaptive study (docs/study.md, "Adaptive studies"): rounds that add seeds and items only to
+    comparisons still open. On when any key is set."""
+
+    min_difference: float | None = doc_field(None, "smallest score difference that matters: a comparison whose "
+                                                   "interval lies inside +-this is decided equivalent (default: "
+                                                   "analysis.min_difference)")
+    seeds: int = doc_field(2, "seeds per recipe in the first round (the first of train.seeds)")
+    items: int | None = doc_field(None, "items per task in the first round")
+    max_seeds: int | None = doc_field(None, "most seeds a recipe gets (default: as many as train.seeds lists)")
+    max_items: int | None = doc_field(None, "most items per task a model gets (default: evaluate.limit)")
+    item_growth: float = doc_field(2.0, "a round that adds items multiplies the open configurations' items by this")
+    budget_hours: float | None = doc_field(None, "stop before a round that would take the study's compute past this "
+                                                 "(estimated from measured job times); None = no budget")
+    spending: str = doc_field("obrien-fleming", "alpha spending function over the looks: obrien-fleming or pocock")
+
+    @property
+    def on(self) -> bool:
+        return any(getattr(self, f) != getattr(AdaptiveSection(), f) for f in self.__dataclass_fields__)
+
+    def problems(self, spec: StudySpec) -> list[str]:
+        out = []
+        if self.min_difference is None and spec.analysis.min_difference is None:
+            out.append("adaptive.min_difference: give the smallest score difference that matters (e.g. 0.05)")
+        elif self.min_difference is not None and not 0 < self.min_difference <= 1:
+            out.append(f"adaptive.min_difference={self.min_difference} must lie in (0, 1] (a share of the score scale)")
+        elif (self.min_difference is not None and spec.analysis.min_difference is not None
+              and self.min_difference != spec.analysis.min_difference):
+            out.append(f"adaptive.min_difference={self.min_difference} differs from analysis.min_difference="
+                       f"{spec.analysis.min_difference}; set one of them")
+        if self.seeds < 2:
+            out.append(f"adaptive.seeds={self.seeds}: a round's decisions are about recipes, which needs at least 2 seeds")
+        max_seeds = self.max_seeds if self.max_seeds is not None else len(spec.train.seeds)
+        if max_seeds < self.seeds:
+            out.append(f"adaptive.max_seeds={max_seeds} is below adaptive.seeds={self.seeds}"
+                       + ("" if self.max_seeds is not None else " (train.seeds lists the seeds a recipe may get: "
+                          f"list at least {self.seeds}, e.g. {list(range(max(self.seeds, 3)))})"))
+        elif len(spec.train.seeds) < max_seeds:
+            out.append(f"train.seeds lists {len(spec.train.seeds)} seed(s); adaptive.max_seeds={max_seeds} draws them "
+                       f"in order: list {max_seeds} (e.g. {list(range(max_seeds))})")
+        if self.items is None or self.items < 2:
+            out.append(f"adaptive.items={self.items}: give the first round's items per task (at least 2, e.g. 100)")
+        max_items = self.max_items if self.max_items is not None else spec.evaluate.limit
+        if max_items is None:
+            out.append("adaptive.max_items: give the most items per task (or set evaluate.limit)")
+        elif self.items is not None and max_items < self.items:
+            out.append(f"adaptive.max_items={max_items} is below adaptive.items={self.items}")
+        if not self.item_growth > 1:
+            out.append(f"adaptive.item_growth={self.item_growth} must be above 1 (e.g. 2)")
+        if self.budget_hours is not None and not self.budget_hours > 0:
+            out.append(f"adaptive.budget_hours={self.budget_hours} must be positive")
+        if self.spending not in SPENDING:
+            out.append(f"adaptive.spending={self.spending!r} is not an alpha spending function; valid: "
+                       f"{', '.join(SPENDING.names())}")
+        return out
+
+
+@dataclass
 class StudySpec:
     name: str = doc_field("", "the study's name: Testing/studies/<name>/ holds its report")
     bases: list[str] = doc_field([], "base models (hub ids, folders, built-in names or scratch:<preset>)")
@@ -130,6 +189,7 @@ class StudySpec:
     baseline: Any = doc_field(BASE, "`base` (each base model's snapshot) or a recipe as a mapping of grid keys, "
                                     "e.g. {peft.method: LoRa, peft.r: 8}")
     analysis: StudyAnalysisSettings = field(default_factory=StudyAnalysisSettings)
+    adaptive: AdaptiveSection = field(default_factory=AdaptiveSection)
 
     def validate(self) -> list[str]:
         problems = []
@@ -169,6 +229,8 @@ class StudySpec:
             problems.append("analysis.baseline: name the baseline with the top-level baseline: key")
         if not isinstance(self.baseline, (str, dict)) or (isinstance(self.baseline, str) and self.baseline != BASE):
             problems.append(f"baseline {self.baseline!r}: use `base` or a mapping of grid keys naming one recipe")
+        if self.adaptive.on:
+            problems += self.adaptive.problems(self)
         return problems
 
 

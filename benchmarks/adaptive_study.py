@@ -1,0 +1,121 @@
+"""Adaptive against fixed studies, over simulated studies shaped like examples/gpu-study.yaml: 10
+recipes, up to 5 seeds and 1000 items per task, 3 tasks, 2 PTQ variants per trained model.
+
+Each simulated study (ftlab.compare.simulate.StudyModel: item difficulty, recipe x item
+interaction, per-trained-model seed effects) is drawn at the ceiling; the adaptive design starts at
+2 seeds x 100 items and decides round by round with the code a real study runs
+(ftlab.study.sequential), the fixed design trains 5 seeds of every recipe and evaluates 1000 items
+(ftlab.study.adaptive_sim). Compute comes from job times measured on this machine
+(benchmarks/demo.md: a LoRA training of SmolLM2-135M, 105 s; GPTQ of it, 76 s; evaluation, 0.15 s
+per question and model).
+
+Scenarios: `null` (every recipe the same: each declared difference is a false one, so the share
+of studies with any is the family-wise error rate); `clear` (two recipes tied at the top, eight
+below by 0.8 to 2.5 on the logit scale, 0.15 to 0.45 in score: every comparison is either a true
+null or a difference both designs should find); `mixed` (the same with four of the eight only
+0.2 to 0.6 below: differences near what the design can detect, where the two designs' verdicts
+part when one of them misses). "At equal power": besides the ceiling design (5 seeds x 1000
+items for every recipe), every smaller fixed design on a grid is run on the same draws, and the
+cheapest one whose power against the baseline is at least the adaptive design's is the fair
+comparison.
+
+    uv run python benchmarks/adaptive_study.py --sims 200 --out benchmarks/adaptive_study.results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import binomtest
+
+from ftlab.compare.simulate import StudyModel
+from ftlab.study.adaptive_sim import simulate
+from ftlab.study.sequential import Costs, Limits
+
+MODEL = StudyModel(level=0.4, item_sd=1.5, seed_sd=0.1, interaction_sd=0.3)
+SCENARIOS = {"null": [0.0] * 10, "clear": [0.0, 0.0, -0.8, -0.8, -1.0, -1.2, -1.5, -1.8, -2.0, -2.5],
+             "mixed": [0.0, 0.0, -0.2, -0.3, -0.4, -0.6, -0.8, -1.0, -1.5, -2.0]}
+SMALLER = [(s, n) for s in (2, 3, 4, 5) for n in (100, 200, 400, 700, 1000) if (s, n) != (5, 1000)]
+COSTS = Costs(train_s=105.0, quantize_s=76.0, eval_item_s=0.15, tasks=3, variants=2)
+
+
+def interval(k: int, n: int) -> list[float]:
+    ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+    return [round(ci.low, 4), round(ci.high, 4)]
+
+
+def _power(declared: list[frozenset], truths: list) -> float | None:
+    """The share of true differences against the baseline declared (None when there are none)."""
+    return float(np.mean([[t in d for t in truths] for d in declared])) if truths else None
+
+
+def run(name: str, sims: int, seed: int, spending: str) -> dict:
+    limits = Limits(alpha=0.05, margin=0.03, max_seeds=5, max_items=1000, spending=spending)
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    out = [simulate(MODEL, SCENARIOS[name], seeds=2, items=100, limits=limits, costs=COSTS, rng=rng,
+                    fixed_designs=SMALLER) for _ in range(sims)]
+    any_adaptive = sum(bool(o.adaptive) for o in out)
+    any_fixed = sum(bool(o.fixed) for o in out)
+    agree = sum(o.adaptive == o.fixed for o in out)
+    truths = [("baseline", f"r{k}", -1) for k, d in enumerate(SCENARIOS[name]) if d != 0]
+    claims = [(kind, f"r{k}", -1) for kind in ("baseline", "best") for k in range(len(SCENARIOS[name]))]
+    concord = float(np.mean([[(c in o.adaptive) == (c in o.fixed) for c in claims] for o in out]))
+    power = {"adaptive": _power([o.adaptive for o in out], truths), "fixed": _power([o.fixed for o in out], truths)}
+    adaptive_s = float(np.mean([o.adaptive_s for o in out]))
+    fixed_s = float(np.mean([o.fixed_s for o in out]))
+    names = [f"r{k}" for k in range(len(SCENARIOS[name]))]
+    smaller = []
+    for s, n in SMALLER:
+        cost = COSTS.design({"base": (1, n), **{r: (s, n) for r in names}}, {"base": False, **{r: True for r in names}})
+        smaller.append({"seeds": s, "items": n, "compute_hours": cost / 3600,
+                        "power": _power([o.smaller[(s, n)] for o in out], truths),
+                        "any_difference_declared": float(np.mean([bool(o.smaller[(s, n)]) for o in out]))})
+    equal = None
+    if truths:
+        enough = [r for r in smaller if r["power"] >= power["adaptive"]] + (
+            [{"seeds": 5, "items": 1000, "compute_hours": fixed_s / 3600, "power": power["fixed"]}]
+            if power["fixed"] >= power["adaptive"] else [])
+        if enough:
+            equal = min(enough, key=lambda r: r["compute_hours"])
+            equal = {**equal, "compute_ratio": adaptive_s / 3600 / equal["compute_hours"]}
+    stops: dict[str, int] = {}
+    for o in out:
+        stops[o.stop] = stops.get(o.stop, 0) + 1
+    return {"scenario": name, "differences": SCENARIOS[name], "spending": spending, "sims": sims,
+            "any_difference_declared": {"adaptive": any_adaptive / sims, "adaptive_ci": interval(any_adaptive, sims),
+                                        "fixed": any_fixed / sims, "fixed_ci": interval(any_fixed, sims)},
+            "agreement_with_fixed": agree / sims, "agreement_ci": interval(agree, sims),
+            "claim_concordance": concord, "power_vs_baseline": power if truths else None,
+            "compute_hours": {"adaptive": adaptive_s / 3600, "fixed_ceiling": fixed_s / 3600},
+            "compute_ratio_vs_ceiling": adaptive_s / fixed_s, "cheapest_fixed_at_equal_power": equal,
+            "smaller_fixed_designs": smaller,
+            "rounds_mean": float(np.mean([len(o.decisions) for o in out])), "stops": stops,
+            "seconds": round(time.time() - t0, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sims", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--spending", nargs="+", default=["obrien-fleming", "pocock"])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    rows = [run(name, args.sims, args.seed + i, spending) for spending in args.spending
+            for i, name in enumerate(SCENARIOS)]
+    for r in rows:
+        print(json.dumps(r))
+    if args.out:
+        doc = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "model": MODEL.__dict__,
+               "costs": COSTS.__dict__, "rows": rows}
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""The decisions of an adaptive study at each look: which comparisons are decided, at what alpha,
+and what the next round should add. Pure functions over outcome matrices (no files, no jobs):
+`ftlab.study.adaptive` feeds them a study's results, `ftlab.study.adaptive_sim` simulated ones.
+
+The family. Per task, among the unquantized configurations (trained recipes and the base
+snapshot): every configuration against the best-ranked one (kind `best`) and every recipe against
+the baseline (kind `baseline`); B - A with the recipe-level test of the verdict
+(`ftlab.study.analysis.recipe_test`: seeds and items crossed, generalized inference).
+
+A look, after round k, with its share alpha_k of the error rate:
+- decided different: Holm's procedure at alpha_k over the comparisons still open rejects "no
+  difference";
+- decided equivalent: the two one-sided tests (TOST, Schuirmann 1987) reject both |B - A| >= d
+  (d = `min_difference`) at alpha_k / m each (m open comparisons, Bonferroni): the difference's
+  interval at confidence 1 - 2 alpha_k / m lies inside +-d;
+- open otherwise. A decision is never revisited; the configurations in an open comparison get the
+  next round's seeds or items.
+
+Why the error rate holds across rounds. Looking after every round and stopping what is decided is
+a sequential design, so each look may only spend part of alpha: alpha_k = alpha f(t_k) - alpha
+f(t_(k-1)), with the Lan-DeMets spending function of O'Brien-Fleming type, f(t) = 2 - 2 Phi(z_(1 -
+alpha/2) / sqrt(t)) (Lan & DeMets 1983, Biometrika 70:659; O'Brien & Fleming 1979, Biometrics
+35:549), or of Pocock type, f(t) = ln(1 + (e - 1) t) (Lan & DeMets 1983). t_k is the information
+time: the variance of a recipe comparison at the most the study may spend (`max_seeds` x
+`max_items`) over its variance at the current round's design, both from the variance components
+measured at the look (information-based monitoring; Jennison & Turnbull 2000, "Group Sequential
+Methods", ch. 7); it never decreases, and the last look spends what is left (t = 1). The looks are
+combined by the union bound, not by the joint normal law of the statistics across looks that exact
+group-sequential boundaries solve for: with seeds and items added where the data say, the
+successive statistics are not the canonical Brownian motion those boundaries assume, while
+P(any false claim) <= sum_k alpha_k = alpha needs only each look's test to hold its level. The
+price is power: the last look tests at the alpha left (about 0.034 of 0.05 under O'Brien-Fleming
+with three looks) where exact boundaries would give about 0.045. Choosing the next round from the
+data could still move a look's level (Proschan, Follmann & Waclawiw 1992, Biometrics 48:1131);
+tests/study/test_adaptive_calibration.py and benchmarks/adaptive_study.md measure the family-wise
+rate of false differences over whole simulated adaptive studies instead of assuming it.
+
+The next round: either more items for every configuration in an open comparison (the current
+count times `item_growth`, at most `max_items`) or one more seed per open recipe (at most
+`max_seeds`), whichever cuts the comparison's squared 99% half-width most per second of compute:
+the half-width from the generalized test's fiducial distribution at the measured variance
+components (`VarianceModel`; it counts the few degrees of freedom of a few seeds, which the
+variance alone would not), seconds from measured job times (`Costs`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+import numpy as np
+from scipy import stats as _sps
+
+from ftlab.compare.crossed import VarianceModel, seed_side
+from ftlab.compare.stats import holm
+from ftlab.errors import FtlabError
+from ftlab.study.analysis import Config, recipe_test
+from ftlab.study.spending import SPENDING
+
+DIFFERENT, EQUIVALENT, OPEN = "different", "equivalent", "open"
+BEST, BASELINE = "best", "baseline"  # the two kinds of comparison in the family
+ITEMS, SEEDS = "items", "seeds"  # what a round can add
+# Why an adaptive study stopped.
+STOP_DECIDED, STOP_CEILING, STOP_BUDGET = "decided", "ceiling", "budget"
+
+
+# ---------------------------------------------------------------------------------------------
+# The variance model and information time
+
+
+def components(configs: list[Config]) -> VarianceModel | None:
+    """The variance components of a recipe comparison measured on trained configurations with 2+
+    seeds (the same items): the mean seed component and model x item residual over them, and the
+    recipe x item variance over their pairs (truncated at 0; 2 p (1 - p) with one recipe, which
+    counts every disagreement as recipe x item: conservative). None without such a configuration."""
+    configs = [c for c in configs if c.seeded and len(c.models) >= 2]
+    if not configs:
+        return None
+    items = configs[0].items
+    for c in configs[1:]:
+        items = np.intersect1d(items, c.items)
+    if items.size < 2:
+        return None
+    configs = [c.on(items) for c in configs]
+    sides = [seed_side(c.score, seeded=True) for c in configs]
+    seed_var = float(np.mean([s.spread(items.size) for s in sides]))
+    cell_var = float(np.mean([s.cell_var for s in sides]))
+    pairs = [max(0.0, float(np.var(b.score.mean(axis=0) - a.score.mean(axis=0), ddof=1)
+                            - sa.cell_var / sa.seeds - sb.cell_var / sb.seeds))
+             for i, (a, sa) in enumerate(zip(configs, sides)) for b, sb in zip(configs[i + 1:], sides[i + 1:])]
+    if pairs:
+        item_var = float(np.mean(pairs))
+    else:
+        score = float(configs[0].score.mean())
+        item_var = 2 * score * (1 - score)
+    return VarianceModel(seed_var=seed_var, item_var=item_var, cell_var=cell_var)
+
+
+def variance(models: list[VarianceModel], seeds: int, items: int, pair_seeds: bool) -> float:
+    """The summed variance of one recipe comparison per task at this design."""
+    return float(sum(m.design(seeds, items, paired=pair_seeds).variance() for m in models))
+
+
+_Z = np.abs(np.random.default_rng(0).standard_normal(20_000))
+PRECISION_LEVEL = 0.99
+
+
+def half_width(models: list[VarianceModel], seeds: int, items: int, pair_seeds: bool) -> float:
+    """The summed 99% half-width of one recipe comparison per task at this design, from the
+    generalized test's own fiducial distribution: unlike the variance, it counts how few degrees of
+    freedom a few seeds give (2 seeds: a Cauchy-like tail), which is what keeps a comparison open."""
+    out = 0.0
+    for m in models:
+        sd = m.design(seeds, items, paired=pair_seeds).fiducial_sd()
+        out += float(np.quantile(_Z[: sd.size] * sd, PRECISION_LEVEL)) if sd.size else 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One look
+
+
+@dataclass(frozen=True)
+class Row:
+    """One comparison of the family at a look: B (`recipe`) - A (`other`)."""
+
+    task: str
+    kind: str  # BEST or BASELINE
+    recipe: str
+    other: str
+    estimate: float
+    p_value: float  # two-sided generalized p-value of "no difference"
+    p_equivalence: float  # TOST: the larger one-sided p-value of |difference| >= d
+    seeds: int  # of the recipe side (1 unseeded)
+    other_seeds: int
+    items: int
+    state: str  # DIFFERENT, EQUIVALENT or OPEN
+    decided_round: int | None  # the round whose look decided it
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.task, self.kind, self.recipe
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def equivalence_p(res, margin: float) -> float:
+    """TOST p-value of |difference| >= margin from the generalized inference: the larger of the
+    fiducial probabilities that the difference lies below -margin or above +margin."""
+    if res.se == 0:  # every model scored every item alike: no item or seed spread to bound it by, so no claim
+        return 1.0
+    sd = res.design.fiducial_sd()
+    if not sd.size:
+        return math.nan
+    below = float(np.mean(_sps.norm.cdf((-margin - res.estimate) / sd)))
+    above = float(np.mean(_sps.norm.cdf((res.estimate - margin) / sd)))
+    return max(below, above)
+
+
+def family(arms: dict[str, dict[str, Config]], baseline: str) -> list[tuple[str, str, str, str]]:
+    """(task, kind, recipe, other) of every comparison: per task, each configuration against the
+    best-ranked (highest mean score; ties by name) and each recipe against the baseline."""
+    out = []
+    for task, configs in arms.items():
+        best = min(configs, key=lambda name: (-float(configs[name].score.mean()), name))
+        out += [(task, BEST, name, best) for name in configs if name != best]
+        out += [(task, BASELINE, name, baseline) for name in configs if name != baseline and baseline in configs]
+    return out
+
+
+def look(arms: dict[str, dict[str, Config]], *, baseline: str, alpha: float, margin: float, pair_seeds: bool,
+         round_no: int, earlier: dict[tuple, Row] | None = None) -> list[Row]:
+    """The family's rows after this look: decisions of earlier looks carried, the open comparisons
+    tested at this look's alpha (module docstring)."""
+    earlier = earlier or {}
+    carried, tested = [], []
+    for task, kind, recipe, other in family(arms, baseline):
+        done = earlier.get((task, kind, recipe))
+        if done is not None and done.state != OPEN:
+            carried.append(done)
+            continue
+        a, b = arms[task][other], arms[task][recipe]
+        items = np.intersect1d(a.items, b.items)
+        a, b = a.on(items), b.on(items)
+        _, res = recipe_test(a, b, pair_seeds=pair_seeds, confidence=0.95)
+        tested.append(Row(task, kind, recipe, other, res.estimate, res.p_value, equivalence_p(res, margin),
+                          len(b.models) if b.seeded else 1, len(a.models) if a.seeded else 1, int(items.size),
+                          OPEN, None))
+    if not tested:
+        return carried
+    adjusted = holm(np.array([r.p_value for r in tested]))
+    m = len(tested)
+    out = []
+    for r, p in zip(tested, adjusted):
+        if alpha <= 0:  # a look with nothing to spend decides nothing (a p-value may underflow to 0)
+            pass
+        elif p <= alpha:
+            r = replace(r, state=DIFFERENT, decided_round=round_no)
+        elif r.p_equivalence <= alpha / m:
+            r = replace(r, state=EQUIVALENT, decided_round=round_no)
+        out.append(r)
+    return carried + out
+
+
+def open_arms(rows: list[Row]) -> set[str]:
+    """The configurations in at least one open comparison."""
+    return {name for r in rows if r.state == OPEN for name in (r.recipe, r.other)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The next round
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds per unit of work: a training (with its PTQ variants), an evaluated item of one model
+    on one task. `variants`: PTQ variants per trained model (each evaluated too); `base_variants`:
+    those of the base snapshot."""
+
+    train_s: float
+    quantize_s: float
+    eval_item_s: float
+    tasks: int
+    variants: int = 0
+    base_variants: int = 0
+
+    def arm(self, seeded: bool, before: tuple[int, int], after: tuple[int, int]) -> float:
+        """Seconds to bring one configuration from (seeds, items) `before` to `after`."""
+        (s0, n0), (s1, n1) = before, after
+        if not seeded:
+            return (1 + self.base_variants) * self.tasks * self.eval_item_s * max(0, n1 - n0)
+        new = max(0, s1 - s0)
+        evals = (1 + self.variants) * self.tasks * self.eval_item_s * (s0 * max(0, n1 - n0) + new * n1)
+        return new * (self.train_s + self.variants * self.quantize_s) + evals
+
+    def design(self, designs: dict[str, tuple[int, int]], seeded: dict[str, bool]) -> float:
+        """Seconds of a whole design (every configuration from nothing)."""
+        return sum(self.arm(seeded[a], (0, 0), d) for a, d in designs.items())
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The adaptive settings a decision needs (the study file's `adaptive:` section)."""
+
+    alpha: float
+    margin: float  # min_difference
+    max_seeds: int
+    max_items: int
+    item_growth: float = 2.0
+    spending: str = "obrien-fleming"
+    pair_seeds: bool = True
+    budget_s: float | None = None
+
+
+@dataclass
+class Decision:
+    """What one look decided and what the next round adds."""
+
+    round: int
+    frontier: tuple[int, int]  # (seeds, items) the open configurations had at this look
+    information: float  # t
+    alpha: float  # spent at this look
+    spent: float  # spent through this look
+    rows: list[Row]
+    open: list[str]  # configurations in an open comparison
+    action: str | None  # ITEMS, SEEDS, or None when the study stops
+    next_frontier: tuple[int, int] | None
+    stop: str | None  # STOP_DECIDED, STOP_CEILING, STOP_BUDGET
+    why: str
+    options: dict[str, dict] = field(default_factory=dict)  # action -> {next, width_cut, seconds}
+
+    def to_dict(self) -> dict:
+        return {"round": self.round, "frontier": list(self.frontier), "information": self.information,
+                "alpha": self.alpha, "spent": self.spent, "rows": [r.to_dict() for r in self.rows],
+                "open": self.open, "action": self.action,
+                "next_frontier": list(self.next_frontier) if self.next_frontier else None,
+                "stop": self.stop, "why": self.why, "options": self.options}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> Decision:
+        rows = [Row(**r) for r in doc["rows"]]
+        return cls(doc["round"], tuple(doc["frontier"]), doc["information"], doc["alpha"], doc["spent"], rows,
+                   list(doc["open"]), doc["action"], tuple(doc["next_frontier"]) if doc["next_frontier"] else None,
+                   doc["stop"], doc["why"], dict(doc.get("options") or {}))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def decide(arms: dict[str, dict[str, Config]], *, baseline: str, limits: Limits, round_no: int,
+           frontier: tuple[int, int], designs: dict[str, tuple[int, int]], earlier: Decision | None,
+           costs: Costs | None) -> Decision:
+    """The look after round `round_no` and the next round. `arms`: task -> configuration name ->
+    its models x items (unquantized); `designs`: configuration -> (seeds, items) it has now (1 seed
+    when unseeded); `frontier`: the (seeds, items) of the round just run."""
+    seeded = {name: c.seeded for configs in arms.values() for name, c in configs.items()}
+    models = [m for m in (components(list(c.values())) for c in arms.values()) if m is not None]
+    if not models:
+        raise FtlabError("an adaptive study needs trained recipes with 2+ seeds evaluated at each look")
+    ceiling = (limits.max_seeds, limits.max_items)
+    at_ceiling = frontier[0] >= ceiling[0] and frontier[1] >= ceiling[1]
+    t_before, spent_before = (earlier.information, earlier.spent) if earlier else (0.0, 0.0)
+    now = variance(models, *frontier, limits.pair_seeds)
+    t = 1.0 if at_ceiling or now <= 0 else max(t_before, min(1.0, variance(models, *ceiling, limits.pair_seeds) / now))
+    width = half_width(models, *frontier, limits.pair_seeds)
+    alpha = max(0.0, SPENDING.get(limits.spending).spent(t, limits.alpha) - spent_before)
+    carried = {r.key: r for r in earlier.rows} if earlier else {}
+
+    def run(a: float) -> list[Row]:
+        return look(arms, baseline=baseline, alpha=a, margin=limits.margin, pair_seeds=limits.pair_seeds,
+                    round_no=round_no, earlier=carried)
+
+    rows = run(alpha)
+    active = sorted(open_arms(rows))
+    base = Decision(round_no, frontier, t, alpha, spent_before + alpha, rows, active, None, None, None, "")
+    if not active:
+        return replace(base, stop=STOP_DECIDED, why="every comparison is decided")
+
+    steps = {}
+    if frontier[1] < ceiling[1]:
+        steps[ITEMS] = (frontier[0], min(ceiling[1], max(frontier[1] + 1, math.ceil(frontier[1] * limits.item_growth))))
+    if frontier[0] < ceiling[0]:
+        steps[SEEDS] = (frontier[0] + 1, frontier[1])
+    used = costs.design(designs, seeded) if costs else 0.0
+    options, why_not = {}, []
+    for action, nxt in steps.items():
+        cut = 1 - (half_width(models, *nxt, limits.pair_seeds) / width) ** 2 if width > 0 else 0.0
+        seconds = (sum(costs.arm(seeded[a], designs[a], _target(designs[a], nxt, seeded[a])) for a in active)
+                   if costs else 1.0)
+        options[action] = {"next": list(nxt), "width_cut": cut, "seconds": seconds}
+        if limits.budget_s is not None and costs and used + seconds > limits.budget_s:
+            why_not.append(f"{action} would take {_minutes(seconds)} with {_minutes(max(0.0, limits.budget_s - used))} "
+                           f"of the budget left")
+            options[action]["over_budget"] = True
+    feasible = {a: o for a, o in options.items() if not o.get("over_budget")}
+    if not feasible:
+        # The last look: it spends whatever alpha is left on the same data.
+        rows = run(limits.alpha - spent_before)
+        stop = STOP_BUDGET if why_not else STOP_CEILING
+        why = ("; ".join(why_not) if why_not else
+               f"the ceiling ({ceiling[0]} seeds x {ceiling[1]} items) is reached")
+        final = replace(base, information=1.0, alpha=limits.alpha - spent_before, spent=limits.alpha, rows=rows,
+                        open=sorted(open_arms(rows)), options=options)
+        if not final.open:
+            return replace(final, stop=STOP_DECIDED, why="every comparison is decided (at the last look)")
+        return replace(final, stop=stop, why=why)
+    action = max(feasible, key=lambda a: (feasible[a]["width_cut"] / max(feasible[a]["seconds"], 1e-9), a))
+    chosen = feasible[action]
+    why = (f"{action} {'x'.join(map(str, frontier))} -> {'x'.join(map(str, chosen['next']))} (seeds x items) for "
+           f"{len(active)} configuration(s) in open comparisons: squared 99% half-width -{chosen['width_cut']:.0%} "
+           f"for {_minutes(chosen['seconds'])}")
+    others = [f"{a}: -{o['width_cut']:.0%} for {_minutes(o['seconds'])}" for a, o in options.items() if a != action]
+    if others:
+        why += f" (against {'; '.join(others)})"
+    return replace(base, action=action, next_frontier=tuple(chosen["next"]), why=why, options=options)
+
+
+def _target(design: tuple[int, int], frontier: tuple[int, int], seeded: bool) -> tuple[int, int]:
+    """Where an open configuration goes in the next round: up to the frontier (seeds only if seeded)."""
+    return (max(design[0], frontier[0]) if seeded else design[0], max(design[1], frontier[1]))
+
+
+def next_designs(designs: dict[str, tuple[int, int]], decision: Decision, seeded: dict[str, bool]) -> dict:
+    """Every configuration's (seeds, items) in the next round: the open ones brought up to the new frontier."""
+    if decision.next_frontier is None:
+        return dict(designs)
+    return {a: (_target(d, decision.next_frontier, seeded[a]) if a in decision.open else d)
+            for a, d in designs.items()}

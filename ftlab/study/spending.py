@@ -1,0 +1,47 @@
+"""Alpha spending functions for the looks of an adaptive study (ftlab.study.sequential): how much
+of the family-wise error rate alpha may be spent by information time t in [0, 1]. Each is a
+Lan-DeMets spending function (Lan & DeMets 1983, Biometrika 70:659), registered by name for the
+study file's `adaptive.spending`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Callable
+
+from ftlab.registry import Registry
+
+_NORMAL = NormalDist()
+
+
+@dataclass(frozen=True)
+class Spending:
+    name: str
+    doc: str
+    spent: Callable[[float, float], float]  # (t, alpha) -> alpha spent by t; alpha at t = 1
+
+
+SPENDING: Registry[Spending] = Registry("alpha spending function")
+
+
+def _obrien_fleming(t: float, alpha: float) -> float:
+    """2 - 2 Phi(z_(1 - alpha/2) / sqrt(t)): the O'Brien-Fleming (1979) boundary's spending."""
+    if t <= 0:
+        return 0.0
+    if t >= 1:
+        return alpha
+    return min(alpha, 2 * (1 - _NORMAL.cdf(_NORMAL.inv_cdf(1 - alpha / 2) / math.sqrt(t))))
+
+
+def _pocock(t: float, alpha: float) -> float:
+    """alpha ln(1 + (e - 1) t): Pocock's (1977) boundary's spending."""
+    return alpha * math.log(1 + (math.e - 1) * min(max(t, 0.0), 1.0))
+
+
+SPENDING.add("obrien-fleming", Spending(
+    "obrien-fleming", "O'Brien-Fleming type: almost nothing early, most of alpha at the end (keeps the last "
+                      "look's power; decides early only what is far apart)", _obrien_fleming))
+SPENDING.add("pocock", Spending(
+    "pocock", "Pocock type: alpha spread evenly over information time (decides more early, less power at the "
+              "end)", _pocock))

@@ -1,0 +1,198 @@
+"""Adaptive studies: the study file's `adaptive:` section, the look's decisions, and whole adaptive
+studies on scratch:tiny through the CLI (rounds recorded, kill -9 between rounds, dry run, report)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ftlab.errors import ConfigError
+from ftlab.study.analysis import Config
+from ftlab.study.sequential import DIFFERENT, EQUIVALENT, OPEN, STOP_CEILING, Costs, Limits, decide, look
+from ftlab.study.spending import SPENDING
+from ftlab.study.spec import load_study
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_study import TINY_TRAIN, ftlab_cmd, journal, run_cli  # noqa: E402
+
+
+def _config(y: np.ndarray, seeded: bool = True) -> Config:
+    s, n = y.shape
+    return Config(seeded, [f"m{k}" for k in range(s)], list(range(s)) if seeded else [None], np.arange(n), y,
+                  y.astype(bool))
+
+
+def adaptive_file(tmp_path: Path, shared: Path, **adaptive) -> Path:
+    spec = {
+        "name": "adaptive-tiny", "bases": ["scratch:tiny"], "datasets": ["synthetic-arith"], "data_dir": str(shared),
+        "train": {"fixed": {**TINY_TRAIN, "train.learning_rate": 0.05}, "grid": {"peft.method": ["LoRa", "rsLoRa"]},
+                  "seeds": [0, 1, 2]},
+        "evaluate": {"datasets": ["arc:ll"]},
+        "adaptive": {"min_difference": 0.05, "seeds": 2, "items": 5, "max_items": 10, **adaptive},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_every_problem_of_an_adaptive_section_is_reported_at_once(tmp_path, shared_datasets):
+    path = adaptive_file(tmp_path, shared_datasets, seeds=1, max_seeds=5, items=None, item_growth=1.0,
+                         spending="linear", budget_hours=0)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    text = "\n".join(err.value.problems)
+    for needle in ("adaptive.seeds=1", "train.seeds lists 3 seed(s); adaptive.max_seeds=5", "adaptive.items=None",
+                   "adaptive.item_growth=1.0", "adaptive.budget_hours=0", "'linear' is not an alpha spending "
+                   "function; valid: obrien-fleming, pocock"):
+        assert needle in text, text
+
+
+def test_an_adaptive_study_needs_a_difference_that_matters_and_a_ceiling(tmp_path, shared_datasets):
+    path = adaptive_file(tmp_path, shared_datasets, min_difference=None, max_items=None)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert any("adaptive.min_difference: give" in p for p in err.value.problems)
+    assert any("adaptive.max_items: give" in p for p in err.value.problems)
+
+
+def test_spending_functions_spend_alpha_by_the_end_and_nothing_at_the_start():
+    for name in SPENDING.names():
+        f = SPENDING.get(name).spent
+        values = [f(t, 0.05) for t in np.linspace(0, 1, 21)]
+        assert values[0] == 0 and values[-1] == pytest.approx(0.05)
+        assert all(b >= a for a, b in zip(values, values[1:]))
+    # O'Brien-Fleming type at half the information: 2 - 2 Phi(z_0.975 / sqrt(0.5)) (Lan & DeMets 1983),
+    # with Phi and its inverse from scipy rather than the standard library the module uses.
+    from scipy.stats import norm
+
+    assert SPENDING.get("obrien-fleming").spent(0.5, 0.05) == pytest.approx(2 * norm.sf(norm.isf(0.025) / 0.5 ** 0.5))
+
+
+def test_a_look_decides_far_apart_recipes_different_and_identical_ones_equivalent():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.2, 0.8, 400)
+    same = [(rng.random((5, 400)) < p).astype(float) for _ in range(2)]
+    far = (rng.random((5, 400)) < p - 0.18).astype(float)
+    arms = {"t": {"a": _config(same[0]), "b": _config(same[1]), "far": _config(far)}}
+    rows = {(r.kind, r.recipe): r for r in look(arms, baseline="a", alpha=0.05, margin=0.1, pair_seeds=True, round_no=3)}
+    assert rows[("best", "far")].state == DIFFERENT and rows[("best", "far")].decided_round == 3
+    assert rows[("baseline", "far")].state == DIFFERENT
+    equal = rows[("baseline", "b")]
+    assert equal.state == EQUIVALENT, equal  # 5 seeds x 400 items pin +-0.1
+    # The same data at a look with no alpha to spend decides nothing different.
+    rows0 = look(arms, baseline="a", alpha=0.0, margin=0.1, pair_seeds=True, round_no=1)
+    assert not any(r.state == DIFFERENT for r in rows0)
+
+
+def test_a_decision_picks_the_cheaper_precision_and_stops_at_the_ceiling():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.3, 0.7, 40)
+    arms = {"t": {"base": _config((rng.random((1, 40)) < p).astype(float), seeded=False),
+                  **{r: _config((rng.random((2, 40)) < p).astype(float)) for r in ("x", "y")}}}
+    designs = {"base": (1, 40), "x": (2, 40), "y": (2, 40)}
+    limits = Limits(alpha=0.05, margin=0.02, max_seeds=4, max_items=160)
+    cheap_items = Costs(train_s=1000, quantize_s=0, eval_item_s=0.01, tasks=1)
+    d = decide(arms, baseline="base", limits=limits, round_no=1, frontier=(2, 40), designs=designs, earlier=None,
+               costs=cheap_items)
+    assert d.stop is None and d.open and d.alpha < 1e-3
+    assert set(d.options) == {"items", "seeds"}
+    best = max(d.options, key=lambda a: d.options[a]["width_cut"] / d.options[a]["seconds"])
+    assert d.action == best and d.next_frontier == tuple(d.options[best]["next"])
+    # At the ceiling the look spends all that is left and the study stops.
+    top = decide(arms, baseline="base", limits=Limits(alpha=0.05, margin=0.02, max_seeds=2, max_items=40),
+                 round_no=2, frontier=(2, 40), designs=designs, earlier=d, costs=cheap_items)
+    assert top.stop in (STOP_CEILING, "decided") and top.spent == pytest.approx(0.05)
+    assert top.information == 1.0
+
+
+@pytest.mark.slow
+def test_adaptive_study_runs_rounds_survives_kill9_between_rounds_and_reports(tmp_path, shared_datasets):
+    ws = tmp_path
+    path = adaptive_file(tmp_path, shared_datasets)
+    rounds_file = ws / "Testing" / "studies" / "adaptive-tiny" / "rounds.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(ftlab_cmd(ws, "study", "run", str(path), "--threads", "1", "--no-report"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ws)
+    deadline = time.time() + 600
+    while time.time() < deadline and not rounds_file.exists():  # round 1's look is recorded
+        assert proc.poll() is None, "the study ended before its first look was recorded"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # between rounds (or just into round 2)
+    proc.wait()
+    first = json.loads(rounds_file.read_text())
+    assert first["rounds"][0]["decision"]["round"] == 1
+
+    plan = run_cli(ws, "study", "run", str(path), "--dry-run")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "round 1 look:" in plan.stdout and "round 2:" in plan.stdout, plan.stdout
+
+    r = run_cli(ws, "study", "run", str(path), "--threads", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(rounds_file.read_text())
+    decisions = [x["decision"] for x in doc["rounds"]]
+    assert decisions[0] == first["rounds"][0]["decision"]  # a recorded look is never made again
+    assert all(d is not None for d in decisions) and decisions[-1]["stop"]
+    assert len(decisions) >= 2, decisions
+    assert "Adaptive study (" in r.stdout and "report:" in r.stdout
+    # Each job once: no job finished twice across the killed driver and the rerun.
+    done = Counter(e["id"] for e in journal(ws) if e["event"] == "done")
+    assert max(done.values()) == 1, done
+    # Rounds only add: the last design holds every earlier one, and a recipe's models are trained once.
+    designs = [x["designs"] for x in doc["rounds"]]
+    for a, b in zip(designs, designs[1:]):
+        assert all(b[k][0] >= a[k][0] and b[k][1] >= a[k][1] for k in a)
+    report = (ws / "Testing" / "studies" / "adaptive-tiny" / "report.md").read_text()
+    assert "## Adaptive rounds" in report and "Decisions at the last look" in report
+    again = run_cli(ws, "study", "run", str(path), "--threads", "1", "--no-report")
+    assert "0 failed" in again.stdout and json.loads(rounds_file.read_text()) == doc  # a no-op rerun
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_backend_runs_an_adaptive_study(tmp_path, shared_datasets):
+    pytest.importorskip("ray", reason="the optional ray extra is not installed (uv sync --extra ray)")
+    path = adaptive_file(tmp_path, shared_datasets, items=4, max_items=6)
+    r = run_cli(tmp_path, "study", "run", str(path), "--backend", "ray", "--threads", "1", "--no-report")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads((tmp_path / "Testing" / "studies" / "adaptive-tiny" / "rounds.json").read_text())
+    assert doc["rounds"][-1]["decision"]["stop"]
+    assert OPEN in {row["state"] for row in doc["rounds"][0]["decision"]["rows"]}
+
+
+def test_rounds_file_pins_the_study_and_refuses_a_changed_or_damaged_one(tmp_path, shared_datasets):
+    from ftlab.errors import FtlabError
+    from ftlab.study.rounds import current_design, read_rounds, write_rounds
+    from ftlab.study.sequential import Decision, Row
+
+    path = adaptive_file(tmp_path, shared_datasets)
+    spec, recipes = load_study(path)
+    folder = tmp_path / "study"
+    assert current_design(folder, spec, recipes) == {"base": (1, 5), "peft.method=LoRa": (2, 5),
+                                                     "peft.method=rsLoRa": (2, 5)}
+    row = Row("arc:ll", "best", "peft.method=LoRa", "base", -0.1, float("nan"), 0.5, 2, 1, 5, OPEN, None)
+    decision = Decision(1, (2, 5), 0.2, 0.0, 0.0, [row], ["base", "peft.method=LoRa"], "items", (2, 10), None, "why")
+    rounds = read_rounds(folder, spec, recipes)
+    rounds[-1]["decision"] = decision.to_dict()
+    rounds.append({"designs": {**rounds[0]["designs"], "peft.method=LoRa": (2, 10), "base": (1, 10)}, "decision": None})
+    write_rounds(folder, spec, recipes, rounds)
+    back = read_rounds(folder, spec, recipes)
+    assert back[-1]["designs"]["peft.method=LoRa"] == (2, 10) and len(back) == 2
+    again = Decision.from_dict(back[0]["decision"])
+    assert again.next_frontier == (2, 10) and again.rows[0].p_value is None  # NaN is stored as null
+    # Another min_difference: the recorded decisions were made under the old one.
+    changed, _ = load_study(path, ["adaptive.min_difference=0.1"])
+    with pytest.raises(FtlabError, match="the study file changed since round 1"):
+        read_rounds(folder, changed, recipes)
+    (folder / "rounds.json").write_text("{\"schema\": 99}")
+    with pytest.raises(FtlabError, match="not an ftlab rounds file"):
+        read_rounds(folder, spec, recipes)

@@ -1,0 +1,46 @@
+"""Simulated adaptive studies (ftlab.study.adaptive_sim): the family-wise rate of declared
+differences stays at or below alpha across all rounds when no recipe differs, and with real
+differences the adaptive design reaches the verdict of the fixed design that spends everything.
+
+The studies are drawn from the verdict's simulation model (item difficulty, recipe x item
+interaction, per-trained-model seed effects; ftlab.compare.simulate), at the ceiling, and each
+design decides with the code a real study runs. benchmarks/adaptive_study.py runs the same at the
+size of examples/gpu-study.yaml and records the rates with their intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from ftlab.compare.simulate import StudyModel
+from ftlab.study.adaptive_sim import simulate
+from ftlab.study.sequential import Costs, Limits
+
+MODEL = StudyModel(level=0.4, item_sd=1.5, seed_sd=0.1, interaction_sd=0.3)
+LIMITS = Limits(alpha=0.05, margin=0.05, max_seeds=4, max_items=200)
+COSTS = Costs(train_s=600, quantize_s=0, eval_item_s=0.5, tasks=1)
+
+
+def _run(differences, sims: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return [simulate(MODEL, differences, seeds=2, items=50, limits=LIMITS, costs=COSTS, rng=rng) for _ in range(sims)]
+
+
+@pytest.mark.slow
+def test_no_difference_is_declared_more_often_than_alpha_across_rounds():
+    out = _run([0.0, 0.0, 0.0], sims=300, seed=11)
+    false = sum(bool(o.adaptive) for o in out)
+    # One-sided: the rate must not be shown above alpha (exact binomial test at the 1% level).
+    assert binomtest(false, len(out), LIMITS.alpha, alternative="greater").pvalue > 0.01, false
+    assert np.mean([len(o.decisions) for o in out]) > 1.5  # the looks were many, not one
+    fixed = sum(bool(o.fixed) for o in out)
+    assert binomtest(fixed, len(out), LIMITS.alpha, alternative="greater").pvalue > 0.01, fixed
+
+
+@pytest.mark.slow
+def test_real_differences_reach_the_fixed_designs_verdict_for_less_compute():
+    out = _run([0.0, -1.5, -2.5], sims=100, seed=12)
+    agree = np.mean([o.adaptive == o.fixed for o in out])
+    assert agree >= 0.95, agree
+    assert np.mean([o.adaptive_s for o in out]) < np.mean([o.fixed_s for o in out])
