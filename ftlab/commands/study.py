@@ -16,9 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="study_command", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run every job that is not done, then write the report",
                          description="Runs every job of the study that is not done (crash-safe: run it again "
-                                     "after any interruption), then writes the report.")
+                                     "after any interruption), then writes the report. A study file with an "
+                                     "adaptive: section runs in rounds that add seeds and items only to comparisons "
+                                     "still open (docs/study.md).")
     run.add_argument("file", help="study YAML file (see examples/)")
-    run.add_argument("--dry-run", action="store_true", help="print the plan (every job: done / to run / stale, why)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan (every job: done / to run / stale, why; adaptive: the rounds so far and the next)")
     run.add_argument("--backend", default="local", choices=BACKENDS.names(),
                      help="local: child processes on this machine; ray: a Ray task per job")
     run.add_argument("--workers", type=int, default=None,

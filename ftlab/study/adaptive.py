@@ -17,7 +17,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ftlab.errors import FtlabError
 from ftlab.jobs.backends import backend_session, run_engine
 from ftlab.jobs.engine import DONE, EngineSettings, Outcome
 from ftlab.jobs.kinds import EVALUATE
@@ -28,7 +27,7 @@ from ftlab.study.run import (
     Study,
     analysis_settings,
     finished_results,
-    format_outcomes,
+    finish,
     format_plan,
     report_study,
 )
@@ -119,10 +118,10 @@ def _rounds(study: Study, settings: EngineSettings, echo: Callable[[str], None])
         round_no = len(rounds)
         _regraph(study, rounds[-1]["designs"])
         if rounds[-1]["decision"] is not None and rounds[-1]["decision"]["stop"]:
-            return outcomes + run_engine(study.engine(settings))  # stopped earlier: a no-op rerun
+            return _merge(outcomes, run_engine(study.engine(settings)))  # stopped earlier: a no-op rerun
         echo(f"round {round_no}: {design_line(rounds[-1]['designs'])}")
         ran = run_engine(study.engine(settings))
-        outcomes += ran
+        outcomes = _merge(outcomes, ran)
         failed = [o for o in ran if o.state != DONE]
         if failed:
             echo(f"round {round_no} did not finish ({len(failed)} job(s) failed or were skipped); fix them and run "
@@ -137,6 +136,16 @@ def _rounds(study: Study, settings: EngineSettings, echo: Callable[[str], None])
         echo(round_line(decision))
         if decision.stop:
             return outcomes
+
+
+def _merge(outcomes: list[Outcome], ran: list[Outcome]) -> list[Outcome]:
+    """One outcome per job over the rounds: a job a round ran, else its latest state (every round's
+    graph holds the jobs of the rounds before it, found done)."""
+    merged = {o.job.id: o for o in outcomes}
+    for o in ran:
+        if o.job.id not in merged or o.ran or not merged[o.job.id].ran:
+            merged[o.job.id] = o
+    return list(merged.values())
 
 
 def design_line(designs: dict) -> str:
@@ -264,14 +273,7 @@ def execute(study: Study, settings: EngineSettings, *, dry_run_: bool = False, r
     if dry_run_:
         print(dry_run(study, settings))
         return 0
-    outcomes = run_rounds(study, settings)
-    print(format_outcomes(outcomes))
-    if report:
-        try:
-            print_report(study)
-        except FtlabError as exc:
-            print(f"no report: {exc}")
-    return min(sum(o.state != DONE for o in outcomes), 100)
+    return finish(study, run_rounds(study, settings), print_report if report else None)
 
 
 def print_report(study: Study) -> None:

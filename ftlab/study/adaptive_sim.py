@@ -40,6 +40,7 @@ class SimOutcome:
     fixed_s: float  # compute of the fixed design (every recipe at the ceiling)
     stop: str
     smaller: dict  # (seeds, items) -> the declared differences of that smaller fixed design, same draws
+    fixed_rows: list  # the fixed design's rows (their raw p-values let a caller try another correction)
 
 
 def _config(outcomes: np.ndarray, seeded: bool) -> Config:
@@ -71,21 +72,23 @@ def simulate(model: StudyModel, differences, *, seeds: int, items: int, limits: 
     seeded = {BASE: False, **{n: True for n in names}}
     designs = {BASE: (1, items), **{n: (seeds, items) for n in names}}
     frontier, earlier, decisions = (seeds, items), None, []
+    cache: dict = {}  # a configuration is always the first rows and columns of its draw
     for round_no in range(1, 100):
         decision = decide(_arms(recipes, base, designs), baseline=BASE, limits=limits, round_no=round_no,
-                          frontier=frontier, designs=designs, earlier=earlier, costs=costs)
+                          frontier=frontier, designs=designs, earlier=earlier, costs=costs, cache=cache)
         decisions.append(decision)
         if decision.stop:
             break
         designs = next_designs(designs, decision, seeded)
         frontier, earlier = decision.next_frontier, decision
 
-    def fixed(s: int, n: int) -> frozenset:
+    def fixed(s: int, n: int) -> list:
         design = {BASE: (1, n), **{name: (s, n) for name in names}}
-        return _declared(look(_arms(recipes, base, design), baseline=BASE, alpha=limits.alpha, margin=limits.margin,
-                              pair_seeds=limits.pair_seeds, round_no=1))
+        return look(_arms(recipes, base, design), baseline=BASE, alpha=limits.alpha, margin=limits.margin,
+                    pair_seeds=limits.pair_seeds, round_no=1, cache=cache)
 
     full = {BASE: (1, limits.max_items), **{n: (limits.max_seeds, limits.max_items) for n in names}}
-    return SimOutcome(_declared(decisions[-1].rows), fixed(limits.max_seeds, limits.max_items), decisions,
-                      costs.design(designs, seeded), costs.design(full, seeded), decisions[-1].stop,
-                      {(s, n): fixed(s, n) for s, n in fixed_designs})
+    rows = fixed(limits.max_seeds, limits.max_items)
+    return SimOutcome(_declared(decisions[-1].rows), _declared(rows), decisions, costs.design(designs, seeded),
+                      costs.design(full, seeded), decisions[-1].stop,
+                      {(s, n): _declared(fixed(s, n)) for s, n in fixed_designs}, rows)

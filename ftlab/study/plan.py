@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ftlab.compare.crossed import VarianceModel, items_for_power, seed_side
+from ftlab.compare.crossed import VarianceModel, items_for_power
 from ftlab.errors import FtlabError
 from ftlab.study.run import finished_results
 
@@ -51,38 +51,28 @@ def assumed_variance(settings) -> Variance | None:
 
 
 def measured_variance(samples, task: str, what: str) -> Variance | None:
-    """The components measured on a finished study's unquantized recipes with 2+ seeds: the mean
-    seed component and model x item residual over recipes, the recipe x item variance over pairs
-    of them (truncated at 0). None when no recipe has 2 seeds."""
+    """The components measured on a finished study's unquantized recipes with 2+ seeds
+    (`ftlab.study.sequential.components`: the mean seed component and model x item residual over
+    recipes, the recipe x item variance over pairs of them). None when no recipe has 2 seeds."""
     from ftlab.study.analysis import NO_QUANT, config_of, normalize_samples  # lazy: ftlab.study.analysis imports numpy and pandas; only when measuring
+    from ftlab.study.sequential import components  # lazy: ftlab.study.sequential imports scipy; only when measuring
 
     df = normalize_samples(samples)
     rows = df[(df["task"] == task) & (df["quant"] == NO_QUANT) & df["seed"].notna()]
-    configs = [config_of(g) for _, g in rows.groupby("recipe", sort=True)]
-    configs = [c for c in configs if len(c.models) >= 2]
-    if not configs:
+    configs = [c for c in (config_of(g) for _, g in rows.groupby("recipe", sort=True)) if len(c.models) >= 2]
+    model = components(configs)
+    if model is None:
         return None
     items = configs[0].items
     for c in configs[1:]:
         items = np.intersect1d(items, c.items)
-    configs = [c.on(items) for c in configs]
-    n = items.size
-    sides = [seed_side(c.score, seeded=True) for c in configs]
-    seed_var = float(np.mean([s.spread(n) for s in sides]))
-    cell_var = float(np.mean([s.cell_var for s in sides]))
-    pairs = [max(0.0, float(np.var(b.score.mean(axis=0) - a.score.mean(axis=0), ddof=1)
-                            - sa.cell_var / sa.seeds - sb.cell_var / sb.seeds))
-             for i, (a, sa) in enumerate(zip(configs, sides)) for b, sb in zip(configs[i + 1:], sides[i + 1:])]
-    score = float(np.mean([c.score.mean() for c in configs]))
-    if pairs:
-        item_var = float(np.mean(pairs))
-        how = f"{len(pairs)} pair(s) of recipes"
-    else:  # one recipe with seeds: its item quirks against a second recipe's are not measured
-        item_var = 2 * score * (1 - score)
-        how = "one recipe only, so the recipe x item part is assumed 2 p (1 - p)"
-    return Variance(VarianceModel(seed_var=seed_var, item_var=item_var, cell_var=cell_var), score,
+    score = float(np.mean([c.on(items).score.mean() for c in configs]))
+    how = (f"{len(configs) * (len(configs) - 1) // 2} pair(s) of recipes" if len(configs) > 1
+           else "one recipe only, so the recipe x item part is assumed 2 p (1 - p)")
+    return Variance(model, score,
                     f"{what}: {len(configs)} recipe(s) with {', '.join(str(len(c.models)) for c in configs)} seeds "
-                    f"on {n} items ({how}); seed std {math.sqrt(seed_var):.4f} beyond item noise, score {score:.4f}")
+                    f"on {items.size} items ({how}); seed std {math.sqrt(model.seed_var):.4f} beyond item noise, "
+                    f"score {score:.4f}")
 
 
 def comparisons_per_task(spec, recipes) -> int:

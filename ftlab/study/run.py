@@ -172,11 +172,16 @@ def execute(study: Study, settings: EngineSettings, *, dry_run: bool = False, re
         if len(study.spec.train.seeds) < 2:
             print(f"warning: {ONE_SEED_WARNING}")
         return 0
-    outcomes = run_study(study, settings)
+    return finish(study, run_study(study, settings), print_report if report else None)
+
+
+def finish(study: Study, outcomes: list[Outcome], reporter: Callable[[Study], None] | None) -> int:
+    """What every study run ends with: the outcomes, the report (unless None), the exit code (the
+    number of jobs that failed or were skipped, capped at 100)."""
     print(format_outcomes(outcomes))
-    if report:
+    if reporter is not None:
         try:
-            print_report(study)
+            reporter(study)
         except FtlabError as exc:  # the jobs' results stand; say why there is no report
             print(f"no report: {exc}")
     return min(sum(o.state != DONE for o in outcomes), 100)
