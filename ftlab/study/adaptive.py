@@ -50,10 +50,8 @@ from ftlab.study.spec import BASE
 
 def limits(study: Study) -> Limits:
     spec, a = study.spec, study.spec.adaptive
-    return Limits(alpha=spec.analysis.alpha,
-                  margin=a.min_difference if a.min_difference is not None else spec.analysis.min_difference,
-                  max_seeds=a.max_seeds if a.max_seeds is not None else len(spec.train.seeds),
-                  max_items=a.max_items if a.max_items is not None else spec.evaluate.limit,
+    max_seeds, max_items = a.ceiling(spec)
+    return Limits(alpha=spec.analysis.alpha, margin=a.margin(spec), max_seeds=max_seeds, max_items=max_items,
                   item_growth=a.item_growth, spending=a.spending, pair_seeds=spec.analysis.pair_seeds,
                   budget_s=a.budget_hours * 3600 if a.budget_hours is not None else None)
 

@@ -55,7 +55,7 @@ def measured_variance(samples, task: str, what: str) -> Variance | None:
     (`ftlab.study.sequential.components`: the mean seed component and model x item residual over
     recipes, the recipe x item variance over pairs of them). None when no recipe has 2 seeds."""
     from ftlab.study.analysis import NO_QUANT, config_of, normalize_samples  # lazy: ftlab.study.analysis imports numpy and pandas; only when measuring
-    from ftlab.study.sequential import components  # lazy: ftlab.study.sequential imports scipy; only when measuring
+    from ftlab.study.sequential import common_items, components  # lazy: ftlab.study.sequential imports scipy; only when measuring
 
     df = normalize_samples(samples)
     rows = df[(df["task"] == task) & (df["quant"] == NO_QUANT) & df["seed"].notna()]
@@ -63,9 +63,7 @@ def measured_variance(samples, task: str, what: str) -> Variance | None:
     model = components(configs)
     if model is None:
         return None
-    items = configs[0].items
-    for c in configs[1:]:
-        items = np.intersect1d(items, c.items)
+    items = common_items(configs)
     score = float(np.mean([c.on(items).score.mean() for c in configs]))
     how = (f"{len(configs) * (len(configs) - 1) // 2} pair(s) of recipes" if len(configs) > 1
            else "one recipe only, so the recipe x item part is assumed 2 p (1 - p)")

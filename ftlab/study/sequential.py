@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import stats as _sps
 
-from ftlab.compare.crossed import VarianceModel, seed_side
+from ftlab.compare.crossed import DRAWS, VarianceModel, seed_side
 from ftlab.compare.stats import holm
 from ftlab.errors import FtlabError
 from ftlab.study.analysis import Config, recipe_test
@@ -69,6 +69,14 @@ STOP_DECIDED, STOP_CEILING, STOP_BUDGET = "decided", "ceiling", "budget"
 # The variance model and information time
 
 
+def common_items(configs: list[Config]) -> np.ndarray:
+    """The items every one of the configurations answered."""
+    items = configs[0].items
+    for c in configs[1:]:
+        items = np.intersect1d(items, c.items)
+    return items
+
+
 def components(configs: list[Config]) -> VarianceModel | None:
     """The variance components of a recipe comparison measured on trained configurations with 2+
     seeds (the same items): the mean seed component and model x item residual over them, and the
@@ -77,9 +85,7 @@ def components(configs: list[Config]) -> VarianceModel | None:
     configs = [c for c in configs if c.seeded and len(c.models) >= 2]
     if not configs:
         return None
-    items = configs[0].items
-    for c in configs[1:]:
-        items = np.intersect1d(items, c.items)
+    items = common_items(configs)
     if items.size < 2:
         return None
     configs = [c.on(items) for c in configs]
@@ -102,7 +108,7 @@ def variance(models: list[VarianceModel], seeds: int, items: int, pair_seeds: bo
     return float(sum(m.design(seeds, items, paired=pair_seeds).variance() for m in models))
 
 
-_Z = np.abs(np.random.default_rng(0).standard_normal(20_000))
+_Z = np.abs(np.random.default_rng(0).standard_normal(DRAWS))  # one |Z| per fiducial draw
 PRECISION_LEVEL = 0.99
 
 

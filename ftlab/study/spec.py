@@ -140,6 +140,15 @@ class AdaptiveSection:
     def on(self) -> bool:
         return any(getattr(self, f) != getattr(AdaptiveSection(), f) for f in self.__dataclass_fields__)
 
+    def margin(self, spec: StudySpec) -> float | None:
+        """min_difference, else analysis.min_difference."""
+        return self.min_difference if self.min_difference is not None else spec.analysis.min_difference
+
+    def ceiling(self, spec: StudySpec) -> tuple[int, int | None]:
+        """(max_seeds, max_items) with their defaults: every seed train.seeds lists, evaluate.limit."""
+        return (self.max_seeds if self.max_seeds is not None else len(spec.train.seeds),
+                self.max_items if self.max_items is not None else spec.evaluate.limit)
+
     def problems(self, spec: StudySpec) -> list[str]:
         out = []
         if self.min_difference is None and spec.analysis.min_difference is None:
@@ -152,7 +161,7 @@ class AdaptiveSection:
                        f"{spec.analysis.min_difference}; set one of them")
         if self.seeds < 2:
             out.append(f"adaptive.seeds={self.seeds}: a round's decisions are about recipes, which needs at least 2 seeds")
-        max_seeds = self.max_seeds if self.max_seeds is not None else len(spec.train.seeds)
+        max_seeds, max_items = self.ceiling(spec)
         if max_seeds < self.seeds:
             out.append(f"adaptive.max_seeds={max_seeds} is below adaptive.seeds={self.seeds}"
                        + ("" if self.max_seeds is not None else " (train.seeds lists the seeds a recipe may get: "
@@ -162,7 +171,6 @@ class AdaptiveSection:
                        f"in order: list {max_seeds} (e.g. {list(range(max_seeds))})")
         if self.items is None or self.items < 2:
             out.append(f"adaptive.items={self.items}: give the first round's items per task (at least 2, e.g. 100)")
-        max_items = self.max_items if self.max_items is not None else spec.evaluate.limit
         if max_items is None:
             out.append("adaptive.max_items: give the most items per task (or set evaluate.limit)")
         elif self.items is not None and max_items < self.items:
