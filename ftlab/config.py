@@ -227,7 +227,10 @@ class EvalConfig:
                                          "loglikelihood (likeliest option; choice and boolean tasks); `arc:ll` picks it per task")
     num_fewshot: int = doc_field(0, "solved examples from the task's train split shown before each question")
     prompt_format: str = doc_field("auto", "chat (the chat template), plain (text the model continues) or auto "
-                                           "(chat when the model learned its template)")
+                                           "(chat when the model learned its template; plain for lmeval: tasks, as lm-eval)")
+    lmeval_num_fewshot: int | None = doc_field(None, "lmeval: tasks: few-shot examples; None = each task's own (gsm8k: 5)")
+    lmeval_data: dict = doc_field({}, "lmeval: tasks read from local files, {task: {split: file}} "
+                                      "(e.g. {gsm8k: {test: gsm8k-test.jsonl, train: gsm8k-train.jsonl}})")
 
     def validate(self) -> list[str]:
         out = []
@@ -243,6 +246,8 @@ class EvalConfig:
             out.append(f"eval.batch_size={self.batch_size} must be >= 1 (or None for auto)")
         if self.num_fewshot < 0:
             out.append(f"eval.num_fewshot={self.num_fewshot} must be >= 0")
+        if self.lmeval_num_fewshot is not None and self.lmeval_num_fewshot < 0:
+            out.append(f"eval.lmeval_num_fewshot={self.lmeval_num_fewshot} must be >= 0 (or None for each task's own)")
         for key, value, valid in (("scoring", self.scoring, list(SCORING_MODE_NAMES)),
                                   ("prompt_format", self.prompt_format, list(PROMPT_FORMAT_NAMES))):
             if value not in valid:

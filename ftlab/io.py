@@ -19,7 +19,7 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ftlab.errors import FtlabError
 
@@ -216,12 +216,20 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 
 def append_jsonl(path: str | os.PathLike, record: Any) -> None:
     """Appends one JSON line and fsyncs, so a kill leaves at most one truncated last line."""
+    append_jsonl_lines(path, [record])
+
+
+def append_jsonl_lines(path: str | os.PathLike, records: Iterable[Any]) -> None:
+    """Appends JSON lines with one fsync (a batch's records); a kill leaves at most one truncated
+    last line, which read_jsonl skips."""
     path = Path(path)
-    line = json.dumps(to_jsonable(record), ensure_ascii=False) + "\n"
+    text = "".join(json.dumps(to_jsonable(r), ensure_ascii=False) + "\n" for r in records)
+    if not text:
+        return
     with disk_full_as_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(line)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
 

@@ -25,7 +25,10 @@ from ftlab.eval.fewshot import draw_shots
 from ftlab.eval.perplexity import perplexity
 from ftlab.eval.records.documents import load_metrics_document, metrics_document, write_metrics_document
 from ftlab.eval.records.results import SampleStore, TaskSpec, settings_changes, task_settings
+from ftlab.eval.lmeval import runner as _lmeval_runner  # noqa: F401  (registers the "lmeval" runner)
+from ftlab.eval.lmeval import tasks as lmeval_tasks
 from ftlab.eval.runners import (  # noqa: F401  (PERPLEXITY, LOGLIKELIHOOD: part of this module's interface)
+    LMEVAL,
     LOGLIKELIHOOD,
     PERPLEXITY,
     RUNNER_SCORING_VERSIONS,
@@ -82,6 +85,8 @@ def resolve_entry(entry: str, metadata: dict | None, scoring: str = "generate") 
     from ftlab.data.loading import resolve_task  # lazy: ftlab.data.loading imports numpy
     from ftlab.eval.scoring.modes import resolve_entry as entry_mode  # lazy: ftlab.eval.scoring.modes imports numpy
 
+    if lmeval_tasks.is_lmeval(entry):  # a task of lm-evaluation-harness's registry or a task file
+        return DatasetPlan(entry, LMEVAL, lmeval_tasks.resolve(entry), entry)
     if entry == PERPLEXITY or entry.startswith(PERPLEXITY + ":"):
         # Held-out texts of the model's own training task unless one is named (perplexity:arc).
         target = (entry.split(":", 1)[1] if ":" in entry else None) or _trained_task(metadata)
@@ -98,6 +103,10 @@ def _plan(entry: str, cfg: EvalRunConfig, workspace: Workspace, source) -> Datas
 
     e = cfg.eval
     plan = resolve_entry(entry, source.metadata, e.scoring)
+    if plan.runner == LMEVAL:  # lm-eval reads and renders the documents
+        plan.source = lmeval_tasks.load(plan.task, e.lmeval_data, e.lmeval_num_fewshot)
+        plan.examples = _lmeval_runner.documents(plan.source, e.limit)
+        return plan
     plan.examples = load_examples(plan.rows, "test", workspace=workspace, limit=e.limit, source_dir=e.source_dir)
     if not plan.examples:
         raise FtlabError(f"eval.datasets: {entry!r} has no test rows; check the file or drop it from eval.datasets")
@@ -144,13 +153,15 @@ def outdated_scoring(doc: dict) -> dict[str, tuple[int, int]]:
 
 def task_spec(plan: DatasetPlan, cfg: EvalRunConfig) -> TaskSpec:
     e, task = cfg.eval, plan.task
-    tolerance = None
-    if ANSWER_KINDS.get(task.answer_kind).uses_tolerance and plan.runner == "generate":
+    tolerance = runner_settings = None
+    if plan.runner == "generate" and ANSWER_KINDS.get(task.answer_kind).uses_tolerance:
         tolerance = scoring_options(task, cfg).tolerance()
+    if plan.runner == LMEVAL:
+        runner_settings = lmeval_tasks.settings(task, e.lmeval_data, e.lmeval_num_fewshot)
     version = current_scoring_version(plan.runner, task.answer_kind)
     return TaskSpec(key=plan.name, runner=plan.runner, task=task.name, answer_kind=task.answer_kind,
                     instruction=task.instruction, max_new_tokens=e.max_new_tokens or task.max_new_tokens,
-                    tolerance=tolerance, scoring_version=version)
+                    tolerance=tolerance, scoring_version=version, runner_settings=runner_settings)
 
 
 def plan_settings(plan: DatasetPlan, cfg: EvalRunConfig) -> dict:

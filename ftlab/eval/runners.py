@@ -1,7 +1,8 @@
 """What an evaluation runner is: the plan of one dataset entry (`DatasetPlan`), what a runner gets
 for it (`RunContext`), and the registry of runners by name (`RUNNERS`). The evaluator
 (ftlab.eval.evaluator) registers the generation and perplexity runners, ftlab.eval.scoring.loglikelihood
-the log-likelihood one; both import this module, and neither the other."""
+the log-likelihood one and ftlab.eval.lmeval.runner the lm-evaluation-harness one; they import this
+module, and none of them the evaluator."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ if TYPE_CHECKING:  # generation imports transformers; a plan needs none of it
 
 PERPLEXITY = "perplexity"
 LOGLIKELIHOOD = "loglikelihood"
+LMEVAL = "lmeval"
 # Scoring version of runners that score with no answer-kind scorer (a perplexity is a perplexity).
-# Bump the log-likelihood one when ftlab.eval.scoring.loglikelihood changes a stored prediction or metric.
-RUNNER_SCORING_VERSIONS = {PERPLEXITY: 1, LOGLIKELIHOOD: 1}
+# Bump the log-likelihood one when ftlab.eval.scoring.loglikelihood changes a stored prediction or metric,
+# the lmeval one when ftlab.eval.lmeval changes what it stores (lm-eval's own version is in its settings).
+RUNNER_SCORING_VERSIONS = {PERPLEXITY: 1, LOGLIKELIHOOD: 1, LMEVAL: 1}
 
 
 def prompt_hash(prompt: str) -> str:
@@ -37,6 +40,7 @@ class DatasetPlan:
     rows: str = ""  # the task or file the rows come from
     examples: list = field(default_factory=list)  # empty until loaded (ftlab.eval.evaluator)
     shots: list = field(default_factory=list)  # few-shot examples (eval.num_fewshot), ftlab.eval.fewshot
+    source: Any = None  # what the runner reads instead of rows: lm-eval's loaded tasks (ftlab.eval.lmeval)
 
 
 class RunContext:

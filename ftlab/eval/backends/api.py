@@ -14,7 +14,7 @@ class Generation:
     text: str
     new_tokens: int
     latency_s: float  # from the row's admission (its prefill) until it finished
-    stop_reason: str  # box | eos | length | canned
+    stop_reason: str  # box | eos | stop | length | canned
 
 
 class Generator(Protocol):
@@ -25,7 +25,8 @@ class Generator(Protocol):
     def render(self, messages: list[dict], enable_thinking: bool = False) -> str: ...
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
-                 stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
+                 stop_at_box: bool = True, stop: Sequence[str] = ()) -> Iterator[list[tuple[int, Generation]]]:
         """Yields finished (prompt position, generation) pairs as they finish, in groups;
-        batch_size None = auto."""
+        batch_size None = auto. A row also ends once its text holds a string of `stop` (the text
+        is returned whole: the caller cuts it)."""
         ...

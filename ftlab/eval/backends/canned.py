@@ -37,7 +37,7 @@ class CannedGenerator:
         return self._responses[self._cursor - 1]
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
-                 stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
+                 stop_at_box: bool = True, stop: Sequence[str] = ()) -> Iterator[list[tuple[int, Generation]]]:
         batch_size = batch_size or max(1, len(prompts))
         for start in range(0, len(prompts), batch_size):
             batch = []

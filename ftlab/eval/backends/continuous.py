@@ -1,7 +1,7 @@
 """Continuous batching for the `hf` backend: greedy decoding with a rolling batch.
 
-Rows live in one left-padded KV cache. A row leaves as soon as it finishes (box closed, EOS or
-max_new_tokens) and waiting prompts are prefilled as a group and spliced in, so the batch stays
+Rows live in one left-padded KV cache. A row leaves as soon as it finishes (box closed, EOS, a stop
+string or max_new_tokens) and waiting prompts are prefilled as a group and spliced in, so the batch stays
 full instead of idling until its longest answer ends. Each row keeps its own position ids and
 attention mask, so its tokens are the ones it would get alone (up to float summation order,
 which the throughput benchmark measures).
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class ContinuousBatcher:
-    def __init__(self, gen: Generator, max_new_tokens: int, batch_size: int | None, stop_at_box: bool):
+    def __init__(self, gen: Generator, max_new_tokens: int, batch_size: int | None, stop_at_box: bool,
+                 stop: Sequence[str] = ()):
         import torch  # lazy: torch takes 3.3 s to import
 
         self.gen = gen
@@ -34,6 +35,7 @@ class ContinuousBatcher:
         self.max_new = max_new_tokens
         self.batch_size = batch_size
         self.stop_at_box = stop_at_box
+        self.stop = tuple(stop)
         self.eos = set(gen.eos_ids())
         self.close_ids = set(closing_token_ids(self.tok))
         self.pad_id = self.tok.pad_token_id
@@ -149,7 +151,8 @@ class ContinuousBatcher:
             # Rows that did not move this iteration were checked before.
             reason = None
             if r >= first_changed:
-                reason = finish_reason(row["tokens"], self.tok, self.eos, self.close_ids, self.stop_at_box, self.max_new)
+                reason = finish_reason(row["tokens"], self.tok, self.eos, self.close_ids, self.stop_at_box, self.max_new,
+                                       self.stop)
             if reason is None:
                 keep.append(r)
                 continue

@@ -80,19 +80,19 @@ class HFGenerator:
         return batch_size
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
-                 stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
+                 stop_at_box: bool = True, stop: Sequence[str] = ()) -> Iterator[list[tuple[int, Generation]]]:
         from ftlab.eval.backends.continuous import ContinuousBatcher  # lazy: ftlab.eval.backends.continuous imports transformers
 
         if not prompts:
             return
         if not self.continuous or not supports_cache_surgery(self.model):
             yield from self.generate_static(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                            stop_at_box=stop_at_box)
+                                            stop_at_box=stop_at_box, stop=stop)
             return
-        yield from ContinuousBatcher(self, max_new_tokens, batch_size, stop_at_box).run(prompts)
+        yield from ContinuousBatcher(self, max_new_tokens, batch_size, stop_at_box, stop).run(prompts)
 
     def generate_static(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int | None,
-                        stop_at_box: bool = True) -> Iterator[list[tuple[int, Generation]]]:
+                        stop_at_box: bool = True, stop: Sequence[str] = ()) -> Iterator[list[tuple[int, Generation]]]:
         """Fixed batches through `model.generate` (any model transformers can generate with)."""
         import torch  # lazy: torch takes 3.3 s to import
         from transformers import GenerationConfig, StoppingCriteriaList  # lazy: transformers takes 1.3 s (and torch)
@@ -124,7 +124,7 @@ class HFGenerator:
                     ids[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
                     mask[r, width - len(seq):] = 1
                 t0 = time.perf_counter()
-                crit = BoxClosedCriteria(self.tokenizer, width, len(rows), eos_ids, stop_at_box, start_time=t0)
+                crit = BoxClosedCriteria(self.tokenizer, width, len(rows), eos_ids, stop_at_box, start_time=t0, stop=stop)
                 with torch.inference_mode():
                     out = self.model.generate(
                         input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,

@@ -1,4 +1,5 @@
-"""Stopping rules for greedy answers: a row is done at EOS or when its `\\boxed{...}` closes."""
+"""Stopping rules for greedy answers: a row is done at EOS, when its `\\boxed{...}` closes, or when
+its text holds one of the request's stop strings (lm-evaluation-harness's `until`)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,20 @@ def closing_token_ids(tokenizer) -> list[int]:
     return ids
 
 
+def holds_stop(text: str, stop: Sequence[str]) -> bool:
+    return any(s and s in text for s in stop)
+
+
 def finish_reason(tokens: list[int], tokenizer, eos: set[int], close_ids: set[int], stop_at_box: bool,
-                  max_new_tokens: int) -> str | None:
-    """Why a row whose generated tokens are `tokens` is finished (eos, box, length), or None."""
+                  max_new_tokens: int, stop: Sequence[str] = ()) -> str | None:
+    """Why a row whose generated tokens are `tokens` is finished (eos, box, stop, length), or None."""
     last = tokens[-1]
     if last in eos:
         return "eos"
     if stop_at_box and last in close_ids and has_closed_box(tokenizer.decode(tokens, skip_special_tokens=True)):
         return "box"
+    if stop and holds_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop):
+        return "stop"
     if len(tokens) >= max_new_tokens:
         return "length"
     return None
@@ -47,12 +54,13 @@ class BoxClosedCriteria(StoppingCriteria):
     """
 
     def __init__(self, tokenizer, prompt_len: int, batch: int, eos_ids: Sequence[int], stop_at_box: bool = True,
-                 start_time: float | None = None):
+                 start_time: float | None = None, stop: Sequence[str] = ()):
         import torch  # lazy: torch takes 3.3 s to import
 
         self.tokenizer = tokenizer
         self.prompt_len = prompt_len
         self.stop_at_box = stop_at_box
+        self.stop = tuple(stop)
         self.start = start_time if start_time is not None else time.perf_counter()
         self.done = torch.zeros(batch, dtype=torch.bool)
         self.finish_step = [0] * batch
@@ -78,6 +86,10 @@ class BoxClosedCriteria(StoppingCriteria):
                 text = self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True)
                 if has_closed_box(text):
                     self._finish(row, step, now, "box")
+        if self.stop:
+            for row in torch.nonzero(~self.done).flatten().tolist():
+                if holds_stop(self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True), self.stop):
+                    self._finish(row, step, now, "stop")
         return self.done.to(input_ids.device).clone()
 
     def _finish(self, row: int, step: int, now: float, reason: str) -> None:

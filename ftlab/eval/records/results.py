@@ -43,6 +43,7 @@ class TaskSpec:
     max_new_tokens: int | None  # effective cap (generative tasks)
     tolerance: dict | None  # effective numeric tolerance (numeric tasks)
     scoring_version: int
+    runner_settings: dict | None = None  # what else identifies the runner's result (lmeval: lm-eval's version, task, data)
 
 
 def _defaults() -> tuple[dict, dict]:
@@ -74,6 +75,8 @@ def task_settings(spec: TaskSpec, eval_cfg: dict, model_cfg: dict) -> dict:
         settings["perplexity"] = {"max_length": e.get("perplexity_max_length")}
     if spec.tolerance is not None:
         settings["tolerance"] = dict(spec.tolerance)
+    if spec.runner_settings is not None:
+        settings[spec.runner] = dict(spec.runner_settings)
     return settings
 
 

@@ -67,9 +67,11 @@ class ChoiceScorer:
         self.max_logit_tokens = max(1, LOGITS_BUDGET_BYTES // (4 * vocab))
         self.questions_per_forward = 0
 
-    def score(self, requests: Sequence[ChoiceRequest], max_questions: int | None = None
-              ) -> Iterator[list[tuple[int, list[float]]]]:
-        """Yields groups of (request position, log-probability of each option) as they finish."""
+    def score(self, requests: Sequence[ChoiceRequest], max_questions: int | None = None, *, greedy: bool = False
+              ) -> Iterator[list[tuple[int, list]]]:
+        """Yields groups of (request position, log-probability of each option) as they finish; with
+        `greedy`, each option's (log-probability, whether every option token is the argmax), as
+        lm-evaluation-harness's loglikelihood requests return it."""
 
         if not requests:
             return
@@ -109,6 +111,8 @@ class ChoiceScorer:
                 self.questions_per_forward = max(self.questions_per_forward, n)
                 start += n
                 bar.update(n)
+                if not greedy:
+                    scores = [[lp for lp, _ in options] for options in scores]
                 yield list(zip(group, scores))
         finally:
             bar.close()
@@ -136,11 +140,12 @@ class ChoiceScorer:
                          use_cache=True, **kw)
         return self.torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), out.past_key_values
 
-    def _score_cached(self, reqs: list[ChoiceRequest], prefix: PrefixCache) -> list[list[float]]:
+    def _score_cached(self, reqs: list[ChoiceRequest], prefix: PrefixCache) -> list[list[tuple[float, bool]]]:
         first, cache, mask, next_pos = prefix.prefill(self.model, [r.context for r in reqs], self.pad_id,
                                                       self.device, self._context_forward)
         # Each option's first token is predicted by its context's last position.
-        scores = [[float(first[q, opt[0]]) for opt in r.options] for q, r in enumerate(reqs)]
+        top = first.argmax(-1).tolist()
+        scores = [[(float(first[q, opt[0]]), top[q] == opt[0]) for opt in r.options] for q, r in enumerate(reqs)]
         # The other tokens: options longest first, in chunks of similar length (little padding)
         # whose logits fit the logits budget.
         rows = sorted(((q, o) for q, r in enumerate(reqs) for o, opt in enumerate(r.options) if len(opt) > 1),
@@ -155,14 +160,15 @@ class ChoiceScorer:
             while n < cap and start + n < len(rows) and lengths[start + n] >= MIN_FILL * width:
                 n += 1
             chunk = rows[start:start + n]
-            for (q, o), total in zip(chunk, self._option_tokens(reqs, chunk, width, cache, mask, next_pos)):
-                scores[q][o] += total
+            for (q, o), (total, top) in zip(chunk, self._option_tokens(reqs, chunk, width, cache, mask, next_pos)):
+                lp, greedy = scores[q][o]
+                scores[q][o] = (lp + total, greedy and top)
             start += n
         return scores
 
-    def _option_tokens(self, reqs, rows, width: int, cache, mask, next_pos) -> list[float]:
-        """Summed log-probabilities of option tokens 2.. for `rows` ((question, option) pairs),
-        each row on a copy of its question's context cache."""
+    def _option_tokens(self, reqs, rows, width: int, cache, mask, next_pos) -> list[tuple[float, bool]]:
+        """(summed log-probability, all argmax) of option tokens 2.. for `rows` ((question, option)
+        pairs), each row on a copy of its question's context cache."""
         torch = self.torch
         idx = torch.tensor([q for q, _ in rows], device=self.device)
         rows_cache, ctx_mask = copy_rows(cache, mask, idx)
@@ -180,7 +186,10 @@ class ChoiceScorer:
         pos = next_pos[idx][:, None] + torch.arange(width, device=self.device)[None]
         out = self.model(input_ids=ids.to(self.device), attention_mask=torch.cat([ctx_mask, opt_mask], 1),
                          position_ids=pos, past_key_values=rows_cache, use_cache=True)
-        return (_token_logprobs(out.logits, targets.to(self.device)) * opt_mask).sum(-1).tolist()
+        targets = targets.to(self.device)
+        totals = (_token_logprobs(out.logits, targets) * opt_mask).sum(-1).tolist()
+        tops = ((out.logits.argmax(-1) == targets) | (opt_mask == 0)).all(-1).tolist()
+        return list(zip(totals, tops))
 
     # -- whole-sequence path: one row per option over context + option ---------------------------
 
@@ -194,7 +203,7 @@ class ChoiceScorer:
             return len(rows) * max(rows)
         return cost
 
-    def _score_full(self, reqs: list[ChoiceRequest]) -> list[list[float]]:
+    def _score_full(self, reqs: list[ChoiceRequest]) -> list[list[tuple[float, bool]]]:
         torch = self.torch
         seqs = [(q, o, r.context + opt[:-1]) for q, r in enumerate(reqs) for o, opt in enumerate(r.options)]
         width = max(len(s) for _, _, s in seqs)
@@ -215,11 +224,13 @@ class ChoiceScorer:
         kw = {"logits_to_keep": keep} if self.keep_kw else {}
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=pos.to(self.device), use_cache=False, **kw)
-        picked = _token_logprobs(out.logits[:, -keep:], targets.to(self.device)) * valid.to(self.device)
-        scores = [[0.0] * len(r.options) for r in reqs]
+        targets, valid = targets.to(self.device), valid.to(self.device)
+        picked = _token_logprobs(out.logits[:, -keep:], targets) * valid
+        tops = ((out.logits[:, -keep:].argmax(-1) == targets) | (valid == 0)).all(-1).tolist()
+        scores: list[list[tuple[float, bool]]] = [[(0.0, False)] * len(r.options) for r in reqs]
         for r, total in enumerate(picked.sum(-1).tolist()):
             q, o, _ = seqs[r]
-            scores[q][o] = total
+            scores[q][o] = (total, tops[r])
         return scores
 
 
