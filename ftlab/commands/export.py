@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     gtype = args.type.lower()
     if gtype not in TYPES:
         raise FtlabError(f"--type {args.type!r} is not a GGUF type ftlab writes; use one of {', '.join(TYPES)}")
-    # Fidelity is measured on openmath unless --fidelity-dataset says otherwise (no calibration).
-    cfg = load_cli_config(args, fixed=["quant.method=GGUF", f"quant.options.gguf_type={gtype}",
-                                       "data.calib_dataset=openmath"])
+    # No calibration; fidelity is measured on the source's own training task unless --fidelity-dataset
+    # names one (ftlab.quant.pipeline.default_task), and skipped with a warning when offline without it.
+    cfg = load_cli_config(args, fixed=["quant.method=GGUF", f"quant.options.gguf_type={gtype}"])
     return run_request(cfg, getattr(args, "workdir", None))

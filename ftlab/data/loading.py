@@ -13,11 +13,13 @@ import json
 import logging
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
-from ftlab.data.tasks import TASKS, Task, custom_task
+from ftlab.data.tasks import CUSTOM_SUFFIXES, TASKS, Task, custom_task
 from ftlab.errors import FtlabError
 from ftlab.eval.scoring.answer_kinds import ANSWER_KINDS
 from ftlab.paths import Workspace
@@ -25,7 +27,6 @@ from ftlab.paths import Workspace
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-CUSTOM_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 
 
 @dataclass
@@ -173,9 +174,64 @@ def task_file(task: Task, split: str, workspace: Workspace | None = None, source
 _SLICE = re.compile(r"^(?P<split>[\w.-]+)(?:\[(?P<a>\d*):(?P<b>\d*)\])?$")
 
 
+class DatasetUnavailable(FtlabError):
+    """A task's rows are neither here (generated, a local file) nor fetchable from the hub now.
+    A caller that chose the task itself (not the user) may go on without it."""
+
+
+_TRUE = {"1", "on", "yes", "true"}  # huggingface_hub's reading of its boolean variables
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be asked now, known without a request: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE,
+    or a hub host name that does not resolve (no network; skipped behind a proxy, which resolves
+    names itself). None: try it. Without this, an offline fetch costs huggingface_hub's five
+    retries per request (1+2+4+8+8 s back-off): 23 s of the 42 s an offline `ftlab export` took."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUE:
+            return f"{var}={os.environ[var]} is set"
+    if any(os.environ.get(p) for p in _PROXIES):
+        return None
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return f"{host} cannot be resolved (no network)"
+    return None
+
+
+def _fetch_hint(task: Task, split: str) -> str:
+    return f"put {split}-{task.file_stem}.parquet in Datasets/ (ftlab datasets prepare --from DIR)"
+
+
+def missing_rows(ref: str | Task, split: str, workspace: Workspace | None = None,
+                 source_dir: str | os.PathLike | None = None) -> str | None:
+    """Why a split's rows cannot be had, found without reading or fetching them: None when they are
+    generated, on disk (a data file, `source_dir`, Datasets/, $FTLAB_DATASETS) or the hub may be
+    asked; else the reason (offline and no local file). Unknown names raise as in resolve_task."""
+    if not isinstance(ref, Task):
+        if is_custom_file(str(ref)) and str(ref) not in TASKS:
+            resolve_task(str(ref))  # a missing file is an error of its own
+            return None
+        ref = resolve_task(str(ref))
+    task = ref
+    if task.generated is not None or task_file(task, split, workspace, source_dir) is not None or not task.hub_id:
+        return None
+    reason = hub_unreachable()
+    if reason is None:
+        return None
+    return f"{split}-{task.file_stem}.parquet is in no data folder (the one given, Datasets/, $FTLAB_DATASETS) and the hub cannot be asked ({reason})"
+
+
 def hub_rows(task: Task, split: str, limit: int | None) -> list[dict]:
     if not task.hub_id:
         raise FtlabError(f"task {task.name} has no hub source")
+    reason = hub_unreachable()
+    if reason is not None:
+        raise DatasetUnavailable(f"cannot fetch {task.hub_id} ({split}) from the hub: {reason}; {_fetch_hint(task, split)}")
     spec = task.hub_splits.get(split)
     if spec is None:
         raise FtlabError(f"task {task.name} has no {split!r} split; valid: {', '.join(task.hub_splits)}")
@@ -194,9 +250,9 @@ def hub_rows(task: Task, split: str, limit: int | None) -> list[dict]:
     except FtlabError:
         raise
     except Exception as exc:
-        raise FtlabError(
+        raise DatasetUnavailable(
             f"cannot fetch {task.hub_id} ({split}) from the hub: {str(exc).splitlines()[0][:160]}; "
-            f"put {split}-{task.file_stem}.parquet in Datasets/ (ftlab datasets prepare --from DIR)"
+            f"{_fetch_hint(task, split)}"
         ) from None
     return rows
 

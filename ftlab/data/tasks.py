@@ -40,10 +40,23 @@ class Task:
 
 
 TASKS: Registry[Task] = Registry("task")
+# Suffixes of a user's data file (a custom task) where a task name is expected.
+CUSTOM_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 
 
 def get_task(name: str) -> Task:
     return TASKS.get(name)
+
+
+def trained_task(metadata: dict | None) -> str | None:
+    """The task a model was fine-tuned on, as its `training_metadata.json` names it (`dataset.name`);
+    None for a base model (no dataset) or one trained on a user's data file, whose path may not
+    exist where the model is used. The one reading of "the model's own training task": evaluation's
+    `perplexity` entry and the quantize stage's default calibration and fidelity task use it."""
+    trained = ((metadata or {}).get("dataset") or {}).get("name")
+    if not trained or str(trained).lower().endswith(CUSTOM_SUFFIXES):
+        return None
+    return str(trained)
 
 
 # --- openmath ---------------------------------------------------------------------------------

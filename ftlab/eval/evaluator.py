@@ -73,23 +73,19 @@ def metrics_paths(workspace: Workspace, model_name: str) -> tuple[Path, Path]:
 # Dataset plans: what a dataset entry of the config means
 
 
-def _trained_task(metadata: dict | None) -> str:
-    trained = ((metadata or {}).get("dataset") or {}).get("name")
-    custom = str(trained).lower().endswith((".json", ".jsonl", ".parquet", ".csv"))
-    return trained if trained and not custom else "synthetic-arith"
-
-
 def resolve_entry(entry: str, metadata: dict | None, scoring: str = "generate") -> DatasetPlan:
     """The task and runner a dataset entry names, without loading rows (the planner needs this).
     `scoring` (eval.scoring) is the mode of entries without a mode suffix (ftlab.eval.scoring.modes)."""
     from ftlab.data.loading import resolve_task  # lazy: ftlab.data.loading imports numpy
+    from ftlab.data.tasks import trained_task  # lazy: ftlab.data.tasks imports numpy (through the answer kinds)
     from ftlab.eval.scoring.modes import resolve_entry as entry_mode  # lazy: ftlab.eval.scoring.modes imports numpy
 
     if lmeval_tasks.is_lmeval(entry):  # a task of lm-evaluation-harness's registry or a task file
         return DatasetPlan(entry, LMEVAL, lmeval_tasks.resolve(entry), entry)
     if entry == PERPLEXITY or entry.startswith(PERPLEXITY + ":"):
-        # Held-out texts of the model's own training task unless one is named (perplexity:arc).
-        target = (entry.split(":", 1)[1] if ":" in entry else None) or _trained_task(metadata)
+        # Held-out texts of the model's own training task unless one is named (perplexity:arc);
+        # a base model or one trained on a data file: synthetic-arith.
+        target = (entry.split(":", 1)[1] if ":" in entry else None) or trained_task(metadata) or "synthetic-arith"
         task = resolve_task(target)
         return DatasetPlan(f"{PERPLEXITY}:{task.name}", PERPLEXITY, task, target)
     ref, mode = entry_mode(entry, scoring)

@@ -40,15 +40,88 @@ _NOT_COPIED = {"training_metadata.json", "README.md", "resolved_config.yaml", "l
 class QuantRequest:
     model: str  # folder, run name under Models/, or any ref ftlab.models.sources resolves
     spec: QuantizationSpec  # method plus whatever the user set; engine defaults fill the rest
-    calib_dataset: str = "openmath"
+    calib_dataset: str | None = None  # None: the source's training task (`default_task`)
     calib_samples: int = 128
-    fidelity_dataset: str | None = None  # held-out task for fidelity vs the source (default: calib_dataset)
+    fidelity_dataset: str | None = None  # held-out task for fidelity vs the source (None: calib_dataset)
     fidelity_samples: int = 64
     max_length: int = 512
     output: Path | None = None  # default: Models/<source name with the quant tag replaced>
     overwrite: bool = False
     source_dir: Path | None = None  # where task parquet files live (else Datasets/, $FTLAB_DATASETS)
     measure_fidelity: bool = True
+
+
+# The task a model whose metadata names no registered training task calibrates and is measured on.
+FALLBACK_TASK = "openmath"
+
+
+def default_task(metadata: dict | None) -> str:
+    """The calibration and fidelity task when the user names none: the source model's own training
+    task (`ftlab.data.tasks.trained_task`) when it is a registered task, else `FALLBACK_TASK`."""
+    from ftlab.data.tasks import TASKS, trained_task  # lazy: ftlab.data.tasks imports numpy (through the answer kinds)
+
+    trained = trained_task(metadata)
+    return trained if trained and trained in TASKS else FALLBACK_TASK
+
+
+@dataclass
+class DataPlan:
+    """Which texts a request calibrates on and measures fidelity with, and whether the user named them."""
+
+    calib: str
+    calib_asked: bool
+    fidelity: str | None  # None with --no-fidelity
+    fidelity_asked: bool
+    skipped: str | None = None  # why fidelity is not measured; None: it is
+
+    @property
+    def measures_fidelity(self) -> bool:
+        return self.skipped is None
+
+    def not_measured(self) -> dict | None:
+        """`results.ptq.fidelity_not_measured`: what was not measured and why (None when it was)."""
+        return None if self.skipped is None else {"dataset": self.fidelity, "reason": self.skipped}
+
+
+_PUT = "put it in Datasets/ or give --data-dir DIR (ftlab datasets prepare --from DIR writes it)"
+
+
+def plan_data(request: QuantRequest, metadata: dict | None, needs_calibration: bool,
+              workspace: Workspace) -> DataPlan:
+    """Resolves the default tasks and checks every task used (unknown names and data that cannot be
+    had offline fail here, before the tokenizer or any model is loaded). Data the user named is a
+    one-line error when it cannot be had; a default fidelity task is skipped with one warning line
+    (the output records it as not measured); a default calibration task is an error naming the
+    flag that replaces it (a calibrating method cannot run without texts)."""
+    from ftlab.data.loading import DatasetUnavailable, missing_rows  # lazy: ftlab.data.loading imports numpy
+
+    default = default_task(metadata)
+    plan = DataPlan(calib=request.calib_dataset or default, calib_asked=bool(request.calib_dataset),
+                    fidelity=request.fidelity_dataset or request.calib_dataset or default,
+                    fidelity_asked=bool(request.fidelity_dataset or request.calib_dataset))
+    if needs_calibration:
+        reason = missing_rows(plan.calib, "train", workspace, request.source_dir)
+        if reason:
+            raise DatasetUnavailable(f"no calibration texts from {plan.calib}: {reason}; {_PUT}"
+                                     + ("" if plan.calib_asked else ", or calibrate on another task or data file "
+                                                                    "with --calib-dataset NAME"))
+    if not request.measure_fidelity:
+        plan.fidelity, plan.skipped = None, "not asked for (--no-fidelity)"
+        return plan
+    reason = missing_rows(plan.fidelity, "test", workspace, request.source_dir)
+    if reason:
+        fidelity_unavailable(plan, DatasetUnavailable(f"no held-out texts from {plan.fidelity}: {reason}"), _PUT)
+    return plan
+
+
+def fidelity_unavailable(plan: DataPlan, exc: Exception, fix: str | None = None) -> None:
+    """The fidelity texts cannot be had: an error (with `fix`, when the message lacks one) if the
+    user named them, else one warning line and the run goes on without the measurement."""
+    if plan.fidelity_asked:
+        raise type(exc)(f"{exc}; {fix}") if fix else exc
+    log.warning("fidelity not measured: %s; to measure it, name a task or data file with --fidelity-dataset NAME, "
+                "or give --data-dir DIR with its test-*.parquet file", exc)
+    plan.skipped = str(exc)
 
 
 def output_name(source_name: str, tag: str) -> str:
@@ -169,7 +242,9 @@ def _model_card(meta: dict) -> str:
     spec = meta["quantization"]
     fid = ptq.get("fidelity") or {}
     size = ptq["size_on_disk_bytes"]
-    texts = f"{fid['samples']} held-out {fid['dataset']} texts, {fid['tokens']} answer tokens" if fid else "not measured"
+    skipped = (ptq.get("fidelity_not_measured") or {}).get("reason")
+    texts = (f"{fid['samples']} held-out {fid['dataset']} texts, {fid['tokens']} answer tokens" if fid
+             else "not measured" + (f": {skipped}" if skipped else ""))
     lines = [
         f"# {meta['run_name']}", "",
         f"Post-training quantization of `{meta['source']['name']}` with **{spec['method']}** "
@@ -221,13 +296,9 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
     if request.max_length <= 0:
         raise FtlabError(f"max_length={request.max_length} must be positive")
 
-    from ftlab.data.loading import resolve_task  # lazy: ftlab.data.loading imports numpy
+    from ftlab.data.loading import DatasetUnavailable  # lazy: ftlab.data.loading imports numpy
 
-    # Unknown task names fail here, before the tokenizer or any model is loaded.
-    if engine.caps.needs_calibration:
-        resolve_task(request.calib_dataset)
-    if request.measure_fidelity:
-        resolve_task(request.fidelity_dataset or request.calib_dataset)
+    data = plan_data(request, source.meta, engine.caps.needs_calibration, workspace)
     try:
         tok = load_tokenizer(source.src, workspace)
     except (OSError, ValueError) as exc:
@@ -235,14 +306,18 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
         raise FtlabError(f"cannot load the tokenizer of {request.model} ({first}); the folder needs its tokenizer files") from None
     calib = None
     if engine.caps.needs_calibration:
-        calib = task_texts(request.calib_dataset, "train", request.calib_samples, tok, workspace=workspace,
+        calib = task_texts(data.calib, "train", request.calib_samples, tok, workspace=workspace,
                            source_dir=request.source_dir)
         spec.calib_dataset, spec.calib_samples, spec.calib_hash = calib.name, len(calib.texts), calib.hash
     session = None
-    if request.measure_fidelity:
-        held_out = task_texts(request.fidelity_dataset or request.calib_dataset, "test", request.fidelity_samples, tok,
-                              workspace=workspace, source_dir=request.source_dir)
-        session = fidelity.Session(tok, held_out, max_length=request.max_length)
+    if data.measures_fidelity:
+        try:  # the hub was askable, and still failed
+            held_out = task_texts(data.fidelity, "test", request.fidelity_samples, tok, workspace=workspace,
+                                  source_dir=request.source_dir)
+        except DatasetUnavailable as exc:
+            fidelity_unavailable(data, DatasetUnavailable(f"no held-out texts from {data.fidelity}: {exc}"))
+        else:
+            session = fidelity.Session(tok, held_out, max_length=request.max_length)
 
     try:
         src_dir = source.materialize()
@@ -284,6 +359,8 @@ def quantize(request: QuantRequest, workspace: Workspace | None = None) -> Path:
                 # Against the fp32 source, so it includes any cast to bf16/fp16; the cast alone is
                 # `fidelity_of_cast` (absent when the method computes in fp32).
                 "fidelity": measured and {**measured, "source_dtype": "fp32", "quantized_dtype": spec.compute_dtype},
+                # Why `fidelity` is null (not asked for, or its texts could not be had): never a silent absence.
+                "fidelity_not_measured": data.not_measured(),
                 "fidelity_of_cast": cast_only and {**cast_only, "source_dtype": "fp32",
                                                    "quantized_dtype": spec.compute_dtype},
                 "device": device,

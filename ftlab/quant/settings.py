@@ -76,11 +76,14 @@ class QuantSpecSettings:
 class QuantDataSettings:
     """The texts it calibrates on and measures fidelity with."""
 
-    calib_dataset: str = doc_field("openmath", "task name or data file used for calibration (train split) and, by "
-                                               "default, for the fidelity measurement (test split)")
+    calib_dataset: str | None = doc_field(None, "task name or data file used for calibration (train split) and, by "
+                                                "default, for the fidelity measurement (test split); None = the source "
+                                                "model's training task (its training_metadata.json), else openmath")
     calib_samples: int = doc_field(128, "calibration texts (GPTQ, AWQ)")
     fidelity_dataset: str | None = doc_field(None, "held-out task for fidelity to the source: answer-token KL, top-1 "
-                                                   "agreement, answer perplexity; None = the calibration task")
+                                                   "agreement, answer perplexity; None = the calibration task. A "
+                                                   "default task whose texts cannot be had offline is skipped with a "
+                                                   "warning; a named one is an error")
     fidelity_samples: int = doc_field(64, "held-out texts for the fidelity measurement")
     fidelity: bool = doc_field(True, "measure fidelity to the source (source and quantized forward passes)")
     max_length: int = doc_field(512, "token cap per calibration and held-out text")

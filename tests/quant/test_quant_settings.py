@@ -54,7 +54,8 @@ def test_every_setting_has_one_flag_and_the_flags_fill_the_config(tmp_path):
     # Nothing given: the config's defaults, not argparse's.
     cfg = load_cli_config(parse("--model", "m", "--method", "GPTQ"))
     assert cfg == load_quant_config(overrides=["run.model=m", "quant.method=GPTQ"])
-    assert cfg.data.calib_dataset == "openmath" and cfg.data.fidelity and cfg.quant.options == {}
+    # calib_dataset None: the source model's training task, else openmath (ftlab.quant.pipeline.default_task)
+    assert cfg.data.calib_dataset is None and cfg.data.fidelity and cfg.quant.options == {}
 
 
 def test_config_file_then_flags_then_key_value_overrides(tmp_path):
