@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ftlab.config import TrackingConfig
+from ftlab.errors import FtlabError
 from ftlab.kinds.tracking import TRACKER_NAMES
 from ftlab.paths import Workspace
 from ftlab.registry import Registry
@@ -48,6 +49,7 @@ class Sync:
         self.where = settings.uri or ("the local store" if self.name == "mlflow" else "W&B")
         self.failed = False
         self.logged = 0
+        self.skipped = 0
         self._session: Session | None = None
         self._handle = None
 
@@ -71,13 +73,23 @@ class Sync:
                         f"them: {type(exc).__name__}{': ' + first if first else ''}")
             return False
 
+    def _record(self, key: str, build: Callable[[], RunRecord | None]) -> RunRecord | None:
+        """The run's record; one whose files cannot be read (removed, damaged) is skipped with a
+        warning, not the end of the sync: the others are still logged."""
+        try:
+            return build()
+        except (FtlabError, OSError, ValueError, KeyError, TypeError) as exc:
+            self.skipped += 1
+            log.warning(f"tracking: {key} not logged, its results could not be read: {type(exc).__name__}: {exc}")
+            return None
+
     def log(self, key: str, build: Callable[[], RunRecord | None]) -> None:
         """One run, unless its key has a complete run already."""
 
         def step() -> None:
             session = self._open()
             if key not in session.logged(self._handle, [key]):
-                record = build()
+                record = self._record(key, build)
                 if record is not None:
                     session.log(record, self._handle)
                     self.logged += 1
@@ -95,7 +107,7 @@ class Sync:
             present.update(session.logged(self._handle, [key for key, _ in children]))
             for key, build in children:
                 if key not in present:
-                    record = build()
+                    record = self._record(key, build)
                     if record is not None:
                         session.log(record, self._handle)
                         self.logged += 1
@@ -105,9 +117,9 @@ class Sync:
 
         if not self._guard(step):
             return None
-        log.info(f"tracking: {self.logged} run(s) logged to {self.name} ({self.where}), "
-                 f"{len(children) - self.logged} already there")
-        return Synced(self.name, self.logged, len(children) - self.logged)
+        there = len(children) - self.logged - self.skipped
+        log.info(f"tracking: {self.logged} run(s) logged to {self.name} ({self.where}), {there} already there")
+        return Synced(self.name, self.logged, there)
 
 
 def sync(settings: TrackingConfig, workspace: Workspace, experiment: str, *, parent: RunRecord | None,

@@ -84,6 +84,81 @@ def test_the_readers_turn_curves_and_metrics_documents_into_metrics():
         ("arc_ll.n", 10.0, None), ("summary.mean_accuracy", 0.5, None)])
 
 
+class FakeSession:
+    """A tracker in memory: runs by key under their parent."""
+
+    def __init__(self, store: dict, fail_on: str | None):
+        self.store, self.fail_on = store, fail_on
+
+    def parent(self, record):
+        if self.fail_on == "open":
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        self.store.setdefault(record.key, {})
+        return record.key
+
+    def logged(self, parent, keys):
+        return set(self.store.get(parent, {})) & set(keys)
+
+    def log(self, record, parent):
+        if self.fail_on == record.key:
+            raise TimeoutError("the server stopped answering")
+        self.store[parent][record.key] = record
+
+    def attach(self, parent, record, files):
+        self.store[parent]["files"] = list(files)
+
+    def close(self):
+        pass
+
+
+def fake_trackers(monkeypatch, store: dict, fail_on: str | None = None):
+    from ftlab.registry import Registry
+    from ftlab.tracking import trackers
+
+    registry = Registry("tracker")
+    registry.add("mlflow", type("Fake", (), {"name": "mlflow", "open": lambda self, *a: FakeSession(store, fail_on)})())
+    monkeypatch.setattr(trackers, "TRACKERS", registry)
+    return trackers
+
+
+def test_a_sync_logs_what_is_missing_and_skips_a_job_whose_results_cannot_be_read(tmp_path, monkeypatch, caplog):
+    from ftlab.config import TrackingConfig
+    from ftlab.errors import FtlabError
+    from ftlab.paths import Workspace
+    from ftlab.tracking.base import RunRecord
+
+    store: dict = {}
+    trackers = fake_trackers(monkeypatch, store)
+    settings, ws, parent = TrackingConfig(to="mlflow"), Workspace(tmp_path), RunRecord("study:s", "s")
+
+    def unreadable():
+        raise FtlabError("metrics file Testing/metrics/b.json is not valid JSON")
+
+    sync = trackers.Sync(settings, ws, "s", parent)
+    sync.log("a", lambda: RunRecord("a", "a"))  # as the job finishes
+    done = sync.finish([("a", lambda: RunRecord("a", "a")), ("b", unreadable), ("c", lambda: RunRecord("c", "c"))])
+    assert sorted(store["study:s"]) == ["a", "c", "files"] and (done.logged, done.present) == (2, 0)
+    assert "b not logged, its results could not be read" in caplog.text
+    again = trackers.sync(settings, ws, "s", parent=parent, children=[("a", None), ("b", lambda: RunRecord("b", "b"))])
+    assert sorted(store["study:s"]) == ["a", "b", "c", "files"] and (again.logged, again.present) == (1, 1)
+
+
+def test_a_tracker_that_is_down_is_one_warning_for_the_whole_run(tmp_path, monkeypatch, caplog):
+    from ftlab.config import TrackingConfig
+    from ftlab.paths import Workspace
+    from ftlab.tracking.base import RunRecord
+
+    trackers = fake_trackers(monkeypatch, {}, fail_on="open")
+    sync = trackers.Sync(TrackingConfig(to="mlflow", uri="http://127.0.0.1:9"), Workspace(tmp_path), "s",
+                         RunRecord("study:s", "s"))
+    for key in "abc":
+        sync.log(key, lambda key=key: RunRecord(key, key))
+    assert sync.finish([(k, lambda k=k: RunRecord(k, k)) for k in "abc"]) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["tracking to mlflow (http://127.0.0.1:9) failed, results are kept and the next run logs "
+                        "them: ConnectionRefusedError: [Errno 111] Connection refused"]
+
+
 # ---------------------------------------------------------------------------------------------
 # one study, its tracker down on the first run
 
@@ -307,3 +382,18 @@ def test_an_evaluation_tracked_to_the_local_mlflow_store_is_one_run_kept_by_a_re
     assert main(args) == 0  # every task up to date: kept, and no second run
     assert "tracking: 0 run(s) logged to mlflow" in caplog.text, caplog.text
     assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+def test_train_report_to_mlflow_logs_to_the_workspace_store_unless_told_otherwise(tmp_path, monkeypatch):
+    """transformers' MLflow callback writes where MLFLOW_TRACKING_URI says: unset, the workspace's store."""
+    from ftlab.config import TrainRunConfig, load_config
+    from ftlab.paths import Workspace
+    from ftlab.train.settings import check_can_run
+
+    cfg = load_config(TrainRunConfig, overrides=["model.name=scratch:tiny", "train.report_to=[tensorboard,mlflow]"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    check_can_run(cfg, Workspace(tmp_path), "run")
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'Testing' / 'tracking' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    check_can_run(cfg, Workspace(tmp_path), "run")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
