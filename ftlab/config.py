@@ -21,6 +21,7 @@ from ftlab.io import atomic_write_text
 from ftlab.kinds.eval import PROMPT_FORMAT_NAMES, SCORING_MODE_NAMES
 from ftlab.kinds.peft import PEFT_NAMES, is_adapter, run_problems
 from ftlab.kinds.quant import QUANT_METHODS, TRAINING_METHODS
+from ftlab.kinds.tracking import tracker_problems
 from ftlab.registry import closest
 
 C = TypeVar("C")
@@ -289,9 +290,29 @@ class TrainRunConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where runs are logged besides ftlab's own files (`--track NAME`, a study file's `tracking:`);
+    a tracker that is down never fails or loses a job: the next run logs what it missed."""
+
+    to: str = doc_field("none", "experiment tracker: none, mlflow or wandb", effect=RUN_ONLY)
+    uri: str | None = doc_field(None, "mlflow: tracking server URI (default: a local store in Testing/tracking/); "
+                                      "wandb: the server's base URL (default: your wandb login)", effect=RUN_ONLY)
+    experiment: str | None = doc_field(None, "mlflow experiment / wandb project (default: the study's name; "
+                                             "`ftlab-evaluate` for evaluations)", effect=RUN_ONLY)
+
+    @property
+    def on(self) -> bool:
+        return self.to.lower() != "none"
+
+    def validate(self) -> list[str]:
+        return tracker_problems(self.to.lower())
+
+
+@dataclass
 class EvalRunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # ---------------------------------------------------------------------------------------------

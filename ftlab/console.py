@@ -27,6 +27,10 @@ _QUIET_ENV = {
     # huggingface_hub sets its own logger to WARNING: offline, every hub request printed five
     # "Retrying in Ns" lines above ftlab's one-line error (measured on `ftlab evaluate ... arc:ll`).
     "HF_HUB_VERBOSITY": "error",
+    # Experiment trackers (`--track`, train.report_to): MLflow's INFO lines (creating its tables,
+    # "View run at ...") and W&B's banner, sync hints and run summary.
+    "MLFLOW_LOGGING_LEVEL": "ERROR",
+    "WANDB_SILENT": "true",
 }
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 

@@ -41,6 +41,11 @@ class Workspace:
         return self.root / "Testing" / "studies"
 
     @property
+    def tracking_dir(self) -> Path:
+        """Experiment trackers' local files (ftlab.tracking): the embedded MLflow store, W&B run files."""
+        return self.root / "Testing" / "tracking"
+
+    @property
     def summary_csv(self) -> Path:
         return self.root / "Testing" / "metrics_summary.csv"
 

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 
 from ftlab.cli import SUMMARY
-from ftlab.config import EvalRunConfig, load_config
+from ftlab.config import EvalRunConfig, config_to_dict, load_config
 from ftlab.env import set_threads
 from ftlab.errors import FtlabError
 from ftlab.paths import Workspace
+from ftlab.tracking import trackers
+from ftlab.tracking.base import ROLE_TAG, RunRecord, evaluation_metrics, flatten
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: eval.threads, else all cores)")
     parser.add_argument("--print", dest="print_json", action="store_true", help="print the metrics document")
     parser.add_argument("--quiet", dest="eval_quiet", action="store_true", help="warnings and errors only")
+    trackers.add_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +61,8 @@ def _split_tail(args: argparse.Namespace) -> argparse.Namespace:
         parsed = inner.parse_intermixed_args(tail)
     except SystemExit:
         raise FtlabError(f"could not parse arguments {' '.join(tail)!r}; options are --datasets, --limit, --batch-size, "
-                         "--max-new-tokens, --config, --name, --threads, then key=value overrides") from None
+                         "--max-new-tokens, --config, --name, --threads, --track, --track-uri, then key=value "
+                         "overrides") from None
     for key, value in vars(parsed).items():
         if key != "overrides" and value is not None and value is not False:
             setattr(args, key, value)
@@ -84,7 +89,7 @@ def build_config(args: argparse.Namespace):
         if getattr(args, attr, None) is not None:
             flags.append(f"{key}={getattr(args, attr)}")
     flags.append(f"model.name={args.model}")
-    return load_config(EvalRunConfig, args.config, flags)
+    return load_config(EvalRunConfig, args.config, flags + trackers.overrides(args))
 
 
 def resolve_threads(configured: int | None) -> int | None:
@@ -132,4 +137,24 @@ def run(args: argparse.Namespace) -> int:
         if others:
             print(f"{'':>22}  the document also holds {', '.join(others)}")
         print(f"metrics written to {json_path}")
+    if cfg.tracking.on:
+        name = json_path.name.removesuffix(".json")
+        trackers.sync(cfg.tracking, ws, cfg.tracking.experiment or "ftlab-evaluate", parent=None,
+                      children=[(evaluation_key(name, doc), lambda: evaluation_record(name, args.model, cfg, doc))])
     return 0
+
+
+def evaluation_key(name: str, doc: dict) -> str:
+    """An evaluation's run identity: the metrics file and when each of its tasks was scored, so a
+    rerun that kept every task logs nothing new and one that scored a task again is a new run."""
+    stamps = json.dumps({t: (b.get("settings_key"), b.get("evaluated_at")) for t, b in doc["datasets"].items()},
+                        sort_keys=True)
+    return f"evaluation-{hashlib.sha256(f'{name}|{stamps}'.encode()).hexdigest()[:16]}"
+
+
+def evaluation_record(name: str, model: str, cfg: EvalRunConfig, doc: dict) -> RunRecord:
+    """One evaluation as a run: the resolved config, every task's metrics and interval bounds."""
+    tree = config_to_dict(cfg)
+    tree.pop("tracking", None)
+    return RunRecord(evaluation_key(name, doc), name, flatten(tree), evaluation_metrics(doc),
+                     {ROLE_TAG: "evaluation", "model_folder": model, "metrics_file": f"{name}.json"})

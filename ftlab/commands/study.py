@@ -10,6 +10,7 @@ from ftlab.jobs.backends import BACKENDS
 from ftlab.jobs.engine import EngineSettings
 from ftlab.paths import Workspace
 from ftlab.study.run import execute, open_study, print_report
+from ftlab.tracking import trackers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--ray-address", default=None, metavar="ADDR",
                      help="existing Ray cluster (auto, ray://host:10001); default: a local Ray started here")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    trackers.add_arguments(run)
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="study file overrides, e.g. evaluate.limit=50")
     plan = sub.add_parser("plan", help="power of the planned design for the difference that matters, and what it takes",
                           description="For analysis.min_difference, the power of the planned seeds x items, the "
@@ -50,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     workspace = Workspace.at(getattr(args, "workdir", None))
-    study = open_study(args.file, workspace, args.overrides)
+    study = open_study(args.file, workspace, [*args.overrides, *trackers.overrides(args)])
     if args.study_command == "report":
         if study.spec.adaptive.on:
             from ftlab.study import adaptive  # lazy: ftlab.study.adaptive imports pandas and scipy

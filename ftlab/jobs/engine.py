@@ -241,7 +241,8 @@ class Engine:
     """Plans and runs one graph. Backends use `next_ready`, `finish`, `has_work` and `waiting`."""
 
     def __init__(self, jobs: Sequence[Job], workspace: Workspace, ledger_dir: Path,
-                 settings: EngineSettings | None = None, echo: Callable[[str], None] | None = None):
+                 settings: EngineSettings | None = None, echo: Callable[[str], None] | None = None,
+                 on_done: Callable[[Job], None] | None = None):
         self.settings = settings or EngineSettings()
         self.settings.validate()
         self.workspace = workspace
@@ -249,6 +250,7 @@ class Engine:
         self.by_id = {j.id: j for j in self.jobs}
         self.ledger = Ledger(ledger_dir)
         self._echo = echo
+        self._on_done = on_done  # told of each job this driver finished (experiment tracking); never fails it
         self._bar = None
         self.outcomes: dict[str, Outcome] = {}
         self._claimed: dict[str, tuple[JobLock, float]] = {}
@@ -388,6 +390,11 @@ class Engine:
                              ran=True))
         if state == FAILED:
             self._block(job, f"needs {job.label}, which failed")
+        elif self._on_done is not None:
+            try:
+                self._on_done(job)
+            except Exception as exc:  # the job is done and recorded whatever its listener does
+                log.warning(f"after {job.label}: {type(exc).__name__}: {exc}")
 
     def refuse_unrunnable(self, check: Callable[[Job], str | None]) -> None:
         """Fails up front the jobs this backend can never run (`check` gives the reason), so a

@@ -32,6 +32,7 @@ from ftlab.paths import Workspace
 from ftlab.study.graph import StudyGraph, build_graph
 from ftlab.study.rounds import current_design
 from ftlab.study.spec import Recipe, StudySpec, baseline_recipe, load_study, spec_summary
+from ftlab.study.tracking import StudyTracker, study_tracker, track_study
 
 log = logging.getLogger(__name__)
 ONE_SEED_WARNING = ("one seed per recipe (train.seeds): the verdict will compare trained models on these items, not "
@@ -45,13 +46,16 @@ class Study:
     recipes: list[Recipe]
     graph: StudyGraph
     workspace: Workspace
+    tracker: StudyTracker | None = None  # the experiment tracker's sync, made on first use (`tracking:`)
 
     @property
     def folder(self) -> Path:
         return self.workspace.studies_dir / self.spec.name
 
     def engine(self, settings: EngineSettings | None = None, echo: Callable[[str], None] | None = None) -> Engine:
-        return Engine(self.graph.jobs, self.workspace, jobs_dir(self.workspace), settings, echo=echo)
+        live = study_tracker(self)
+        return Engine(self.graph.jobs, self.workspace, jobs_dir(self.workspace), settings, echo=echo,
+                      on_done=live.job_done if live is not None else None)
 
 
 def open_study(path: str | Path, workspace: Workspace, overrides: list[str] = ()) -> Study:
@@ -184,6 +188,7 @@ def finish(study: Study, outcomes: list[Outcome], reporter: Callable[[Study], No
             reporter(study)
         except FtlabError as exc:  # the jobs' results stand; say why there is no report
             print(f"no report: {exc}")
+    track_study(study, outcomes)  # after the report, its artifacts; a tracker outage is one warning line
     return min(sum(o.state != DONE for o in outcomes), 100)
 
 

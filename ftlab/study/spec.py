@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ftlab.config import TrainRunConfig, config_to_dict, doc_field, load_config
+from ftlab.config import TrackingConfig, TrainRunConfig, config_to_dict, doc_field, load_config
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.naming import checked_name
 from ftlab.orchestrate.discovery import EvalOptions
@@ -198,6 +198,7 @@ class StudySpec:
                                     "e.g. {peft.method: LoRa, peft.r: 8}")
     analysis: StudyAnalysisSettings = field(default_factory=StudyAnalysisSettings)
     adaptive: AdaptiveSection = field(default_factory=AdaptiveSection)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> list[str]:
         problems = []

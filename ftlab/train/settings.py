@@ -7,14 +7,17 @@ The training-time base quantization (QLoRA) is a definition of `ftlab/train/base
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from ftlab.config import TrainRunConfig
 from ftlab.dtypes import auto_dtype
 from ftlab.errors import FtlabError
 from ftlab.kinds.peft import check_device
+from ftlab.kinds.tracking import EXTRA, TRACKER_NAMES
 from ftlab.naming import build_run_name, output_folder, peft_tag
 from ftlab.paths import Workspace
+from ftlab.tracking.mlflow_tracker import local_store
 from ftlab.train.base_quant import quantization_spec
 
 REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -46,8 +49,9 @@ def report_to(cfg: TrainRunConfig) -> list[str]:
         if n not in REPORTERS:
             raise FtlabError(f"train.report_to has {n!r}; valid: tensorboard, wandb, mlflow, none")
         if importlib.util.find_spec(REPORTERS[n]) is None:
+            install = f"pip install 'ftlab[{EXTRA}]' (or uv sync --extra {EXTRA})" if n in TRACKER_NAMES else f"pip install {n}"
             raise FtlabError(f"train.report_to includes {n} but the {n} package is not installed; "
-                             f"pip install {n}, or drop it from train.report_to")
+                             f"{install}, or drop it from train.report_to")
         out.append(n)
     return out
 
@@ -71,7 +75,11 @@ def check_can_run(cfg: TrainRunConfig, workspace: Workspace, name: str) -> Path:
     device, the loggers, an existing folder."""
 
     check_device(cfg.peft.method, cuda_available())
-    report_to(cfg)  # fail on a missing logger before any weights load
+    if "mlflow" in report_to(cfg) and not os.environ.get("MLFLOW_TRACKING_URI"):  # (fails on a missing logger)
+        # transformers' MLflow callback writes where MLFLOW_TRACKING_URI says; unset, the workspace's
+        # store (the one `--track mlflow` fills) rather than a ./mlruns folder MLflow 3 refuses.
+        workspace.tracking_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["MLFLOW_TRACKING_URI"] = local_store(workspace)
     final_dir = final_dir_for(cfg, workspace, name)
     if final_dir.exists() and not cfg.train.overwrite:
         raise FtlabError(f"output folder {final_dir} already exists; set train.overwrite=true to replace it")

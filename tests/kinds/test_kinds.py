@@ -27,3 +27,11 @@ def test_quant_methods():
 def test_tasks():
     assert TASKS.names() == TASK_NAMES.names()
     assert all(task.name == name for name, task in TASKS.items())
+
+
+def test_trackers():
+    from ftlab.kinds.tracking import TRACKER_NAMES
+    from ftlab.tracking.trackers import TRACKERS
+
+    assert TRACKERS.names() == TRACKER_NAMES.names()
+    assert all(tracker.name == name for name, tracker in TRACKERS.items())
