@@ -6,7 +6,9 @@ task's dataset pointed at local files (../shared/datasets; ARC converted to the 
 - `ftlab`: `ftlab evaluate --datasets lmeval:TASK` in-process (its runner: lm-eval builds the
   requests, ftlab.eval.lmeval.model answers them, lm-eval scores), timed around the whole task;
 - `lm-eval`: `lm_eval.simple_evaluate` with its HF model class (HFLM) around the same model, at
-  lm-eval's default batch size (1), at `auto`, and at a fixed batch.
+  lm-eval's default batch size (1), at a fixed batch, and (log-likelihood only) at `auto`: for
+  generation its batch-size probe runs at the model's full context (8192 for SmolLM2) and had not
+  finished after 7 minutes on 2 cores.
 Both are asked the same requests (lm-eval builds them on both sides); the script checks that
 every per-document answer, filtered answer and metric is the same, and reports wall seconds and
 the ratio. Nothing is reused between runs (a fresh workspace and request cache per ftlab run).
@@ -143,6 +145,9 @@ def main(argv=None) -> int:
     model, tok, source = load_model("smollm2-135m-instruct", dtype="fp32")
     results = {"model": "smollm2-135m-instruct", "dtype": "fp32", "threads": torch.get_num_threads(),
                "lm_eval": __import__("importlib.metadata").metadata.version("lm_eval"), "tasks": {}}
+    from ftlab.eval.lmeval.tasks import resolve
+
+    resolve("lmeval:gsm8k")  # lm-eval's task index, built once per process (lm-eval's side builds it before timing too)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         files = data_files(tmp)
@@ -152,7 +157,7 @@ def main(argv=None) -> int:
                 res, lines = run_ftlab(model, tok, source, task, files, n, batch, tmp)
                 row["ftlab"].append(res)
                 print(f"{task}: ftlab batch={batch or 'auto'} {res['wall_s']:.1f} s", file=sys.stderr)
-            for batch in (1, "auto", args.batch):
+            for batch in ((1, args.batch) if generated else (1, "auto", args.batch)):
                 res, samples = run_lm_eval(model, tok, task, files, n, batch, tmp)
                 res["agreement"] = same_answers(lines, samples, generated)
                 res["metrics_equal"] = all(abs(res["metrics"][k] - v) < 1e-12 for k, v in row["ftlab"][0]["metrics"].items())
@@ -163,6 +168,8 @@ def main(argv=None) -> int:
             for r in row["lm_eval"]:
                 r["ratio_to_best_ftlab"] = r["wall_s"] / best_ftlab
             results["tasks"][task] = row
+            if args.out:  # after each task: a long run leaves what it measured
+                Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     text = json.dumps(results, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -266,9 +266,7 @@ PERPLEXITY_AUTO_BATCH = 8  # eval.batch_size=None: full-sequence forwards keep e
 def run_perplexity(plan: DatasetPlan, ctx: RunContext) -> dict:
     from ftlab.data.prompts import build_messages, build_target  # lazy: ftlab.data.prompts imports numpy
 
-    g = ctx.generator
-    if getattr(g, "model", None) is None:
-        raise FtlabError(f"eval.datasets: {plan.name} needs model weights; the {g.name!r} backend has none (use eval.backend=hf)")
+    g = ctx.model_generator()
     texts = [g.render(build_messages(plan.task, ex, ctx.cfg.eval.system_prompt)) + build_target(plan.task, ex)
              for ex in plan.examples]
     text_hash = prompt_hash("\x00".join(texts))

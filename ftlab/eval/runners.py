@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ftlab.config import EvalRunConfig
+from ftlab.errors import FtlabError
 from ftlab.eval.records.results import SampleStore, settings_key
 from ftlab.registry import Registry
 
@@ -67,6 +68,14 @@ class RunContext:
         if self._generator is None:
             self._generator = self._make_generator()
         return self._generator
+
+    def model_generator(self) -> Generator:
+        """The generator, for runners that read the model's log-probabilities rather than its answers."""
+        g = self.generator
+        if getattr(g, "model", None) is None:
+            raise FtlabError(f"eval.datasets: {self._plan_name} needs model weights; the {g.name!r} backend has none "
+                             "(use eval.backend=hf)")
+        return g
 
     def reusable(self, index: int, prompt_hash: str) -> dict | None:
         """A stored line of this row asked with exactly this prompt under this task's settings."""

@@ -122,18 +122,33 @@ class FtlabLM(LM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         args = [tuple(r.args) for r in requests]
         out = self.cache.lookup("loglikelihood_rolling", args)
+        # Every window of every pending text in one scoring pass; a text's answer is its windows' sum.
+        windows, owner = [], []
         for i, a in enumerate(args):
             if out[i] is not None:
                 continue
-            (text,) = a[:1]
-            tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1)]
-            total = 0.0
-            for finished in self._score([ChoiceRequest(ctx, [cont]) for ctx, cont in windows], "loglikelihood_rolling"):
-                total += sum(float(results[0][0]) for _, results in finished)
-            out[i] = total
-            self.cache.store("loglikelihood_rolling", [a], [total])
+            tokens = self.tokenizer(a[0], add_special_tokens=False)["input_ids"]
+            for ctx, cont in (make_disjoint_window(w) for w in get_rolling_token_windows(
+                    token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1)):
+                windows.append(ChoiceRequest(ctx, [cont]))
+                owner.append(i)
+        totals: dict[int, float] = defaultdict(float)
+        left = defaultdict(int)
+        for i in owner:
+            left[i] += 1
+        for finished in self._score(windows, "loglikelihood_rolling"):
+            done = []
+            for w, results in finished:
+                i = owner[w]
+                totals[i] += float(results[0][0])
+                left[i] -= 1
+                if left[i] == 0:
+                    out[i] = totals[i]
+                    done.append(i)
+            self.cache.store("loglikelihood_rolling", [args[i] for i in done], [out[i] for i in done])
+        for i, a in enumerate(args):
+            if out[i] is None:  # an empty text: nothing to predict, log-likelihood 0 (as lm-eval's sum)
+                out[i] = 0.0
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -192,7 +207,8 @@ class FtlabLM(LM):
     def _score(self, requests: list[ChoiceRequest], kind: str):
         if not requests:
             return
-        longest = max(len(r.context) + max(len(o) for o in r.options) for r in requests)
+        # The model reads the context and every continuation token but the last.
+        longest = max(len(r.context) + max(len(o) for o in r.options) - 1 for r in requests)
         if longest > self.max_length:
             raise FtlabError(f"an lm-eval request of {longest} tokens exceeds the model's {self.max_length}; "
                              "use fewer few-shot examples (eval.lmeval_num_fewshot)")

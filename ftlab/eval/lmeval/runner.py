@@ -23,12 +23,10 @@ import json
 import logging
 import math
 import time
-from collections import defaultdict
 
 import numpy as np
 
 from ftlab.env import PeakMemory
-from ftlab.errors import FtlabError
 from ftlab.eval.lmeval.cache import RequestCache, request_path
 from ftlab.eval.lmeval.tasks import lm_eval_version, quiet_lm_eval
 from ftlab.eval.prompt_format import resolve_prompt_format
@@ -192,9 +190,7 @@ def run_lmeval(plan: DatasetPlan, ctx: RunContext) -> dict:
 
     from ftlab.eval.lmeval.model import FtlabLM  # lazy: imports lm_eval and torch
 
-    g = ctx.generator
-    if getattr(g, "model", None) is None:
-        raise FtlabError(f"eval.datasets: {plan.name} needs model weights; the {g.name!r} backend has none (use eval.backend=hf)")
+    g = ctx.model_generator()
     e = ctx.cfg.eval
     loaded = plan.source
     # Plain text unless eval.prompt_format=chat, as lm-eval renders by default: a base model and its
@@ -269,11 +265,3 @@ def run_lmeval(plan: DatasetPlan, ctx: RunContext) -> dict:
         "requests_this_run": dict(lm.asked), "requests_reused": cache.reused, "peak_memory": mem.as_dict(),
     }
 
-
-def request_counts(loaded: dict) -> dict[str, int]:
-    """Requests per type lm-eval built (after a run): for the speed benchmark's report."""
-    counts: dict[str, int] = defaultdict(int)
-    for task in loaded["tasks"].values():
-        for inst in task.instances:
-            counts[inst.request_type] += 1
-    return dict(counts)

@@ -18,7 +18,6 @@ import time
 import numpy as np
 
 from ftlab.env import PeakMemory
-from ftlab.errors import FtlabError
 from ftlab.eval.prompt_format import encode_prompts, resolve_prompt_format
 from ftlab.eval.runners import LOGLIKELIHOOD, RUNNERS, DatasetPlan, RunContext, prompt_hash
 from ftlab.eval.scoring.answer_kinds import get_scorer
@@ -80,9 +79,7 @@ def run_loglikelihood(plan: DatasetPlan, ctx: RunContext) -> dict:
     from ftlab.eval.scoring.choice_prompts import build_item, encode, render  # lazy: ftlab.eval.scoring.choice_prompts imports numpy
     from ftlab.eval.scoring.modes import SCORING_MODES  # lazy: ftlab.eval.scoring.modes imports numpy
 
-    g = ctx.generator
-    if getattr(g, "model", None) is None:
-        raise FtlabError(f"eval.datasets: {plan.name} needs model weights; the {g.name!r} backend has none (use eval.backend=hf)")
+    g = ctx.model_generator()
     e = ctx.cfg.eval
     fmt = resolve_prompt_format(getattr(e, "prompt_format", "auto"), g.tokenizer,
                                 auto=SCORING_MODES.get("loglikelihood").auto_prompt_format)
