@@ -24,6 +24,7 @@ This module imports only the standard library (and `ftlab.paths`), so it runs be
 from __future__ import annotations
 
 import argparse
+import fcntl  # POSIX only, as ftlab.jobs.locks; the build itself needs a POSIX toolchain
 import hashlib
 import json
 import os
@@ -183,8 +184,6 @@ def build(jobs: int = 2, force: bool = False) -> Path:
         raise RuntimeError("cmake is not installed (pip install cmake, or your system's package)")
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    import fcntl  # POSIX only; the build itself needs a POSIX toolchain
-
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits, then finds the finished build
         if not force and all((final / "bin" / t).is_file() for t in TOOLS):
