@@ -37,9 +37,6 @@ from ftlab.eval.scoring.choice_prompts import encode
 
 log = logging.getLogger(__name__)
 
-# lm-eval's default generation cap when a task gives none (HFLM's max_gen_toks).
-DEFAULT_MAX_GEN_TOKS = 256
-
 
 class FtlabLM(LM):
     """`generator`: ftlab's loaded HF generator (model, tokenizer, batcher), set to the prompt format
@@ -163,7 +160,8 @@ class FtlabLM(LM):
             if out[i] is None:
                 by_kwargs[canonical].append(i)
         for members in by_kwargs.values():
-            kwargs = normalize_gen_kwargs(dict(args[members[0]][1]), DEFAULT_MAX_GEN_TOKS)
+            # lm-eval's own default cap (256, HFLM's max_gen_toks) where the task gives none.
+            kwargs = normalize_gen_kwargs(dict(args[members[0]][1]))
             if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0:
                 raise FtlabError(f"an lm-eval task asks for sampled generation ({_canonical(args[members[0]][1])}); "
                                  "ftlab's engine decodes greedily: set the task's generation_kwargs do_sample: false")

@@ -33,10 +33,12 @@ from ftlab.eval.prompt_format import resolve_prompt_format
 from ftlab.eval.runners import LMEVAL, RUNNERS, DatasetPlan, RunContext, prompt_hash
 from ftlab.eval.scoring.metrics import bootstrap_interval
 from ftlab.io import append_jsonl_lines, to_jsonable
+from ftlab.resampling import bootstrap_means, percentile_interval, resample_indices
 from ftlab.kinds.eval import PLAIN
 
 log = logging.getLogger(__name__)
 
+CONFIDENCE = 0.95  # of every interval, as bootstrap_interval's default
 # Resamples of an aggregation other than the mean (corpus F1, perplexity, BLEU): each one reruns it.
 MAX_AGGREGATE_RESAMPLES = 1000
 
@@ -105,12 +107,6 @@ class _TaskResult:
         return seen
 
 
-def _resampled_means(values: list[float], resamples: int, rng) -> np.ndarray:
-    arr = np.asarray(values, dtype=float)
-    idx = rng.integers(0, arr.size, size=(resamples, arr.size))
-    return arr[idx].mean(axis=1)
-
-
 def _task_interval(result: _TaskResult, key: str, resamples: int, seed: int) -> list[float] | None:
     metric = key.split(",")[0]
     values = result.values(key)
@@ -122,22 +118,20 @@ def _task_interval(result: _TaskResult, key: str, resamples: int, seed: int) -> 
     agg = result.aggregations.get(metric)
     if agg is None:
         return None
-    rng = np.random.default_rng(seed)
     stats = []
-    for _ in range(min(resamples, MAX_AGGREGATE_RESAMPLES)):
-        idx = rng.integers(0, len(values), size=len(values))
-        try:
-            stats.append(float(agg([values[i] for i in idx])))
-        except (TypeError, ValueError, ZeroDivisionError):
-            return None
-    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+    for _, idx in resample_indices(len(values), min(resamples, MAX_AGGREGATE_RESAMPLES), seed):
+        for row in idx:
+            try:
+                stats.append(float(agg([values[i] for i in row])))
+            except (TypeError, ValueError, ZeroDivisionError):
+                return None
+    return list(percentile_interval(np.asarray(stats), CONFIDENCE))
 
 
 def _group_block(group, results: dict[str, _TaskResult], lm_results: dict, resamples: int, seed: int) -> dict:
     """The group's aggregate metrics (lm-eval's numbers) with stratified-bootstrap intervals."""
     own = lm_results.get(group.name) or {}
     metrics, intervals = {}, {}
-    rng = np.random.default_rng(seed)
     leaves = [t.task_name for t in group.get_all_tasks() if t.task_name in results]
     for agg in group.aggregate_metric_list or []:
         filters = agg.filter_list or sorted({k.split(",", 1)[1] for k in own if k.startswith(f"{agg.metric},")
@@ -155,9 +149,10 @@ def _group_block(group, results: dict[str, _TaskResult], lm_results: dict, resam
                 continue
             sizes = np.asarray([len(vals) for _, vals in members], dtype=float)
             weights = sizes / sizes.sum() if agg.weight_by_size else np.full(len(members), 1 / len(members))
-            draws = np.stack([_resampled_means(vals, resamples, rng) for _, vals in members])
+            # Each task resampled on its own stream (stratified), then combined with the group's weights.
+            draws = np.stack([bootstrap_means(vals, resamples, seed + i) for i, (_, vals) in enumerate(members)])
             combined = (weights[:, None] * draws).sum(axis=0)
-            intervals[key] = [float(np.percentile(combined, 2.5)), float(np.percentile(combined, 97.5))]
+            intervals[key] = list(percentile_interval(combined, CONFIDENCE))
     return {"n": sum(len(results[n].doc_ids) for n in leaves), "tasks": leaves, "metrics": metrics, "intervals": intervals}
 
 
