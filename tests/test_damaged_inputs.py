@@ -469,6 +469,23 @@ def test_claimed_output_refuses_a_second_train_before_loading(tiny_ws):
     assert not list((tiny_ws / "Models").rglob("*.lock"))
 
 
+def test_a_claim_on_the_run_name_does_not_block_another_output_folder(tiny_ws):
+    # Study seeds of one recipe share a run name and train at once, each into its own
+    # train.output_dir; a claim on Models/<run name> must not refuse the others (it did, and
+    # failed a Ray study in CI whenever two seeds happened to start together).
+    from ftlab.jobs.locks import output_claim
+    from ftlab.schema import load_training_metadata
+
+    run_folder = tiny_ws / "Models" / "tiny-synthetic-arith_SFT_LoRa16_NoQuant"
+    seed_folder = tiny_ws / "Models" / "tiny-synthetic-arith_SFT_LoRa16_NoQuant.seed2"
+    with output_claim(run_folder):
+        r = ftlab(tiny_ws, "train", "model.name=Models/tiny", *TINY_TRAIN, "train.max_steps=2",
+                  f"train.output_dir={seed_folder}")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert load_training_metadata(seed_folder)["results"]["global_step"] == 2 and not run_folder.exists()
+    assert not list((tiny_ws / "Models").rglob("*.lock"))
+
+
 def test_publish_never_replaces_a_folder_that_appeared_meanwhile(tmp_path):
     from ftlab.errors import FtlabError
     from ftlab.io import staging_dir

@@ -60,9 +60,11 @@ def run_training(cfg: TrainRunConfig, workspace: Workspace, *, callbacks: Sequen
     ckpt_dir = checkpoint_dir_for(workspace, final_dir.name)
     main = is_main()
     with contextlib.ExitStack() as claims:
-        if main:  # a second `ftlab train` aiming at the same folders fails here, before training
-            for folder in dict.fromkeys([workspace.models_dir / name, final_dir]):  # checkpoints go by run name
-                claims.enter_context(output_claim(folder))
+        # A second `ftlab train` aiming at the same folder fails here, before training. Only the
+        # output folder is claimed: checkpoints are keyed by it too, and claiming the run name as
+        # well made two seeds of one recipe (same name, own train.output_dir) refuse each other.
+        if main:
+            claims.enter_context(output_claim(final_dir))
         ensure_peft_usable()  # imports peft (seconds): after every cheap check and the claim
         return _train_and_publish(cfg, workspace, source, data, name, final_dir, ckpt_dir, callbacks, main)
 
