@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / workers)")
     run.add_argument("--timeout", type=float, default=None, metavar="S", help="kill a job after S seconds (recorded as failed)")
     run.add_argument("--skip-failed", action="store_true", help="do not retry jobs that failed in an earlier run")
+    run.add_argument("--retries", type=int, default=EngineSettings.retries, metavar="N",
+                     help="run a job whose attempt the cluster lost (node died, worker killed) again, up to N times "
+                          f"(default {EngineSettings.retries}); a job that fails on its own is never retried")
     run.add_argument("--ray-address", default=None, metavar="ADDR",
                      help="existing Ray cluster (auto, ray://host:10001); default: a local Ray started here")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(plan_text(study, earlier, args.items))
         return 0
     settings = EngineSettings(workers=args.workers, threads=args.threads, timeout_s=args.timeout,
-                              retry_failed=not args.skip_failed, backend=args.backend,
+                              retry_failed=not args.skip_failed, retries=args.retries, backend=args.backend,
                               ray_address=args.ray_address, cwd=os.getcwd())
     if study.spec.adaptive.on:
         from ftlab.study import adaptive  # lazy: ftlab.study.adaptive imports pandas and scipy

@@ -1,7 +1,9 @@
 """Where jobs run, keyed by name: `local` (child processes on this machine, up to --workers at
 once, GPUs handed out one per job) and `ray` (a Ray task per job, placed by Ray on a cluster or on
-a local Ray started here). Both follow the engine's protocol: claim with `next_ready`, run the
-task's command in a child process, report with `finish`."""
+a local Ray started here, on a node that holds everything the job reserves). Both follow the
+engine's protocol: claim with `next_ready`, run the task's command in a child process, report with
+`finish`; the Ray backend hands an attempt the cluster lost (node died, worker killed) to
+`engine.lost`, which decides whether it runs again elsewhere."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import logging
 import os
 import sys
 import time
+
+import psutil
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -87,13 +91,25 @@ def run_local(engine: Engine) -> None:
     workers = engine.settings.workers or 1
     gpus = cuda_device_count()
     free_gpus = set(range(gpus))
-    running: dict[Future, tuple[Task, int | None]] = {}
+    memory_gb = psutil.virtual_memory().total / 2 ** 30
+    free = {"memory_gb": memory_gb}
+    running: dict[Future, tuple[Task, int | None, float]] = {}
 
     def fits(job: Job) -> bool:
-        return job.resources.gpus <= len(free_gpus)
+        return job.resources.gpus <= len(free_gpus) and job.resources.memory_gb <= free["memory_gb"] + 1e-9
 
-    engine.refuse_unrunnable(lambda job: None if job.resources.gpus <= gpus else
-                             f"needs {job.resources.gpus:g} GPU(s); this machine has {gpus}")
+    def unrunnable(job: Job) -> str | None:
+        res = job.resources
+        if res.custom:
+            return (f"needs the custom resource(s) {', '.join(k for k, _ in res.custom)}, which only a Ray cluster "
+                    "declares: run it with --backend ray, or drop resources.<kind>.custom from the study")
+        if res.gpus > gpus:
+            return f"needs {res.gpus:g} GPU(s); this machine has {gpus}"
+        if res.memory_gb > memory_gb:
+            return f"needs {res.memory_gb:g} GB of memory; this machine has {memory_gb:.1f}"
+        return None
+
+    engine.refuse_unrunnable(unrunnable)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ftlab-job")
     # Jobs fork from one process that imported torch and transformers once (started with the first
     # job, so a study with nothing to run never pays for it); not on GPU machines (see its docstring).
@@ -113,7 +129,8 @@ def run_local(engine: Engine) -> None:
                     task.env["CUDA_VISIBLE_DEVICES"] = str(gpu)
                 elif gpus:
                     task.env["CUDA_VISIBLE_DEVICES"] = ""
-                running[pool.submit(run_task, task, zygote)] = (task, gpu)
+                free["memory_gb"] -= job.resources.memory_gb
+                running[pool.submit(run_task, task, zygote)] = (task, gpu, job.resources.memory_gb)
             if not running:
                 if _idle(engine):
                     continue
@@ -121,9 +138,10 @@ def run_local(engine: Engine) -> None:
             done, _ = wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
             engine.heartbeat()
             for fut in done:
-                task, gpu = running.pop(fut)
+                task, gpu, memory = running.pop(fut)
                 if gpu is not None:
                     free_gpus.add(gpu)
+                free["memory_gb"] += memory
                 try:
                     result = fut.result()
                 except Exception as exc:  # noqa: BLE001 - could not spawn: record, keep going
@@ -145,9 +163,12 @@ def run_local(engine: Engine) -> None:
 def _ray_run_task(task: Task) -> ProcessResult:
     # Module-level so Ray pickles it by reference. The worker node's own interpreter: the
     # driver's path need not exist on another machine.
+    import ray  # lazy: only ever called inside a Ray worker, where ray is loaded
 
     task.argv = [sys.executable, *task.argv[1:]]
-    return run_task(task)
+    result = run_task(task)
+    result.node = ray.get_runtime_context().get_node_id()
+    return result
 
 
 def import_ray():
@@ -157,6 +178,19 @@ def import_ray():
         raise FtlabError("--backend ray needs the optional ray extra: uv sync --extra ray "
                          "(or pip install 'ftlab[ray]')") from None
     return ray
+
+
+# Ray's errors for an attempt the cluster lost, not one that failed on its own: its node died, its
+# worker process crashed or was killed (Ray's memory monitor included), the object holding its
+# result was lost. The names that exist in the installed Ray are used.
+SYSTEM_FAILURES = ("NodeDiedError", "WorkerCrashedError", "LocalRayletDiedError", "ObjectLostError",
+                   "OutOfMemoryError", "RaySystemError")
+
+
+def system_failure(ray, exc: BaseException) -> bool:
+    """True when `exc` (from ray.get on a job's task) means the attempt was lost to the system."""
+    kinds = tuple(getattr(ray.exceptions, name) for name in SYSTEM_FAILURES if hasattr(ray.exceptions, name))
+    return isinstance(exc, kinds)
 
 
 def _ray_init(ray, s) -> bool:
@@ -186,41 +220,66 @@ def _ray_session(settings):
             ray.shutdown()
 
 
+def _ray_options(need: dict[str, float]) -> dict:
+    """ray.remote options reserving `need` (Resources.needs: Ray's names, memory in bytes)."""
+    custom = {k: v for k, v in need.items() if k not in ("CPU", "GPU", "memory")}
+    return {"num_cpus": need.get("CPU", 0), "num_gpus": need.get("GPU", 0),
+            "memory": int(need["memory"]) if need.get("memory") else None, "resources": custom or None}
+
+
+def _node_summary(nodes: list[dict]) -> str:
+    def one(res: dict) -> str:
+        return "{" + ", ".join(f"{k}: {v / 2 ** 30 if k == 'memory' else v:g}{' GB' if k == 'memory' else ''}"
+                               for k, v in sorted(res.items()) if k in ("CPU", "GPU", "memory") or
+                               not (k.startswith("node:") or k.startswith("accelerator_type:") or
+                                    k == "object_store_memory")) + "}"
+    return "; ".join(one(n) for n in nodes) or "no live node"
+
+
 @BACKENDS.register("ray")
 def run_ray(engine: Engine) -> None:
-    """A Ray task per job declaring the CPUs (its thread budget) and GPUs it needs; Ray places it
-    on the cluster (`--ray-address`) or on a local Ray started here and stopped at the end."""
+    """A Ray task per job reserving what the job declares (CPUs = its thread budget, GPUs, memory,
+    custom resources); Ray places it on a node that holds all of it, on the cluster
+    (`--ray-address`) or on a local Ray started here and stopped at the end. An attempt lost with
+    its node or worker is run again (engine.lost), on whichever node then has room."""
     ray = import_ray()
     s = engine.settings
-    threads = s.threads_per_job()
     in_flight: dict = {}
     started_here = _ray_init(ray, s)
     try:
-        total = ray.cluster_resources()
-        free = {"CPU": float(total.get("CPU", 1)), "GPU": float(total.get("GPU", 0))}
+        nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+        free = {k: float(v) for k, v in ray.cluster_resources().items()}
+
+        def need(job: Job) -> dict[str, float]:
+            return job.resources.needs(engine.threads_for(job))
+
         def unrunnable(job: Job) -> str | None:
-            if threads > free["CPU"]:
-                return f"needs {threads} CPUs (--threads); the Ray cluster has {free['CPU']:g}"
-            if job.resources.gpus > free["GPU"]:
-                return f"needs {job.resources.gpus:g} GPU(s); the Ray cluster has {free['GPU']:g}"
-            return None
+            want = need(job)
+            if any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in want.items()) for node in nodes):
+                return None
+            return (f"needs {job.resources.describe(engine.threads_for(job))} on one node; no node of the Ray "
+                    f"cluster has that ({_node_summary(nodes)})")
 
         engine.refuse_unrunnable(unrunnable)
 
         def fits(job: Job) -> bool:
-            return threads <= free["CPU"] + 1e-9 and job.resources.gpus <= free["GPU"] + 1e-9
+            return all(v <= free.get(k, 0.0) + 1e-9 for k, v in need(job).items())
 
-        remote = ray.remote(max_retries=0)(_ray_run_task)
+        remote = ray.remote(max_retries=0)(_ray_run_task)  # retries are the engine's (engine.lost)
+
+        def submit(task: Task, want: dict[str, float]) -> None:
+            ref = remote.options(**_ray_options(want)).remote(task)
+            for k, v in want.items():
+                free[k] = free.get(k, 0.0) - v
+            in_flight[ref] = (task, want, time.monotonic())
+
         while True:
             while not s.workers or len(in_flight) < s.workers:
                 claimed = engine.next_ready(fits)
                 if claimed is None:
                     break
                 job, task = claimed
-                ref = remote.options(num_cpus=threads, num_gpus=job.resources.gpus).remote(task)
-                free["CPU"] -= threads
-                free["GPU"] -= job.resources.gpus
-                in_flight[ref] = (task, job.resources.gpus)
+                submit(task, need(job))
             if not in_flight:
                 if _idle(engine):
                     continue
@@ -228,14 +287,19 @@ def run_ray(engine: Engine) -> None:
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
             engine.heartbeat()
             for ref in done:
-                task, gpus = in_flight.pop(ref)
-                free["CPU"] += threads
-                free["GPU"] += gpus
+                task, want, submitted = in_flight.pop(ref)
+                for k, v in want.items():
+                    free[k] = free.get(k, 0.0) + v
                 try:
                     result = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - the worker died or the task could not run
-                    first = str(exc).splitlines()[0] if str(exc) else ""
-                    result = ProcessResult(False, None, 0.0, f"Ray task failed: {type(exc).__name__}: {first}")
+                except Exception as exc:  # noqa: BLE001 - the worker or its node died, or the task could not run
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    result = ProcessResult(False, None, time.monotonic() - submitted,
+                                           f"Ray task failed: {type(exc).__name__}: {first}")
+                    if system_failure(ray, exc):
+                        if engine.lost(task, result):
+                            submit(task, want)
+                        continue
                 engine.finish(task, result)
     except BaseException:
         # Interrupted: force-cancel so no job outlives the locks the engine releases.

@@ -6,7 +6,10 @@ driver killed at any moment is resumed by running it again. What it does keep, i
 each job's last outcome (runtime, error), for the plan, the ETA and the report.
 
 A backend (ftlab.jobs.backends) fills free slots with `engine.next_ready(...)`, runs each returned
-`Task` in a child process and hands the result to `engine.finish(...)`. Claiming a job takes its
+`Task` in a child process and hands the result to `engine.finish(...)`, or, when the attempt was
+lost to the system (its node died, its worker was killed) rather than failing on its own, to
+`engine.lost(...)`, which says whether to run it again (up to `retries` more attempts, each in
+the journal with its reason; the job keeps its lock in between, so no other driver takes it). Claiming a job takes its
 lock file (ftlab.jobs.locks) and re-checks its output under the lock, so two drivers on the same
 workspace never run a job twice: the second one sees the lock, waits, and then finds it done.
 """
@@ -18,7 +21,6 @@ import json
 import logging
 import math
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 from ftlab.env import now_iso
 from ftlab.errors import FtlabError
 from ftlab.io import append_jsonl, atomic_write_json, read_json
-from ftlab.jobs.locks import HEARTBEAT_S, JobLock, is_locked_by_other
+from ftlab.jobs.locks import JOB_ENV, JobLock, heartbeat_s, is_locked_by_other, node_name
 from ftlab.jobs.process import ProcessResult, ftlab_argv
 from ftlab.paths import Workspace
 from ftlab.registry import Registry
@@ -48,8 +50,28 @@ POLL_S = 2.0  # how often a driver waiting on another driver's job looks again
 
 @dataclass(frozen=True)
 class Resources:
-    cpus: float = 1.0
+    """What one job reserves where it runs. A backend never starts a job on a node (or machine)
+    that cannot hold all of it, and refuses up front a job no node could ever hold."""
+
+    cpus: int | None = None  # CPUs reserved, also its torch threads; None = the run's --threads budget
     gpus: float = 0.0
+    memory_gb: float = 0.0  # memory reserved on its node (0 = none declared)
+    custom: tuple[tuple[str, float], ...] = ()  # custom Ray resources, e.g. (("big_gpu", 1.0),)
+
+    def needs(self, threads: int) -> dict[str, float]:
+        """As Ray names resources (memory in bytes), without the zero ones."""
+        out = {"CPU": float(self.cpus or threads), "GPU": float(self.gpus),
+               "memory": self.memory_gb * 2 ** 30, **dict(self.custom)}
+        return {k: v for k, v in out.items() if v}
+
+    def describe(self, threads: int) -> str:
+        parts = [f"{self.cpus or threads} CPU(s)"]
+        if self.gpus:
+            parts.append(f"{self.gpus:g} GPU(s)")
+        if self.memory_gb:
+            parts.append(f"{self.memory_gb:g} GB memory")
+        parts += [f"{v:g} {k}" for k, v in self.custom]
+        return ", ".join(parts)
 
 
 @dataclass
@@ -118,6 +140,7 @@ class Task:
     timeout_s: float | None
     env: dict = field(default_factory=dict)
     gpus: float = 0.0
+    attempt: int = 1  # 2, 3, ... when the earlier attempts were lost to system failures
 
 
 @dataclass
@@ -142,6 +165,9 @@ class EngineSettings:
     threads: int | None = None  # torch threads per job; None = cores // workers
     timeout_s: float | None = None
     retry_failed: bool = True  # a job that failed in an earlier run is tried again
+    # Attempts lost to the system (node died, worker killed) run again, at most this many times;
+    # a job that fails on its own (an error, exit 2) never does.
+    retries: int = 2
     backend: str = "local"
     ray_address: str | None = None
     cwd: str | None = None  # the driver's folder, so relative paths mean the same in every job
@@ -155,6 +181,9 @@ class EngineSettings:
             raise FtlabError(f"--threads {self.threads} must be >= 1")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise FtlabError(f"--timeout {self.timeout_s} must be positive seconds")
+        if self.retries < 0:
+            raise FtlabError(f"--retries {self.retries} must be >= 0")
+        heartbeat_s()  # a malformed FTLAB_LOCK_HEARTBEAT_S fails here, not mid-run
 
     def threads_per_job(self) -> int:
         """--threads, else the driver's OMP_NUM_THREADS (a budget the user already set), else the
@@ -206,7 +235,7 @@ class Ledger:
 
     def log(self, event: str, job: Job, **extra) -> None:
         append_jsonl(self.journal, {"event": event, "id": job.id, "kind": job.kind, "name": job.name,
-                                    "pid": os.getpid(), "host": socket.gethostname(), "time": now_iso(), **extra})
+                                    "pid": os.getpid(), "host": node_name(), "time": now_iso(), **extra})
 
     def path(self, job_id: str) -> Path:
         return self.folder / f"{job_id}.json"
@@ -221,13 +250,17 @@ class Ledger:
             return None
         return record if isinstance(record, dict) else None
 
-    def write(self, job: Job, state: str, result: ProcessResult | None, argv: list[str] | None) -> None:
+    def write(self, job: Job, state: str, result: ProcessResult | None, argv: list[str] | None,
+              lost: Sequence[dict] = ()) -> None:
         atomic_write_json(self.path(job.id), {
             "id": job.id, "kind": job.kind, "name": job.name, "state": state,
             "error": result.error if result else None,
             "runtime_s": round(result.runtime_s, 3) if result else None,
             "output_tail": result.output_tail[-20:] if result and state == FAILED else [],
-            "host": (result.host if result else "") or socket.gethostname(),
+            "host": (result.host if result else "") or node_name(),
+            "node": result.node if result else "",
+            # The attempts before this one that the system lost (engine.lost), each with its reason.
+            "attempts": len(lost) + 1, "lost_attempts": list(lost),
             "command": argv, "finished_at": now_iso(), "info": job.info,
         })
 
@@ -254,6 +287,7 @@ class Engine:
         self._bar = None
         self.outcomes: dict[str, Outcome] = {}
         self._claimed: dict[str, tuple[JobLock, float]] = {}
+        self._lost: dict[str, list[dict]] = {}  # job id -> its attempts lost to the system, this run
         self._busy_until: dict[str, float] = {}
         self._to_run: set[str] = set()
         self._estimates: dict[str, float] = {}
@@ -366,14 +400,42 @@ class Engine:
             lock.release()
             raise
         self._claimed[job.id] = (lock, time.monotonic())
-        self.ledger.log("start", job)
+        self.ledger.log("start", job, attempt=1)
         self._write(f"start   {job.label}  ({st.why})")
-        return Task(job.id, job.name, argv, self.settings.cwd or os.getcwd(), self.settings.threads_per_job(),
-                    self.settings.timeout_s, gpus=job.resources.gpus)
+        # FTLAB_JOB: the job's process records it in its output claim, so a retry of this job takes
+        # over the claim an attempt lost with its node left behind (ftlab.jobs.locks).
+        return Task(job.id, job.name, argv, self.settings.cwd or os.getcwd(), self.threads_for(job),
+                    self.settings.timeout_s, env={JOB_ENV: job.id}, gpus=job.resources.gpus)
 
-    def finish(self, task: Task, result: ProcessResult) -> None:
+    def threads_for(self, job: Job) -> int:
+        """The job's torch threads (= the CPUs it reserves): its declared CPUs, else --threads' budget."""
+        return job.resources.cpus or self.settings.threads_per_job()
+
+    def lost(self, task: Task, result: ProcessResult) -> bool:
+        """An attempt the system lost (its node died, its worker was killed): True when the backend
+        should run `task` again (its `attempt` advanced; the job keeps its lock), False when the
+        retries are spent (then the job is finished as failed)."""
+        job = self.by_id[task.job_id]
+        record = {"attempt": task.attempt, "error": result.error, "node": result.node, "host": result.host,
+                  "runtime_s": round(result.runtime_s, 3), "time": now_iso()}
+        self._lost.setdefault(job.id, []).append(record)
+        self.ledger.log("lost", job, attempt=task.attempt, error=result.error, node=result.node)
+        if task.attempt > self.settings.retries:
+            result.error = (f"lost {task.attempt} time(s) to system failures, the last: {result.error} "
+                            f"(raise --retries to try more)")
+            self.finish(task, result, lost_here=True)
+            return False
+        task.attempt += 1
+        self._claimed[job.id] = (self._claimed[job.id][0], time.monotonic())
+        self.ledger.log("start", job, attempt=task.attempt)
+        self._write(f"retry   {job.label}  (attempt {task.attempt} of {self.settings.retries + 1}: "
+                    f"the last was lost: {result.error})")
+        return True
+
+    def finish(self, task: Task, result: ProcessResult, lost_here: bool = False) -> None:
         job = self.by_id[task.job_id]
         lock, _ = self._claimed.pop(job.id)
+        lost = self._lost.pop(job.id, [])
         try:
             if result.ok:
                 st = self.status(job)
@@ -382,8 +444,9 @@ class Engine:
                     result.error = f"finished without writing its output ({st.why})"
             state = DONE if result.ok else FAILED
             note = JOB_KINDS.get(job.kind).finished(job, self.workspace, result, result.ok)
-            self.ledger.write(job, state, result, task.argv)
-            self.ledger.log(state, job, runtime_s=round(result.runtime_s, 3), error=result.error)
+            self.ledger.write(job, state, result, task.argv, lost[:-1] if lost_here else lost)
+            self.ledger.log(state, job, runtime_s=round(result.runtime_s, 3), error=result.error,
+                            attempt=task.attempt, node=result.node)
         finally:
             lock.release()
         self._record(Outcome(job, state, (result.error or "") if state == FAILED else note, result.runtime_s,
@@ -412,7 +475,7 @@ class Engine:
         (backends call it at least every POLL_S seconds)."""
         now = time.monotonic()
         for job_id, (lock, last) in list(self._claimed.items()):
-            if now - last >= HEARTBEAT_S:
+            if now - last >= heartbeat_s():
                 lock.touch()
                 self._claimed[job_id] = (lock, now)
 

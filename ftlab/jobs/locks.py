@@ -11,6 +11,13 @@ Taking over is the only step that deletes someone else's file, so it is serialis
 a guard file: without it two drivers could both judge the same stale lock dead, and the
 slower one would delete the lock the faster one had just created. flock is released by the kernel
 when its holder dies, so the guard itself can never go stale.
+
+A job's own process (`ftlab train` run by a driver) claims its output folder with a lock that also
+names the job (FTLAB_JOB, set by the driver). A later attempt of the same job takes such a claim
+over at once, wherever the earlier attempt ran: only the driver holding the job's lock starts
+attempts, and it starts one only after the previous one was lost (its node died, its worker was
+killed) or its previous driver's lock was taken over as dead. Without this, an attempt lost with
+its node would block the retry for the whole REMOTE_STALE_S window.
 """
 
 from __future__ import annotations
@@ -43,6 +50,31 @@ UNREADABLE_GRACE_S = 30.0
 HEARTBEAT_S = 30.0
 # Ten missed heartbeats: generous for NFS attribute caching and clock skew between machines.
 REMOTE_STALE_S = 10 * HEARTBEAT_S
+HEARTBEAT_ENV = "FTLAB_LOCK_HEARTBEAT_S"  # a shorter heartbeat (and so takeover window) for tests
+NODE_ENV = "FTLAB_NODE_NAME"  # the name locks give this machine, where machines share a hostname
+JOB_ENV = "FTLAB_JOB"  # set by a driver in its job's process: the job's id, recorded in its claims
+
+
+def heartbeat_s() -> float:
+    """How often a driver touches its locks: HEARTBEAT_S, or FTLAB_LOCK_HEARTBEAT_S when set."""
+    raw = os.environ.get(HEARTBEAT_ENV, "")
+    try:
+        value = float(raw) if raw else HEARTBEAT_S
+    except ValueError:
+        raise FtlabError(f"{HEARTBEAT_ENV}={raw!r} must be a number of seconds, e.g. 30") from None
+    if not value > 0:
+        raise FtlabError(f"{HEARTBEAT_ENV}={raw!r} must be positive seconds, e.g. 30")
+    return value
+
+
+def remote_stale_s() -> float:
+    """How long a lock from another machine may go untouched before it is judged dead."""
+    return 10 * heartbeat_s()
+
+
+def node_name() -> str:
+    """This machine as locks, ledgers and journals name it: FTLAB_NODE_NAME, else the hostname."""
+    return os.environ.get(NODE_ENV) or socket.gethostname()
 
 
 def _process_start_time(pid: int) -> float | None:
@@ -81,6 +113,7 @@ class LockOwner:
     start_time: float | None
     token: str
     acquired_at: str
+    job: str = ""  # the job (FTLAB_JOB) whose attempt holds it; "" outside a driver
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host} since {self.acquired_at}"
@@ -98,15 +131,15 @@ class JobLock:
 
     def _payload(self) -> dict:
         pid = os.getpid()
-        return {"pid": pid, "host": socket.gethostname(), "start_time": _process_start_time(pid),
-                "token": self.token, "acquired_at": now_iso()}
+        return {"pid": pid, "host": node_name(), "start_time": _process_start_time(pid),
+                "token": self.token, "acquired_at": now_iso(), "job": os.environ.get(JOB_ENV, "")}
 
     def owner(self) -> LockOwner | None:
         """The current holder as recorded in the file; None if there is no lock or it is unreadable."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             return LockOwner(int(data["pid"]), str(data["host"]), data.get("start_time"), str(data["token"]),
-                             str(data.get("acquired_at", "")))
+                             str(data.get("acquired_at", "")), str(data.get("job") or ""))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -130,9 +163,11 @@ class JobLock:
             except FileNotFoundError:
                 return False  # released meanwhile; the next create attempt will tell
             return age > UNREADABLE_GRACE_S
-        if owner.host != socket.gethostname():
+        if owner.job and owner.job == os.environ.get(JOB_ENV):
+            return True  # an earlier attempt of the job this process is the new attempt of (module doc)
+        if owner.host != node_name():
             try:
-                return time.time() - self.path.stat().st_mtime > REMOTE_STALE_S
+                return time.time() - self.path.stat().st_mtime > remote_stale_s()
             except FileNotFoundError:
                 return False
         return not pid_alive(owner.pid, owner.start_time)

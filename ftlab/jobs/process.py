@@ -45,6 +45,7 @@ class ProcessResult:
     output_tail: list[str] = field(default_factory=list)
     host: str = ""
     timed_out: bool = False
+    node: str = ""  # the Ray node it ran on (its node id); "" on the local backend
 
 
 def die_with_parent_fn(parent_pid: int):

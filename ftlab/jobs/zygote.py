@@ -43,6 +43,7 @@ from typing import Mapping, Sequence
 
 from ftlab import cli
 from ftlab.console import quiet_libraries
+from ftlab.jobs.locks import JOB_ENV
 from ftlab.jobs.process import (
     TAIL_LINES,
     ProcessResult,
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 PRELOAD = ("torch", "transformers", "transformers.modeling_utils", "transformers.modeling_layers",
            "transformers.generation", "peft")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# Per-job variables nothing reads at import time (the job's id for its output claim): the forked
+# job gets them like the others, and a job differing only in them still qualifies.
+PER_JOB_VARS = (*THREAD_VARS, JOB_ENV)
 READY_TIMEOUT_S = 600.0
 
 
@@ -76,7 +80,7 @@ def ftlab_args(argv: Sequence[str]) -> list[str] | None:
 
 
 def _without_threads(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k not in THREAD_VARS}
+    return {k: v for k, v in env.items() if k not in PER_JOB_VARS}
 
 
 class _Pending:

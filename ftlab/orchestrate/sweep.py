@@ -126,7 +126,7 @@ class Sweep:
         # Locally an evaluation uses the GPU when there is one; on Ray it reserves --num-gpus.
         gpus = self.settings.num_gpus if self.settings.backend == "ray" else float(bool(cuda_device_count()))
         return Job(job_id(EVALUATE, data["options"], [item.folder.name]), EVALUATE, item.model, (), data,
-                   Resources(self.settings.num_cpus, gpus), {"label": item.model})
+                   Resources(gpus=gpus), {"label": item.model})  # CPUs: its threads (num_cpus on Ray)
 
     def run(self, items: list[PlanItem] | None = None) -> SweepReport:
         items = self.plan() if items is None else items

@@ -62,6 +62,15 @@ def _wants_gpu() -> float:
     return 1.0 if cuda_device_count() else 0.0
 
 
+def resources_of(spec: StudySpec, kind: str, default_gpus: float) -> Resources:
+    """What a job of `kind` reserves: the study's resources.<kind>, over the defaults (its threads'
+    CPUs; a GPU when this machine has one, except for snapshots)."""
+    declared = getattr(spec.resources, kind)
+    return Resources(cpus=declared.cpus, gpus=default_gpus if declared.gpus is None else float(declared.gpus),
+                     memory_gb=float(declared.memory_gb),
+                     custom=tuple(sorted((str(k), float(v)) for k, v in declared.custom.items())))
+
+
 def base_config(src, workspace: Workspace) -> dict | None:
     """The base model's config.json (PTQ group sizes are fitted to its layer widths), cached in the
     job folder: finding it may convert a built-in model or ask the hub, which a plan should pay
@@ -83,6 +92,8 @@ def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace,
     rows of each task; None: every recipe with every seed, on evaluate.limit items."""
     g = StudyGraph()
     gpu = _wants_gpu()
+    res = {kind: resources_of(spec, kind, 0.0 if kind == "snapshot" else gpu)
+           for kind in ("snapshot", "train", "quantize", EVALUATE)}
     fixed = eval_options(spec)
     snapshots: dict[str, Job] = {}
 
@@ -90,7 +101,7 @@ def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace,
         options = fixed if design is None else replace(fixed, limit=design[info["recipe"]][1])
         payload = {"datasets": options.datasets, "limit": options.limit, "overrides": options.overrides}
         job = g.add(Job(job_id(EVALUATE, payload, [model_job.id]), EVALUATE, model_job.name,
-                        (model_job.id,), evaluation_data(model_job.name, options), Resources(1, gpu), info))
+                        (model_job.id,), evaluation_data(model_job.name, options), res[EVALUATE], info))
         g.evaluations[job.id] = info
 
     def quantize(source: Job, calib: str, info: dict, model_config: dict | None) -> None:
@@ -99,7 +110,7 @@ def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace,
             jid = job_id("quantize", payload, [source.id])
             name = parse_run_name(source.name).with_quant_tag(q.tag).with_variant(_variant(jid)).render()
             data = {"source": source.name, "config": config}
-            job = g.add(Job(jid, "quantize", name, (source.id,), data, Resources(1, gpu), {**info, "quant": q.tag}))
+            job = g.add(Job(jid, "quantize", name, (source.id,), data, res["quantize"], {**info, "quant": q.tag}))
             evaluate(job, {**info, "quant": q.tag, "model": name, "source_model": source.name})
 
     configs: dict[str, dict | None] = {}
@@ -114,7 +125,7 @@ def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace,
         name = build_run_name(src.base_name, None).with_variant(_variant(sid)).render()
         info = {"recipe": BASE, "seed": None, "quant": NONE, "base": base, "dataset": None, "model": name,
                 "source_model": None, "role": "base"}
-        snap = g.add(Job(sid, "snapshot", name, (), {"config": config_to_dict(snap_cfg)}, Resources(1, 0), info))
+        snap = g.add(Job(sid, "snapshot", name, (), {"config": config_to_dict(snap_cfg)}, res["snapshot"], info))
         snapshots[base] = snap
         evaluate(snap, info)
         if spec.quantize.base:
@@ -132,7 +143,7 @@ def build_graph(spec: StudySpec, recipes: list[Recipe], workspace: Workspace,
             info = {"recipe": recipe.label, "seed": seed, "quant": NONE, "base": recipe.base,
                     "dataset": recipe.dataset, "model": name, "source_model": None, "role": "recipe"}
             job = g.add(Job(tid, "train", name, (snap.id,), {"config": config_to_dict(cfg), "source": snap.name},
-                            Resources(1, gpu), info))
+                            res["train"], info))
             evaluate(job, info)
             quantize(job, recipe.dataset, info, configs[recipe.base])
     return g

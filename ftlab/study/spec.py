@@ -79,6 +79,45 @@ class EvaluateSection:
     settings: dict = doc_field({}, "other `ftlab evaluate` keys (dotted, e.g. eval.max_new_tokens)")
 
 
+@dataclass
+class KindResources:
+    """What each job of one kind reserves where it runs; a backend starts it only on a node (or
+    machine) that holds all of it (docs/study.md, "A study on a multi-node Ray cluster")."""
+
+    cpus: int | None = doc_field(None, "CPUs each job reserves, also its torch threads (default: the run's --threads)")
+    gpus: float | None = doc_field(None, "GPUs each job reserves (default: 1 when the driver's machine has a CUDA "
+                                         "device, for train, quantize and evaluate; else 0)")
+    memory_gb: float = doc_field(0.0, "memory each job reserves on its node, in GB (0: none declared)")
+    custom: dict = doc_field({}, "custom Ray resources each job reserves, e.g. {big_gpu: 1} (--backend ray only)")
+
+    def problems(self, kind: str) -> list[str]:
+        out = []
+        if self.cpus is not None and (not isinstance(self.cpus, int) or self.cpus < 1):
+            out.append(f"resources.{kind}.cpus={self.cpus} must be a whole number of CPUs >= 1")
+        if self.gpus is not None and self.gpus < 0:
+            out.append(f"resources.{kind}.gpus={self.gpus} must be >= 0")
+        if self.memory_gb < 0:
+            out.append(f"resources.{kind}.memory_gb={self.memory_gb} must be >= 0")
+        for name, amount in self.custom.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory") or str(name).startswith("node:"):
+                out.append(f"resources.{kind}.custom.{name}: a built-in Ray resource; use resources.{kind}.cpus, "
+                           ".gpus or .memory_gb")
+            elif isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0:
+                out.append(f"resources.{kind}.custom.{name}={amount!r} must be a positive amount, e.g. 1")
+        return out
+
+
+@dataclass
+class ResourcesSection:
+    snapshot: KindResources = field(default_factory=KindResources)
+    train: KindResources = field(default_factory=KindResources)
+    quantize: KindResources = field(default_factory=KindResources)
+    evaluate: KindResources = field(default_factory=KindResources)
+
+    def problems(self) -> list[str]:
+        return [p for kind in self.__dataclass_fields__ for p in getattr(self, kind).problems(kind)]
+
+
 @dataclass(frozen=True)
 class StudyAnalysisSettings:
     """How the verdict is computed (the study file's `analysis:` section) and what `ftlab study
@@ -199,6 +238,7 @@ class StudySpec:
     analysis: StudyAnalysisSettings = field(default_factory=StudyAnalysisSettings)
     adaptive: AdaptiveSection = field(default_factory=AdaptiveSection)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
 
     def validate(self) -> list[str]:
         problems = []
@@ -240,6 +280,7 @@ class StudySpec:
             problems.append(f"baseline {self.baseline!r}: use `base` or a mapping of grid keys naming one recipe")
         if self.adaptive.on:
             problems += self.adaptive.problems(self)
+        problems += self.resources.problems()
         return problems
 
 

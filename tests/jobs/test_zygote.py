@@ -47,8 +47,10 @@ def test_a_forked_job_exits_prints_and_fails_like_a_fresh_process(zygote, tmp_pa
 
     # `ftlab doctor` reports them: --workdir is resolved against the job's cwd into FTLAB_HOME (in the
     # job's environment only), and torch runs with the job's thread budget, not the zygote's.
-    r = zygote.run(ftlab_argv("ws", "doctor"), cwd=tmp_path, threads=2, timeout_s=None, env=None, name="doctor")
-    assert r.ok, r.output_tail
+    # (A driver gives every job its id, FTLAB_JOB, which nothing reads at import: still forked.)
+    r = zygote.run(ftlab_argv("ws", "doctor"), cwd=tmp_path, threads=2, timeout_s=None, env={"FTLAB_JOB": "j1"},
+                   name="doctor")
+    assert r is not None and r.ok, r and r.output_tail
     facts = dict(line.split(None, 1) for line in r.output_tail if line and not line.startswith(" ") and " " in line)
     assert facts["workspace"].strip() == f"{tmp_path / 'ws'} (not created yet)"
     assert facts["torch_threads"].strip() == "2"

@@ -157,6 +157,30 @@ def test_every_problem_of_a_study_file_is_reported_at_once(tmp_path):
     assert "quantize.variants[0]:" in text and "HQQQ" in text
 
 
+def test_resources_reach_the_jobs_and_their_problems_are_reported_at_once(tmp_path):
+    from ftlab.jobs.engine import Resources
+
+    path = study_file(tmp_path, resources={"train": {"cpus": 2, "memory_gb": 4, "custom": {"big_gpu": 1}},
+                                           "evaluate": {"gpus": 0}})
+    _, _, graph = graph_of(path)
+    by_kind = {j.kind: j.resources for j in graph.jobs}
+    assert by_kind["train"] == Resources(cpus=2, gpus=0.0, memory_gb=4.0, custom=(("big_gpu", 1.0),))
+    assert by_kind["evaluate"] == Resources() and by_kind["snapshot"] == Resources()
+    assert by_kind["train"].needs(1) == {"CPU": 2.0, "memory": 4 * 2 ** 30, "big_gpu": 1.0}
+    # Where a job runs is not what it computes: resources leave every job's identity unchanged.
+    assert {j.id for j in graph.jobs} == {j.id for j in graph_of(study_file(tmp_path))[2].jobs}
+    with pytest.raises(ConfigError) as exc:
+        graph_of(study_file(tmp_path, resources={"train": {"cpus": 0, "custom": {"GPU": 1, "big_gpu": -1}},
+                                                 "evaluate": {"gpus": -1, "memory_gb": -2}, "quantise": {}}))
+    text = "\n".join(exc.value.problems)
+    for expected in ("resources.train.cpus=0 must be a whole number of CPUs >= 1",
+                     "resources.train.custom.GPU: a built-in Ray resource; use resources.train.cpus, .gpus or .memory_gb",
+                     "resources.train.custom.big_gpu=-1 must be a positive amount, e.g. 1",
+                     "resources.evaluate.gpus=-1", "resources.evaluate.memory_gb=-2",
+                     "unknown key 'resources.quantise' (did you mean 'resources.quantize'?)"):
+        assert expected in text, text
+
+
 def test_evaluation_tasks_and_quant_options_are_checked_before_anything_runs(tmp_path, capsys):
     # Both used to pass `--dry-run` ("6 of 6 jobs would run"): the task typo failed the first
     # evaluation after every training had run, and bits: four surfaced as a bad quant tag.
