@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 ALL_TASKS = "all"
 # Per-sample graded scores a task may record beside `correct` (SQuAD-style F1); the bootstrap uses
 # the first present in both models' lines, else the 0/1 correctness.
-_SCORE_KEYS = ("f1",)
+# Per-sample scores preferred over right/wrong when both models have them: token F1 (squad_v2),
+# then an lm-eval task's primary metric (`score`, ftlab.eval.lmeval.runner: 0/1 or continuous).
+_SCORE_KEYS = ("f1", "score")
 
 
 def samples_path(metrics_dir, model: str):
@@ -52,7 +54,9 @@ def load_samples(source: Workspace | str | os.PathLike, model: str) -> tuple[pd.
     for col in ("dataset", "index", "correct"):
         if col not in df.columns:
             raise FtlabError(f"samples file {path} lacks the {col!r} field; re-run ftlab evaluate {model}")
-    df["correct"] = df["correct"].fillna(False).astype(bool)
+    # None where a sample is scored, not judged right or wrong (an lm-eval task whose primary metric
+    # is continuous): kept as missing, so such a task gets no McNemar test rather than one on all-False.
+    df["correct"] = df["correct"].astype(object).where(df["correct"].notna(), None)
     return df.reset_index(drop=True), doc
 
 
@@ -99,14 +103,21 @@ def compare_pair(source: Workspace | str | os.PathLike, model_a: str, model_b: s
         sub_a = g[[c for c in g.columns if c.endswith("_a")]].rename(columns=lambda c: c[:-2])
         sub_b = g[[c for c in g.columns if c.endswith("_b")]].rename(columns=lambda c: c[:-2])
         score = _score_column(sub_a, sub_b)
-        mc = mcnemar_exact(g["correct_a"].to_numpy(), g["correct_b"].to_numpy())
+        judged = g["correct_a"].notna().all() and g["correct_b"].notna().all()
+        if score == "correct" and not judged:
+            raise FtlabError(f"{task}: some samples of {model_a} or {model_b} are neither right/wrong nor scored; "
+                             f"re-run ftlab evaluate on both")
         bs = paired_bootstrap(sub_a[score].astype(float).to_numpy(), sub_b[score].astype(float).to_numpy(),
                               resamples=resamples, confidence=confidence, seed=seed)
+        mc = mcnemar_exact(g["correct_a"].astype(bool).to_numpy(), g["correct_b"].astype(bool).to_numpy()) if judged else None
         rows.append({
-            "task": task, "n": mc.n, "score": "accuracy" if score == "correct" else score,
+            "task": task, "n": len(g), "score": "accuracy" if score == "correct" else score,
             "a": bs.mean_a, "b": bs.mean_b, "diff": bs.diff, "ci_low": bs.ci_low, "ci_high": bs.ci_high,
-            "bootstrap_p": bs.p_value, "bootstrap_resamples": bs.resamples, "a_only": mc.a_only, "b_only": mc.b_only,
-            "mcnemar_p": mc.p_value, "ratio": bs.ratio, "ratio_low": bs.ratio_low, "ratio_high": bs.ratio_high,
+            "bootstrap_p": bs.p_value, "bootstrap_resamples": bs.resamples,
+            # McNemar needs right/wrong per sample; a continuous score gets the bootstrap only.
+            "a_only": mc.a_only if mc else None, "b_only": mc.b_only if mc else None,
+            "mcnemar_p": mc.p_value if mc else float("nan"),
+            "ratio": bs.ratio, "ratio_low": bs.ratio_low, "ratio_high": bs.ratio_high,
         })
     return pd.DataFrame(rows)
 
@@ -114,12 +125,16 @@ def compare_pair(source: Workspace | str | os.PathLike, model_a: str, model_b: s
 def describe_pair(result: pd.DataFrame, model_a: str, model_b: str, confidence: float = 0.95) -> str:
     lines = [f"paired comparison: A = {model_a}, B = {model_b} (diff = B - A, {confidence:.0%} paired-bootstrap interval)"]
     for r in result.itertuples(index=False):
-        verdict = "significant" if r.mcnemar_p < 1 - confidence else "not significant"
         p_boot = format_p(r.bootstrap_p, resamples=r.bootstrap_resamples)
         p_boot = f"p {p_boot}" if p_boot.startswith("<") else f"p={p_boot}"
+        if r.a_only is None or r.a_only != r.a_only:  # a continuous score: no McNemar (compare_pair)
+            verdict = "significant" if r.bootstrap_p < 1 - confidence else "not significant"
+            test = f"McNemar: n/a (scores are not right/wrong; {verdict} by the bootstrap)"
+        else:
+            verdict = "significant" if r.mcnemar_p < 1 - confidence else "not significant"
+            test = f"McNemar: A-only={int(r.a_only)} B-only={int(r.b_only)} p={r.mcnemar_p:.4g} ({verdict})"
         lines.append(
             f"  {r.task:<14} n={r.n:<5} {r.score} A={r.a:.4f} B={r.b:.4f} diff={r.diff:+.4f} "
-            f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] bootstrap {p_boot}  "
-            f"McNemar: A-only={r.a_only} B-only={r.b_only} p={r.mcnemar_p:.4g} ({verdict})"
+            f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] bootstrap {p_boot}  {test}"
         )
     return "\n".join(lines)

@@ -247,18 +247,18 @@ def run_ray(engine: Engine) -> None:
     in_flight: dict = {}
     started_here = _ray_init(ray, s)
     try:
-        nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
         free = {k: float(v) for k, v in ray.cluster_resources().items()}
 
         def need(job: Job) -> dict[str, float]:
             return job.resources.needs(engine.threads_for(job))
 
-        def unrunnable(job: Job) -> str | None:
+        def unrunnable(job: Job, live: str = "") -> str | None:
+            nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
             want = need(job)
             if any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in want.items()) for node in nodes):
                 return None
-            return (f"needs {job.resources.describe(engine.threads_for(job))} on one node; no node of the Ray "
-                    f"cluster has that ({_node_summary(nodes)})")
+            return (f"needs {job.resources.describe(engine.threads_for(job))} on one node; no {live}node of the "
+                    f"Ray cluster has that ({_node_summary(nodes)})")
 
         engine.refuse_unrunnable(unrunnable)
 
@@ -297,7 +297,8 @@ def run_ray(engine: Engine) -> None:
                     result = ProcessResult(False, None, time.monotonic() - submitted,
                                            f"Ray task failed: {type(exc).__name__}: {first}")
                     if system_failure(ray, exc):
-                        if engine.lost(task, result):
+                        # Placed again only where it fits now: its node may have been the only one.
+                        if engine.lost(task, result, unrunnable(engine.by_id[task.job_id], "live ")):
                             submit(task, want)
                         continue
                 engine.finish(task, result)

@@ -235,7 +235,7 @@ class Ledger:
 
     def log(self, event: str, job: Job, **extra) -> None:
         append_jsonl(self.journal, {"event": event, "id": job.id, "kind": job.kind, "name": job.name,
-                                    "pid": os.getpid(), "host": node_name(), "time": now_iso(), **extra})
+                                    "pid": os.getpid(), "host": node_name(), "time": now_iso("milliseconds"), **extra})
 
     def path(self, job_id: str) -> Path:
         return self.folder / f"{job_id}.json"
@@ -411,17 +411,20 @@ class Engine:
         """The job's torch threads (= the CPUs it reserves): its declared CPUs, else --threads' budget."""
         return job.resources.cpus or self.settings.threads_per_job()
 
-    def lost(self, task: Task, result: ProcessResult) -> bool:
+    def lost(self, task: Task, result: ProcessResult, unplaceable: str | None = None) -> bool:
         """An attempt the system lost (its node died, its worker was killed): True when the backend
         should run `task` again (its `attempt` advanced; the job keeps its lock), False when the
-        retries are spent (then the job is finished as failed)."""
+        retries are spent or `unplaceable` says why no live node can hold it now (then the job is
+        finished as failed, rather than waiting for a node that may never come back)."""
         job = self.by_id[task.job_id]
         record = {"attempt": task.attempt, "error": result.error, "node": result.node, "host": result.host,
                   "runtime_s": round(result.runtime_s, 3), "time": now_iso()}
         self._lost.setdefault(job.id, []).append(record)
         self.ledger.log("lost", job, attempt=task.attempt, error=result.error, node=result.node)
-        if task.attempt > self.settings.retries:
-            result.error = (f"lost {task.attempt} time(s) to system failures, the last: {result.error} "
+        if task.attempt > self.settings.retries or unplaceable:
+            result.error = (f"lost to a system failure ({result.error}), and {unplaceable}; run it again once "
+                            "such a node is back" if unplaceable else
+                            f"lost {task.attempt} time(s) to system failures, the last: {result.error} "
                             f"(raise --retries to try more)")
             self.finish(task, result, lost_here=True)
             return False

@@ -53,10 +53,13 @@ def collect(workspace: Workspace, evaluations: list[dict], tasks: list[str]) -> 
             if not block:
                 continue
             rows = samples[samples["dataset"] == task]
-            score = rows["f1"].astype(float) if "f1" in rows and rows["f1"].notna().all() else rows["correct"].astype(float)
+            # The per-sample score the verdict tests: token F1 (squad_v2), an lm-eval task's primary
+            # metric (`score`, also for continuous ones), else right/wrong.
+            key = next((k for k in ("f1", "score") if k in rows and rows[k].notna().all()), "correct")
+            score = rows[key].astype(float)
             sample_frames.append(pd.DataFrame({
                 **{k: [v] * len(rows) for k, v in labels.items()}, "task": task,
-                "index": rows["index"].astype(int).to_numpy(), "correct": rows["correct"].astype(bool).to_numpy(),
+                "index": rows["index"].astype(int).to_numpy(), "correct": rows["correct"].fillna(False).astype(bool).to_numpy(),
                 "score": score.to_numpy(),
             }))
             latency = (block.get("latency_s") or {}).get("mean")

@@ -277,6 +277,27 @@ def test_pair_uses_per_sample_f1_when_both_have_it(metrics_ws):
     assert res.score == "f1" and res["diff"] == pytest.approx((0.2 + 0.5) / 4)
 
 
+def test_pair_on_a_continuous_lmeval_score_uses_the_bootstrap_and_no_mcnemar(metrics_ws):
+    # An lm-eval task whose primary metric is continuous writes `score` per document and no
+    # right/wrong (`correct` null, ftlab.eval.lmeval.runner). McNemar on all-False would call every
+    # such comparison "not significant"; the bootstrap on the scores decides instead.
+    from ftlab.compare.pair import describe_pair
+
+    (metrics_ws.metrics_dir / "tiny-base.samples.jsonl").unlink()
+    for name, acc in (("tiny-base", 0.3), ("other-base", 0.8)):
+        atomic_write_json(metrics_ws.metrics_dir / f"{name}.json", metrics_doc(name, {"lmeval:squad_f1": acc}))
+    for name, scores in (("tiny-base", [0.1, 0.2, 0.3, 0.4] * 10), ("other-base", [0.7, 0.8, 0.9, 0.8] * 10)):
+        for i, sc in enumerate(scores):
+            append_jsonl(metrics_ws.metrics_dir / f"{name}.samples.jsonl",
+                         {"dataset": "lmeval:squad_f1", "index": i, "prompt_hash": f"p{i}", "correct": None,
+                          "score": sc, "eval_config_hash": HASH})
+    res = compare_pair(metrics_ws, "tiny-base", "other-base", resamples=2000).iloc[0]
+    assert res.score == "score" and res["diff"] == pytest.approx(0.55) and res.n == 20  # the block's n rows
+    assert res.a_only is None and res.mcnemar_p != res.mcnemar_p  # NaN: not applicable
+    text = describe_pair(compare_pair(metrics_ws, "tiny-base", "other-base", resamples=2000), "tiny-base", "other-base")
+    assert "McNemar: n/a (scores are not right/wrong; significant by the bootstrap)" in text, text
+
+
 def test_pair_without_common_samples_is_an_error(metrics_ws):
     with pytest.raises(FtlabError, match="no samples"):
         compare_pair(metrics_ws, "tiny-base", "other-base")

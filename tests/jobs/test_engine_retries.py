@@ -114,6 +114,24 @@ def test_no_retries_means_the_first_loss_fails_the_job(tmp_path, file_kind):
         EngineSettings(retries=-1).validate()
 
 
+def test_a_lost_job_no_live_node_can_hold_fails_instead_of_waiting(tmp_path, file_kind):
+    ws = Workspace(tmp_path)
+    engine = Engine(graph(), ws, ws.jobs_dir, EngineSettings(retries=2), echo=lambda line: None)
+
+    def backend(engine: Engine) -> None:
+        job, task = engine.next_ready()
+        lost = ProcessResult(False, None, 0.5, "Ray task failed: NodeDiedError: its node died")
+        assert not engine.lost(task, lost, "needs 1 CPU(s), 1 big_gpu on one node; no live node has that")
+
+    outcomes = {o.job.name: o for o in engine.run(backend)}
+    assert outcomes["a"].state == FAILED and outcomes["b"].state == BLOCKED
+    assert outcomes["a"].detail == ("lost to a system failure (Ray task failed: NodeDiedError: its node died), and needs "
+                                    "1 CPU(s), 1 big_gpu on one node; no live node has that; run it again once such a "
+                                    "node is back")
+    events = [e["event"] for e in read_jsonl(ws.jobs_dir / "journal.jsonl")]
+    assert events == ["start", "lost", "failed"]
+
+
 def _foreign_claim(path: Path, job: str) -> None:
     """A claim by a process on another machine that touched it just now (alive, as far as anyone
     here can tell), made by an attempt of `job`."""
