@@ -7,6 +7,7 @@ import logging
 
 from ftlab.errors import FtlabError
 from ftlab.jobs.backends import BACKENDS
+from ftlab.jobs.engine import EngineSettings
 from ftlab.orchestrate.discovery import EvalOptions
 from ftlab.orchestrate.sweep import Sweep, SweepSettings, format_plan, format_summary
 from ftlab.paths import Workspace
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ray.add_argument("--num-cpus", type=float, default=1.0, help="CPUs each evaluation task reserves (default 1)")
     ray.add_argument("--num-gpus", type=float, default=0.0, help="GPUs each evaluation task reserves (default 0)")
     ray.add_argument("--max-parallel", type=int, metavar="N", help="evaluations in flight at once (default: what the cluster fits)")
+    ray.add_argument("--retries", type=int, default=EngineSettings.retries, metavar="N",
+                     help="run an evaluation the cluster lost (node died, worker killed) again, up to N times "
+                          f"(default {EngineSettings.retries}); one that fails on its own is not retried")
 
 
 def _split_overrides(args: argparse.Namespace) -> tuple[list[str] | None, list[str]]:
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     settings = SweepSettings(
         backend=args.backend, retry_failed=args.retry_failed, only=args.model, timeout_s=args.timeout,
         threads=args.threads, max_parallel=args.max_parallel, ray_address=args.ray_address,
-        num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+        num_cpus=args.num_cpus, num_gpus=args.num_gpus, retries=args.retries,
     )
     sweep = Sweep(ws, options, settings)
     items = sweep.plan()

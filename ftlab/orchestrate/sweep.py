@@ -42,6 +42,7 @@ class SweepSettings:
     ray_address: str | None = None
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    retries: int = EngineSettings.retries  # attempts the cluster lost that run again (EngineSettings.retries)
 
     def validate(self) -> None:
         if self.timeout_s is not None and self.timeout_s <= 0:
@@ -60,7 +61,7 @@ class SweepSettings:
         # Ray: threads follow the CPUs a task reserves, so co-located tasks do not oversubscribe.
         threads = self.threads or (max(1, int(self.num_cpus)) if ray else None)
         return EngineSettings(workers=self.max_parallel or (None if ray else 1), threads=threads,
-                              timeout_s=self.timeout_s, retry_failed=True, backend=self.backend,
+                              timeout_s=self.timeout_s, retry_failed=True, retries=self.retries, backend=self.backend,
                               ray_address=self.ray_address, cwd=os.getcwd(),
                               # A model another sweep is evaluating is reported, not waited for.
                               wait_for_busy=False)

@@ -203,7 +203,7 @@ def test_a_node_killed_mid_training_runs_the_job_again_elsewhere_from_its_checkp
     assert len(done) == 4 and max(done.values()) == 1  # base, its evaluation, the training, its evaluation
     assert_clean(ws)
     restart = next(e for e in journal(ws) if e["id"] == train["id"] and e.get("attempt") == 2)
-    print(f"node killed -> job running again: {_iso(restart['time']) - killed_at:.1f} s")
+    assert _iso(restart["time"]) - killed_at < 60  # ~0.5 s here (benchmarks/ray_cluster.md); no rerun by hand
 
 
 def test_a_second_driver_takes_over_when_the_first_one_dies(cluster, tmp_path):
@@ -232,6 +232,10 @@ def test_a_second_driver_takes_over_when_the_first_one_dies(cluster, tmp_path):
              and any(f["id"] == e["id"] and f["event"] == "start" and f["host"] == "machine-a" for f in journal(ws))]
     assert taken, "the second driver took over none of the first one's jobs"
     assert all(_iso(e["time"]) >= killed_at + 5 for e in taken)  # only after the heartbeat window
+    # While both lived, the second driver started nothing the first had started.
+    by_a = {e["id"] for e in journal(ws) if e["event"] == "start" and e["host"] == "machine-a"}
+    assert not [e for e in journal(ws) if e["event"] == "start" and e["host"] == "machine-b"
+                and _iso(e["time"]) < killed_at and e["id"] in by_a]
     assert_clean(ws)
 
 
