@@ -5,7 +5,11 @@ The study: scratch:tiny, LoRA / rsLoRA x 2 seeds, 1 task (synthetic-arith, 8 que
 tokens): 1 snapshot + 4 trainings + 5 evaluations = 10 jobs. Each side runs in its own fresh
 workspace, one after the other, with 3 jobs at once of 1 thread each:
 
-- local: `ftlab study run FILE --workers 3 --threads 1` (jobs forked from the local zygote);
+- local: `ftlab study run FILE --workers 3 --threads 1` (jobs forked from the local zygote, which
+  imported torch and transformers once);
+- local, fresh processes: the same with the zygote switched off (every job a fresh `python -m
+  ftlab` process that imports torch itself, as every Ray job does): what separates Ray from the
+  local backend beyond the process start;
 - ray: `ray.cluster_utils.Cluster` with a head and two worker nodes of 1 CPU each, then
   `ftlab study run FILE --backend ray --ray-address ADDR --threads 1` (every job a Ray task that
   starts a fresh `python -m ftlab` process on its node).
@@ -98,11 +102,18 @@ def responses(ws: Path) -> dict:
     return out
 
 
-def run_study(ws: Path, *args: str) -> float:
+# `python -m ftlab` with the local zygote off (ftlab.jobs.zygote.supported() False): jobs start fresh.
+NO_ZYGOTE = ("import sys, ftlab.jobs.zygote as z; z.supported = lambda: False; "
+             "from ftlab.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def run_study(ws: Path, *args: str, zygote: bool = True) -> float:
     path = study(ws)
+    argv = ftlab(ws, "study", "run", str(path), "--threads", "1", "--no-report", *args)
+    if not zygote:
+        argv = [sys.executable, "-c", NO_ZYGOTE, *argv[3:]]
     t0 = time.monotonic()
-    proc = subprocess.run(ftlab(ws, "study", "run", str(path), "--threads", "1", "--no-report", *args),
-                          capture_output=True, text=True, env=env(), cwd=ws)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env(), cwd=ws)
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"study failed ({' '.join(args)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -119,10 +130,11 @@ def cluster(**workers):
 
 
 def side_by_side(root: Path) -> dict:
-    local_ws, ray_ws = root / "local", root / "ray"
-    local_ws.mkdir()
-    ray_ws.mkdir()
+    local_ws, fresh_ws, ray_ws = root / "local", root / "fresh", root / "ray"
+    for ws in (local_ws, fresh_ws, ray_ws):
+        ws.mkdir()
     local_wall = run_study(local_ws, "--workers", "3")
+    fresh_wall = run_study(fresh_ws, "--workers", "3", zygote=False)
     t0 = time.monotonic()
     c, _ = cluster()
     start_s = time.monotonic() - t0
@@ -130,12 +142,15 @@ def side_by_side(root: Path) -> dict:
         ray_wall = run_study(ray_ws, "--backend", "ray", "--ray-address", c.address)
     finally:
         c.shutdown()
-    a, b = responses(local_ws), responses(ray_ws)
+    a, b, f = responses(local_ws), responses(ray_ws), responses(fresh_ws)
     same = sum(a[k] == b.get(k) for k in a)
     return {"local": {"wall_s": round(local_wall, 1), **overheads(local_ws)},
+            "local_fresh_processes": {"wall_s": round(fresh_wall, 1), **overheads(fresh_ws)},
             "ray_3_nodes": {"wall_s": round(ray_wall, 1), "cluster_start_s": round(start_s, 1), **overheads(ray_ws)},
             "ray_vs_local_wall": round(ray_wall / local_wall, 2),
-            "identical_answers": f"{same} / {len(a)}", "answers_compared": len(a)}
+            "ray_vs_local_fresh_wall": round(ray_wall / fresh_wall, 2),
+            "identical_answers": f"{same} / {len(a)}", "answers_compared": len(a),
+            "identical_answers_fresh": f"{sum(a[k] == f.get(k) for k in a)} / {len(a)}"}
 
 
 def node_death(root: Path) -> dict:

@@ -12,10 +12,10 @@ import logging
 import os
 import sys
 import time
-
-import psutil
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+
+import psutil
 
 from ftlab.errors import FtlabError
 from ftlab.jobs import zygote as zygotes
