@@ -64,7 +64,7 @@ class Resources:
                "memory": self.memory_gb * 2 ** 30, **dict(self.custom)}
         return {k: v for k, v in out.items() if v}
 
-    def describe(self, threads: int) -> str:
+    def describe(self, threads: int | str) -> str:
         parts = [f"{self.cpus or threads} CPU(s)"]
         if self.gpus:
             parts.append(f"{self.gpus:g} GPU(s)")

@@ -25,6 +25,7 @@ from ftlab.jobs.engine import (
     EngineSettings,
     Outcome,
     PlanRow,
+    Resources,
 )
 from ftlab.jobs.kinds import EVALUATE, config_path, jobs_dir
 from ftlab.orchestrate.discovery import error_path
@@ -78,7 +79,12 @@ def format_plan(study: Study, rows: list[PlanRow]) -> str:
     head = (f"study {study.spec.name}: {len(rows)} jobs ({kinds}); "
             + ", ".join(f"{states.get(s, 0)} {s}" for s in (DONE, TODO, STALE, FAILED_EARLIER, BUSY) if states.get(s) or s in (DONE, TODO, STALE)))
     width = max([len(r.job.name) for r in rows] + [6])
-    lines = [head, f"{'state':<14}  {'kind':<8}  {'output':<{width}}  recipe / why"]
+    lines = [head]
+    reserved = {job.kind: job.resources for job in study.graph.jobs}
+    if any(res != Resources() for res in reserved.values()):  # GPUs or a resources: section
+        lines.append("each job reserves (N: --threads): " + "; ".join(f"{kind} {res.describe('N')}"
+                                                                       for kind, res in reserved.items()))
+    lines.append(f"{'state':<14}  {'kind':<8}  {'output':<{width}}  recipe / why")
     for r in rows:
         info = r.job.info
         who = info.get("recipe", "")

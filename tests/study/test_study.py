@@ -167,6 +167,11 @@ def test_resources_reach_the_jobs_and_their_problems_are_reported_at_once(tmp_pa
     assert by_kind["train"] == Resources(cpus=2, gpus=0.0, memory_gb=4.0, custom=(("big_gpu", 1.0),))
     assert by_kind["evaluate"] == Resources() and by_kind["snapshot"] == Resources()
     assert by_kind["train"].needs(1) == {"CPU": 2.0, "memory": 4 * 2 ** 30, "big_gpu": 1.0}
+    from ftlab.study.run import format_plan, open_study
+
+    study = open_study(path, Workspace(tmp_path))
+    assert ("each job reserves (N: --threads): snapshot N CPU(s); evaluate N CPU(s); train 2 CPU(s), 4 GB memory, "
+            "1 big_gpu;") in format_plan(study, study.engine().plan()) + ";"
     # Where a job runs is not what it computes: resources leave every job's identity unchanged.
     assert {j.id for j in graph.jobs} == {j.id for j in graph_of(study_file(tmp_path))[2].jobs}
     with pytest.raises(ConfigError) as exc:
