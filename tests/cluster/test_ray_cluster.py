@@ -11,6 +11,7 @@ FTLAB_NODE_NAME, so the takeover goes through the heartbeat window as it would t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,16 +120,30 @@ def train_pid(ws: Path) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def simulated_cluster():
+    """A head of 1 CPU with fast health checks. Ray's node setup installs its own SIGTERM handler in
+    this (pytest's) process and keeps it after shutdown; the handlers are put back, or the tests
+    after these would run under Ray's (tests/test_cli_foundation.py skipped its SIGTERM test)."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "_system_config": FAST_HEALTH})
+    try:
+        yield c
+    finally:
+        c.shutdown()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Three nodes: a head and a plain worker (1 CPU each), and a worker that also declares one
     `fake_gpu`, standing in for the GPU node of a real cluster."""
-    c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "_system_config": FAST_HEALTH})
-    gpu_node = c.add_node(num_cpus=1, resources={"fake_gpu": 1})
-    plain = c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    yield c, gpu_node, plain
-    c.shutdown()
+    with simulated_cluster() as c:
+        gpu_node = c.add_node(num_cpus=1, resources={"fake_gpu": 1})
+        plain = c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+        yield c, gpu_node, plain
 
 
 def test_jobs_asking_for_a_resource_run_only_where_it_is_and_a_failing_job_is_not_retried(cluster, tmp_path):
@@ -171,8 +186,7 @@ def test_a_resource_no_node_has_fails_up_front(cluster, tmp_path):
 
 def test_a_node_killed_mid_training_runs_the_job_again_elsewhere_from_its_checkpoint(tmp_path):
     ws = tmp_path
-    c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "_system_config": FAST_HEALTH})
-    try:
+    with simulated_cluster() as c:
         trainers = [c.add_node(num_cpus=1, resources={"fake_gpu": 1}) for _ in range(2)]
         c.wait_for_nodes()
         fixed = {**TINY_TRAIN, "train.max_steps": 60, "train.save_steps": 3}
@@ -186,8 +200,6 @@ def test_a_node_killed_mid_training_runs_the_job_again_elsewhere_from_its_checkp
         killed_at = time.time()
         c.remove_node(victim, allow_graceful=False)  # SIGKILL to its raylet and workers
         out, _ = proc.communicate(timeout=900)
-    finally:
-        c.shutdown()
     assert proc.returncode == 0, out[-3000:]
     assert "retry   " in out, out[-3000:]
     records = ledger(ws)
