@@ -132,8 +132,13 @@ def main(argv=None) -> int:
     ap.add_argument("--arc-n", type=int, default=200)
     ap.add_argument("--gsm8k-n", type=int, default=30)
     ap.add_argument("--batch", type=int, default=16, help="the fixed batch both sides also run at")
+    ap.add_argument("--tasks", default="arc_challenge,gsm8k", help="comma-separated: arc_challenge, gsm8k")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    tasks = [t for t in args.tasks.split(",") if t]
+    unknown = sorted(set(tasks) - {"arc_challenge", "gsm8k"})
+    if unknown:
+        ap.error(f"--tasks: unknown {unknown}; choose from arc_challenge, gsm8k")
 
     import torch
 
@@ -152,6 +157,8 @@ def main(argv=None) -> int:
         tmp = Path(tmp_name)
         files = data_files(tmp)
         for task, n, generated in (("arc_challenge", args.arc_n, False), ("gsm8k", args.gsm8k_n, True)):
+            if task not in tasks:
+                continue
             row = {"n": n, "ftlab": [], "lm_eval": []}
             for batch in (None, args.batch):
                 res, lines = run_ftlab(model, tok, source, task, files, n, batch, tmp)

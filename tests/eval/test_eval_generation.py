@@ -215,6 +215,73 @@ def test_auto_batch_and_prefill_budget_keep_greedy_outputs(tiny, monkeypatch):
     assert [g.text for g in trickled] == [g.text for g in alone]
 
 
+def test_long_prompts_prefilled_alone_keep_greedy_outputs(tiny, monkeypatch):
+    """Rows past SOLO_PREFILL_TOKENS are prefilled one at a time and then laid out as a padded
+    prefill lays them out (after a shared prefix); the answers do not change."""
+    from ftlab.eval.backends import kv_cache
+
+    model, tok = tiny
+    gen = HFGenerator(model, tok, progress=False)
+    prompts = [gen.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    alone = _run(gen, prompts, max_new_tokens=12, batch_size=1)
+    calls = []
+    solo = kv_cache.PrefixCache._prefill_alone
+    monkeypatch.setattr(kv_cache.PrefixCache, "_prefill_alone",
+                        lambda self, model, seqs, *a: calls.append(len(seqs)) or solo(self, model, seqs, *a))
+    monkeypatch.setattr(kv_cache, "SOLO_PREFILL_TOKENS", 1)
+    together = _run(gen, prompts, max_new_tokens=12, batch_size=4)
+    assert calls and max(calls) > 1  # several rows were admitted in one prefill, each run alone
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert [g.new_tokens for g in together] == [g.new_tokens for g in alone]
+
+
+def test_growing_cache_layer_gives_bitwise_the_same_logits_through_row_surgery(tiny):
+    """Decoding into GrowingLayers (written in place) against transformers' concatenating
+    DynamicLayers, through a row selection, a splice and growth past the spare room."""
+    from transformers.cache_utils import DynamicCache
+
+    from ftlab.eval.backends import kv_cache
+
+    model, _ = tiny
+    torch.manual_seed(0)
+    ids = torch.randint(5, model.config.vocab_size, (3, 9))
+    extra = torch.randint(5, model.config.vocab_size, (2, 6))
+
+    def decode(grow: bool):
+        logits = []
+        with torch.inference_mode():
+            cache = model(input_ids=ids, use_cache=True, past_key_values=DynamicCache(config=model.config)).past_key_values
+            mask = torch.ones(3, 9, dtype=torch.long)
+            if grow:
+                kv_cache.growing(cache)
+            last, pos = ids[:, -1], torch.full((3,), 9)
+            for step in range(kv_cache.GROWTH_TOKENS + 20):
+                if step == 5:  # the middle row leaves
+                    cache, mask = kv_cache.select_rows(cache, mask, torch.tensor([0, 2]))
+                    last, pos = last[[0, 2]], pos[[0, 2]]
+                if step == 9:  # two shorter rows join
+                    new = model(input_ids=extra, use_cache=True, past_key_values=DynamicCache(config=model.config))
+                    cache, mask = kv_cache.splice_rows(cache, mask, new.past_key_values, torch.ones(2, 6, dtype=torch.long))
+                    last, pos = torch.cat([last, extra[:, -1]]), torch.cat([pos, torch.full((2,), 6)])
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                out = model(input_ids=last[:, None], attention_mask=mask, position_ids=pos[:, None],
+                            past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                logits.append(out.logits[:, -1])
+                last, pos = out.logits[:, -1].argmax(-1), pos + 1
+        return logits, cache
+
+    plain, plain_cache = decode(grow=False)
+    grown, grown_cache = decode(grow=True)
+    assert {type(layer).__name__ for layer in grown_cache.layers} == {"GrowingLayer"}
+    assert {type(layer).__name__ for layer in plain_cache.layers} == {"DynamicLayer"}
+    assert len(plain) == len(grown)
+    for a, b in zip(plain, grown):
+        assert torch.equal(a, b)
+    for a, b in zip(plain_cache.layers, grown_cache.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
 def test_out_of_memory_halves_the_batch_and_keeps_outputs(tiny, monkeypatch, caplog):
     from ftlab.eval.backends.continuous import ContinuousBatcher
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ftlab.eval.backends import sizing
 from ftlab.eval.backends.api import Generation, Generator
-from ftlab.eval.backends.kv_cache import PrefixCache, accepts_logits_to_keep, select_rows, splice_rows
+from ftlab.eval.backends.kv_cache import PrefixCache, accepts_logits_to_keep, growing, select_rows, splice_rows
 from ftlab.eval.backends.stopping import closing_token_ids, finish_reason
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class ContinuousBatcher:
                 self.pos, self.last = torch.cat([self.pos, n_pos]), torch.cat([self.last, n_next])
             else:
                 self.cache, self.mask, self.pos, self.last = n_cache, n_mask, n_pos, n_next
+            growing(self.cache)  # each decoded token is then written in place, not concatenated
         except BaseException:
             self.queue.extendleft(reversed(take))  # not admitted: they wait again (e.g. out of memory)
             raise
