@@ -31,6 +31,9 @@ class Workspace:
     def metrics_dir(self) -> Path:
         return self.root / "Testing" / "metrics"
 
+    def metrics_files(self, model: str) -> "MetricsFiles":
+        return MetricsFiles.of(self.metrics_dir, model)
+
     @property
     def jobs_dir(self) -> Path:
         """The job engine's ledger and journal (ftlab.jobs), shared by studies and sweeps."""
@@ -48,6 +51,32 @@ class Workspace:
     @property
     def summary_csv(self) -> Path:
         return self.root / "Testing" / "metrics_summary.csv"
+
+
+@dataclass(frozen=True)
+class MetricsFiles:
+    """The files one evaluated model keeps in Testing/metrics/ (docs/ARCHITECTURE.md): its metrics
+    document, its per-sample lines, the answers to lm-eval requests it has computed (reused on a
+    rerun), and the error report of a failed evaluation job."""
+
+    metrics: Path
+    samples: Path
+    requests: Path
+    error: Path
+
+    SUFFIXES = {"metrics": ".json", "samples": ".samples.jsonl", "requests": ".requests.jsonl", "error": ".error.json"}
+
+    @classmethod
+    def of(cls, metrics_dir: Path, model: str) -> "MetricsFiles":
+        return cls(**{field: Path(metrics_dir) / f"{model}{suffix}" for field, suffix in cls.SUFFIXES.items()})
+
+    @classmethod
+    def other_suffixes(cls) -> tuple[str, ...]:
+        """The suffixes of a model's files other than its metrics document."""
+        return tuple(suffix for field, suffix in cls.SUFFIXES.items() if field != "metrics")
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.metrics, self.samples, self.requests, self.error)
 
 
 def cache_dir() -> Path:

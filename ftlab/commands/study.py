@@ -9,7 +9,7 @@ from ftlab.errors import FtlabError
 from ftlab.jobs.backends import BACKENDS
 from ftlab.jobs.engine import EngineSettings
 from ftlab.paths import Workspace
-from ftlab.study.run import execute, open_study, print_report
+from ftlab.study.run import execute, open_study, print_report, track_report
 from ftlab.tracking import trackers
 
 
@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rep = sub.add_parser("report", help="write the verdict from the finished evaluations",
                          description="Writes Testing/studies/<name>/ (report.md, report.html, frame.parquet/csv).")
     rep.add_argument("file", help="study YAML file")
+    trackers.add_arguments(rep)
     rep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="study file overrides")
 
 
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             adaptive.print_report(study)
         else:
             print_report(study)
+        track_report(study)
         return 0
     if args.study_command == "plan":
         from ftlab.study.plan import plan_text  # lazy: ftlab.study.plan imports numpy

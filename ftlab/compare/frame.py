@@ -18,7 +18,7 @@ from ftlab.errors import FtlabError
 from ftlab.io import dir_size_bytes
 from ftlab.kinds.peft import PEFT_NAMES
 from ftlab.naming import RunName, parse_run_name, peft_rank
-from ftlab.paths import Workspace
+from ftlab.paths import MetricsFiles, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ COLUMNS = [*ID_COLUMNS, "task", "metric", "group", "value", "ci_low", "ci_high",
 # document's own cross-task aggregate (task "overall").
 SCORE, FORMAT, SPEED, SUMMARY = "score", "format", "speed", "summary"
 OVERALL_TASK = "overall"
-_SUFFIXES = (".error.json", ".samples.jsonl")
+_SUFFIXES = MetricsFiles.other_suffixes()
 
 
 def metrics_dir_of(source: Workspace | str | os.PathLike) -> Path:

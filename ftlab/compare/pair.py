@@ -12,7 +12,7 @@ from ftlab.compare.stats import format_p, mcnemar_exact, paired_bootstrap
 from ftlab.errors import FtlabError
 from ftlab.eval.records.results import current_samples
 from ftlab.io import read_jsonl
-from ftlab.paths import Workspace
+from ftlab.paths import MetricsFiles, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ _SCORE_KEYS = ("f1", "score")
 
 
 def samples_path(metrics_dir, model: str):
-    return metrics_dir / f"{model}.samples.jsonl"
+    return MetricsFiles.of(metrics_dir, model).samples
 
 
 def load_samples(source: Workspace | str | os.PathLike, model: str) -> tuple[pd.DataFrame, dict]:

@@ -65,8 +65,9 @@ def model_file_name(model_ref: str) -> str:
 
 
 def metrics_paths(workspace: Workspace, model_name: str) -> tuple[Path, Path]:
-    d = workspace.metrics_dir
-    return d / f"{model_name}.json", d / f"{model_name}.samples.jsonl"
+    """The model's metrics document and sample lines (ftlab.paths.MetricsFiles names every file)."""
+    files = workspace.metrics_files(model_name)
+    return files.metrics, files.samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +330,8 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
 
     # A given name is one file name inside Testing/metrics/, never a path (`../Models/X/config`).
     name = checked_name(model_name, "--name") if model_name else model_file_name(model_ref)
-    json_path, samples_path = metrics_paths(workspace, name)
+    files = workspace.metrics_files(name)
+    json_path, samples_path = files.metrics, files.samples
     old = _existing_document(json_path)
     store = SampleStore.read(samples_path, old)
     doc = _new_document(name, model_ref, source, cfg, old)
@@ -351,7 +353,7 @@ def evaluate(model_ref: str, cfg: EvalRunConfig, workspace: Workspace, *, genera
                 log.info("%s: result up to date (same settings), kept", plan.name)
                 continue
             log.info("evaluating %s on %s (%d rows)", name, plan.name, len(plan.examples))
-            ctx = RunContext(cfg, plan, settings, store, samples_path, previous, make_generator)
+            ctx = RunContext(cfg, plan, settings, store, files, previous, make_generator)
             block = RUNNERS.get(plan.runner)(plan, ctx)
             block.update(settings=settings, settings_key=ctx.settings_key,
                          scoring_version=settings["scoring_version"], evaluated_at=now_iso())

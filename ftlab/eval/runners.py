@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ftlab.config import EvalRunConfig
 from ftlab.errors import FtlabError
 from ftlab.eval.records.results import SampleStore, settings_key
+from ftlab.paths import MetricsFiles
 from ftlab.registry import Registry
 
 if TYPE_CHECKING:  # generation imports transformers; a plan needs none of it
@@ -50,11 +50,12 @@ class RunContext:
     lines it may reuse."""
 
     def __init__(self, cfg: EvalRunConfig, plan: DatasetPlan, settings: dict, store: SampleStore,
-                 samples_path: Path, previous: dict, make_generator: Callable[[], Generator]):
+                 files: MetricsFiles, previous: dict, make_generator: Callable[[], Generator]):
         self.cfg = cfg
         self.settings = settings
         self.settings_key = settings_key(settings)
-        self.samples_path = samples_path
+        self.files = files  # the model's files in Testing/metrics/
+        self.samples_path = files.samples
         self.previous = previous  # the document's blocks before this run (task key -> block)
         self._plan_name = plan.name
         self._store = store

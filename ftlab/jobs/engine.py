@@ -417,17 +417,18 @@ class Engine:
         retries are spent or `unplaceable` says why no live node can hold it now (then the job is
         finished as failed, rather than waiting for a node that may never come back)."""
         job = self.by_id[task.job_id]
-        record = {"attempt": task.attempt, "error": result.error, "node": result.node, "host": result.host,
-                  "runtime_s": round(result.runtime_s, 3), "time": now_iso()}
-        self._lost.setdefault(job.id, []).append(record)
         self.ledger.log("lost", job, attempt=task.attempt, error=result.error, node=result.node)
         if task.attempt > self.settings.retries or unplaceable:
+            # The job's record is this last attempt; `lost_attempts` lists the ones retried before it.
             result.error = (f"lost to a system failure ({result.error}), and {unplaceable}; run it again once "
                             "such a node is back" if unplaceable else
                             f"lost {task.attempt} time(s) to system failures, the last: {result.error} "
                             f"(raise --retries to try more)")
-            self.finish(task, result, lost_here=True)
+            self.finish(task, result)
             return False
+        self._lost.setdefault(job.id, []).append(
+            {"attempt": task.attempt, "error": result.error, "node": result.node, "host": result.host,
+             "runtime_s": round(result.runtime_s, 3), "time": now_iso()})
         task.attempt += 1
         self._claimed[job.id] = (self._claimed[job.id][0], time.monotonic())
         self.ledger.log("start", job, attempt=task.attempt)
@@ -435,7 +436,7 @@ class Engine:
                     f"the last was lost: {result.error})")
         return True
 
-    def finish(self, task: Task, result: ProcessResult, lost_here: bool = False) -> None:
+    def finish(self, task: Task, result: ProcessResult) -> None:
         job = self.by_id[task.job_id]
         lock, _ = self._claimed.pop(job.id)
         lost = self._lost.pop(job.id, [])
@@ -447,7 +448,7 @@ class Engine:
                     result.error = f"finished without writing its output ({st.why})"
             state = DONE if result.ok else FAILED
             note = JOB_KINDS.get(job.kind).finished(job, self.workspace, result, result.ok)
-            self.ledger.write(job, state, result, task.argv, lost[:-1] if lost_here else lost)
+            self.ledger.write(job, state, result, task.argv, lost)
             self.ledger.log(state, job, runtime_s=round(result.runtime_s, 3), error=result.error,
                             attempt=task.attempt, node=result.node)
         finally:
@@ -476,9 +477,9 @@ class Engine:
     def heartbeat(self) -> None:
         """Refreshes the locks of running jobs, so drivers on other machines see this one alive
         (backends call it at least every POLL_S seconds)."""
-        now = time.monotonic()
+        now, every = time.monotonic(), heartbeat_s()
         for job_id, (lock, last) in list(self._claimed.items()):
-            if now - last >= heartbeat_s():
+            if now - last >= every:
                 lock.touch()
                 self._claimed[job_id] = (lock, now)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import socket
 from pathlib import Path
 
 import yaml
@@ -29,7 +28,7 @@ from ftlab.errors import FtlabError
 from ftlab.eval.records.results import request_hash
 from ftlab.io import atomic_write_json, atomic_write_text, read_json
 from ftlab.jobs.engine import DONE, JOB_KINDS, SKIP, STALE, TODO, Job, Status
-from ftlab.jobs.locks import lock_path
+from ftlab.jobs.locks import lock_path, node_name
 from ftlab.jobs.process import ProcessResult
 from ftlab.orchestrate.discovery import (
     BAD_FOLDER,
@@ -115,7 +114,7 @@ class EvaluateKind:
         atomic_write_json(err, {
             "model": model, "error": result.error, "exit_code": result.returncode,
             "traceback_tail": result.output_tail, "time": now_iso(), "runtime_s": round(result.runtime_s, 2),
-            "host": result.host or socket.gethostname(), "request_hash": request_hash(expected_settings(cfg)),
+            "host": result.host or node_name(), "request_hash": request_hash(expected_settings(cfg)),
             "command": self.command(job, workspace),
         })
         return ""

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from ftlab.jobs.locks import node_name
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def process_result(returncode: int | None, runtime: float, tail: Sequence[str], 
     ok = returncode == 0 and not timed_out
     if not ok:
         error = error or summarize_failure(returncode, tail, timed_out, timeout_s)
-    return ProcessResult(ok, returncode, runtime, None if ok else error, list(tail), socket.gethostname(), timed_out)
+    return ProcessResult(ok, returncode, runtime, None if ok else error, list(tail), node_name(), timed_out)
 
 
 def kill_all() -> None:

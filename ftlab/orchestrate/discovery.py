@@ -110,7 +110,7 @@ def find_model_folders(workspace: Workspace) -> list[Path]:
 
 
 def error_path(workspace: Workspace, model: str) -> Path:
-    return workspace.metrics_dir / f"{model}.error.json"
+    return workspace.metrics_files(model).error
 
 
 def _describe(stale: dict[str, str]) -> str:

@@ -94,7 +94,7 @@ def _best_table(a: StudyAnalysis) -> pd.DataFrame:
         rows.append({"task": r.task, "quant": r.quant, "best": r.best, "recipe": r.recipe, "level": r.level,
                      "models (recipe / best)": _seeds(r, "best_seeds"), "items": str(r.n_items),
                      "diff": _num(r.diff, "{:+.4f}"), "interval": _interval(r.ci_low, r.ci_high, "{:+.4f}"),
-                     "test": r.test, "p": format_p(r.p_value), "Holm p (task)": format_p(r.p_holm),
+                     "test": r.test, "p": format_p(r.p_value), "Holm p (all pairs in task)": format_p(r.p_holm),
                      "MDD": _mdd(r.mdd), "verdict": "tied" if r.tied else "below the best"})
     return pd.DataFrame(rows)
 
@@ -148,7 +148,8 @@ def _methods(s: StudyAnalysisSettings) -> list[str]:
         "A single model's score interval is the bootstrap over items.",
         f"Holm-Bonferroni correction over the whole family of tests against the baseline (every recipe x quant x "
         f"task); significant means Holm-adjusted p <= {s.alpha:g}. Ties with the best: each recipe against "
-        f"the top one of its task and quant variant, Holm-corrected within the task. Recovery tests (each "
+        f"the top one of its task and quant variant, Holm-corrected over every pair of the task's configurations "
+        f"(the best is chosen from the data, so the comparisons with it alone are not the family). Recovery tests (each "
         f"quantized model minus its own source, seed by seed, at recipe level) are their own family.",
         f"MDD (minimum detectable difference) at alpha {s.alpha:g} and power {s.power:g}: at recipe level the true "
         f"difference this test detects with that power when the estimated variances are the truth, averaged over "

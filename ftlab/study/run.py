@@ -28,7 +28,6 @@ from ftlab.jobs.engine import (
     Resources,
 )
 from ftlab.jobs.kinds import EVALUATE, config_path, jobs_dir
-from ftlab.orchestrate.discovery import error_path
 from ftlab.paths import Workspace
 from ftlab.study.graph import StudyGraph, build_graph
 from ftlab.study.rounds import current_design
@@ -173,6 +172,14 @@ def print_report(study: Study) -> None:
     print(f"report: {paths['report.html']}")
 
 
+def track_report(study: Study) -> None:
+    """After `study report`: the study's parent run gets the rewritten report and tables, and its
+    finished jobs without a run yet are logged (nothing when tracking is off; an outage is one
+    warning line)."""
+    if study.spec.tracking.on:
+        track_study(study, [Outcome(row.job, DONE) for row in study.engine().plan() if row.state == DONE])
+
+
 def execute(study: Study, settings: EngineSettings, *, dry_run: bool = False, report: bool = True) -> int:
     """`study run`: the plan (dry run), or every job that is not done, then the verdict. Returns
     the exit code: the number of jobs that failed or were skipped (capped at 100)."""
@@ -209,8 +216,7 @@ def remove_outputs(study: Study) -> list[Path]:
     for job in study.graph.jobs:
         paths = [study.engine().ledger.path(job.id), config_path(ws, job)]
         if job.kind == EVALUATE:
-            paths += [ws.metrics_dir / f"{job.name}.json", ws.metrics_dir / f"{job.name}.samples.jsonl",
-                      error_path(ws, job.name)]
+            paths += list(ws.metrics_files(job.name).all())  # the requests cache too: a fresh start asks again
         else:
             paths.append(ws.models_dir / job.name)
         for path in paths:

@@ -67,6 +67,11 @@ def test_registry_task_on_local_data_then_resume_from_the_request_cache(workspac
     asked = block["requests_this_run"]["loglikelihood"]
     assert asked == sum(len(ARC_ROWS[i]["choices"]["text"]) for i in range(4))
 
+    # Every answer is in the model's request cache, named with its other files (ftlab.paths.MetricsFiles).
+    files = workspace.metrics_files("scratch-tiny")
+    assert (files.metrics, files.samples) == (json_path, samples_path)
+    assert len(read_jsonl(files.requests)) == asked
+
     # The same settings again: the result is kept, nothing asked.
     assert _evaluate("--datasets", "lmeval:arc_challenge", "--limit", "4", data) == 0
     assert _doc(workspace)["datasets"]["lmeval:arc_challenge"] == block
@@ -224,3 +229,12 @@ def test_a_study_grids_over_an_lmeval_task(tmp_path, arc_file):
         assert block["n"] == 6 and block["lmeval"]["tasks"]["arc_challenge"]["output_type"] == "multiple_choice"
     report = (tmp_path / "Testing" / "studies" / "lm" / "report.md").read_text()
     assert "lmeval:arc_challenge" in report
+    # Starting the study over removes each evaluation's request cache with its metrics: a fresh run
+    # asks the model again instead of reading the old answers back.
+    from ftlab.paths import Workspace
+    from ftlab.study.run import open_study, remove_outputs
+
+    mdir = tmp_path / "Testing" / "metrics"
+    assert len(list(mdir.glob("*.requests.jsonl"))) == 2
+    remove_outputs(open_study(path, Workspace(tmp_path), []))
+    assert sorted(p.name for p in mdir.iterdir() if not p.name.startswith(".")) == []

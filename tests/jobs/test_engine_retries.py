@@ -15,7 +15,7 @@ from ftlab.io import read_jsonl
 from ftlab.jobs import backends
 from ftlab.jobs.engine import BLOCKED, DONE, FAILED, JOB_KINDS, Engine, EngineSettings, Job, Resources, Status, TODO
 from ftlab.jobs.locks import JOB_ENV, NODE_ENV, JobLock, heartbeat_s, lock_path, remote_stale_s
-from ftlab.jobs.process import ProcessResult
+from ftlab.jobs.process import ProcessResult, process_result
 from ftlab.paths import Workspace
 
 
@@ -161,6 +161,7 @@ def test_node_name_and_heartbeat_come_from_the_environment(tmp_path, monkeypatch
     assert heartbeat_s() == 0.5 and remote_stale_s() == 5.0
     lock = JobLock(tmp_path / "x.lock")
     assert lock.acquire() and lock.owner().host == "machine-a"
+    assert process_result(0, 1.0, []).host == "machine-a"  # the ledger's host names the same machine
     monkeypatch.setenv(NODE_ENV, "machine-b")  # now the lock looks like another machine's, touched just now
     assert not JobLock(tmp_path / "x.lock").acquire()
     past = os.path.getmtime(tmp_path / "x.lock") - 6

@@ -20,7 +20,7 @@ from scipy import stats as sps
 from ftlab.compare.crossed import crossed_difference, crossed_mean, crossed_ratio
 from ftlab.compare.stats import format_p, holm, mcnemar_mdd, paired_bootstrap
 from ftlab.errors import ConfigError, FtlabError
-from ftlab.study.analysis import StudyAnalysisSettings, analyze_study
+from ftlab.study.analysis import StudyAnalysisSettings, _configs, analyze_study, compare_configs, config_of
 from ftlab.study.report import write_report
 from ftlab.study.verdict import ONE_SEED, verdict_text
 
@@ -238,9 +238,18 @@ def test_ties_with_the_best_seed_by_seed_where_the_seeds_match_and_correct_withi
     ab = t.loc[("none", "B")]
     assert ab.test == "seeds x items, paired by seed"
     assert ab.p_value == pytest.approx(crossed_mean(mat(*B.values()) - mat(*A.values())).p_value, rel=1e-12)
-    # Holm runs within the task, over the none and GPTQ tables together.
-    assert len(t) == 5
-    assert t.p_holm.tolist() == pytest.approx(_holm_by_hand(t.p_value.tolist()), rel=1e-12)
+    # Holm runs within the task over every pair of its configurations, the none and GPTQ tables
+    # together: the 5 reported comparisons with the best and the 4 others (B-C, B-base, C-base;
+    # GPTQ B-C), each p-value the verdict's own test of that pair.
+    assert len(t) == 5 and set(t.family_size) == {9}
+    samples, _, _ = study
+    configs = _configs(samples[samples.task == "arith"])
+    others = [compare_configs(config_of(configs[("arith", q, x)]), config_of(configs[("arith", q, y)]), FAST)["p_value"]
+              for q, x, y in (("none", "B", "C"), ("none", "B", "base"), ("none", "C", "base"), ("GPTQ", "B", "C"))]
+    assert ab.p_value == pytest.approx(compare_configs(config_of(configs[("arith", "none", "A")]),
+                                                       config_of(configs[("arith", "none", "B")]), FAST)["p_value"])
+    assert t.p_holm.tolist() == pytest.approx(_holm_by_hand(t.p_value.tolist() + others)[:5], rel=1e-12)
+    assert (t.p_holm >= np.array(_holm_by_hand(t.p_value.tolist())) - 1e-15).all()  # never more generous
     assert t.tied.tolist() == (t.p_holm > FAST.alpha).tolist()
     tied = {q: [r for (qq, r) in t.index[t.tied] if qq == q] for q in ("none", "GPTQ")}
     assert a.verdicts[0].best == {"none": "A", "GPTQ": "A"} and a.verdicts[0].tied == tied

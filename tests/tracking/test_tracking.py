@@ -263,6 +263,17 @@ def test_a_study_tracked_to_a_real_mlflow_server_is_one_parent_and_one_child_per
     after, _ = mlflow_runs(mlflow_server)
     assert sorted(run.info.run_id for run in after) == sorted(run.info.run_id for run in runs)
 
+    # `study report` with other analysis settings replaces the parent's report, on the same runs.
+    rep = run_cli(ws, "study", "report", str(path), "analysis.alpha=0.01", "--track", "mlflow",
+                  "--track-uri", mlflow_server)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    assert "tracking: 0 run(s) logged to mlflow" in rep.stderr and "4 already there" in rep.stderr
+    final, client = mlflow_runs(mlflow_server)
+    assert sorted(run.info.run_id for run in final) == sorted(run.info.run_id for run in runs)
+    report = Path(client.download_artifacts(parent, "report.md", str(ws / "downloaded")))
+    assert report.read_text() == (ws / "Testing" / "studies" / STUDY["name"] / "report.md").read_text()
+    assert "Holm-adjusted p <= 0.01" in report.read_text()
+
 
 # ---------------------------------------------------------------------------------------------
 # W&B, offline: the client's own run files, read back

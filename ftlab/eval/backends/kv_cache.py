@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate forward pass
 # Rows with at least this many tokens of their own are prefilled one at a time: a padded batch
 # loses sdpa's causal kernel and its activations leave the CPU's caches. Measured on
-# SmolLM2-135M fp32, 2 cores (tokens per second, batched / alone): 1000 tokens 453 / 540,
-# 512 tokens 448 / 503, 256 tokens 531 / 548, 128 tokens 500 / 395.
+# SmolLM2-135M fp32, 2 cores (tokens per second, batched / alone; benchmarks/kv_cache_steps.py):
+# 1000 tokens 557 / 613, 512 tokens 531 / 570, 256 tokens 639 / 500, 128 tokens 631 / 430.
 SOLO_PREFILL_TOKENS = 384
 # Room a growing cache layer adds when it fills (tokens per row).
 GROWTH_TOKENS = 128
@@ -76,9 +76,9 @@ def _append(buffer, n: int, states):
 
 def _growing_layer_class():
     """transformers' DynamicLayer, appending into spare room instead of concatenating. Decoding
-    one token into a concatenating cache copies every row's whole cache in every layer: 43% of a
-    decode step for 16 rows of 1000 tokens (SmolLM2-135M, 2 cores); this copies only when the room
-    runs out. The keys and values it returns are views of the same numbers, and the logits are
+    one token into a concatenating cache copies every row's whole cache in every layer: a decode
+    step of 16 rows over 1000 tokens took 189 ms that way and 158 ms this way (SmolLM2-135M, 2
+    cores, benchmarks/kv_cache_steps.py); this copies only when the room runs out. The keys and values it returns are views of the same numbers, and the logits are
     bitwise the same. Assigning `keys`/`values` (row selection and splicing) adopts the tensor."""
     global _GROWING
     if _GROWING is None:

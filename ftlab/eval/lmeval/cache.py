@@ -17,13 +17,6 @@ from typing import Any, Sequence
 from ftlab.io import append_jsonl_lines, read_jsonl
 
 
-def request_path(samples_path: Path) -> Path:
-    """`<model>.samples.jsonl` -> `<model>.requests.jsonl`, beside it."""
-    name = samples_path.name
-    stem = name[: -len(".samples.jsonl")] if name.endswith(".samples.jsonl") else samples_path.stem
-    return samples_path.with_name(f"{stem}.requests.jsonl")
-
-
 def request_hash(kind: str, args: Any) -> str:
     return hashlib.sha256(json.dumps([kind, args], sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
 

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from ftlab.env import PeakMemory
-from ftlab.eval.lmeval.cache import RequestCache, request_path
+from ftlab.eval.lmeval.cache import RequestCache
 from ftlab.eval.lmeval.tasks import lm_eval_version, quiet_lm_eval
 from ftlab.eval.prompt_format import resolve_prompt_format
 from ftlab.eval.runners import LMEVAL, RUNNERS, DatasetPlan, RunContext, prompt_hash
@@ -192,7 +192,7 @@ def run_lmeval(plan: DatasetPlan, ctx: RunContext) -> dict:
     # fine-tune then answer the same text.
     fmt = resolve_prompt_format(e.prompt_format, g.tokenizer, auto=PLAIN)
     chat = fmt == "chat"
-    cache = RequestCache(request_path(ctx.samples_path), ctx.settings_key)
+    cache = RequestCache(ctx.files.requests, ctx.settings_key)
     previous_format = getattr(g, "prompt_format", None)
     if previous_format is not None:
         g.prompt_format = fmt  # the generator encodes lm-eval's rendered contexts in this format
