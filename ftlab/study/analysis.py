@@ -348,8 +348,8 @@ def compare_to_best(samples: pd.DataFrame, ranking: pd.DataFrame, settings: Stud
     runs per task over every pair of the task's configurations, of which the reported comparisons
     with the best are a part: the best is chosen from the data, so it tends to sit at the top by
     luck, and Holm over the comparisons with it alone declares too many differences (in simulated
-    studies of 10 identical recipes, 6.5% of them at alpha 0.05: tests/study/test_study_analysis.py,
-    benchmarks/adaptive_study.md). The family of all pairs does not depend on which recipe ranked
+    studies of 10 identical recipes, 6.5% of them at alpha 0.05: benchmarks/adaptive_study.md; the
+    rule here is checked against alpha in tests/study/test_best_calibration.py). The family of all pairs does not depend on which recipe ranked
     first, so Holm over it holds alpha whatever the ranking."""
     configs = _configs(samples)
     rows, others = [], []  # the reported comparisons; the rest of the task's pairs (their p-values)

@@ -78,8 +78,9 @@ def _growing_layer_class():
     """transformers' DynamicLayer, appending into spare room instead of concatenating. Decoding
     one token into a concatenating cache copies every row's whole cache in every layer: a decode
     step of 16 rows over 1000 tokens took 189 ms that way and 158 ms this way (SmolLM2-135M, 2
-    cores, benchmarks/kv_cache_steps.py); this copies only when the room runs out. The keys and values it returns are views of the same numbers, and the logits are
-    bitwise the same. Assigning `keys`/`values` (row selection and splicing) adopts the tensor."""
+    cores, benchmarks/kv_cache_steps.py); this copies only when the room runs out. The keys and
+    values it returns are views of the same numbers, and the logits are bitwise the same.
+    Assigning `keys`/`values` (row selection and splicing) adopts the tensor."""
     global _GROWING
     if _GROWING is None:
         from transformers.cache_utils import DynamicLayer  # lazy: transformers takes 1.3 s (and torch)
