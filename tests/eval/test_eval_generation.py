@@ -235,6 +235,29 @@ def test_long_prompts_prefilled_alone_keep_greedy_outputs(tiny, monkeypatch):
     assert [g.new_tokens for g in together] == [g.new_tokens for g in alone]
 
 
+def test_finished_rows_slots_are_reused_in_place_and_outputs_kept(tiny, monkeypatch):
+    """Prompts wait for slots: a finished row's slot takes the next prompt in place (write_rows);
+    the cache is copied to drop rows only once no prompt waits (the tail)."""
+    from ftlab.eval.backends import continuous
+
+    model, tok = tiny
+    gen = HFGenerator(model, tok, progress=False)
+    prompts = [gen.render([{"role": "user", "content": p + tail}]) for p in PROMPTS for tail in ("", " Answer briefly.")]
+    gen.continuous = False
+    alone = _run(gen, prompts, max_new_tokens=12, batch_size=1)
+    gen.continuous = True
+    calls = []
+    for name in ("write_rows", "select_rows", "splice_rows"):
+        real = getattr(continuous, name)
+        monkeypatch.setattr(continuous, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    together = _run(gen, prompts, max_new_tokens=12, batch_size=3)
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert [g.new_tokens for g in together] == [g.new_tokens for g in alone]
+    assert calls.count("write_rows") >= 3  # 10 prompts through 3 slots
+    assert calls.count("splice_rows") == 0  # the first prefill fills all 3 slots
+    assert calls.count("select_rows") <= 2  # only the tail: 3 rows left, the last needs no copy
+
+
 def test_growing_cache_layer_gives_bitwise_the_same_logits_through_row_surgery(tiny):
     """Decoding into GrowingLayers (written in place) against transformers' concatenating
     DynamicLayers, through a row selection, a splice and growth past the spare room."""

@@ -114,6 +114,11 @@ def _growing_layer_class():
                 self._v, self._nv = _append(self._v, self._nv, value_states)
                 return self.keys, self.values
 
+            def drop_leading(self, n: int) -> None:
+                """Forgets the first `n` positions, as a view: the spare room stays."""
+                self._k, self._nk = self._k[:, :, n:], self._nk - n
+                self._v, self._nv = self._v[:, :, n:], self._nv - n
+
         _GROWING = GrowingLayer
     return _GROWING
 
@@ -238,6 +243,38 @@ def select_rows(cache, mask, idx):
         layer.keys = layer.keys[idx, :, start:, :]
         layer.values = layer.values[idx, :, start:, :]
     return cache, mask[:, start:]
+
+
+def write_rows(cache, mask, slots: Sequence[int], new_cache, new_mask):
+    """Writes the rows of `new_cache` into rows `slots` of `cache`, left-padded to its width, in
+    place: finished rows' slots are reused and the rows that stay are not copied. `new_mask` must
+    be no wider than `mask`. Returns the mask. Left of the new rows, their slots keep the old
+    rows' numbers, masked out (finite, so their attention weight of exactly 0 leaves no trace)."""
+    import torch  # lazy: torch takes 3.3 s to import
+
+    start = mask.shape[1] - new_mask.shape[1]
+    idx = torch.tensor(list(slots), device=mask.device)
+    for layer, new_layer in zip(cache_layers(cache), cache_layers(new_cache)):
+        layer.keys[idx, :, start:] = new_layer.keys  # keys/values may be views: written through
+        layer.values[idx, :, start:] = new_layer.values
+    mask[idx] = 0
+    mask[idx, start:] = new_mask
+    return mask
+
+
+def drop_unused_columns(cache, mask):
+    """Drops the leading columns no row's mask uses (the left padding of rows that left), as
+    views: nothing is copied. Edits `cache` in place; returns the mask."""
+    used = mask.any(0).nonzero()
+    start = int(used[0]) if used.numel() else 0
+    if not start:
+        return mask
+    for layer in cache_layers(cache):
+        if hasattr(layer, "drop_leading"):
+            layer.drop_leading(start)
+        else:
+            layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+    return mask[:, start:]
 
 
 def copy_rows(cache, mask, idx):
