@@ -76,7 +76,7 @@ class MetricsFiles:
         return tuple(suffix for field, suffix in cls.SUFFIXES.items() if field != "metrics")
 
     def all(self) -> tuple[Path, ...]:
-        return (self.metrics, self.samples, self.requests, self.error)
+        return tuple(getattr(self, field) for field in self.SUFFIXES)
 
 
 def cache_dir() -> Path:

@@ -209,12 +209,11 @@ def remove_outputs(study: Study) -> list[Path]:
     """Deletes what this study's jobs built (model folders, metrics, job records) and its report
     folder, so the next run starts over; other studies' and hand-made outputs stay. Returns the
     paths removed."""
-
-
     ws = study.workspace
+    ledger = study.engine().ledger
     removed: list[Path] = []
     for job in study.graph.jobs:
-        paths = [study.engine().ledger.path(job.id), config_path(ws, job)]
+        paths = [ledger.path(job.id), config_path(ws, job)]
         if job.kind == EVALUATE:
             paths += list(ws.metrics_files(job.name).all())  # the requests cache too: a fresh start asks again
         else:
