@@ -194,7 +194,13 @@ def test_auto_batch_size_follows_free_memory_and_caps(tiny, monkeypatch):
     assert auto_batch_size(model, 100, 1000) == 10
     assert auto_batch_size(model, 100, 3) == 3  # never more rows than prompts
     monkeypatch.setattr(sizing, "free_memory_bytes", lambda device: 10**15)
-    assert auto_batch_size(model, 100, 1000) == sizing.AUTO_MAX_ROWS["cpu"]
+    # With memory to spare, CPU rows stop where their KV cache outweighs the weights AUTO_KV_WEIGHT_RATIO times...
+    weights = sizing.weight_bytes(model)
+    assert weights >= sum(p.numel() * p.element_size() for p in model.parameters())
+    tokens = int(sizing.AUTO_KV_WEIGHT_RATIO["cpu"] * weights // (per_token * 20))  # 20 rows' worth
+    assert auto_batch_size(model, tokens, 1000) == 20
+    # ... and short rows at the device's row cap.
+    assert auto_batch_size(model, 1, 1000) == sizing.AUTO_MAX_ROWS["cpu"]
     monkeypatch.setattr(sizing, "free_memory_bytes", lambda device: 1)
     assert auto_batch_size(model, 100, 1000) == 1
 

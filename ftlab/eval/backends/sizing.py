@@ -15,6 +15,14 @@ log = logging.getLogger(__name__)
 # larger batches stop paying (matmul efficiency on CPU saturates around 64-128 rows).
 AUTO_MEMORY_SHARE = 0.25
 AUTO_MAX_ROWS = {"cpu": 128, "cuda": 256}
+# On CPU, also at most the rows whose KV cache weighs this many times the model's weights. A decode
+# step reads the weights once for all its rows, but every row's cache for itself: once the cache
+# outweighs the weights, more rows save no reading and widen the padded cache the step attends
+# over. Measured on GSM8K 5-shot (100 questions, rows of about 1,550 tokens; SmolLM2-135M fp32, 2
+# cores; benchmarks/lmeval_tasks.md), wall seconds by rows: 8: 157, 16: 145-154, 24: 151, 32: 160,
+# 64: 172, 80: 166-180 (16 rows is a cache 2x the weights). On synthetic-arith (rows of about 80
+# tokens) 128 rows (a cache 0.9x the weights) beat 64 and 32 (benchmarks/eval_throughput.md).
+AUTO_KV_WEIGHT_RATIO = {"cpu": 2.0}
 AUTO_FALLBACK_ROWS = 16
 # At most this many prompt tokens per prefill forward: long prompts (squad_v2 contexts reach 800
 # tokens) times a full batch would otherwise need gigabytes of activations at once.
@@ -54,18 +62,27 @@ def free_memory_bytes(device) -> int:
     return int(psutil.virtual_memory().available)
 
 
+def weight_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers (a quantized model keeps its weights in buffers)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
 def auto_batch_size(model, tokens_per_row: int, n_prompts: int) -> int:
     """Rows for eval.batch_size=None: as many as AUTO_MEMORY_SHARE of free memory holds for the
-    KV cache of rows `tokens_per_row` long (longest prompt + max_new_tokens), capped per device."""
+    KV cache of rows `tokens_per_row` long (longest prompt + max_new_tokens), capped per device
+    (AUTO_MAX_ROWS, and on CPU AUTO_KV_WEIGHT_RATIO)."""
     device = next(model.parameters()).device
     cap = AUTO_MAX_ROWS.get(device.type, AUTO_MAX_ROWS["cpu"])
     per_token = kv_bytes_per_token(model)
     if per_token is None:
         log.info("eval.batch_size=auto: the model config does not give the KV cache size; using %d rows",
                  AUTO_FALLBACK_ROWS)
-        rows = AUTO_FALLBACK_ROWS
-    else:
-        rows = int(AUTO_MEMORY_SHARE * free_memory_bytes(device) // (per_token * max(1, tokens_per_row)))
+        return max(1, min(cap, AUTO_FALLBACK_ROWS, n_prompts))
+    row_bytes = per_token * max(1, tokens_per_row)
+    rows = int(AUTO_MEMORY_SHARE * free_memory_bytes(device) // row_bytes)
+    ratio = AUTO_KV_WEIGHT_RATIO.get(device.type)
+    if ratio is not None:
+        rows = min(rows, int(ratio * weight_bytes(model) // row_bytes))
     return max(1, min(cap, rows, n_prompts))
 
 
