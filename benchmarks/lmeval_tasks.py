@@ -74,7 +74,7 @@ def run_ftlab(model, tok, source, task: str, files: dict, n: int, batch: int | N
     block = doc["datasets"][f"lmeval:{task}"]
     lines = sorted(read_jsonl(metrics_paths(ws, "m")[1]), key=lambda r: r["index"])
     return {"wall_s": wall, "task_s": block["runtime_s"], "metrics": block["lmeval"]["tasks"][task]["metrics"],
-            "requests": block["requests_this_run"], "batch_size": batch}, lines
+            "requests": block["requests_this_run"], "batch_size": batch, "rows": gen.batch_size_used}, lines
 
 
 def run_lm_eval(model, tok, task: str, files: dict, n: int, batch, tmp: Path):
@@ -133,8 +133,14 @@ def main(argv=None) -> int:
     ap.add_argument("--gsm8k-n", type=int, default=30)
     ap.add_argument("--batch", type=int, default=16, help="the fixed batch both sides also run at")
     ap.add_argument("--tasks", default="arc_challenge,gsm8k", help="comma-separated: arc_challenge, gsm8k")
+    ap.add_argument("--sweep", default="",
+                    help="comma-separated row counts: ftlab alone at each, after the comparison (how auto's rows were chosen)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    try:
+        sweep = [int(b) for b in args.sweep.split(",") if b]
+    except ValueError:
+        ap.error(f"--sweep: comma-separated integers, not {args.sweep!r}")
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = sorted(set(tasks) - {"arc_challenge", "gsm8k"})
     if unknown:
@@ -174,6 +180,14 @@ def main(argv=None) -> int:
             best_ftlab = min(r["wall_s"] for r in row["ftlab"])
             for r in row["lm_eval"]:
                 r["ratio_to_best_ftlab"] = r["wall_s"] / best_ftlab
+            texts = [ln.get("response") or ln["filtered"] for ln in lines]
+            row["sweep"] = []
+            for batch in sweep:
+                res, swept = run_ftlab(model, tok, source, task, files, n, batch, tmp)
+                res["same_answers"] = [ln.get("response") or ln["filtered"] for ln in swept] == texts
+                row["sweep"].append(res)
+                print(f"{task}: ftlab batch={batch} {res['wall_s']:.1f} s (sweep), same answers {res['same_answers']}",
+                      file=sys.stderr)
             results["tasks"][task] = row
             if args.out:  # after each task: a long run leaves what it measured
                 Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
