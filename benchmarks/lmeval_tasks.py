@@ -127,6 +127,11 @@ def same_answers(lines: list[dict], samples: list[dict], generated: bool) -> dic
     return {"documents": len(lines), "differ": differ, "max_loglikelihood_diff": max_ll_diff if not generated else None}
 
 
+def answers(lines: list[dict]) -> list:
+    """ftlab's per-document answers: the generated text, or the options' scored log-likelihoods."""
+    return [ln.get("response") or ln["filtered"] for ln in lines]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arc-n", type=int, default=200)
@@ -180,11 +185,10 @@ def main(argv=None) -> int:
             best_ftlab = min(r["wall_s"] for r in row["ftlab"])
             for r in row["lm_eval"]:
                 r["ratio_to_best_ftlab"] = r["wall_s"] / best_ftlab
-            texts = [ln.get("response") or ln["filtered"] for ln in lines]
             row["sweep"] = []
             for batch in sweep:
                 res, swept = run_ftlab(model, tok, source, task, files, n, batch, tmp)
-                res["same_answers"] = [ln.get("response") or ln["filtered"] for ln in swept] == texts
+                res["same_answers"] = answers(swept) == answers(lines)
                 row["sweep"].append(res)
                 print(f"{task}: ftlab batch={batch} {res['wall_s']:.1f} s (sweep), same answers {res['same_answers']}",
                       file=sys.stderr)

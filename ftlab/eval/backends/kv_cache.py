@@ -233,12 +233,18 @@ class PrefixCache:
         return torch.cat(outs), combined, mask, next_pos
 
 
+def _first_used_column(mask) -> int:
+    """The first column any row's mask uses (0 when none does): the columns before it are left
+    padding no row needs."""
+    used = mask.any(0).nonzero()
+    return int(used[0]) if used.numel() else 0
+
+
 def select_rows(cache, mask, idx):
     """Keeps rows `idx` (repeats allowed: a row copied per option) and drops left-padding columns
     no remaining row needs. Edits `cache` in place."""
     mask = mask[idx]
-    used = mask.any(0).nonzero()
-    start = int(used[0]) if used.numel() else 0
+    start = _first_used_column(mask)
     for layer in cache_layers(cache):
         layer.keys = layer.keys[idx, :, start:, :]
         layer.values = layer.values[idx, :, start:, :]
@@ -265,8 +271,7 @@ def write_rows(cache, mask, slots: Sequence[int], new_cache, new_mask):
 def drop_unused_columns(cache, mask):
     """Drops the leading columns no row's mask uses (the left padding of rows that left), as
     views: nothing is copied. Edits `cache` in place; returns the mask."""
-    used = mask.any(0).nonzero()
-    start = int(used[0]) if used.numel() else 0
+    start = _first_used_column(mask)
     if not start:
         return mask
     for layer in cache_layers(cache):
