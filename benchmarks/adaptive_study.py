@@ -40,6 +40,7 @@ from ftlab.compare.simulate import StudyModel
 from ftlab.compare.stats import holm
 from ftlab.study.adaptive_sim import simulate
 from ftlab.study.sequential import Costs, Limits
+from ftlab.study.spending import SPENDING, Spending, hwang_shih_decani
 
 MODEL = StudyModel(level=0.4, item_sd=1.5, seed_sd=0.1, interaction_sd=0.3)
 SCENARIOS = {"null": [0.0] * 10, "clear": [0.0, 0.0, -0.8, -0.8, -1.0, -1.2, -1.5, -1.8, -2.0, -2.5],
@@ -58,7 +59,17 @@ def _power(declared: list[frozenset], truths: list) -> float | None:
     return float(np.mean([[t in d for t in truths] for d in declared])) if truths else None
 
 
+def _spending(name: str) -> str:
+    """A registered spending function, or `hwang-shih-decani:GAMMA`: another member of that family,
+    registered here for the comparison (the library registers one gamma)."""
+    family, _, gamma = name.partition(":")
+    if gamma and family == "hwang-shih-decani" and name not in SPENDING:
+        SPENDING.add(name, Spending(name, f"gamma {gamma}", hwang_shih_decani(float(gamma))))
+    return name
+
+
 def run(name: str, sims: int, seed: int, spending: str) -> dict:
+    spending = _spending(spending)  # again in the worker process
     limits = Limits(alpha=0.05, margin=0.03, max_seeds=5, max_items=1000, spending=spending)
     rng = np.random.default_rng(seed)
     t0 = time.time()
@@ -114,7 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sims", type=int, default=200)
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--spending", nargs="+", default=["obrien-fleming", "pocock"])
+    parser.add_argument("--spending", nargs="+", default=["obrien-fleming", "hwang-shih-decani", "hwang-shih-decani:-6"],
+                        help="spending functions by name; hwang-shih-decani:GAMMA for another member of that family")
     parser.add_argument("--jobs", type=int, default=1, help="scenarios run at once, one process (and core) each")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

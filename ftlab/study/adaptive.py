@@ -233,9 +233,9 @@ def decisions_table(decision: Decision) -> pd.DataFrame:
 def report_blocks(decisions: list[Decision], limits_: Limits) -> list[tuple]:
     method = (f"Rounds add seeds or items only to configurations in a comparison still open. Each look spends part of "
               f"alpha = {limits_.alpha:g} ({limits_.spending} spending over information time, looks combined by the "
-              f"union bound); a comparison is decided different when Holm's procedure at the look's alpha rejects "
-              f"it, equivalent when its two one-sided tests against +-{limits_.margin:g} reject at the look's alpha "
-              f"over the open comparisons. Ceiling {limits_.max_seeds} seeds x {limits_.max_items} items. "
+              f"union bound); a comparison is decided different when Holm's procedure at the look's alpha, over "
+              f"every pair of configurations in every task, rejects it, equivalent when its two one-sided tests "
+              f"against +-{limits_.margin:g} reject at the look's alpha divided by the number of those pairs. Ceiling {limits_.max_seeds} seeds x {limits_.max_items} items. "
               f"The tables after this section read the final data as a fixed design (descriptive: their p-values "
               f"do not account for the looks); the decisions here are the verdict.")
     blocks: list[tuple] = [("h", 2, "Adaptive rounds"), ("p", method), ("ul", verdict_sentences(decisions, limits_.margin))]

@@ -173,7 +173,7 @@ class AdaptiveSection:
     item_growth: float = doc_field(2.0, "a round that adds items multiplies the open configurations' items by this")
     budget_hours: float | None = doc_field(None, "stop before a round that would take the study's compute past this "
                                                  "(estimated from measured job times); None = no budget")
-    spending: str = doc_field("obrien-fleming", "alpha spending function over the looks: obrien-fleming or pocock")
+    spending: str = doc_field("hwang-shih-decani", "alpha spending function over the looks: hwang-shih-decani, obrien-fleming or pocock")
 
     @property
     def on(self) -> bool:

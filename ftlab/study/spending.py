@@ -39,9 +39,25 @@ def _pocock(t: float, alpha: float) -> float:
     return alpha * math.log(1 + (math.e - 1) * min(max(t, 0.0), 1.0))
 
 
+def hwang_shih_decani(gamma: float) -> Callable[[float, float], float]:
+    """alpha (1 - e^(-gamma t)) / (1 - e^(-gamma)): the Hwang-Shih-DeCani (1990, Statistics in
+    Medicine 9:1439) family; gamma -4 is close to O'Brien-Fleming, 1 to Pocock, and a more negative
+    gamma keeps more of alpha for the last look."""
+    def spent(t: float, alpha: float) -> float:
+        t = min(max(t, 0.0), 1.0)
+        return alpha * math.expm1(-gamma * t) / math.expm1(-gamma)
+    return spent
+
+
+HSD_GAMMA = -8.0  # the registered member; see its entry below and benchmarks/adaptive_study.md
+
 SPENDING.add("obrien-fleming", Spending(
     "obrien-fleming", "O'Brien-Fleming type: almost nothing early, most of alpha at the end (keeps the last "
                       "look's power; decides early only what is far apart)", _obrien_fleming))
 SPENDING.add("pocock", Spending(
     "pocock", "Pocock type: alpha spread evenly over information time (decides more early, less power at the "
               "end)", _pocock))
+SPENDING.add("hwang-shih-decani", Spending(
+    "hwang-shih-decani", f"Hwang-Shih-DeCani with gamma {HSD_GAMMA:g}: less than O'Brien-Fleming before the last "
+                         "look (at t 0.75, 0.007 of 0.05 against 0.024), so the last look tests nearly at alpha and "
+                         "the verdict is the fixed design's more often; early looks decide less", hwang_shih_decani(HSD_GAMMA)))

@@ -18,7 +18,7 @@ import yaml
 
 from ftlab.errors import ConfigError
 from ftlab.study.analysis import Config
-from ftlab.study.sequential import DIFFERENT, EQUIVALENT, OPEN, STOP_CEILING, Costs, Limits, decide, look
+from ftlab.study.sequential import DIFFERENT, EQUIVALENT, OPEN, STOP_CEILING, Costs, Limits, decide, look, next_items
 from ftlab.study.spending import SPENDING
 from ftlab.study.spec import load_study
 
@@ -53,7 +53,7 @@ def test_every_problem_of_an_adaptive_section_is_reported_at_once(tmp_path, shar
     text = "\n".join(err.value.problems)
     for needle in ("adaptive.seeds=1", "train.seeds lists 3 seed(s); adaptive.max_seeds=5", "adaptive.items=None",
                    "adaptive.item_growth=1.0", "adaptive.budget_hours=0", "'linear' is not an alpha spending "
-                   "function; valid: obrien-fleming, pocock"):
+                   "function; valid: hwang-shih-decani, obrien-fleming, pocock"):
         assert needle in text, text
 
 
@@ -76,6 +76,26 @@ def test_spending_functions_spend_alpha_by_the_end_and_nothing_at_the_start():
     from scipy.stats import norm
 
     assert SPENDING.get("obrien-fleming").spent(0.5, 0.05) == pytest.approx(2 * norm.sf(norm.isf(0.025) / 0.5 ** 0.5))
+    # Hwang-Shih-DeCani (1990) with gamma -8, written out with exp rather than the module's expm1: at
+    # three quarters of the information it has spent 0.0068 of 0.05, O'Brien-Fleming 0.0236.
+    hsd = SPENDING.get("hwang-shih-decani").spent
+    assert hsd(0.75, 0.05) == pytest.approx(0.05 * (1 - np.exp(8 * 0.75)) / (1 - np.exp(8)))
+    assert hsd(0.75, 0.05) == pytest.approx(0.00675, abs=5e-5)
+    assert hsd(0.75, 0.05) < SPENDING.get("obrien-fleming").spent(0.75, 0.05) / 3
+
+
+def test_item_rounds_never_leave_a_last_step_smaller_than_the_growth():
+    def ladder(items, growth, ceiling):
+        out = [items]
+        while out[-1] < ceiling:
+            out.append(next_items(out[-1], growth, ceiling))
+        return out
+
+    assert ladder(100, 2, 1000) == [100, 200, 400, 1000]  # not 400 -> 800 -> 1000
+    assert ladder(30, 2, 120) == [30, 60, 120]
+    assert ladder(100, 2, 150) == [100, 150]
+    assert ladder(100, 1.5, 500) == [100, 150, 225, 500]
+    assert ladder(3, 1.1, 5) == [3, 4, 5]  # at least one item more per round
 
 
 def test_a_look_decides_far_apart_recipes_different_and_identical_ones_equivalent():
