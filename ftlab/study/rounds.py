@@ -28,6 +28,23 @@ def pinned_settings(spec: StudySpec) -> dict:
     return json.loads(json.dumps(to_jsonable(doc)))  # as it reads back from the file
 
 
+def _changes(recorded, now, prefix: str = "", shown: int = 3) -> str:
+    """The settings that differ, as `key: recorded -> now` (dotted keys, the first `shown`): a
+    default that changed between ftlab versions reads as a change too, and names what to pin."""
+    out: list[str] = []
+
+    def walk(a, b, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+        elif a != b:
+            out.append(f"{key or 'settings'}: {json.dumps(a)} -> {json.dumps(b)}")
+
+    walk(recorded, now, prefix)
+    more = f" and {len(out) - shown} more" if len(out) > shown else ""
+    return "; ".join(out[:shown]) + more
+
+
 def first_design(spec: StudySpec, recipes: list[Recipe]) -> dict[str, tuple[int, int]]:
     items = spec.adaptive.items
     return {BASE: (1, items), **{r.label: (spec.adaptive.seeds, items) for r in recipes}}
@@ -42,9 +59,10 @@ def read_rounds(folder: Path, spec: StudySpec, recipes: list[Recipe]) -> list[di
     fix = f"restore the study file's settings, or delete {path} to start the rounds over (finished jobs are reused)"
     if not isinstance(doc, dict) or doc.get("schema") != ROUNDS_SCHEMA or not isinstance(doc.get("rounds"), list):
         raise FtlabError(f"{path} is not an ftlab rounds file of schema {ROUNDS_SCHEMA}; {fix}")
-    if doc.get("settings") != pinned_settings(spec):
-        raise FtlabError(f"{path}: the study file changed since round 1 (its decisions were made under the recorded "
-                         f"settings); {fix}")
+    now = pinned_settings(spec)
+    if doc.get("settings") != now:
+        raise FtlabError(f"{path}: the study's settings changed since round 1 ({_changes(doc.get('settings'), now)}; its "
+                         f"decisions were made under the recorded ones); {fix}")
     labels = sorted(r.label for r in recipes)
     if sorted(doc.get("recipes") or []) != labels:
         raise FtlabError(f"{path}: the study's recipes changed since round 1; {fix}")

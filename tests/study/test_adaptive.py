@@ -211,8 +211,16 @@ def test_rounds_file_pins_the_study_and_refuses_a_changed_or_damaged_one(tmp_pat
     assert again.next_frontier == (2, 10) and again.rows[0].p_value is None  # NaN is stored as null
     # Another min_difference: the recorded decisions were made under the old one.
     changed, _ = load_study(path, ["adaptive.min_difference=0.1"])
-    with pytest.raises(FtlabError, match="the study file changed since round 1"):
+    with pytest.raises(FtlabError, match="the study's settings changed since round 1") as err:
         read_rounds(folder, changed, recipes)
+    assert "adaptive.min_difference: 0.05 -> 0.1" in str(err.value), err.value  # it names what changed
+    # A default that changed between versions reads the same way, naming what to pin in the file:
+    # a study begun when O'Brien-Fleming was the default spending.
+    doc = json.loads((folder / "rounds.json").read_text())
+    doc["settings"]["adaptive"]["spending"] = "obrien-fleming"
+    (folder / "rounds.json").write_text(json.dumps(doc))
+    with pytest.raises(FtlabError, match='adaptive.spending: "obrien-fleming" -> "hwang-shih-decani"'):
+        read_rounds(folder, spec, recipes)
     (folder / "rounds.json").write_text("{\"schema\": 99}")
     with pytest.raises(FtlabError, match="not an ftlab rounds file"):
         read_rounds(folder, spec, recipes)
