@@ -235,7 +235,8 @@ def report_blocks(decisions: list[Decision], limits_: Limits) -> list[tuple]:
               f"alpha = {limits_.alpha:g} ({limits_.spending} spending over information time, looks combined by the "
               f"union bound); a comparison is decided different when Holm's procedure at the look's alpha, over "
               f"every pair of configurations in every task, rejects it, equivalent when its two one-sided tests "
-              f"against +-{limits_.margin:g} reject at the look's alpha divided by the number of those pairs. Ceiling {limits_.max_seeds} seeds x {limits_.max_items} items. "
+              f"against +-{limits_.margin:g} reject at the look's alpha divided by the number of those pairs. "
+              f"Ceiling {limits_.max_seeds} seeds x {limits_.max_items} items. "
               f"The tables after this section read the final data as a fixed design (descriptive: their p-values "
               f"do not account for the looks); the decisions here are the verdict.")
     blocks: list[tuple] = [("h", 2, "Adaptive rounds"), ("p", method), ("ul", verdict_sentences(decisions, limits_.margin))]

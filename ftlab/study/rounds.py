@@ -28,7 +28,7 @@ def pinned_settings(spec: StudySpec) -> dict:
     return json.loads(json.dumps(to_jsonable(doc)))  # as it reads back from the file
 
 
-def _changes(recorded, now, prefix: str = "", shown: int = 3) -> str:
+def _changes(recorded, now, shown: int = 3) -> str:
     """The settings that differ, as `key: recorded -> now` (dotted keys, the first `shown`): a
     default that changed between ftlab versions reads as a change too, and names what to pin."""
     out: list[str] = []
@@ -40,7 +40,7 @@ def _changes(recorded, now, prefix: str = "", shown: int = 3) -> str:
         elif a != b:
             out.append(f"{key or 'settings'}: {json.dumps(a)} -> {json.dumps(b)}")
 
-    walk(recorded, now, prefix)
+    walk(recorded, now, "")
     more = f" and {len(out) - shown} more" if len(out) > shown else ""
     return "; ".join(out[:shown]) + more
 
