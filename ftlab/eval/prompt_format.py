@@ -69,6 +69,15 @@ def resolve_prompt_format(requested: str, tokenizer, source=None, option: str = 
     return PROMPT_FORMATS.get(requested)(tokenizer, source, option)
 
 
+def render_messages(tokenizer, messages: list[dict], chat: bool, enable_thinking: bool = False) -> str:
+    """One prompt's text: the chat template's rendering, or the messages as plain text."""
+    from ftlab.data.prompts import render_plain, render_prompt  # lazy: ftlab.data.prompts imports numpy
+
+    if not chat:
+        return render_plain(messages)
+    return render_prompt(tokenizer, messages, enable_thinking=enable_thinking)
+
+
 def encode_prompts(tokenizer, prompts, chat: bool) -> list[list[int]]:
     """Token ids of rendered prompts. Chat-rendered prompts already carry the template's special
     tokens (BOS included where the template wants it); adding them again would change the

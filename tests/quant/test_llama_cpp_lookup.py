@@ -57,7 +57,7 @@ def test_doctor_says_where_llama_cpp_is_or_how_to_get_it(clean, capsys, monkeypa
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     row = next(r for r in out.splitlines() if r.startswith("llama_cpp"))
-    assert f"found in ftlab cache ({llama_cpp.cache_bin_dir()})" in row and "missing llama-simple, llama-perplexity" in row
+    assert f"found in ftlab cache ({llama_cpp.cache_bin_dir()})" in row and "missing llama-simple, llama-perplexity, llama-server" in row
 
 
 def test_k_quant_check_finds_llama_quantize_in_the_cache(clean):

@@ -26,7 +26,7 @@ from ftlab.eval.backends import sizing
 from ftlab.eval.backends.api import Generation
 from ftlab.eval.backends.kv_cache import supports_cache_surgery
 from ftlab.eval.backends.stopping import BoxClosedCriteria
-from ftlab.eval.prompt_format import encode_prompts, end_of_turn_ids, resolve_prompt_format
+from ftlab.eval.prompt_format import encode_prompts, end_of_turn_ids, render_messages, resolve_prompt_format
 from ftlab.models.sources import load_model
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,7 @@ class HFGenerator:
         return self.prompt_format == "chat"
 
     def render(self, messages: list[dict], enable_thinking: bool = False) -> str:
-        from ftlab.data.prompts import render_plain, render_prompt  # lazy: ftlab.data.prompts imports numpy
-
-        if not self.chat:
-            return render_plain(messages)
-        return render_prompt(self.tokenizer, messages, enable_thinking=enable_thinking)
+        return render_messages(self.tokenizer, messages, self.chat, enable_thinking)
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         return encode_prompts(self.tokenizer, prompts, self.chat)
