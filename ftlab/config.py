@@ -217,7 +217,8 @@ class EvalConfig:
     threads: int | None = doc_field(None, "torch CPU threads; None = all cores", effect=RUN_ONLY)
     source_dir: str | None = doc_field(None, "folder with test-*.parquet to read instead of Datasets/ or the hub", effect=RUN_ONLY)
     backend: str = doc_field("hf", "generation backend: hf (transformers, continuous batching, greedy), hf-generate "
-                                   "(fixed batches through model.generate, the reference path); canned is for tests only")
+                                   "(fixed batches through model.generate, the reference path), llama.cpp (a GGUF run by "
+                                   "llama.cpp's llama-server: its scores as deployed); canned is for tests only")
     backend_options: dict = doc_field({}, "backend-specific options (canned: response or responses_file)")
     stop_at_box: bool = doc_field(True, "stop each answer when its \\boxed{...} closes (else only at EOS/max_new_tokens)")
     numeric_rel_tol: float | None = doc_field(None, "numeric answers: relative tolerance for non-integer golds "
@@ -513,6 +514,27 @@ def load_config(cls: type[C], yaml_path: str | os.PathLike | None = None, overri
 
 def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def dotted(tree: Any, prefix: str = "", keep_empty: bool = False) -> dict[str, Any]:
+    """A nested mapping as dotted keys (`train.learning_rate`), the spelling of `key=value` overrides;
+    lists stay values. An empty mapping inside is dropped, or kept as a value with `keep_empty`."""
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and (value or not keep_empty):
+            out.update(dotted(value, name, keep_empty))
+        else:
+            out[name] = value
+    return out
+
+
+def dotted_changes(old: dict | None, new: dict | None) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every setting that differs (missing: None), by key."""
+    a, b = dotted(old or {}), dotted(new or {})
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def config_without(cfg: Any, keys: Iterable[tuple[str, str]]) -> dict:

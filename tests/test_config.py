@@ -124,3 +124,14 @@ def test_job_identity_and_checkpoint_fingerprint_follow_the_fields_effect():
             assert (identity_config(cfg) != identity_config(base)) == (effect != RUN_ONLY), key
             assert (training_fingerprint(cfg) != training_fingerprint(base)) == (effect == PRODUCT), key
     assert seen[RUN_ONLY] >= 10 and seen[AFTER_TRAINING] == 1 and seen[PRODUCT] > 30, seen
+
+
+def test_dotted_keys_and_what_changed():
+    from ftlab.config import dotted, dotted_changes
+
+    tree = {"train": {"learning_rate": 1e-4, "report_to": ["tensorboard"], "extra": {}}, "seed": 3}
+    assert dotted(tree) == {"train.learning_rate": 1e-4, "train.report_to": ["tensorboard"], "seed": 3}
+    assert dotted(tree, keep_empty=True)["train.extra"] == {}
+    assert dotted(tree, "run") == {"run.train.learning_rate": 1e-4, "run.train.report_to": ["tensorboard"], "run.seed": 3}
+    assert dotted_changes({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3, "d": 4}}) == [("a.c", 2, 3), ("a.d", None, 4)]
+    assert dotted_changes(None, {"x": 1}) == [("x", None, 1)] and dotted_changes(tree, tree) == []

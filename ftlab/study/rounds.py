@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ftlab.config import config_to_dict
+from ftlab.config import config_to_dict, dotted_changes
 from ftlab.errors import FtlabError
 from ftlab.io import atomic_write_json, read_json, to_jsonable
 from ftlab.study.spec import BASE, Recipe, StudySpec
@@ -31,16 +31,7 @@ def pinned_settings(spec: StudySpec) -> dict:
 def _changes(recorded, now, shown: int = 3) -> str:
     """The settings that differ, as `key: recorded -> now` (dotted keys, the first `shown`): a
     default that changed between ftlab versions reads as a change too, and names what to pin."""
-    out: list[str] = []
-
-    def walk(a, b, key: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
-        elif a != b:
-            out.append(f"{key or 'settings'}: {json.dumps(a)} -> {json.dumps(b)}")
-
-    walk(recorded, now, "")
+    out = [f"{key}: {json.dumps(a)} -> {json.dumps(b)}" for key, a, b in dotted_changes(recorded, now)]
     more = f" and {len(out) - shown} more" if len(out) > shown else ""
     return "; ".join(out[:shown]) + more
 

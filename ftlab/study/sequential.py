@@ -62,6 +62,7 @@ from ftlab.compare.crossed import DRAWS, VarianceModel, seed_side
 from ftlab.compare.stats import holm
 from ftlab.errors import FtlabError
 from ftlab.study.analysis import Config, recipe_test
+from ftlab.study.spending import DEFAULT as DEFAULT_SPENDING
 from ftlab.study.spending import SPENDING
 
 DIFFERENT, EQUIVALENT, OPEN = "different", "equivalent", "open"
@@ -291,7 +292,7 @@ class Limits:
     max_seeds: int
     max_items: int
     item_growth: float = 2.0
-    spending: str = "hwang-shih-decani"
+    spending: str = DEFAULT_SPENDING
     pair_seeds: bool = True
     budget_s: float | None = None
 

@@ -42,6 +42,7 @@ from ftlab.quant.settings import (
     whole_number_problems,
 )
 from ftlab.quant.settings import identity as quant_identity
+from ftlab.study.spending import DEFAULT as DEFAULT_SPENDING
 from ftlab.study.spending import SPENDING
 
 BASE = "base"  # baseline: the untrained base snapshot of each recipe's base model
@@ -173,7 +174,7 @@ class AdaptiveSection:
     item_growth: float = doc_field(2.0, "a round that adds items multiplies the open configurations' items by this")
     budget_hours: float | None = doc_field(None, "stop before a round that would take the study's compute past this "
                                                  "(estimated from measured job times); None = no budget")
-    spending: str = doc_field("hwang-shih-decani", "alpha spending function over the looks: hwang-shih-decani, obrien-fleming or pocock")
+    spending: str = doc_field(DEFAULT_SPENDING, "alpha spending function over the looks: hwang-shih-decani, obrien-fleming or pocock")
 
     @property
     def on(self) -> bool:

@@ -42,18 +42,21 @@ def _pocock(t: float, alpha: float) -> float:
 def hwang_shih_decani(gamma: float) -> Callable[[float, float], float]:
     """alpha (1 - e^(-gamma t)) / (1 - e^(-gamma)): the Hwang-Shih-DeCani (1990, Statistics in
     Medicine 9:1439) family; gamma -4 is close to O'Brien-Fleming, 1 to Pocock, and a more negative
-    gamma keeps more of alpha for the last look."""
+    gamma keeps more of alpha for the last look. Gamma 0 is the family's limit, alpha t."""
     def spent(t: float, alpha: float) -> float:
         t = min(max(t, 0.0), 1.0)
+        if gamma == 0:
+            return alpha * t
         return alpha * math.expm1(-gamma * t) / math.expm1(-gamma)
     return spent
 
 
 HSD_GAMMA = -8.0  # the registered member (the default): why -8, benchmarks/adaptive_study.md
+DEFAULT = "hwang-shih-decani"  # a study file's `adaptive.spending` when it names none
 
 # The default first: an unknown name's error lists the valid ones in this order.
-SPENDING.add("hwang-shih-decani", Spending(
-    "hwang-shih-decani", f"Hwang-Shih-DeCani with gamma {HSD_GAMMA:g}: less than O'Brien-Fleming before the last "
+SPENDING.add(DEFAULT, Spending(
+    DEFAULT, f"Hwang-Shih-DeCani with gamma {HSD_GAMMA:g}: less than O'Brien-Fleming before the last "
                          "look (at t 0.75, 0.007 of 0.05 against 0.024), so the last look tests nearly at alpha and "
                          "the verdict is the fixed design's more often; early looks decide less", hwang_shih_decani(HSD_GAMMA)))
 SPENDING.add("obrien-fleming", Spending(

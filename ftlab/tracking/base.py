@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from ftlab.config import TrackingConfig
+from ftlab.config import TrackingConfig, dotted
 from ftlab.paths import Workspace
 
 KEY_TAG = "ftlab_key"  # every run's identity (a job id, a study's name): how a rerun finds it
@@ -56,14 +56,9 @@ class Tracker(Protocol):
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as dotted keys (`train.learning_rate`); lists stay values."""
-    if not isinstance(tree, dict):
-        return {prefix: tree} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        out.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
-    return out
+    """A nested mapping as dotted keys (`train.learning_rate`) for a tracker's params; lists and
+    empty mappings stay values."""
+    return dotted(tree, prefix, keep_empty=True)
 
 
 def number(value: Any) -> float | None:

@@ -19,7 +19,7 @@ import yaml
 from ftlab.errors import ConfigError
 from ftlab.study.analysis import Config
 from ftlab.study.sequential import DIFFERENT, EQUIVALENT, OPEN, STOP_CEILING, Costs, Limits, decide, look, next_items
-from ftlab.study.spending import SPENDING
+from ftlab.study.spending import SPENDING, hwang_shih_decani
 from ftlab.study.spec import load_study
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -82,6 +82,9 @@ def test_spending_functions_spend_alpha_by_the_end_and_nothing_at_the_start():
     assert hsd(0.75, 0.05) == pytest.approx(0.05 * (1 - np.exp(8 * 0.75)) / (1 - np.exp(8)))
     assert hsd(0.75, 0.05) == pytest.approx(0.00675, abs=5e-5)
     assert hsd(0.75, 0.05) < SPENDING.get("obrien-fleming").spent(0.75, 0.05) / 3
+    # Gamma 0 is the family's limit, alpha t (the formula itself divides 0 by 0 there).
+    assert hwang_shih_decani(0)(0.3, 0.05) == pytest.approx(0.015)
+    assert hwang_shih_decani(1e-6)(0.3, 0.05) == pytest.approx(0.015, rel=1e-5)
 
 
 def test_item_rounds_never_leave_a_last_step_smaller_than_the_growth():

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ftlab.config import EvalConfig, ModelConfig, config_to_dict
+from ftlab.config import EvalConfig, ModelConfig, config_to_dict, dotted_changes
 from ftlab.io import read_jsonl
 
 # The groups of `settings` that change one response; their hash is the sample lines' `settings_key`.
@@ -98,15 +98,6 @@ def request_hash(expected: dict[str, dict]) -> str:
     return _hash({key: settings_hash(s) for key, s in expected.items()})
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
 def _show(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 40 else "(changed)"
@@ -114,13 +105,11 @@ def _show(value: Any) -> str:
 
 def settings_changes(old: dict | None, new: dict) -> list[str]:
     """`generation.max_new_tokens 24 -> 32`, one line per differing setting."""
-    a, b = _flatten(old or {}), _flatten(new)
     out = []
     # The scoring rule first: it is the change a reader most needs to see.
-    for path in sorted(set(a) | set(b), key=lambda p: (p != "scoring_version", p)):
-        if a.get(path) != b.get(path):
-            va, vb = _show(a.get(path)), _show(b.get(path))
-            out.append(f"{path} changed" if "(changed)" in (va, vb) else f"{path} {va} -> {vb}")
+    for path, a, b in sorted(dotted_changes(old, new), key=lambda c: c[0] != "scoring_version"):
+        va, vb = _show(a), _show(b)
+        out.append(f"{path} changed" if "(changed)" in (va, vb) else f"{path} {va} -> {vb}")
     return out
 
 
