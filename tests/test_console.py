@@ -104,3 +104,24 @@ def test_gptq_quantize_and_load_show_only_ftlabs_bar(tmp_path):
     states = [s.strip() for s in r.stderr.replace("\r", "\n").splitlines() if s.strip()]
     assert states and all(s.startswith("GPTQ layers:") for s in states), r.stderr
     assert "3/3" in states[-1] and not any("4/3" in s for s in states), states
+
+
+GGUF_DRIVER = '''
+from ftlab import console
+console.setup()
+from ftlab.models.builtins import BUILTIN_MODELS
+from ftlab.models.sources import load_model
+load_model(str(BUILTIN_MODELS.get("smollm2-135m-instruct").locate()))
+print("done", flush=True)
+'''
+
+
+def test_reading_a_gguf_shows_none_of_transformers_bars(tmp_path):
+    """transformers de-quantizing a GGUF draws two bars of its own ("Converting and de-quantizing GGUF
+    tensors", "Loading weights"); a local read is silent unless -v (ftlab.models.integrity.quiet_loading)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", GGUF_DRIVER], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.splitlines() == ["done"], r.stdout
+    assert "de-quantizing" not in r.stderr and "Loading weights" not in r.stderr, r.stderr[-2000:]

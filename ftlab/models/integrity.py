@@ -11,6 +11,7 @@ so they cost milliseconds, and name the damaged file and the fix.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import pickle
 import struct
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from safetensors import SafetensorError
+from tqdm.auto import tqdm
 
 from ftlab import console
 from ftlab.errors import FtlabError
@@ -133,26 +135,39 @@ def loading(folder: str | Path, what: str = "model folder") -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' own lines and bars while it reads local weights ("Loading weights", and for a
+    GGUF "Converting and de-quantizing GGUF tensors") stay off the console unless -v: a local read,
+    whose failure ftlab reports in one line of its own."""
+    if console.VERBOSE:
+        yield
+        return
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils  # lazy: transformers takes 1.3 s (and torch)
+    from transformers.utils import logging as hf_logging  # lazy: transformers takes 1.3 s (and torch)
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.set_tqdm_hook(lambda factory, args, kwargs: hf_logging.EmptyTqdm(*args, **kwargs))
+    gguf_bar = gguf_utils.tqdm  # the GGUF reader takes tqdm itself, not through transformers' hook
+    gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = gguf_bar
+        hf_logging.set_verbosity(previous)
+        hf_logging.set_tqdm_hook(None)
+
+
+@contextlib.contextmanager
 def load_report_as_error(folder: str | Path) -> Iterator[dict]:
     """transformers 5 fills tensors missing from a checkpoint with random values and only logs a
     report; from a local folder that is a damaged folder, and a model scored with random layers
     would publish wrong numbers. The block passes `output_loading_info=True` and puts the info in
     the yielded dict; transformers' own report and its per-tensor "Loading weights" bar (a local
     read) are silenced unless -v, so a failure prints only its one line."""
-    from transformers.utils import logging as hf_logging  # lazy: transformers takes 1.3 s (and torch)
-
-
     info: dict = {}
-    previous = hf_logging.get_verbosity()
-    if not console.VERBOSE:
-        hf_logging.set_verbosity_error()
-        hf_logging.set_tqdm_hook(lambda factory, args, kwargs: hf_logging.EmptyTqdm(*args, **kwargs))
-    try:
-        with loading(folder):
-            yield info
-    finally:
-        hf_logging.set_verbosity(previous)
-        hf_logging.set_tqdm_hook(None)
+    with quiet_loading(), loading(folder):
+        yield info
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise FtlabError(f"model folder {folder} is damaged: its weights lack {len(missing)} tensor(s) that "

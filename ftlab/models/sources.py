@@ -41,7 +41,7 @@ from ftlab.errors import FtlabError
 from ftlab.io import normalize_modes
 from ftlab.kinds.quant import QuantizationSpec
 from ftlab.models.builtins import BUILTIN_MODELS, BuiltinModel, drop_gguf_quantizer
-from ftlab.models.integrity import check_model_folder, load_report_as_error, loading
+from ftlab.models.integrity import check_model_folder, load_report_as_error, loading, quiet_loading
 from ftlab.models.scratch import SCRATCH_PRESETS
 from ftlab.naming import base_component, sanitize_component
 from ftlab.paths import Workspace, cache_dir
@@ -261,7 +261,8 @@ def builtin_folder(name: str) -> Path:
     tmp = final.parent / f".staging-{b.name}-{uuid.uuid4().hex[:8]}"
     try:
         tok = _tokenizer_from_gguf(gguf, b)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         drop_gguf_quantizer(model)
         model.generation_config.pad_token_id = tok.pad_token_id
         model.save_pretrained(tmp)
@@ -470,7 +471,7 @@ def _gguf_resolve(r: SourceRef) -> ModelSource:
 def _gguf_load(src: ModelSource, req: LoadRequest):
     from transformers import AutoModelForCausalLM  # lazy: transformers takes 1.3 s (and torch)
 
-    with loading(src.path / src.gguf_file, "GGUF file"):
+    with quiet_loading(), loading(src.path / src.gguf_file, "GGUF file"):
         model = AutoModelForCausalLM.from_pretrained(str(src.path), gguf_file=src.gguf_file, **req.kwargs)
     drop_gguf_quantizer(model)
     return model

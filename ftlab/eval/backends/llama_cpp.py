@@ -188,7 +188,7 @@ class LlamaCppGenerator:
             self.close()
         if self._server is None:
             size = -(-n_ctx // CONTEXT_STEP) * CONTEXT_STEP
-            log.info("starting llama-server on %s (context %d, %d threads)", self.gguf.name, size, self.threads)
+            log.info("starting llama-server on %s (context %d, %d threads)", self.gguf, size, self.threads)
             self._server = LlamaServer(self._exe, self.gguf, size, self.threads)
         return self._server
 

@@ -28,6 +28,7 @@ from ftlab.errors import FtlabError
 from ftlab.io import atomic_write_text
 from ftlab.kinds.quant import GGUF_TYPES, QuantizationSpec
 from ftlab.models.builtins import BUILTIN_MODELS, drop_gguf_quantizer
+from ftlab.models.integrity import quiet_loading
 from ftlab.quant import llama_cpp
 from ftlab.quant.engine_api import Capabilities, QuantEngine, QuantJob, register_engine
 
@@ -362,6 +363,7 @@ class GgufEngine(QuantEngine):
 
         if not (folder / GGUF_FILE).is_file():
             raise FtlabError(f"GGUF folder {folder} has no {GGUF_FILE}; re-run ftlab export --format gguf")
-        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF_FILE, dtype=torch.float32)
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF_FILE, dtype=torch.float32)
         drop_gguf_quantizer(model)
         return model
