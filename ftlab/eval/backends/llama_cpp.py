@@ -34,12 +34,15 @@ they are refused with a one-line error (ftlab.eval.runners.RunContext.model_gene
 from __future__ import annotations
 
 import atexit
+import ctypes
 import http.client
 import json
 import logging
 import os
-import socket
+import re
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import weakref
@@ -58,18 +61,22 @@ log = logging.getLogger(__name__)
 
 SERVER = "llama-server"
 START_TIMEOUT_S = 120.0  # loading a 1-3 GB GGUF from a cold disk; a 135M model is ready in about 1 s
-READ_TIMEOUT_S = 600.0  # between two streamed tokens: the first waits for the prompt's prefill
+READ_TIMEOUT_S = 600.0  # one whole answer: the prompt's prefill and up to max_new_tokens
 CONTEXT_STEP = 256  # the server's context is rounded up to this, so nearby lengths reuse one server
 # Greedy decoding and nothing else: the server's defaults include top-p, min-p and a temperature.
 GREEDY = {"temperature": 0.0, "top_k": 1, "samplers": ["top_k", "temperature"], "repeat_penalty": 1.0,
           "presence_penalty": 0.0, "frequency_penalty": 0.0, "dry_multiplier": 0.0, "n_probs": 0}
 STOP_TYPES = {"eos": "eos", "limit": "length"}  # llama.cpp's stop_type -> ftlab's stop_reason
+LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")  # llama-server's line once it has bound
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _die_with_parent() -> None:
+    """In the server's process, before exec: on Linux, SIGTERM when the evaluating process dies, even
+    by kill -9 (a study job's worker), so no server outlives its evaluation."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: atexit and the finalizer still stop it
+        pass
 
 
 def _stop_process(proc: subprocess.Popen) -> None:
@@ -88,13 +95,14 @@ class LlamaServer:
 
     def __init__(self, exe: Path, gguf: Path, n_ctx: int, threads: int):
         self.n_ctx = n_ctx
-        self.port = _free_port()
+        self.port: int | None = None  # the server binds a free port itself (--port 0) and logs it
         self._logdir = tempfile.TemporaryDirectory(prefix="ftlab-llama-server-")
         self.log_path = Path(self._logdir.name) / "server.log"
-        args = [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(n_ctx),
+        args = [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", "0", "-c", str(n_ctx),
                 "--parallel", "1", "-t", str(threads), "-tb", str(threads), "--no-webui", "--no-warmup"]
         with open(self.log_path, "wb") as fh:
-            self.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         self._finalizer = weakref.finalize(self, _stop_process, self.proc)
         atexit.register(self._finalizer)
         self._wait_ready(gguf)
@@ -113,6 +121,12 @@ class LlamaServer:
                 tail = self.log_tail()
                 self.close()
                 raise FtlabError(f"llama-server could not load {gguf} (exit {self.proc.returncode}): {tail}")
+            if self.port is None:
+                found = LISTENING.search(self.log_path.read_bytes())
+                if found is None:
+                    time.sleep(0.05)
+                    continue
+                self.port = int(found.group(1))
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
                 conn.request("GET", "/health")
