@@ -70,12 +70,14 @@ class RunContext:
             self._generator = self._make_generator()
         return self._generator
 
-    def model_generator(self) -> Generator:
-        """The generator, for runners that read the model's log-probabilities rather than its answers."""
+    def model_generator(self, what: str = "") -> Generator:
+        """The generator, for runners that read the model's log-probabilities rather than its answers
+        (`what`: which of their requests do, for the error)."""
         g = self.generator
         if getattr(g, "model", None) is None:
-            raise FtlabError(f"eval.datasets: {self._plan_name} needs model weights; the {g.name!r} backend has none "
-                             "(use eval.backend=hf)")
+            asks = f" ({what})" if what else ""
+            raise FtlabError(f"eval.datasets: {self._plan_name} needs model weights{asks}; the {g.name!r} backend has "
+                             "none (use eval.backend=hf)")
         return g
 
     def reusable(self, index: int, prompt_hash: str) -> dict | None:

@@ -22,6 +22,7 @@ import math
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,75 @@ def test_evaluate_with_the_llama_cpp_backend_reports_the_deployed_answers(export
     # A second run finds the task up to date and asks llama.cpp nothing.
     assert main(args) == 0
     assert len(ws.metrics_files("q4km-deployed").samples.read_text().splitlines()) == 4
+
+
+def test_lmeval_gsm8k_through_the_llama_cpp_backend_equals_lm_evals_own_gguf_client(llama_tools, tmp_path,
+                                                                                    shared_datasets):
+    """lm-eval's registry `gsm8k` (5 few-shot examples, its stop strings, both regex filters) on the
+    built-in SmolLM2-135M-Instruct's own GGUF (Q4_1), answered by llama.cpp two ways:
+    - ftlab: `ftlab evaluate FILE.gguf --datasets lmeval:gsm8k eval.backend=llama.cpp` (lm-eval builds
+      the requests; ftlab tokenizes each context and its llama-server answers the token ids);
+    - lm-eval alone: its own `gguf` model class (lm_eval.models.gguf.GGUFLM), which posts the context
+      text to a llama-server's /v1/completions at temperature 0 with the task's stop strings; the server
+      here is started with `-n 256`, lm-eval's generation cap, which GGUFLM does not send.
+    Asserted per document: the same answer (GGUFLM strips it), the same filtered answers and scores.
+    Measured: 5 of 5 documents identical, 77 s for both sides on 2 cores. While ftlab sent transformers'
+    tokens, 4 of 5: the fifth prompt holds "students.  25%", which transformers' reading of the GGUF's
+    tokenizer splits into 4 tokens and llama.cpp (as SmolLM2's own pre-tokenizer) into 3, and the
+    answer parted (ftlab.eval.backends.llama_cpp: llama.cpp now tokenizes)."""
+    import json
+
+    import lm_eval
+    import yaml
+    from lm_eval.models.gguf import GGUFLM
+    from lm_eval.tasks import TaskManager
+
+    from ftlab.cli import main
+    from ftlab.models.builtins import BUILTIN_MODELS
+
+    n = 5
+    gguf = BUILTIN_MODELS.get("smollm2-135m-instruct").locate()
+    files = {"test": str(shared_datasets / "gsm8k-test.jsonl"), "train": str(shared_datasets / "gsm8k-train.jsonl")}
+    ws = Workspace(tmp_path / "ws")
+    assert main(["--workdir", str(ws.root), "evaluate", str(gguf), "--datasets", "lmeval:gsm8k", "--limit", str(n),
+                 "--threads", "2", "--name", "deployed", f"eval.lmeval_data={json.dumps({'gsm8k': files})}",
+                 "eval.bootstrap_samples=100", "eval.backend=llama.cpp"]) == 0
+    ours = {json.loads(line)["doc_id"]: json.loads(line)
+            for line in ws.metrics_files("deployed").samples.read_text().splitlines()}
+
+    manager = TaskManager()
+    task_file = tmp_path / "gsm8k.yaml"
+    task_file.write_text(yaml.safe_dump({"include": str(manager.task_index["gsm8k"].yaml_path), "task": "gsm8k",
+                                         "dataset_path": "json", "dataset_name": None,
+                                         "dataset_kwargs": {"data_files": files}}))
+    log = tmp_path / "server.log"
+    with open(log, "wb") as fh:
+        server = subprocess.Popen([str(llama_tools["llama-server"]), "-m", str(gguf), "--host", "127.0.0.1",
+                                   "--port", "0", "-c", "4096", "-n", "256", "--parallel", "1", "-t", "2", "--no-cache-prompt",
+                                   "--no-webui"], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        port = None
+        for _ in range(600):
+            found = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", log.read_bytes())
+            if found:
+                port = int(found.group(1))
+                break
+            assert server.poll() is None, log.read_text(errors="replace")[-2000:]
+            time.sleep(0.1)
+        assert port, log.read_text(errors="replace")[-2000:]
+        out = lm_eval.simple_evaluate(model=GGUFLM(base_url=f"http://127.0.0.1:{port}"), tasks=[str(task_file)],
+                                      task_manager=manager, limit=n, log_samples=True, bootstrap_iters=0)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    theirs: dict[int, dict] = {}
+    for s in out["samples"]["gsm8k"]:
+        theirs.setdefault(s["doc_id"], {})[s["filter"]] = s
+    assert sorted(theirs) == sorted(ours) == list(range(n))
+    for doc_id, line in ours.items():
+        for filt, sample in theirs[doc_id].items():
+            assert line["response"].strip() == sample["resps"][0][0], (doc_id, line["response"], sample["resps"][0][0])
+            assert line["filtered"][filt] == sample["filtered_resps"], (doc_id, filt)
+            for metric in sample["metrics"]:
+                key = metric if filt == "none" else f"{metric},{filt}"
+                assert line["metrics"][key] == sample[metric], (doc_id, key)

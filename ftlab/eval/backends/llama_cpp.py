@@ -11,24 +11,35 @@ evaluates it here; `hf` stays the exact reading of the same weights.
 
 How, recipe-style:
 - resolve: the model reference must be a GGUF (a .gguf file, or an `ftlab export --format gguf`
-  folder); the tokenizer is read from the GGUF by transformers, as the `hf` backend reads it;
+  folder); its tokenizer is read by transformers, as the `hf` backend reads it, to render the chat
+  template and decode answers;
 - load: `llama-server` (found as every llama.cpp tool is, ftlab.quant.llama_cpp.find_tool) starts on
   127.0.0.1 at a free port, one slot (`--parallel 1`), a context as long as the longest prompt plus
   the answer; its log goes to a temporary file, shown only when it fails;
-- run: each prompt is rendered and tokenized by ftlab exactly as for `hf` and sent as token ids
-  (no second tokenization, no added BOS), decoded greedily (top-k 1 at temperature 0, no penalties,
-  no prompt cache) until llama.cpp's end of generation or `max_new_tokens`; the answer is then cut
-  where ftlab's own stopping rules (ftlab.eval.backends.stopping: the closed box, stop strings) end
-  it, as `hf` would have stopped there. Greedy tokens do not depend on what follows them, so the cut
-  answer is the one an early stop gives; the price is decoding past a closed box (not streamed:
-  llama-server leaves out of its stream the id of a token that ends inside a UTF-8 character);
+- run: each prompt is rendered by ftlab exactly as for `hf` and tokenized by llama.cpp, as a
+  deployment's server tokenizes text (the template's special tokens parsed; a BOS only where ftlab's
+  own encoding puts one, so a template's BOS is not doubled); decoded greedily (top-k 1 at
+  temperature 0, no penalties, no prompt cache) until llama.cpp's end of generation or
+  `max_new_tokens`; the answer is then cut where ftlab's own stopping rules
+  (ftlab.eval.backends.stopping: the closed box, stop strings) end it, as `hf` would have stopped
+  there. Greedy tokens do not depend on what follows them, so the cut answer is the one an early
+  stop gives; the price is decoding past a closed box (not streamed: llama-server leaves out of its
+  stream the id of a token that ends inside a UTF-8 character);
 - the text is those token ids decoded by the same tokenizer with special tokens skipped, as `hf`.
 
 One prompt at a time, in one slot, is what llama-simple computes (llama.cpp's reference example):
 batched decoding takes other kernels, whose sums may round differently. The agreement with
 llama-simple, every GGUF type ftlab offers, is a test (tests/quant/test_gguf_llama_cpp.py).
-Log-likelihood and perplexity tasks need the model's log-probabilities in Python: with this backend
-they are refused with a one-line error (ftlab.eval.runners.RunContext.model_generator).
+Why llama.cpp tokenizes: transformers' reading of a GGUF's tokenizer can split text otherwise than
+the model's own tokenizer. SmolLM2's isolates digits before its byte-level split, and transformers'
+conversion drops that step: "students.  25%" is ".", " ", " ", "2" there and ".", "  ", "2" in
+llama.cpp (and in SmolLM2's own pre-tokenizer); one of five GSM8K 5-shot prompts holds such a double
+space, and its answer changed with it. lm-eval's own GGUF client sends text, so llama.cpp tokenizes
+there too (the agreement test with it is in tests/quant/test_gguf_llama_cpp.py).
+
+Generation tasks run here, ftlab's own and lm-eval's `generate_until`; log-likelihood and perplexity
+requests need the model's log-probabilities in Python and are refused with a one-line error
+(ftlab.eval.runners.RunContext.model_generator).
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ from tqdm.auto import tqdm
 
 from ftlab.errors import FtlabError
 from ftlab.eval.backends.api import Generation
-from ftlab.eval.prompt_format import encode_prompts, render_messages, resolve_prompt_format
+from ftlab.eval.prompt_format import bos_ids, encode_prompts, render_messages, resolve_prompt_format
 from ftlab.models.sources import load_tokenizer, resolve_model
 from ftlab.quant.llama_cpp import find_tool, how_to_get
 
@@ -141,6 +152,26 @@ class LlamaServer:
         self.close()
         raise FtlabError(f"llama-server did not load {gguf} within {START_TIMEOUT_S:.0f} s: {tail}")
 
+    def _post(self, path: str, body: dict, what: str) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=READ_TIMEOUT_S)
+        try:
+            conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            raw = resp.read()
+        except OSError as exc:
+            raise FtlabError(f"llama-server stopped answering ({exc}): {self.log_tail()}") from None
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise FtlabError(f"llama-server refused {what} (HTTP {resp.status}): {raw[:300].decode('utf-8', 'replace')}")
+        return json.loads(raw)
+
+    def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's tokens for a rendered prompt: special tokens (the chat template's) parsed, no
+        BOS added (ftlab's prompt rules decide that)."""
+        out = self._post("/tokenize", {"content": text, "add_special": False, "parse_special": True}, "a prompt's text")
+        return [int(t) for t in out.get("tokens") or []]
+
     def complete(self, tokens: list[int], n_predict: int) -> tuple[list[int], str]:
         """(the generated token ids, llama.cpp's stop_type) for a prompt given as token ids.
 
@@ -149,19 +180,7 @@ class LlamaServer:
         the finished response lists every id."""
         body = {"prompt": tokens, "n_predict": n_predict, "stream": False, "return_tokens": True,
                 "cache_prompt": False, **GREEDY}
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=READ_TIMEOUT_S)
-        try:
-            conn.request("POST", "/completion", body=json.dumps(body), headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            raw = resp.read()
-        except OSError as exc:
-            raise FtlabError(f"llama-server stopped answering ({exc}): {self.log_tail()}") from None
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise FtlabError(f"llama-server refused a prompt of {len(tokens)} tokens (HTTP {resp.status}): "
-                             f"{raw[:300].decode('utf-8', 'replace')}")
-        answer = json.loads(raw)
+        answer = self._post("/completion", body, f"a prompt of {len(tokens)} tokens")
         return [int(t) for t in answer.get("tokens") or []], str(answer.get("stop_type", "none"))
 
     def close(self) -> None:
@@ -221,7 +240,12 @@ class LlamaCppGenerator:
         if not prompts:
             return
         self.batch_size_used = 1
-        encoded = encode_prompts(self.tokenizer, prompts, self.chat)
+        # llama.cpp tokenizes, as a deployment's server does (transformers' reading of a GGUF's
+        # tokenizer can split otherwise: SmolLM2's "  25" is 4 tokens there, 3 in llama.cpp); the
+        # server is first sized from ftlab's own count, then grown if llama.cpp's is longer.
+        server = self.server(max(len(e) for e in encode_prompts(self.tokenizer, prompts, self.chat)) + max_new_tokens)
+        prefix = [] if self.chat else bos_ids(self.tokenizer)  # BOS where ftlab's encoding puts one
+        encoded = [prefix + server.tokenize(p) for p in prompts]
         server = self.server(max(len(e) for e in encoded) + max_new_tokens)
         close_ids = set(closing_token_ids(self.tokenizer))
         bar = tqdm(total=len(prompts), desc="generate", unit="sample", disable=not self.progress, leave=False)

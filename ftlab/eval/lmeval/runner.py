@@ -38,6 +38,8 @@ from ftlab.kinds.eval import PLAIN
 
 log = logging.getLogger(__name__)
 
+GENERATE_UNTIL = "generate_until"  # lm-eval's output type that asks for answers, not log-probabilities
+
 CONFIDENCE = 0.95  # of every interval, as bootstrap_interval's default
 # Resamples of an aggregation other than the mean (corpus F1, perplexity, BLEU): each one reruns it.
 MAX_AGGREGATE_RESAMPLES = 1000
@@ -185,9 +187,14 @@ def run_lmeval(plan: DatasetPlan, ctx: RunContext) -> dict:
 
     from ftlab.eval.lmeval.model import FtlabLM  # lazy: imports lm_eval and torch
 
-    g = ctx.model_generator()
     e = ctx.cfg.eval
     loaded = plan.source
+    # Generation needs only answers (any backend, llama.cpp's included); the other request types
+    # read log-probabilities, which only a backend with the model's weights has.
+    types = sorted({str(t.OUTPUT_TYPE) for t in loaded["tasks"].values()} - {GENERATE_UNTIL})
+    g = ctx.generator
+    if types or g.tokenizer is None:  # (no tokenizer: the canned test double, which cannot count tokens)
+        g = ctx.model_generator(f"lm-eval's {', '.join(types)} requests" if types else "")
     # Plain text unless eval.prompt_format=chat, as lm-eval renders by default: a base model and its
     # fine-tune then answer the same text.
     fmt = resolve_prompt_format(e.prompt_format, g.tokenizer, auto=PLAIN)
