@@ -66,3 +66,19 @@ def test_batches_and_log_likelihood_tasks_are_refused(workspace, capsys, monkeyp
                  "eval.backend=llama.cpp"]) == 2
     assert "arc:ll needs model weights; the 'llama.cpp' backend has none (use eval.backend=hf)" in _one_line_error(capsys)
     assert _nothing_written(workspace)
+
+
+def test_lmeval_log_likelihood_requests_are_refused_naming_them(workspace, capsys, monkeypatch, gguf, tmp_path):
+    """lm-eval's generation tasks run on this backend (tests/quant/test_gguf_llama_cpp.py); a task whose
+    requests are log-likelihoods is refused before anything is asked, naming the request type."""
+    monkeypatch.setattr(backend, "find_tool", lambda name: Path(sys.executable))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"q": "2 + 2 =", "choices": ["4", "5"], "label": 0}\n')
+    task = tmp_path / "tiny_mc.yaml"
+    task.write_text(f"task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {rows}\n"
+                    "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\n"
+                    "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\nmetric_list:\n  - metric: acc\n")
+    assert main(["evaluate", str(gguf), "--datasets", f"lmeval:{task}", "eval.backend=llama.cpp"]) == 2
+    err = _one_line_error(capsys)
+    assert "needs model weights (lm-eval's multiple_choice requests); the 'llama.cpp' backend has none" in err
+    assert _nothing_written(workspace)
