@@ -1,6 +1,7 @@
-"""The `llama.cpp` evaluation backend's refusals: each a one-line error, exit 2, nothing written.
-Its answers against real llama.cpp are checked in tests/quant/test_gguf_llama_cpp.py (which builds the
-tools); these need no llama.cpp at all (the server is never started)."""
+"""The `llama.cpp` evaluation backend without llama.cpp: its refusals (each a one-line error, exit 2,
+nothing written) and how it cuts llama.cpp's answers by ftlab's stopping rules (a stand-in server).
+Its answers against real llama.cpp are checked in tests/quant/test_gguf_llama_cpp.py, which builds the
+tools."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from ftlab.cli import main
 from ftlab.eval.backends import llama_cpp as backend
+from ftlab.eval.prompt_format import bos_ids
 from ftlab.models.builtins import BUILTIN_MODELS
 
 
@@ -82,3 +84,41 @@ def test_lmeval_log_likelihood_requests_are_refused_naming_them(workspace, capsy
     err = _one_line_error(capsys)
     assert "needs model weights (lm-eval's multiple_choice requests); the 'llama.cpp' backend has none" in err
     assert _nothing_written(workspace)
+
+
+class _FakeServer:
+    """Stands in for llama-server: tokenizes with the test's tokenizer, answers fixed token ids."""
+
+    def __init__(self, tok, answer_ids, stop_type):
+        self.tok, self.answer_ids, self.stop_type, self.asked = tok, answer_ids, stop_type, []
+
+    def tokenize(self, text):
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def complete(self, tokens, n_predict):
+        self.asked.append((tokens, n_predict))
+        return list(self.answer_ids[:n_predict]), self.stop_type if len(self.answer_ids) <= n_predict else "limit"
+
+
+@pytest.mark.parametrize("stop_at_box, stop_type, want_text, want_reason", [
+    (True, "eos", "The answer is \\boxed{4}", "box"),  # cut where the box closes, as `hf` stops there
+    (False, "eos", "The answer is \\boxed{4} and so on", "eos"),  # the end-of-generation id is counted, not shown
+])
+def test_answers_are_cut_by_ftlabs_stopping_rules(monkeypatch, tiny_model_dir, stop_at_box, stop_type, want_text,
+                                                   want_reason):
+    from ftlab.models.sources import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    ids = tok("The answer is \\boxed{4} and so on", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    gen = backend.LlamaCppGenerator(Path("x.gguf"), tok, threads=1, prompt_format="plain", server_exe=Path("x"),
+                                    progress=False)
+    fake = _FakeServer(tok, ids, stop_type)
+    monkeypatch.setattr(gen, "server", lambda n_ctx: fake)
+    [[(i, g)]] = list(gen.generate(["Q: 2 + 2?"], max_new_tokens=64, batch_size=None, stop_at_box=stop_at_box))
+    assert (i, g.text, g.stop_reason) == (0, want_text, want_reason)
+    assert g.new_tokens == len(tok(want_text, add_special_tokens=False)["input_ids"]) + (want_reason == "eos")
+    # The prompt went as llama.cpp's tokens, after the BOS ftlab's plain encoding puts first (if any).
+    assert fake.asked[0] == (bos_ids(tok) + fake.tokenize("Q: 2 + 2?"), 64)
+    # A cap below the answer's length ends it there.
+    [[(_, short)]] = list(gen.generate(["Q: 2 + 2?"], max_new_tokens=3, batch_size=None, stop_at_box=stop_at_box))
+    assert (short.new_tokens, short.stop_reason) == (3, "length")
