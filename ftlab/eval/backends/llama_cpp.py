@@ -164,7 +164,10 @@ class LlamaServer:
             conn.close()
         if resp.status != 200:
             raise FtlabError(f"llama-server refused {what} (HTTP {resp.status}): {raw[:300].decode('utf-8', 'replace')}")
-        return json.loads(raw)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise FtlabError(f"llama-server answered {what} with no JSON: {raw[:300].decode('utf-8', 'replace')}") from None
 
     def tokenize(self, text: str) -> list[int]:
         """llama.cpp's tokens for a rendered prompt: special tokens (the chat template's) parsed, no
@@ -190,7 +193,8 @@ class LlamaServer:
 
 
 class LlamaCppGenerator:
-    """Greedy answers from llama.cpp for a GGUF; prompts rendered and tokenized as the `hf` backend does."""
+    """Greedy answers from llama.cpp for a GGUF: prompts rendered as the `hf` backend renders them,
+    tokenized and answered by llama.cpp, cut by ftlab's stopping rules."""
 
     name = "llama.cpp"
     model = None  # no weights in Python: log-likelihood and perplexity tasks need eval.backend=hf
