@@ -79,12 +79,18 @@ def render_messages(tokenizer, messages: list[dict], chat: bool, enable_thinking
 
 
 def encode_prompts(tokenizer, prompts, chat: bool) -> list[list[int]]:
-    """Token ids of rendered prompts. Chat-rendered prompts already carry the template's special
-    tokens (BOS included where the template wants it); adding them again would change the
-    model's input. Plain prompts start with BOS where the tokenizer's own encoding does."""
+    """Token ids of rendered prompts: `prompt_prefix`, then the text's own tokens."""
     ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    prefix = [] if chat else bos_ids(tokenizer)
+    prefix = prompt_prefix(tokenizer, chat)
     return [prefix + row for row in ids] if prefix else ids
+
+
+def prompt_prefix(tokenizer, chat: bool) -> list[int]:
+    """The ids a rendered prompt starts with before its text's tokens. Chat-rendered prompts already
+    carry the template's special tokens (BOS included where the template wants it); adding them
+    again would change the model's input. Plain prompts start with BOS where the tokenizer's own
+    encoding does."""
+    return [] if chat else bos_ids(tokenizer)
 
 
 def bos_ids(tokenizer) -> list[int]:

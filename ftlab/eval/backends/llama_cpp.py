@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 
 from ftlab.errors import FtlabError
 from ftlab.eval.backends.api import Generation
-from ftlab.eval.prompt_format import bos_ids, encode_prompts, render_messages, resolve_prompt_format
+from ftlab.eval.prompt_format import encode_prompts, prompt_prefix, render_messages, resolve_prompt_format
 from ftlab.models.sources import load_tokenizer, resolve_model
 from ftlab.quant.llama_cpp import find_tool, how_to_get
 
@@ -248,7 +248,7 @@ class LlamaCppGenerator:
         # tokenizer can split otherwise: SmolLM2's "  25" is 4 tokens there, 3 in llama.cpp); the
         # server is first sized from ftlab's own count, then grown if llama.cpp's is longer.
         server = self.server(max(len(e) for e in encode_prompts(self.tokenizer, prompts, self.chat)) + max_new_tokens)
-        prefix = [] if self.chat else bos_ids(self.tokenizer)  # BOS where ftlab's encoding puts one
+        prefix = prompt_prefix(self.tokenizer, self.chat)  # a BOS only where ftlab's encoding puts one
         encoded = [prefix + server.tokenize(p) for p in prompts]
         server = self.server(max(len(e) for e in encoded) + max_new_tokens)
         close_ids = set(closing_token_ids(self.tokenizer))
