@@ -45,6 +45,11 @@ from ftlab.study.spending import SPENDING, Spending, hwang_shih_decani
 MODEL = StudyModel(level=0.4, item_sd=1.5, seed_sd=0.1, interaction_sd=0.3)
 SCENARIOS = {"null": [0.0] * 10, "clear": [0.0, 0.0, -0.8, -0.8, -1.0, -1.2, -1.5, -1.8, -2.0, -2.5],
              "mixed": [0.0, 0.0, -0.2, -0.3, -0.4, -0.6, -0.8, -1.0, -1.5, -2.0]}
+# Each recipe's seed spread as a multiple of the model's (1 when a scenario is not here): one
+# recipe's seeds vary three times as much, as a high learning rate's might, which a pooled seed
+# spread (analysis.seed_spread: pooled) assumes away.
+SCENARIOS["null-wide"] = [0.0] * 10
+SEED_SCALES = {"null-wide": [3.0] + [1.0] * 9}
 SMALLER = [(s, n) for s in (3, 4, 5) for n in (200, 400, 700, 1000) if (s, n) != (5, 1000)]
 COSTS = Costs(train_s=105.0, quantize_s=76.0, eval_item_s=0.15, tasks=3, variants=2)
 
@@ -68,14 +73,14 @@ def _spending(name: str) -> str:
     return name
 
 
-def run(name: str, sims: int, seed: int, spending: str) -> dict:
+def run(name: str, sims: int, seed: int, spending: str, seed_spread: str = "per-recipe") -> dict:
     spending = _spending(spending)  # again in the worker process
-    limits = Limits(alpha=0.05, margin=0.03, max_seeds=5, max_items=1000, spending=spending)
+    limits = Limits(alpha=0.05, margin=0.03, max_seeds=5, max_items=1000, spending=spending, seed_spread=seed_spread)
     rng = np.random.default_rng(seed)
     t0 = time.time()
     smaller_designs = SMALLER if any(SCENARIOS[name]) else []  # with no true difference there is no power to match
     out = [simulate(MODEL, SCENARIOS[name], seeds=2, items=100, limits=limits, costs=COSTS, rng=rng,
-                    fixed_designs=smaller_designs) for _ in range(sims)]
+                    fixed_designs=smaller_designs, seed_scales=SEED_SCALES.get(name)) for _ in range(sims)]
     any_adaptive = sum(bool(o.adaptive) for o in out)
     any_fixed = sum(bool(o.fixed) for o in out)
     # The same fixed design with Holm over the reported comparisons only (against the best and the
@@ -107,7 +112,9 @@ def run(name: str, sims: int, seed: int, spending: str) -> dict:
     stops: dict[str, int] = {}
     for o in out:
         stops[o.stop] = stops.get(o.stop, 0) + 1
-    return {"scenario": name, "differences": SCENARIOS[name], "spending": spending, "sims": sims,
+    return {"scenario": name, "differences": SCENARIOS[name], "seed_scales": SEED_SCALES.get(name),
+            "spending": spending, "seed_spread": seed_spread,
+            "sims": sims,
             "any_difference_declared": {"adaptive": any_adaptive / sims, "adaptive_ci": interval(any_adaptive, sims),
                                         "fixed": any_fixed / sims, "fixed_ci": interval(any_fixed, sims),
                                         "fixed_holm_over_reported_only": any_reported_only / sims,
@@ -127,11 +134,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--spending", nargs="+", default=["obrien-fleming", "hwang-shih-decani", "hwang-shih-decani:-6"],
                         help="spending functions by name; hwang-shih-decani:GAMMA for another member of that family")
+    parser.add_argument("--seed-spread", nargs="+", default=["per-recipe"], choices=["per-recipe", "pooled"],
+                        help="the verdict's seed term: each recipe's own, or pooled over the study's recipes")
+    parser.add_argument("--scenarios", nargs="+", default=["null", "clear", "mixed"], choices=list(SCENARIOS))
     parser.add_argument("--jobs", type=int, default=1, help="scenarios run at once, one process (and core) each")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    cases = [(name, args.sims, args.seed + i, spending) for spending in args.spending
-             for i, name in enumerate(SCENARIOS)]
+    cases = [(name, args.sims, args.seed + i, spending, spread) for spread in args.seed_spread
+             for spending in args.spending for i, name in enumerate(SCENARIOS) if name in args.scenarios]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run, *zip(*cases)))
     for r in rows:

@@ -56,6 +56,10 @@ at 2 seeds and 6-8% at 3 once seeds vary (alpha 5%), and up to 6% for two recipe
 generalized test stayed at or below alpha in every case simulated (tests/compare/test_verdict_calibration.py,
 benchmarks/verdict_calibration.md); its price is caution at 2 seeds. A side with one trained
 model has no estimable seed spread: recipe-level inference needs at least 2 seeds per seeded side.
+
+With a seed spread pooled over a family's recipes (`SeedPool`, a study's `analysis.seed_spread:
+pooled`), every side's seed term draws from one fiducial distribution with the family's degrees of
+freedom instead of its own S - 1; the seeds of two recipes are then taken as independent samples.
 """
 
 from __future__ import annotations
@@ -102,6 +106,93 @@ def _fiducial_factors(role: int, side: int, df: int, draws: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class SeedPool:
+    """One seed spread s2_seed for every seeded recipe of a family, estimated from all of them: the
+    homogeneity that a one-way ANOVA's pooled error (and Tukey's and Dunnett's tests on it) assumes.
+    Recipe r gives its s2_rows,r with k_r = S_r - 1 degrees of freedom, whose expectation is
+    s2_seed + e_r, e_r = MS_res,r / n_r its models' item noise on its own n_r items (taken as known:
+    it has (S_r - 1)(n_r - 1) degrees of freedom). Then sum_r k_r s2_rows,r / (s2_seed + e_r) is
+    chi2 with K = sum k_r degrees of freedom, and
+    - the estimate solves sum_r k_r s2_rows,r / (s2 + e_r) = K (0 when no s2 >= 0 does): the
+      Paule-Mandel estimator of a between-study variance (Paule & Mandel 1982, J. Res. NBS 87:377);
+    - its fiducial draws solve the same with a chi2_K draw on the right (the Q-profile; Viechtbauer
+      2007, Statistics in Medicine 26:37), which is the generalized pivotal quantity of s2_seed.
+    A recipe measured on few items (large e_r) weighs less, as it should. A comparison's seed term
+    for side j is then (s2_seed* + MS_res,j / n) / S_j on its n common items: K degrees of freedom
+    instead of S_j - 1, which is what lets a study of many recipes decide with few seeds each.
+    Valid when the recipes' seed spreads are equal; docs/study.md says what a recipe with a wider
+    spread does to the error rate (measured in benchmarks/adaptive_study.md)."""
+
+    terms: tuple[tuple[int, float, float], ...]  # per recipe: (k_r, s2_rows,r, e_r)
+
+    @property
+    def df(self) -> int:
+        return sum(k for k, _, _ in self.terms)
+
+    def _solve(self, q: np.ndarray) -> np.ndarray:
+        """s2 >= 0 with sum_r k_r s2_rows,r / (s2 + e_r) = q, per q (0 where even s2 = 0 gives less),
+        by bisection: the left side falls as s2 grows."""
+        k, rows, noise = (np.array(col, dtype=float)[:, None] for col in zip(*self.terms))
+        weight = k * rows
+
+        def left(s2: np.ndarray) -> np.ndarray:
+            den = s2[None, :] + noise
+            return np.where(den > 0, weight / np.where(den > 0, den, 1.0), np.where(weight > 0, np.inf, 0.0)).sum(axis=0)
+
+        lo, hi = np.zeros_like(q), weight.sum() / q  # at hi: sum k rows / (hi + e) <= sum k rows / hi = q
+        positive = left(lo) > q
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            above = left(mid) > q
+            lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+        return np.where(positive, (lo + hi) / 2, 0.0)
+
+    @functools.cached_property
+    def spread(self) -> float:
+        return float(self._solve(np.array([float(self.df)]))[0])
+
+    @functools.cached_property
+    def fiducial(self) -> np.ndarray:
+        """DRAWS fiducial draws of s2_seed (fixed chi2_K draws, so a test is reproducible)."""
+        q = np.random.default_rng([3, self.df]).chisquare(self.df, DRAWS)
+        out = self._solve(q)
+        out.flags.writeable = False
+        return out
+
+
+def seed_pool(matrices) -> SeedPool | None:
+    """The pooled seed spread of several recipes' S_r x n_r outcome matrices (those with 2+ seeds
+    and 2+ items; items may differ between recipes); None without any."""
+    terms = []
+    for y in matrices:
+        y = np.asarray(y, dtype=float)
+        s, n = y.shape
+        if s >= 2 and n >= 2:
+            side = seed_side(y, seeded=True)
+            terms.append((s - 1, side.row_var, side.cell_var / n))
+    return SeedPool(tuple(terms)) if terms else None
+
+
+def wider_than_pool(matrices) -> list[float]:
+    """Per recipe (an S_r x n_r matrix with 2+ seeds), the p-value of "its seeds vary no more than
+    the other recipes' pooled spread": under the pool's assumption s2_rows,r / (s2_seed + e_r) is
+    chi2_(k_r) / k_r, and s2_seed + e_r estimated from the other recipes (K_o degrees of freedom)
+    makes the ratio F(k_r, K_o) (exactly so when the recipes' item noise e is alike). Leaving the
+    recipe out keeps a wide recipe from hiding in a pool it widened. NaN without another recipe."""
+    out = []
+    for r, y in enumerate(matrices):
+        others = seed_pool([m for j, m in enumerate(matrices) if j != r])
+        own = seed_pool([y])
+        if others is None or own is None:
+            out.append(math.nan)
+            continue
+        (k, rows, noise), = own.terms
+        scale = others.spread + noise
+        out.append(float(_sps.f.sf(rows / scale, k, others.df)) if scale > 0 else (0.0 if rows > 0 else 1.0))
+    return out
+
+
+@dataclass(frozen=True)
 class Design:
     """What sets a comparison's precision: the seeded sides and the item part's raw term
     Var_i(delta_i) / n on `items` items. Built from a study's estimates (`CrossedResult.design`)
@@ -110,10 +201,19 @@ class Design:
     sides: tuple[SeedSide, ...]  # seeded sides only
     item_raw: float
     items: int
+    pool: SeedPool | None = None  # the seed spread pooled over the family's recipes (see SeedPool)
+
+    def _row_var(self, side: SeedSide) -> float:
+        """A side's s2_rows: its own, or the pooled seed spread plus its own item noise."""
+        return side.row_var if self.pool is None else self.pool.spread + side.cell_var / self.items
+
+    def seed_dfs(self) -> list[int]:
+        """Degrees of freedom of each independent seed term (one pooled term with a pool)."""
+        return [self.pool.df] if self.pool is not None else [side.seeds - 1 for side in self.sides]
 
     def parts(self) -> tuple[float, float]:
         """(seed part, item part) of V^ (see the module's formulas)."""
-        seed = sum(side.row_var / side.seeds for side in self.sides)
+        seed = sum(self._row_var(side) / side.seeds for side in self.sides)
         cells = sum(side.cell_var / (side.seeds * self.items) for side in self.sides)
         return float(seed), max(0.0, float(self.item_raw - cells))
 
@@ -124,11 +224,15 @@ class Design:
         """DRAWS draws of each side's seed term and of the item part of V* (the module's formula),
         from the fixed fiducial factors."""
         n = self.items
+        cell_terms = [side.cell_var / (side.seeds * n) * _fiducial_factors(1, j, (side.seeds - 1) * (n - 1), DRAWS)
+                      for j, side in enumerate(self.sides)]
+        cells = sum(cell_terms, np.zeros(DRAWS))
+        item = np.maximum(0.0, self.item_raw * _fiducial_factors(2, 0, n - 1, DRAWS) - cells)
+        if self.pool is not None:
+            return [self.pool.fiducial * sum(1 / side.seeds for side in self.sides) + cells], item
         seeds = [side.row_var / side.seeds * _fiducial_factors(0, j, side.seeds - 1, DRAWS)
                  for j, side in enumerate(self.sides)]
-        cells = sum((side.cell_var / (side.seeds * n) * _fiducial_factors(1, j, (side.seeds - 1) * (n - 1), DRAWS)
-                     for j, side in enumerate(self.sides)), np.zeros(DRAWS))
-        return seeds, np.maximum(0.0, self.item_raw * _fiducial_factors(2, 0, n - 1, DRAWS) - cells)
+        return seeds, item
 
     def fiducial_sd(self) -> np.ndarray:
         """The positive draws of sqrt(V*), what the test and the interval average over."""
@@ -148,10 +252,10 @@ class Design:
 
     def _power_curve(self, alpha: float):
         """power(difference) over the grid of what a study could estimate (see `power`)."""
-        per_side = max(2, round(_GRID ** (1 / len(self.sides)))) if self.sides else 1
-        grids = [_sps.chi2.ppf((np.arange(per_side) + 0.5) / per_side, side.seeds - 1) / (side.seeds - 1)
-                 for side in self.sides]
-        points = np.array(np.meshgrid(*grids, indexing="ij")).reshape(len(self.sides), -1) if grids else np.ones((0, 1))
+        dfs = self.seed_dfs() if self.sides else []
+        per_side = max(2, round(_GRID ** (1 / len(dfs)))) if dfs else 1
+        grids = [_sps.chi2.ppf((np.arange(per_side) + 0.5) / per_side, df) / df for df in dfs]
+        points = np.array(np.meshgrid(*grids, indexing="ij")).reshape(len(dfs), -1) if grids else np.ones((0, 1))
         seed_terms, item = self._fiducial_terms()
         z = np.abs(np.random.default_rng(0).standard_normal(DRAWS))
         half = np.empty(points.shape[1])
@@ -252,11 +356,13 @@ def _two_sided(x: float, sd: np.ndarray) -> float:
     return float(np.mean(2 * _sps.norm.sf(abs(x) / sd)))
 
 
-def _result(estimate: float, sides: list[SeedSide], item_values: np.ndarray, confidence: float) -> CrossedResult:
+def _result(estimate: float, sides: list[SeedSide], item_values: np.ndarray, confidence: float,
+            pool: SeedPool | None = None) -> CrossedResult:
     if not 0 < confidence < 1:
         raise FtlabError(f"confidence={confidence} must be between 0 and 1 (e.g. 0.95)")
     n = item_values.size
-    design = Design(tuple(side for side in sides if side.seeds > 1), float(item_values.var(ddof=1) / n), n)
+    seeded = tuple(side for side in sides if side.seeds > 1)
+    design = Design(seeded, float(item_values.var(ddof=1) / n), n, pool if seeded else None)
     seed_part, item_part = design.parts()
     if seed_part + item_part <= 0:  # every model scored every item alike: nothing to test a difference against
         return CrossedResult(estimate, 0.0, 1.0 if estimate == 0 else math.nan, confidence, 0.0, 0.0, design)
@@ -266,28 +372,28 @@ def _result(estimate: float, sides: list[SeedSide], item_values: np.ndarray, con
                          item_part, design)
 
 
-def crossed_mean(y, *, seeded: bool = True, confidence: float = 0.95) -> CrossedResult:
+def crossed_mean(y, *, seeded: bool = True, confidence: float = 0.95, pool: SeedPool | None = None) -> CrossedResult:
     """The mean of an S x n matrix (S trained models of one recipe on the same n items) with both
     variance sources; `seeded=False` for one deterministic model (items only). Also the paired
     difference of two matrices whose rows are the same trained models (a quantized model minus its
-    own source): pass their difference."""
+    own source): pass their difference. `pool`: the seed spread is the family's pooled one."""
     y = _matrix(y, "the outcome matrix")
     side = seed_side(y, seeded=seeded)
-    return _result(float(y.mean()), [side], y.mean(axis=0), confidence)
+    return _result(float(y.mean()), [side], y.mean(axis=0), confidence, pool)
 
 
 def crossed_difference(ya, yb, *, seeded_a: bool = True, seeded_b: bool = True,
-                       confidence: float = 0.95) -> CrossedResult:
+                       confidence: float = 0.95, pool: SeedPool | None = None) -> CrossedResult:
     """mean(B) - mean(A) for two recipes whose trained models are independent draws, on the same
     n items (columns aligned): seed spread of each side plus item sampling of the paired
-    per-item difference."""
+    per-item difference. `pool`: the seeded sides' spread is the family's pooled one (`SeedPool`)."""
     a = _matrix(ya, "recipe A's outcome matrix")
     b = _matrix(yb, "recipe B's outcome matrix")
     if a.shape[1] != b.shape[1]:
         raise FtlabError(f"the two recipes must answer the same items, got {a.shape[1]} and {b.shape[1]}")
     sides = [seed_side(a, seeded=seeded_a), seed_side(b, seeded=seeded_b)]
     delta = b.mean(axis=0) - a.mean(axis=0)
-    return _result(float(delta.mean()), sides, delta, confidence)
+    return _result(float(delta.mean()), sides, delta, confidence, pool)
 
 
 def crossed_ratio(source, quantized, *, seeded: bool = True, confidence: float = 0.95) -> tuple[float, float, float]:
@@ -321,28 +427,33 @@ class VarianceModel:
     item_var: float
     cell_var: float
 
-    def design(self, seeds: int, items: int, *, paired: bool = True) -> Design:
+    def design(self, seeds: int, items: int, *, paired: bool = True, pooled: int | None = None) -> Design:
         """Two recipes with `seeds` each on `items`: the estimator's summaries at their expectations.
         Paired (seed k with seed k, seeds independent): one side, the per-seed differences, whose
-        spread and residual are both recipes' summed; unpaired: two sides."""
+        spread and residual are both recipes' summed; unpaired: two sides. `pooled`: the seed
+        spread is pooled over this many recipes with `seeds` each (`SeedPool`; the sides unpaired)."""
         if seeds < 2 or items < 2:
             raise FtlabError("a recipe comparison needs at least 2 seeds and 2 items per recipe")
         item_raw = (self.item_var + 2 * self.cell_var / seeds) / items
         side = SeedSide(seeds, self.seed_var + self.cell_var / items, self.cell_var)
+        if pooled:
+            pool = SeedPool(((seeds - 1, side.row_var, self.cell_var / items),) * pooled)
+            return Design((side, side), item_raw, items, pool)
         if paired:
             return Design((SeedSide(seeds, 2 * side.row_var, 2 * side.cell_var),), item_raw, items)
         return Design((side, side), item_raw, items)
 
-    def power(self, difference: float, seeds: int, items: int, alpha: float, *, paired: bool = True) -> float:
-        return self.design(seeds, items, paired=paired).power(difference, alpha)
+    def power(self, difference: float, seeds: int, items: int, alpha: float, *, paired: bool = True,
+              pooled: int | None = None) -> float:
+        return self.design(seeds, items, paired=paired, pooled=pooled).power(difference, alpha)
 
 
 def items_for_power(model: VarianceModel, difference: float, seeds: int, *, alpha: float, power: float,
-                    max_items: int, paired: bool = True) -> int | None:
+                    max_items: int, paired: bool = True, pooled: int | None = None) -> int | None:
     """Fewest items (2 .. max_items) that give `power` with `seeds` per recipe; None when even
-    max_items does not (the seed spread alone caps the power)."""
+    max_items does not (the seed spread alone caps the power). `pooled`: see `VarianceModel.design`."""
     def enough(n: int) -> bool:
-        return model.power(difference, seeds, n, alpha, paired=paired) >= power
+        return model.power(difference, seeds, n, alpha, paired=paired, pooled=pooled) >= power
 
     if not enough(max_items):
         return None

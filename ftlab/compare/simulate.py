@@ -59,15 +59,18 @@ class StudyModel:
         return tuple(out)
 
 
-    def draw_recipes(self, rng: np.random.Generator, differences, seeds: int, items: int) -> tuple[np.ndarray, np.ndarray]:
+    def draw_recipes(self, rng: np.random.Generator, differences, seeds: int, items: int,
+                     seed_scales=None) -> tuple[np.ndarray, np.ndarray]:
         """A study of several recipes on the same items, and its untrained base: (recipes, base) of
         0/1 outcomes, shapes (K, seeds, items) and (1, items). Recipe k has its own item
-        interactions and seed effects and is shifted by differences[k] on the logit scale; the
-        base is one deterministic model whose expected score equals an unshifted recipe's."""
+        interactions and seed effects (sd seed_sd times seed_scales[k], default 1) and is shifted
+        by differences[k] on the logit scale; the base is one deterministic model whose expected
+        score equals an unshifted recipe's."""
         d = rng.normal(0, self.item_sd, (1, 1, items))
         shift = np.asarray(differences, dtype=float)[:, None, None]
         g = rng.normal(0, self.interaction_sd, (shift.shape[0], 1, items))
-        u = self.seed_sd * rng.normal(0, 1, (shift.shape[0], seeds, 1))
+        scale = np.ones(shift.shape[0]) if seed_scales is None else np.asarray(seed_scales, dtype=float)
+        u = self.seed_sd * scale[:, None, None] * rng.normal(0, 1, (shift.shape[0], seeds, 1))
         p = _sigmoid(self.level + d + g + u + shift)
         recipes = (rng.random(p.shape) < p).astype(float)
         p_base = _sigmoid(self.level + d[0] + matched_base_effect(self))

@@ -53,6 +53,7 @@ def limits(study: Study) -> Limits:
     max_seeds, max_items = a.ceiling(spec)
     return Limits(alpha=spec.analysis.alpha, margin=a.margin(spec), max_seeds=max_seeds, max_items=max_items,
                   item_growth=a.item_growth, spending=a.spending, pair_seeds=spec.analysis.pair_seeds,
+                  seed_spread=spec.analysis.seed_spread,
                   budget_s=a.budget_hours * 3600 if a.budget_hours is not None else None)
 
 

@@ -64,10 +64,11 @@ def _declared(rows) -> frozenset:
 
 
 def simulate(model: StudyModel, differences, *, seeds: int, items: int, limits: Limits, costs: Costs,
-             rng: np.random.Generator, fixed_designs=()) -> SimOutcome:
+             rng: np.random.Generator, fixed_designs=(), seed_scales=None) -> SimOutcome:
     """One simulated study run adaptively from (seeds, items) and as the fixed ceiling design (and
-    as each smaller fixed design in `fixed_designs`, (seeds, items) pairs, on the same draws)."""
-    recipes, base = model.draw_recipes(rng, differences, limits.max_seeds, limits.max_items)
+    as each smaller fixed design in `fixed_designs`, (seeds, items) pairs, on the same draws).
+    `seed_scales`: each recipe's seed spread as a multiple of the model's."""
+    recipes, base = model.draw_recipes(rng, differences, limits.max_seeds, limits.max_items, seed_scales)
     names = [f"r{k}" for k in range(recipes.shape[0])]
     seeded = {BASE: False, **{n: True for n in names}}
     designs = {BASE: (1, items), **{n: (seeds, items) for n in names}}
@@ -85,7 +86,7 @@ def simulate(model: StudyModel, differences, *, seeds: int, items: int, limits: 
     def fixed(s: int, n: int) -> list:
         design = {BASE: (1, n), **{name: (s, n) for name in names}}
         return look(_arms(recipes, base, design), baseline=BASE, alpha=limits.alpha, margin=limits.margin,
-                    pair_seeds=limits.pair_seeds, round_no=1, cache=cache)
+                    pair_seeds=limits.pair_seeds, round_no=1, cache=cache, pooled=limits.pooled)
 
     full = {BASE: (1, limits.max_items), **{n: (limits.max_seeds, limits.max_items) for n in names}}
     rows = fixed(limits.max_seeds, limits.max_items)

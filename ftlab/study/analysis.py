@@ -52,13 +52,21 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ftlab.compare.crossed import CrossedResult, crossed_difference, crossed_mean, crossed_ratio
+from ftlab.compare.crossed import (
+    CrossedResult,
+    SeedPool,
+    crossed_difference,
+    crossed_mean,
+    crossed_ratio,
+    seed_pool,
+    wider_than_pool,
+)
 from ftlab.compare.plots import pareto_front
 from ftlab.compare.stats import (
     bootstrap_mean_interval, holm, mcnemar_exact, mcnemar_mdd, paired_bootstrap,
 )
 from ftlab.errors import ConfigError, FtlabError
-from ftlab.study.levels import CROSSED, CROSSED_PAIRED, ITEMS_T, MCNEMAR, MODEL, NO_QUANT, RECIPE, UNSEEDED
+from ftlab.study.levels import CROSSED, CROSSED_PAIRED, CROSSED_POOLED, ITEMS_T, POOLED, MCNEMAR, MODEL, NO_QUANT, RECIPE, UNSEEDED
 from ftlab.study.spec import StudyAnalysisSettings
 from ftlab.study.verdict import TaskVerdict, build_verdicts
 SAMPLE_COLUMNS = ("recipe", "seed", "quant", "task", "index", "correct", "score", "model", "source_model")
@@ -217,19 +225,64 @@ def score_scale_mdd(mdd: float) -> float:
     return math.inf if mdd > 1 else mdd
 
 
-def recipe_test(a: Config, b: Config, *, pair_seeds: bool, confidence: float) -> tuple[str, CrossedResult]:
+def recipe_test(a: Config, b: Config, *, pair_seeds: bool, confidence: float,
+                pool: SeedPool | None = None) -> tuple[str, CrossedResult]:
     """B - A at recipe level (each side 2+ seeds, or one unseeded model), on the items both rows
     hold: two recipes trained with the same seeds, seed k with seed k when `pair_seeds` (both rows
-    ordered by seed; the one-sample inference on the differences), else as independent samples."""
+    ordered by seed; the one-sample inference on the differences), else as independent samples.
+    `pool`: the seed spread pooled over the family's recipes (`ftlab.compare.crossed.SeedPool`),
+    with the seeds as independent samples."""
+    if pool is not None:
+        return CROSSED_POOLED, crossed_difference(a.score, b.score, seeded_a=a.seeded, seeded_b=b.seeded,
+                                                  confidence=confidence, pool=pool)
     if pair_seeds and a.seeded and b.seeded and sorted(a.seeds) == sorted(b.seeds):
         return CROSSED_PAIRED, crossed_mean(b.score - a.score, confidence=confidence)
     return CROSSED, crossed_difference(a.score, b.score, seeded_a=a.seeded, seeded_b=b.seeded, confidence=confidence)
 
 
-def compare_configs(a: Config, b: Config, settings: StudyAnalysisSettings) -> dict | None:
+def _pooled_groups(configs: dict) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """(task, quant) -> recipe -> its models x items, for the seeded recipes with 2+ seeds."""
+    groups: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    for (task, quant, recipe), g in configs.items():
+        c = config_of(g)
+        if c.seeded and len(c.models) >= 2:
+            groups.setdefault((task, quant), {})[recipe] = c.score
+    return groups
+
+
+def seed_pools(configs: dict, settings: StudyAnalysisSettings) -> dict[tuple[str, str], SeedPool | None]:
+    """(task, quant) -> the seed spread pooled over its seeded recipes with 2+ seeds, when
+    `analysis.seed_spread` is pooled (else empty: every recipe has its own)."""
+    if settings.seed_spread != POOLED:
+        return {}
+    return {key: seed_pool(list(scores.values())) for key, scores in _pooled_groups(configs).items()}
+
+
+POOL_CHECK_LEVEL = 0.05
+
+
+def wider_than_the_pool(samples: pd.DataFrame, settings: StudyAnalysisSettings) -> list[str]:
+    """With a pooled seed spread: a note for each recipe whose seeds vary more than the other
+    recipes' pool allows (`ftlab.compare.crossed.wider_than_pool` at POOL_CHECK_LEVEL), per task and
+    quant variant. A warning, not a safeguard: with 2 seeds it flags a recipe whose seeds vary three
+    times as much in a third of studies (tests/compare/test_seed_pool.py)."""
+    if settings.seed_spread != POOLED:
+        return []
+    out = []
+    for (task, quant), scores in _pooled_groups(_configs(samples)).items():
+        for recipe, p in zip(scores, wider_than_pool(list(scores.values()))):
+            if p < POOL_CHECK_LEVEL:
+                out.append(f"{task} ({quant}): {recipe}'s seeds vary more than the other recipes' pooled seed spread "
+                           f"(F test p {p:.2g}); its comparisons under analysis.seed_spread: pooled may be too "
+                           f"sure; analysis.seed_spread: per-recipe does not assume the recipes vary alike")
+    return out
+
+
+def compare_configs(a: Config, b: Config, settings: StudyAnalysisSettings, pool: SeedPool | None = None) -> dict | None:
     """B - A on the items both answered; None when they share fewer than 2 items. The test is the
     one the data support (module docstring): seeds x items at recipe level, McNemar for two single
-    models, items only (the models fixed) otherwise."""
+    models, items only (the models fixed) otherwise. `pool`: the pooled seed spread of their task
+    (`seed_pools`)."""
     items = np.intersect1d(a.items, b.items)
     if items.size < 2:
         return None
@@ -241,7 +294,7 @@ def compare_configs(a: Config, b: Config, settings: StudyAnalysisSettings) -> di
            "diff_correct": (b_only - a_only) / pairs, "score_a": float(a.score.mean()),
            "score_b": float(b.score.mean()), "bootstrap_p": math.nan}
     if (a.seeded or b.seeded) and a.recipe_level and b.recipe_level:
-        test, res = recipe_test(a, b, pair_seeds=settings.pair_seeds, confidence=settings.confidence)
+        test, res = recipe_test(a, b, pair_seeds=settings.pair_seeds, confidence=settings.confidence, pool=pool)
         return {**out, "level": RECIPE, "test": test, **_crossed_fields(res, settings)}
     if len(a.models) == 1 and len(b.models) == 1:
         mc = mcnemar_exact(a.correct[0], b.correct[0])
@@ -269,11 +322,13 @@ def _effect(df: pd.DataFrame) -> pd.Series:
 def rank_recipes(samples: pd.DataFrame, settings: StudyAnalysisSettings) -> pd.DataFrame:
     """Per task and PTQ variant ("none" first), recipes ranked by mean score over seeds."""
     rows = []
-    for (task, quant, recipe), g in _configs(samples).items():
+    configs = _configs(samples)
+    pools = seed_pools(configs, settings)
+    for (task, quant, recipe), g in configs.items():
         c = config_of(g)
         per_model = g.groupby("model")["score"].mean()
         if c.seeded and len(c.models) >= 2:
-            res = crossed_mean(c.score, confidence=settings.confidence)
+            res = crossed_mean(c.score, confidence=settings.confidence, pool=pools.get((task, quant)))
             # A score lies in [0, 1] (0/1 correctness or F1): the t interval is cut to it, which
             # cannot lower its coverage.
             lo, hi, level = max(0.0, res.ci_low), min(1.0, res.ci_high), RECIPE
@@ -322,6 +377,7 @@ def compare_to_baseline(samples: pd.DataFrame, ranking: pd.DataFrame, settings: 
                         notes: list[str]) -> pd.DataFrame:
     """Every recipe x quant x task against the baseline; Holm over the whole family."""
     configs = _configs(samples)
+    pools = seed_pools(configs, settings)
     rows = []
     for r in ranking.itertuples(index=False):
         if r.recipe == settings.baseline:
@@ -331,7 +387,8 @@ def compare_to_baseline(samples: pd.DataFrame, ranking: pd.DataFrame, settings: 
         if base is None:
             notes.append(f"{r.task}: baseline {settings.baseline!r} was not evaluated; {r.recipe} ({r.quant}) is not tested")
             continue
-        test = compare_configs(config_of(base), config_of(configs[(r.task, r.quant, r.recipe)]), settings)
+        test = compare_configs(config_of(base), config_of(configs[(r.task, r.quant, r.recipe)]), settings,
+                               pools.get((r.task, r.quant)))
         if test is None:
             notes.append(f"{r.task}: {r.recipe} ({r.quant}) shares no item with the baseline; not tested")
             continue
@@ -352,6 +409,7 @@ def compare_to_best(samples: pd.DataFrame, ranking: pd.DataFrame, settings: Stud
     rule here is checked against alpha in tests/study/test_best_calibration.py). The family of all pairs does not depend on which recipe ranked
     first, so Holm over it holds alpha whatever the ranking."""
     configs = _configs(samples)
+    pools = seed_pools(configs, settings)
     rows, others = [], []  # the reported comparisons; the rest of the task's pairs (their p-values)
     for (task, quant), g in ranking.groupby(["task", "quant"], sort=False):
         names = list(g["recipe"])
@@ -359,7 +417,7 @@ def compare_to_best(samples: pd.DataFrame, ranking: pd.DataFrame, settings: Stud
         for i, first in enumerate(names):
             for recipe in names[i + 1:]:
                 test = compare_configs(config_of(configs[(task, quant, first)]),
-                                       config_of(configs[(task, quant, recipe)]), settings)
+                                       config_of(configs[(task, quant, recipe)]), settings, pools.get((task, quant)))
                 if test is None:
                     continue
                 if first == best:
@@ -457,6 +515,7 @@ def analyze_study(samples: pd.DataFrame, models: pd.DataFrame,
     vs_baseline = compare_to_baseline(samples, ranking, settings, notes)
     vs_best = compare_to_best(samples, ranking, settings)
     recovery = quantization_recovery(samples, settings, notes)
+    notes += wider_than_the_pool(samples, settings)
     pareto = pareto_fronts(ranking, tidy)
     single = ranking[ranking["level"] == MODEL]
     if not single.empty and (ranking["level"] == RECIPE).any():

@@ -23,6 +23,7 @@ import numpy as np
 
 from ftlab.compare.crossed import VarianceModel, items_for_power
 from ftlab.errors import FtlabError
+from ftlab.study.levels import POOLED
 from ftlab.study.run import finished_results
 
 SEED_COUNTS = (2, 3, 5, 8, 10, 20)
@@ -134,13 +135,16 @@ def plan_text(study, earlier=None, items: int | None = None) -> str:
     if not n:
         raise FtlabError("evaluate.limit is not set, so the planned number of items is unknown; set it or pass --items N")
     seeds = len(spec.train.seeds)
-    paired = settings.pair_seeds
+    pooled = len(study.recipes) if settings.seed_spread == POOLED else None
+    paired = settings.pair_seeds and not pooled
+    how = (f"with one seed spread pooled over {len(study.recipes)} recipes (analysis.seed_spread)" if pooled else
+           "paired by seed" if paired else "with independent seeds")
     m = comparisons_per_task(spec, study.recipes)
     alpha = settings.alpha / m
     lines = [f"Plan for study {spec.name} ({study.path}): {len(study.recipes)} recipe(s) x {seeds} seed(s), "
              f"{n} items per task",
              f"  difference that matters: {d:g} (analysis.min_difference) between two recipes "
-             f"{'paired by seed' if paired else 'with independent seeds'}, power {settings.power:g}; alpha "
+             f"{how}, power {settings.power:g}; alpha "
              f"{settings.alpha:g} over {m} comparison(s) with the best per task: {alpha:.3g} each (Bonferroni, "
              f"what Holm asks of the smallest p)"]
     if seeds < 2:
@@ -151,7 +155,7 @@ def plan_text(study, earlier=None, items: int | None = None) -> str:
     lines.append(f"  job times: {_times_line(times, times_from)}")
     variances = _variances(study, earlier, settings)
     for task, var in variances:
-        design = var.model.design(max(seeds, 2), n, paired=paired)
+        design = var.model.design(max(seeds, 2), n, paired=paired, pooled=pooled)
         power = design.power(d, alpha)
         mdd = design.mdd(alpha, settings.power)
         lines += [f"{task}:", f"  variance from {var.source}"]
@@ -166,7 +170,7 @@ def plan_text(study, earlier=None, items: int | None = None) -> str:
         needs = {}
         for s in sorted(set(SEED_COUNTS) | ({seeds} if seeds >= 2 else set())):
             need = needs[s] = items_for_power(var.model, d, s, alpha=alpha, power=settings.power,
-                                              max_items=MAX_ITEMS, paired=paired)
+                                              max_items=MAX_ITEMS, paired=paired, pooled=pooled)
             shown = f"{need:,}" if need else "not reachable"
             compute = times.compute_s(spec, len(study.recipes), s, need) if (times and need) else None
             mark = " <- planned" if s == seeds else ""

@@ -26,6 +26,7 @@ from ftlab.errors import FtlabError
 from ftlab.io import atomic_write_bytes
 from ftlab.study import figures
 from ftlab.study.analysis import MODEL, RECIPE, UNSEEDED, StudyAnalysis, StudyAnalysisSettings, analyze_study
+from ftlab.study.levels import POOLED
 
 PLOTS_DIR = "plots"
 _PLOT_NAMES = ("scores.png", "recovery.png", "pareto.png")
@@ -137,7 +138,13 @@ def _methods(s: StudyAnalysisSettings) -> list[str]:
         "(Tsui & Weerahandi 1989): each mean square's uncertainty from its own degrees of freedom (1 per recipe "
         "at 2 seeds) is drawn and carried into the test, which keeps the false-positive rate at or below alpha "
         "where a t-test with Satterthwaite's degrees of freedom did not (benchmarks/verdict_calibration.md). "
-        + ("Two recipes trained with the same seeds are compared seed k against seed k (they share the data "
+        + ("One seed spread is pooled over the recipes of each task and quant variant (analysis.seed_spread: "
+           "pooled): s2_seed solves sum_r k_r s2_r / (s2_seed + MS_r / n_r) = K over the recipes' K = sum (S_r - 1) "
+           "degrees of freedom (Paule & Mandel 1982; its fiducial draws put a chi2_K draw in place of K, the "
+           "Q-profile of Viechtbauer 2007), and each side's seed term is (s2_seed + MS / n) / S; seeds of "
+           "different recipes are taken as independent samples. This assumes the recipes' seeds vary alike "
+           "(docs/study.md). " if s.seed_spread == POOLED else
+           "Two recipes trained with the same seeds are compared seed k against seed k (they share the data "
            "order; analysis.pair_seeds): the formula for one recipe applied to the per-seed differences. Other "
            "comparisons take the seeds as independent samples. " if s.pair_seeds else
            "Seeds of different recipes are taken as independent samples (analysis.pair_seeds: false). ")

@@ -12,6 +12,7 @@ from pathlib import Path
 from ftlab.config import config_to_dict, dotted_changes
 from ftlab.errors import FtlabError
 from ftlab.io import atomic_write_json, read_json, to_jsonable
+from ftlab.study.levels import PER_RECIPE
 from ftlab.study.spec import BASE, Recipe, StudySpec
 
 ROUNDS_FILE = "rounds.json"
@@ -25,6 +26,8 @@ def pinned_settings(spec: StudySpec) -> dict:
     doc = config_to_dict(spec)
     a = spec.analysis
     doc["analysis"] = {"alpha": a.alpha, "pair_seeds": a.pair_seeds, "min_difference": a.min_difference}
+    if a.seed_spread != PER_RECIPE:  # only when set: rounds recorded before the setting existed read unchanged
+        doc["analysis"]["seed_spread"] = a.seed_spread
     return json.loads(json.dumps(to_jsonable(doc)))  # as it reads back from the file
 
 

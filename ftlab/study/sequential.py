@@ -5,7 +5,10 @@ and what the next round should add. Pure functions over outcome matrices (no fil
 The family. Per task, among the unquantized configurations (trained recipes and the base
 snapshot): every configuration against the best-ranked one (kind `best`) and every recipe against
 the baseline (kind `baseline`); B - A with the recipe-level test of the verdict
-(`ftlab.study.analysis.recipe_test`: seeds and items crossed, generalized inference).
+(`ftlab.study.analysis.recipe_test`: seeds and items crossed, generalized inference). With
+`analysis.seed_spread: pooled` (`Limits.seed_spread`) the seed spread is one for the task's
+recipes, estimated from all of them at each look (`ftlab.compare.crossed.SeedPool`), and the
+information time and the next round's half-widths count the pool's degrees of freedom.
 
 A look, after round k, with its share alpha_k of the error rate:
 - decided different: Holm's procedure at alpha_k over every pairwise comparison of each task's
@@ -58,10 +61,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import stats as _sps
 
-from ftlab.compare.crossed import DRAWS, VarianceModel, seed_side
+from ftlab.compare.crossed import DRAWS, VarianceModel, seed_pool, seed_side
 from ftlab.compare.stats import holm
 from ftlab.errors import FtlabError
 from ftlab.study.analysis import Config, recipe_test
+from ftlab.study.levels import PER_RECIPE, POOLED
 from ftlab.study.spending import DEFAULT as DEFAULT_SPENDING
 from ftlab.study.spending import SPENDING
 
@@ -110,22 +114,23 @@ def components(configs: list[Config]) -> VarianceModel | None:
     return VarianceModel(seed_var=seed_var, item_var=item_var, cell_var=cell_var)
 
 
-def variance(models: list[VarianceModel], seeds: int, items: int, pair_seeds: bool) -> float:
-    """The summed variance of one recipe comparison per task at this design."""
-    return float(sum(m.design(seeds, items, paired=pair_seeds).variance() for m in models))
+def variance(models: list[VarianceModel], seeds: int, items: int, pair_seeds: bool, pooled: int | None = None) -> float:
+    """The summed variance of one recipe comparison per task at this design (`pooled`: the seed
+    spread pooled over that many recipes)."""
+    return float(sum(m.design(seeds, items, paired=pair_seeds, pooled=pooled).variance() for m in models))
 
 
 _Z = np.abs(np.random.default_rng(0).standard_normal(DRAWS))  # one |Z| per fiducial draw
 PRECISION_LEVEL = 0.99
 
 
-def half_width(models: list[VarianceModel], seeds: int, items: int, pair_seeds: bool) -> float:
+def half_width(models: list[VarianceModel], seeds: int, items: int, pair_seeds: bool, pooled: int | None = None) -> float:
     """The summed 99% half-width of one recipe comparison per task at this design, from the
     generalized test's own fiducial distribution: unlike the variance, it counts how few degrees of
     freedom a few seeds give (2 seeds: a Cauchy-like tail), which is what keeps a comparison open."""
     out = 0.0
     for m in models:
-        sd = m.design(seeds, items, paired=pair_seeds).fiducial_sd()
+        sd = m.design(seeds, items, paired=pair_seeds, pooled=pooled).fiducial_sd()
         out += float(np.quantile(_Z[: sd.size] * sd, PRECISION_LEVEL)) if sd.size else 0.0
     return out
 
@@ -187,7 +192,7 @@ def family(arms: dict[str, dict[str, Config]], baseline: str) -> list[tuple[str,
 
 
 def _pairs(arms: dict[str, dict[str, Config]], pair_seeds: bool, margin: float,
-           cache: dict | None = None) -> dict[tuple, tuple]:
+           cache: dict | None = None, pooled: bool = False) -> dict[tuple, tuple]:
     """(task, x, y), x < y by name -> (estimate of y - x, p, TOST p, seeds of y, seeds of x, items) for
     every pair of the task's configurations, on the items both answered. `cache`: results by pair
     and matrix shapes, for callers whose configurations only ever grow by taking more rows and
@@ -196,16 +201,17 @@ def _pairs(arms: dict[str, dict[str, Config]], pair_seeds: bool, margin: float,
     out = {}
     for task, configs in arms.items():
         names = sorted(configs)
+        pool = seed_pool([c.score for c in configs.values() if c.seeded]) if pooled else None
         for i, x in enumerate(names):
             for y in names[i + 1:]:
                 a, b = configs[x], configs[y]
-                key = (task, x, y, a.score.shape, b.score.shape)
+                key = (task, x, y, a.score.shape, b.score.shape, pool)
                 if cache is not None and key in cache:
                     out[(task, x, y)] = cache[key]
                     continue
                 items = np.intersect1d(a.items, b.items)
                 a, b = a.on(items), b.on(items)
-                _, res = recipe_test(a, b, pair_seeds=pair_seeds, confidence=0.95)
+                _, res = recipe_test(a, b, pair_seeds=pair_seeds, confidence=0.95, pool=pool)
                 out[(task, x, y)] = (res.estimate, res.p_value, equivalence_p(res, margin),
                                      len(b.models) if b.seeded else 1, len(a.models) if a.seeded else 1, int(items.size))
                 if cache is not None:
@@ -214,7 +220,8 @@ def _pairs(arms: dict[str, dict[str, Config]], pair_seeds: bool, margin: float,
 
 
 def look(arms: dict[str, dict[str, Config]], *, baseline: str, alpha: float, margin: float, pair_seeds: bool,
-         round_no: int, earlier: dict[tuple, Row] | None = None, cache: dict | None = None) -> list[Row]:
+         round_no: int, earlier: dict[tuple, Row] | None = None, cache: dict | None = None,
+         pooled: bool = False) -> list[Row]:
     """The family's rows after this look: decisions of earlier looks carried, the open comparisons
     decided at this look's alpha. Holm's procedure and the equivalence tests' Bonferroni run over
     every pair of configurations in every task, of which the reported comparisons are a part: the
@@ -222,7 +229,7 @@ def look(arms: dict[str, dict[str, Config]], *, baseline: str, alpha: float, mar
     (in simulated null studies of 10 recipes it declared a false difference in 6.5% of them at alpha
     0.05, benchmarks/adaptive_study.md)."""
     earlier = earlier or {}
-    pairs = _pairs(arms, pair_seeds, margin, cache)
+    pairs = _pairs(arms, pair_seeds, margin, cache, pooled)
     keys = list(pairs)
     adjusted = dict(zip(keys, holm(np.array([pairs[k][1] for k in keys])))) if keys else {}
     m = len(keys)
@@ -295,6 +302,11 @@ class Limits:
     spending: str = DEFAULT_SPENDING
     pair_seeds: bool = True
     budget_s: float | None = None
+    seed_spread: str = PER_RECIPE  # or POOLED
+
+    @property
+    def pooled(self) -> bool:
+        return self.seed_spread == POOLED
 
 
 @dataclass
@@ -346,15 +358,18 @@ def decide(arms: dict[str, dict[str, Config]], *, baseline: str, limits: Limits,
     ceiling = (limits.max_seeds, limits.max_items)
     at_ceiling = frontier[0] >= ceiling[0] and frontier[1] >= ceiling[1]
     t_before, spent_before = (earlier.information, earlier.spent) if earlier else (0.0, 0.0)
-    now = variance(models, *frontier, limits.pair_seeds)
-    t = 1.0 if at_ceiling or now <= 0 else max(t_before, min(1.0, variance(models, *ceiling, limits.pair_seeds) / now))
-    width = half_width(models, *frontier, limits.pair_seeds)
+    # With a pooled seed spread, a recipe comparison's seed term has as many degrees of freedom as
+    # the family's seeded recipes give together.
+    pooled = max(1, sum(c.seeded for c in next(iter(arms.values())).values())) if limits.pooled else None
+    now = variance(models, *frontier, limits.pair_seeds, pooled)
+    t = 1.0 if at_ceiling or now <= 0 else max(t_before, min(1.0, variance(models, *ceiling, limits.pair_seeds, pooled) / now))
+    width = half_width(models, *frontier, limits.pair_seeds, pooled)
     alpha = max(0.0, SPENDING.get(limits.spending).spent(t, limits.alpha) - spent_before)
     carried = {r.key: r for r in earlier.rows} if earlier else {}
 
     def run(a: float) -> list[Row]:
         return look(arms, baseline=baseline, alpha=a, margin=limits.margin, pair_seeds=limits.pair_seeds,
-                    round_no=round_no, earlier=carried, cache=cache)
+                    round_no=round_no, earlier=carried, cache=cache, pooled=limits.pooled)
 
     rows = run(alpha)
     active = sorted(open_arms(rows))
@@ -370,7 +385,7 @@ def decide(arms: dict[str, dict[str, Config]], *, baseline: str, limits: Limits,
     used = costs.design(designs, seeded) if costs else 0.0
     options, why_not = {}, []
     for action, nxt in steps.items():
-        cut = 1 - (half_width(models, *nxt, limits.pair_seeds) / width) ** 2 if width > 0 else 0.0
+        cut = 1 - (half_width(models, *nxt, limits.pair_seeds, pooled) / width) ** 2 if width > 0 else 0.0
         seconds = (sum(costs.arm(seeded[a], designs[a], _target(designs[a], nxt, seeded[a])) for a in active)
                    if costs else 1.0)
         options[action] = {"next": list(nxt), "width_cut": cut, "seconds": seconds}

@@ -42,6 +42,7 @@ from ftlab.quant.settings import (
     whole_number_problems,
 )
 from ftlab.quant.settings import identity as quant_identity
+from ftlab.study.levels import PER_RECIPE, SEED_SPREADS
 from ftlab.study.spending import DEFAULT as DEFAULT_SPENDING
 from ftlab.study.spending import SPENDING
 
@@ -132,6 +133,9 @@ class StudyAnalysisSettings:
     bootstrap_seed: int = doc_field(0, "seed of the bootstrap resampling")
     pair_seeds: bool = doc_field(True, "compare two recipes trained with the same seeds seed by seed (seed k with "
                                        "seed k, which share the data order); false: as independent samples")
+    seed_spread: str = doc_field(PER_RECIPE, "a recipe's seed spread: per-recipe (from its own seeds), or pooled (one "
+                                             "spread for a task's recipes: more degrees of freedom with few seeds, "
+                                             "valid when the recipes' seeds vary alike; seeds taken as independent)")
     min_difference: float | None = doc_field(None, "smallest score difference between recipes that matters "
                                                    "(e.g. 0.03); `ftlab study plan` sizes the study for it")
     expected_score: float | None = doc_field(None, "planning before results exist: the score level of the recipes")
@@ -148,6 +152,8 @@ class StudyAnalysisSettings:
             value = getattr(self, name)
             if not 0 < value < 1:
                 problems.append(f"analysis.{name}={value} must lie strictly between 0 and 1")
+        if self.seed_spread not in SEED_SPREADS:
+            problems.append(f"analysis.seed_spread={self.seed_spread!r} is not one of: {', '.join(SEED_SPREADS)}")
         if self.resamples < 1:
             problems.append(f"analysis.resamples={self.resamples} must be >= 1 (e.g. 10000)")
         for name in ("min_difference", "expected_score", "expected_discordance"):

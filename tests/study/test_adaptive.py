@@ -224,6 +224,19 @@ def test_rounds_file_pins_the_study_and_refuses_a_changed_or_damaged_one(tmp_pat
     (folder / "rounds.json").write_text(json.dumps(doc))
     with pytest.raises(FtlabError, match='adaptive.spending: "obrien-fleming" -> "hwang-shih-decani"'):
         read_rounds(folder, spec, recipes)
+    doc["settings"]["adaptive"]["spending"] = "hwang-shih-decani"
+    (folder / "rounds.json").write_text(json.dumps(doc))
+    # A pooled seed spread is part of what a decision depends on; the per-recipe default is not
+    # written, so rounds recorded before the setting existed read unchanged.
+    assert "seed_spread" not in doc["settings"]["analysis"]
+    pooled, _ = load_study(path, ["analysis.seed_spread=pooled"])
+    with pytest.raises(FtlabError, match='analysis.seed_spread: null -> "pooled"'):
+        read_rounds(folder, pooled, recipes)
+    from types import SimpleNamespace
+
+    from ftlab.study.adaptive import limits
+
+    assert limits(SimpleNamespace(spec=pooled)).pooled and not limits(SimpleNamespace(spec=spec)).pooled
     (folder / "rounds.json").write_text("{\"schema\": 99}")
     with pytest.raises(FtlabError, match="not an ftlab rounds file"):
         read_rounds(folder, spec, recipes)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from ftlab.compare.crossed import crossed_difference, crossed_mean, crossed_ratio
+from ftlab.compare.crossed import crossed_difference, crossed_mean, crossed_ratio, seed_pool, wider_than_pool
 from ftlab.compare.stats import format_p, holm, mcnemar_mdd, paired_bootstrap
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.study.analysis import StudyAnalysisSettings, _configs, analyze_study, compare_configs, config_of
@@ -470,6 +470,39 @@ def test_recipes_with_the_same_seeds_are_paired_unless_the_study_says_not():
     assert u.test == "seeds x items"
     assert u.p_value == pytest.approx(crossed_difference(mat(items((0, 10)), items((0, 12))),
                                                          mat(items((0, 14)), items((2, 12)))).p_value, rel=1e-12)
+
+
+def test_a_pooled_seed_spread_is_one_per_task_and_quant_variant():
+    outcomes = {("L", 0, "none"): items((0, 10)), ("L", 1, "none"): items((0, 12)),
+                ("M", 0, "none"): items((0, 14)), ("M", 1, "none"): items((2, 12)),
+                ("N", 0, "none"): items((0, 20)), ("N", 1, "none"): items((0, 16)), ("N", 2, "none"): items((1, 9))}
+    samples, models = build(outcomes)
+    settings = StudyAnalysisSettings(baseline="L", resamples=200, seed_spread="pooled")
+    a = analyze_study(samples, models, settings)
+    mats = {"L": mat(items((0, 10)), items((0, 12))), "M": mat(items((0, 14)), items((2, 12))),
+            "N": mat(items((0, 20)), items((0, 16)), items((1, 9)))}
+    pool = seed_pool(list(mats.values()))
+    assert pool.df == 1 + 1 + 2
+    t = a.vs_baseline.set_index("recipe")
+    assert set(t["test"]) == {"seeds x items, seed spread pooled"}  # pooled takes the seeds as independent
+    for name in ("M", "N"):
+        ref = crossed_difference(mats["L"], mats[name], pool=pool)
+        assert t.loc[name, "p_value"] == pytest.approx(ref.p_value, rel=1e-12)
+        assert t.loc[name, "ci_low"] == pytest.approx(ref.ci_low, rel=1e-9)
+    # The ranking's intervals use the same pool.
+    r = a.ranking.set_index("recipe").loc["N"]
+    assert r.ci_high == pytest.approx(min(1.0, crossed_mean(mats["N"], pool=pool).ci_high), rel=1e-9)
+    assert not any("pooled seed spread" in note for note in a.notes)
+    # A recipe whose two seeds part by 30 of 40 items, where the others part by 0-2: the notes say so.
+    wide = {**outcomes, ("W", 0, "none"): items((0, 2)), ("W", 1, "none"): items((0, 32))}
+    notes = analyze_study(*build(wide), settings).notes
+    assert [n for n in notes if "pooled seed spread" in n] == [
+        f"arith (none): W's seeds vary more than the other recipes' pooled seed spread (F test p "
+        f"{wider_than_pool([*mats.values(), mat(items((0, 2)), items((0, 32)))])[-1]:.2g}); its comparisons under "
+        "analysis.seed_spread: pooled may be too sure; analysis.seed_spread: per-recipe does not assume the "
+        "recipes vary alike"]
+    assert StudyAnalysisSettings(seed_spread="shared").validate() == [
+        "analysis.seed_spread='shared' is not one of: per-recipe, pooled"]
 
 
 def test_sensitivity_against_the_difference_that_matters(study):

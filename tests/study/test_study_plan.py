@@ -114,6 +114,24 @@ def test_plan_prints_power_items_per_seed_count_and_the_planned_row(tmp_path):
     assert "not reachable: the seed spread alone keeps the power below 0.8 with 20 seeds" in text
 
 
+def test_a_pooled_seed_spread_plans_with_the_recipes_degrees_of_freedom(tmp_path):
+    from ftlab.compare.crossed import items_for_power
+    from ftlab.study.plan import plan_text
+
+    path = study_file(tmp_path, {"min_difference": 0.05, "expected_score": 0.3, "expected_seed_std": 0.02,
+                                 "expected_discordance": 0.15, "seed_spread": "pooled"})
+    text = plan_text(open_(path))
+    assert "with one seed spread pooled over 2 recipes (analysis.seed_spread)" in text.splitlines()[1]
+    model = VarianceModel(0.02**2, 0.15, 0.0)
+    design = model.design(3, 200, pooled=2)
+    assert f"power {design.power(0.05, 0.05 / 3):.2f} for a difference of 0.05" in text
+    # 2 recipes x 8 seeds pool 14 degrees of freedom in one term: fewer items than paired (7) or than
+    # two unpaired terms of 7 each (1,288 against 1,753 and 1,543).
+    need = {how: items_for_power(model, 0.05, 8, alpha=0.05 / 3, power=0.8, max_items=100_000, **kw)
+            for how, kw in {"pooled": {"pooled": 2}, "paired": {}, "unpaired": {"paired": False}}.items()}
+    assert need["pooled"] < need["unpaired"] < need["paired"], need
+
+
 def test_plan_compute_comes_from_measured_job_times(tmp_path):
     from ftlab.study.plan import job_times, plan_text
 
