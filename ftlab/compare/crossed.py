@@ -160,17 +160,21 @@ class SeedPool:
         return out
 
 
+def _pool_term(y) -> tuple[int, float, float] | None:
+    """One recipe's (k_r, s2_rows,r, e_r) for a `SeedPool`; None with fewer than 2 seeds or items."""
+    y = np.asarray(y, dtype=float)
+    s, n = y.shape
+    if s < 2 or n < 2:
+        return None
+    side = seed_side(y, seeded=True)
+    return s - 1, side.row_var, side.cell_var / n
+
+
 def seed_pool(matrices) -> SeedPool | None:
     """The pooled seed spread of several recipes' S_r x n_r outcome matrices (those with 2+ seeds
     and 2+ items; items may differ between recipes); None without any."""
-    terms = []
-    for y in matrices:
-        y = np.asarray(y, dtype=float)
-        s, n = y.shape
-        if s >= 2 and n >= 2:
-            side = seed_side(y, seeded=True)
-            terms.append((s - 1, side.row_var, side.cell_var / n))
-    return SeedPool(tuple(terms)) if terms else None
+    terms = tuple(t for t in map(_pool_term, matrices) if t is not None)
+    return SeedPool(terms) if terms else None
 
 
 def wider_than_pool(matrices) -> list[float]:
@@ -179,16 +183,17 @@ def wider_than_pool(matrices) -> list[float]:
     chi2_(k_r) / k_r, and s2_seed + e_r estimated from the other recipes (K_o degrees of freedom)
     makes the ratio F(k_r, K_o) (exactly so when the recipes' item noise e is alike). Leaving the
     recipe out keeps a wide recipe from hiding in a pool it widened. NaN without another recipe."""
+    terms = [_pool_term(y) for y in matrices]
     out = []
-    for r, y in enumerate(matrices):
-        others = seed_pool([m for j, m in enumerate(matrices) if j != r])
-        own = seed_pool([y])
-        if others is None or own is None:
+    for r, term in enumerate(terms):
+        others = tuple(t for j, t in enumerate(terms) if j != r and t is not None)
+        if term is None or not others:
             out.append(math.nan)
             continue
-        (k, rows, noise), = own.terms
-        scale = others.spread + noise
-        out.append(float(_sps.f.sf(rows / scale, k, others.df)) if scale > 0 else (0.0 if rows > 0 else 1.0))
+        k, rows, noise = term
+        pool = SeedPool(others)
+        scale = pool.spread + noise
+        out.append(float(_sps.f.sf(rows / scale, k, pool.df)) if scale > 0 else (0.0 if rows > 0 else 1.0))
     return out
 
 
