@@ -73,9 +73,10 @@ def _spending(name: str) -> str:
     return name
 
 
-def run(name: str, sims: int, seed: int, spending: str, seed_spread: str = "per-recipe") -> dict:
+def run(name: str, sims: int, seed: int, spending: str, seed_spread: str = "per-recipe", futility: float = 0.0) -> dict:
     spending = _spending(spending)  # again in the worker process
-    limits = Limits(alpha=0.05, margin=0.03, max_seeds=5, max_items=1000, spending=spending, seed_spread=seed_spread)
+    limits = Limits(alpha=0.05, margin=0.03, max_seeds=5, max_items=1000, spending=spending, seed_spread=seed_spread,
+                    futility=futility)
     rng = np.random.default_rng(seed)
     t0 = time.time()
     smaller_designs = SMALLER if any(SCENARIOS[name]) else []  # with no true difference there is no power to match
@@ -113,7 +114,7 @@ def run(name: str, sims: int, seed: int, spending: str, seed_spread: str = "per-
     for o in out:
         stops[o.stop] = stops.get(o.stop, 0) + 1
     return {"scenario": name, "differences": SCENARIOS[name], "seed_scales": SEED_SCALES.get(name),
-            "spending": spending, "seed_spread": seed_spread,
+            "spending": spending, "seed_spread": seed_spread, "futility": futility,
             "sims": sims,
             "any_difference_declared": {"adaptive": any_adaptive / sims, "adaptive_ci": interval(any_adaptive, sims),
                                         "fixed": any_fixed / sims, "fixed_ci": interval(any_fixed, sims),
@@ -136,12 +137,15 @@ def main() -> None:
                         help="spending functions by name; hwang-shih-decani:GAMMA for another member of that family")
     parser.add_argument("--seed-spread", nargs="+", default=["per-recipe"], choices=["per-recipe", "pooled"],
                         help="the verdict's seed term: each recipe's own, or pooled over the study's recipes")
+    parser.add_argument("--futility", nargs="+", type=float, default=[0.0],
+                        help="conditional power below which an open comparison stops (0: never)")
     parser.add_argument("--scenarios", nargs="+", default=["null", "clear", "mixed"], choices=list(SCENARIOS))
     parser.add_argument("--jobs", type=int, default=1, help="scenarios run at once, one process (and core) each")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    cases = [(name, args.sims, args.seed + i, spending, spread) for spread in args.seed_spread
-             for spending in args.spending for i, name in enumerate(SCENARIOS) if name in args.scenarios]
+    cases = [(name, args.sims, args.seed + i, spending, spread, futility) for futility in args.futility
+             for spread in args.seed_spread for spending in args.spending
+             for i, name in enumerate(SCENARIOS) if name in args.scenarios]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run, *zip(*cases)))
     for r in rows:

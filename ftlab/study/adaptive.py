@@ -35,10 +35,12 @@ from ftlab.study.sequential import (
     BEST,
     DIFFERENT,
     EQUIVALENT,
+    FUTILE,
     OPEN,
     STOP_BUDGET,
     STOP_CEILING,
     STOP_DECIDED,
+    STOP_FUTILE,
     Costs,
     Decision,
     Limits,
@@ -53,7 +55,7 @@ def limits(study: Study) -> Limits:
     max_seeds, max_items = a.ceiling(spec)
     return Limits(alpha=spec.analysis.alpha, margin=a.margin(spec), max_seeds=max_seeds, max_items=max_items,
                   item_growth=a.item_growth, spending=a.spending, pair_seeds=spec.analysis.pair_seeds,
-                  seed_spread=spec.analysis.seed_spread,
+                  seed_spread=spec.analysis.seed_spread, futility=a.futility,
                   budget_s=a.budget_hours * 3600 if a.budget_hours is not None else None)
 
 
@@ -157,7 +159,9 @@ def design_line(designs: dict) -> str:
 
 def _counts(decision: Decision) -> str:
     states = [r.state for r in decision.rows]
-    return f"{states.count(DIFFERENT)} decided different, {states.count(EQUIVALENT)} equivalent, {states.count(OPEN)} open"
+    futile = f", {states.count(FUTILE)} futile" if FUTILE in states else ""
+    return (f"{states.count(DIFFERENT)} decided different, {states.count(EQUIVALENT)} equivalent{futile}, "
+            f"{states.count(OPEN)} open")
 
 
 def round_line(decision: Decision) -> str:
@@ -182,7 +186,8 @@ def rounds_of(study: Study) -> list[Decision]:
 
 
 _STOPS = {STOP_DECIDED: "every comparison was decided", STOP_CEILING: "the ceiling was reached with comparisons open",
-          STOP_BUDGET: "the compute budget would have been exceeded"}
+          STOP_BUDGET: "the compute budget would have been exceeded",
+          STOP_FUTILE: "every comparison was decided but those the ceiling was unlikely to decide (futility)"}
 
 
 def _comparison(r) -> str:
@@ -200,6 +205,8 @@ def verdict_sentences(decisions: list[Decision], margin: float) -> list[str]:
     out = [f"Adaptive study ({len(decisions)} look(s), alpha spent {_alpha(last.spent)}), {where}."]
     for state, what in ((DIFFERENT, "Decided different (Holm at the look's alpha)"),
                         (EQUIVALENT, f"Decided equivalent (interval inside +-{margin:g})"),
+                        (FUTILE, "Stopped for futility, undecided (predictive power at the ceiling below the "
+                                 "study's threshold)"),
                         (OPEN, "Still open")):
         rows = [r for r in last.rows if r.state == state]
         if rows:
@@ -213,6 +220,7 @@ def rounds_table(decisions: list[Decision]) -> pd.DataFrame:
         "information": f"{d.information:.3f}", "alpha at this look": _alpha(d.alpha), "alpha spent": _alpha(d.spent),
         "different": str(sum(r.state == DIFFERENT for r in d.rows)),
         "equivalent": str(sum(r.state == EQUIVALENT for r in d.rows)),
+        "futile": str(sum(r.state == FUTILE for r in d.rows)),
         "open": str(sum(r.state == OPEN for r in d.rows)),
         "open configurations": ", ".join(d.open) or "-",
         "then": f"stopped: {d.stop} ({d.why})" if d.stop else d.why,
@@ -226,7 +234,8 @@ def decisions_table(decision: Decision) -> pd.DataFrame:
     return pd.DataFrame([{
         "task": r.task, "comparison": "vs best" if r.kind == BEST else "vs baseline", "recipe": r.recipe,
         "against": r.other, "seeds": f"{r.seeds} vs {r.other_seeds}", "items": str(r.items),
-        "diff": f"{r.estimate:+.4f}", "p": p(r.p_value), "p equivalence": p(r.p_equivalence), "decision": r.state,
+        "diff": f"{r.estimate:+.4f}", "p": p(r.p_value), "p equivalence": p(r.p_equivalence),
+        "predictive power": p(r.predictive_power), "decision": r.state,
         "round": str(r.decided_round or ""),
     } for r in decision.rows])
 
@@ -238,7 +247,10 @@ def report_blocks(decisions: list[Decision], limits_: Limits) -> list[tuple]:
               f"every pair of configurations in every task, rejects it, equivalent when its two one-sided tests "
               f"against +-{limits_.margin:g} reject at the look's alpha divided by the number of those pairs. "
               f"Ceiling {limits_.max_seeds} seeds x {limits_.max_items} items. "
-              f"The tables after this section read the final data as a fixed design (descriptive: their p-values "
+              + (f"A comparison whose predictive power of a decision at the ceiling fell below {limits_.futility:g} "
+                 f"was stopped for futility: it got no more seeds or items for its own sake, and was still tested "
+                 f"at every look. " if limits_.futility else "")
+              + f"The tables after this section read the final data as a fixed design (descriptive: their p-values "
               f"do not account for the looks); the decisions here are the verdict.")
     blocks: list[tuple] = [("h", 2, "Adaptive rounds"), ("p", method), ("ul", verdict_sentences(decisions, limits_.margin))]
     if decisions:

@@ -28,6 +28,8 @@ def pinned_settings(spec: StudySpec) -> dict:
     doc["analysis"] = {"alpha": a.alpha, "pair_seeds": a.pair_seeds, "min_difference": a.min_difference}
     if a.seed_spread != PER_RECIPE:  # only when set: rounds recorded before the setting existed read unchanged
         doc["analysis"]["seed_spread"] = a.seed_spread
+    if not spec.adaptive.futility:  # likewise
+        doc.get("adaptive", {}).pop("futility", None)
     return json.loads(json.dumps(to_jsonable(doc)))  # as it reads back from the file
 
 

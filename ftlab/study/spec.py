@@ -181,6 +181,8 @@ class AdaptiveSection:
     budget_hours: float | None = doc_field(None, "stop before a round that would take the study's compute past this "
                                                  "(estimated from measured job times); None = no budget")
     spending: str = doc_field(DEFAULT_SPENDING, "alpha spending function over the looks: hwang-shih-decani, obrien-fleming or pocock")
+    futility: float = doc_field(0.0, "stop spending on a comparison whose predictive power of a decision at the "
+                                     "ceiling is below this (e.g. 0.1); 0 = never (docs/study.md, \"Futility\")")
 
     @property
     def on(self) -> bool:
@@ -225,6 +227,8 @@ class AdaptiveSection:
             out.append(f"adaptive.item_growth={self.item_growth} must be above 1 (e.g. 2)")
         if self.budget_hours is not None and not self.budget_hours > 0:
             out.append(f"adaptive.budget_hours={self.budget_hours} must be positive")
+        if not 0 <= self.futility < 1:
+            out.append(f"adaptive.futility={self.futility} must lie in [0, 1) (a predictive power, e.g. 0.1; 0 = off)")
         if self.spending not in SPENDING:
             out.append(f"adaptive.spending={self.spending!r} is not an alpha spending function; valid: "
                        f"{', '.join(SPENDING.names())}")

@@ -47,12 +47,13 @@ def adaptive_file(tmp_path: Path, shared: Path, **adaptive) -> Path:
 
 def test_every_problem_of_an_adaptive_section_is_reported_at_once(tmp_path, shared_datasets):
     path = adaptive_file(tmp_path, shared_datasets, seeds=1, max_seeds=5, items=None, item_growth=1.0,
-                         spending="linear", budget_hours=0)
+                         spending="linear", budget_hours=0, futility=1.5)
     with pytest.raises(ConfigError) as err:
         load_study(path)
     text = "\n".join(err.value.problems)
     for needle in ("adaptive.seeds=1", "train.seeds lists 3 seed(s); adaptive.max_seeds=5", "adaptive.items=None",
-                   "adaptive.item_growth=1.0", "adaptive.budget_hours=0", "'linear' is not an alpha spending "
+                   "adaptive.item_growth=1.0", "adaptive.budget_hours=0", "adaptive.futility=1.5 must lie in [0, 1)",
+                   "'linear' is not an alpha spending "
                    "function; valid: hwang-shih-decani, obrien-fleming, pocock"):
         assert needle in text, text
 
@@ -115,6 +116,66 @@ def test_a_look_decides_far_apart_recipes_different_and_identical_ones_equivalen
     # The same data at a look with no alpha to spend decides nothing different.
     rows0 = look(arms, baseline="a", alpha=0.0, margin=0.1, pair_seeds=True, round_no=1)
     assert not any(r.state == DIFFERENT for r in rows0)
+
+
+def test_predictive_power_is_the_chance_of_a_decision_at_the_ceiling_over_what_the_truth_may_be():
+    # The reference is the quantity sampled step by step (flat prior: the truth ~ N(estimate, se^2);
+    # the data still to come estimate it with variance se_c^2 / (1 - w); the ceiling's estimate
+    # weighs the two by information), not the closed form the module uses.
+    from scipy.stats import norm
+
+    from ftlab.compare.crossed import VarianceModel
+    from ftlab.study.sequential import Row, predictive_power
+
+    model = VarianceModel(seed_var=4e-4, item_var=0.05, cell_var=0.1)
+    limits = Limits(alpha=0.05, margin=0.03, max_seeds=5, max_items=1000, futility=0.1)
+    pairs = 55
+    w = model.design(5, 1000).variance() / model.design(3, 200).variance()
+    rng = np.random.default_rng(3)
+    for estimate, se in ((0.0, 0.02), (0.01, 0.015), (-0.04, 0.02), (0.002, 0.004)):
+        row = Row("t", "best", "x", "y", estimate, 0.5, 0.5, 3, 3, 200, OPEN, None, se)
+        got = predictive_power(row, model, limits=limits, pairs=pairs, pooled=None)
+        se_c = se * np.sqrt(w)
+        truth = rng.normal(estimate, se, 400_000)
+        new = rng.normal(truth, se_c / np.sqrt(1 - w))
+        final = w * estimate + (1 - w) * new
+        different = np.abs(final) > norm.isf(limits.alpha / 2) * se_c
+        equivalent = np.abs(final) < limits.margin - norm.isf(limits.alpha / pairs) * se_c
+        assert got == pytest.approx(np.mean(different | equivalent), abs=3e-3), (estimate, se)
+    # A comparison at the ceiling, or without a measured spread, is never judged futile.
+    at_top = Row("t", "best", "x", "y", 0.0, 0.5, 0.5, 5, 5, 1000, OPEN, None, 0.01)
+    assert predictive_power(at_top, model, limits=limits, pairs=pairs, pooled=None) == 1.0
+    flat = Row("t", "best", "x", "y", 0.0, 0.5, 0.5, 3, 3, 200, OPEN, None, 0.0)
+    assert predictive_power(flat, model, limits=limits, pairs=pairs, pooled=None) == 1.0
+
+
+def test_a_tie_no_ceiling_can_decide_stops_for_futility_and_the_last_look_spends_what_is_left():
+    from ftlab.study.sequential import FUTILE, STOP_FUTILE
+
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0.2, 0.8, 400)
+    same = [(rng.random((4, 400)) < p).astype(float) for _ in range(2)]
+    arms = {"t": {"base": _config((rng.random((1, 400)) < p).astype(float), seeded=False),
+                  "a": _config(same[0]), "b": _config(same[1])}}
+    designs = {"base": (1, 400), "a": (4, 400), "b": (4, 400)}
+    costs = Costs(train_s=100, quantize_s=0, eval_item_s=0.1, tasks=1)
+    # +-0.001 is out of reach of 5 seeds x 500 items: "equivalent" cannot be decided, and "different"
+    # is unlikely for identical recipes.
+    kwargs = dict(alpha=0.05, margin=0.001, max_seeds=5, max_items=500)
+    d = decide(arms, baseline="base", limits=Limits(**kwargs, futility=0.3), round_no=2, frontier=(4, 400),
+               designs=designs, earlier=None, costs=costs)
+    assert all(r.state == FUTILE and r.predictive_power < 0.3 and r.decided_round == 2 for r in d.rows), d.rows
+    assert d.stop == STOP_FUTILE and d.spent == pytest.approx(0.05) and not d.open and d.action is None
+    assert "3 comparison(s) found futile" in d.why
+    # A futile comparison is still tested at later looks: carried into the next look, it keeps its
+    # state (and the round that found it futile) unless that look decides it.
+    again = look(arms, baseline="base", alpha=0.05, margin=0.001, pair_seeds=True, round_no=3,
+                 earlier={r.key: r for r in d.rows})
+    assert [(r.state, r.decided_round) for r in again] == [(FUTILE, 2)] * 3
+    # Without a threshold the same look keeps them open and adds to them.
+    plain = decide(arms, baseline="base", limits=Limits(**kwargs), round_no=2, frontier=(4, 400), designs=designs,
+                   earlier=None, costs=costs)
+    assert not any(r.state == FUTILE for r in plain.rows) and plain.stop is None and plain.open
 
 
 def test_a_decision_picks_the_cheaper_precision_and_stops_at_the_ceiling():
@@ -237,6 +298,12 @@ def test_rounds_file_pins_the_study_and_refuses_a_changed_or_damaged_one(tmp_pat
     from ftlab.study.adaptive import limits
 
     assert limits(SimpleNamespace(spec=pooled)).pooled and not limits(SimpleNamespace(spec=spec)).pooled
+    # Likewise a futility threshold: written only when set.
+    assert "futility" not in doc["settings"]["adaptive"]
+    stopping, _ = load_study(path, ["adaptive.futility=0.1"])
+    with pytest.raises(FtlabError, match='adaptive.futility: null -> 0.1'):
+        read_rounds(folder, stopping, recipes)
+    assert limits(SimpleNamespace(spec=stopping)).futility == 0.1
     (folder / "rounds.json").write_text("{\"schema\": 99}")
     with pytest.raises(FtlabError, match="not an ftlab rounds file"):
         read_rounds(folder, spec, recipes)
