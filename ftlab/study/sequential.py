@@ -300,13 +300,12 @@ def predictive_power(row: Row, model: VarianceModel, *, limits: Limits, pairs: i
     return float(min(1.0, different + max(0.0, equivalent)))
 
 
-def futile(rows: list[Row], models: dict[str, VarianceModel], *, limits: Limits, pooled: int | None,
+def futile(rows: list[Row], models: dict[str, VarianceModel], *, limits: Limits, pairs: int, pooled: int | None,
            round_no: int) -> list[Row]:
     """The rows with every open comparison whose predictive power is below `limits.futility` marked
     futile: it no longer keeps its configurations open. Non-binding: it is still tested at every
     look at that look's alpha, so the bound P(any false claim) <= sum_k alpha_k = alpha holds as
-    before; stopping only takes away chances to reject."""
-    pairs = sum(len(c) * (len(c) - 1) // 2 for c in _configurations(rows).values())
+    before; stopping only takes away chances to reject. `pairs`: the pairs the look's tests run over."""
     out = []
     for r in rows:
         if r.state == OPEN and r.task in models:
@@ -316,12 +315,6 @@ def futile(rows: list[Row], models: dict[str, VarianceModel], *, limits: Limits,
         out.append(r)
     return out
 
-
-def _configurations(rows: list[Row]) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for r in rows:
-        out.setdefault(r.task, set()).update((r.recipe, r.other))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,7 +433,8 @@ def decide(arms: dict[str, dict[str, Config]], *, baseline: str, limits: Limits,
 
     rows = run(alpha)
     if limits.futility > 0 and not at_ceiling:
-        rows = futile(rows, by_task, limits=limits, pooled=pooled, round_no=round_no)
+        pairs = sum(len(c) * (len(c) - 1) // 2 for c in arms.values())  # what `look` corrects over
+        rows = futile(rows, by_task, limits=limits, pairs=pairs, pooled=pooled, round_no=round_no)
         carried = {**carried, **{r.key: r for r in rows if r.state == FUTILE}}  # the last look keeps them futile
     active = sorted(open_arms(rows))
     base = Decision(round_no, frontier, t, alpha, spent_before + alpha, rows, active, None, None, None, "")
