@@ -40,7 +40,7 @@ from ftlab.compare.simulate import StudyModel
 from ftlab.compare.stats import holm
 from ftlab.study.adaptive_sim import simulate
 from ftlab.study.sequential import Costs, Limits
-from ftlab.study.spending import SPENDING, Spending, hwang_shih_decani
+from ftlab.study.spending import spending as spending_function
 
 MODEL = StudyModel(level=0.4, item_sd=1.5, seed_sd=0.1, interaction_sd=0.3)
 SCENARIOS = {"null": [0.0] * 10, "clear": [0.0, 0.0, -0.8, -0.8, -1.0, -1.2, -1.5, -1.8, -2.0, -2.5],
@@ -64,17 +64,8 @@ def _power(declared: list[frozenset], truths: list) -> float | None:
     return float(np.mean([[t in d for t in truths] for d in declared])) if truths else None
 
 
-def _spending(name: str) -> str:
-    """A registered spending function, or `hwang-shih-decani:GAMMA`: another member of that family,
-    registered here for the comparison (the library registers one gamma)."""
-    family, _, gamma = name.partition(":")
-    if gamma and family == "hwang-shih-decani" and name not in SPENDING:
-        SPENDING.add(name, Spending(name, f"gamma {gamma}", hwang_shih_decani(float(gamma))))
-    return name
-
-
 def run(name: str, sims: int, seed: int, spending: str, seed_spread: str = "per-recipe", futility: float = 0.0) -> dict:
-    spending = _spending(spending)  # again in the worker process
+    spending = spending_function(spending).name  # a registered name, or hwang-shih-decani:GAMMA
     limits = Limits(alpha=0.05, margin=0.03, max_seeds=5, max_items=1000, spending=spending, seed_spread=seed_spread,
                     futility=futility)
     rng = np.random.default_rng(seed)
@@ -138,7 +129,7 @@ def main() -> None:
     parser.add_argument("--seed-spread", nargs="+", default=["per-recipe"], choices=["per-recipe", "pooled"],
                         help="the verdict's seed term: each recipe's own, or pooled over the study's recipes")
     parser.add_argument("--futility", nargs="+", type=float, default=[0.0],
-                        help="conditional power below which an open comparison stops (0: never)")
+                        help="predictive power below which an open comparison stops (0: never)")
     parser.add_argument("--scenarios", nargs="+", default=["null", "clear", "mixed"], choices=list(SCENARIOS))
     parser.add_argument("--jobs", type=int, default=1, help="scenarios run at once, one process (and core) each")
     parser.add_argument("--out", type=Path, default=None)

@@ -3,8 +3,8 @@ and what the next round should add. Pure functions over outcome matrices (no fil
 `ftlab.study.adaptive` feeds them a study's results, `ftlab.study.adaptive_sim` simulated ones.
 
 The family. Per task, among the unquantized configurations (trained recipes and the base
-snapshot): every configuration against the best-ranked one (kind `best`) and every recipe against
-the baseline (kind `baseline`); B - A with the recipe-level test of the verdict
+snapshot): every configuration against the best-ranked one (kind `best`; ranked by item-adjusted
+means, `adjusted_means`) and every recipe against the baseline (kind `baseline`); B - A with the recipe-level test of the verdict
 (`ftlab.study.analysis.recipe_test`: seeds and items crossed, generalized inference). With
 `analysis.seed_spread: pooled` (`Limits.seed_spread`) the seed spread is one for the task's
 recipes, estimated from all of them at each look (`ftlab.compare.crossed.SeedPool`), and the
@@ -71,7 +71,7 @@ from ftlab.errors import FtlabError
 from ftlab.study.analysis import Config, recipe_test
 from ftlab.study.levels import PER_RECIPE, POOLED
 from ftlab.study.spending import DEFAULT as DEFAULT_SPENDING
-from ftlab.study.spending import SPENDING
+from ftlab.study.spending import spending as spending_function
 
 DIFFERENT, EQUIVALENT, OPEN, FUTILE = "different", "equivalent", "open", "futile"
 BEST, BASELINE = "best", "baseline"  # the two kinds of comparison in the family
@@ -183,13 +183,43 @@ def equivalence_p(res, margin: float) -> float:
     return max(below, above)
 
 
+def adjusted_means(configs: dict[str, Config]) -> dict[str, float]:
+    """Each configuration's mean score adjusted for the items it answered: its effect in the
+    additive model score = configuration + item, fitted by least squares to every configuration's
+    per-item means (over its models) on the items each answered; centred on the mean over
+    configurations. With the same items for all it is the plain mean minus a constant. An adaptive
+    study stops giving items to decided configurations, and items differ in difficulty far more than
+    configurations differ (item sd 1.5 on the logit scale in benchmarks/adaptive_study.py), so plain
+    means over different item sets would rank a configuration that stopped at the easy first items
+    above one that went on to harder ones. Solved by the reduced normal equations of the
+    configurations (the item effects eliminated): A mu = r with A = diag(n) - N diag(1/k) N', r =
+    the row sums of Y minus N times the item means, N the configuration x item incidence, n its row
+    and k its column sums."""
+    names = list(configs)
+    items = np.unique(np.concatenate([configs[a].items for a in names]))
+    incidence = np.zeros((len(names), items.size))
+    y = np.zeros((len(names), items.size))
+    for row, a in enumerate(names):
+        cols = np.searchsorted(items, configs[a].items)
+        incidence[row, cols] = 1.0
+        y[row, cols] = configs[a].score.mean(axis=0)
+    k = incidence.sum(axis=0)
+    system = np.diag(incidence.sum(axis=1)) - (incidence / k) @ incidence.T
+    rhs = y.sum(axis=1) - incidence @ (y.sum(axis=0) / k)
+    mu = np.linalg.lstsq(system, rhs, rcond=None)[0]  # singular by a constant: the minimum-norm solution
+    mu -= mu.mean()
+    return {a: float(m) for a, m in zip(names, mu)}
+
+
 def family(arms: dict[str, dict[str, Config]], baseline: str) -> list[tuple[str, str, str, str]]:
     """(task, kind, recipe, other) of every comparison: per task, each configuration against the
-    best-ranked (highest mean score; ties by name) and each recipe against the baseline (the
-    baseline against the best only once, as the best against the baseline)."""
+    best-ranked (highest item-adjusted mean score, `adjusted_means`; ties by name) and each recipe
+    against the baseline (the baseline against the best only once, as the best against the
+    baseline)."""
     out = []
     for task, configs in arms.items():
-        best = min(configs, key=lambda name: (-float(configs[name].score.mean()), name))
+        means = adjusted_means(configs)
+        best = min(configs, key=lambda name: (-round(means[name], 12), name))
         with_baseline = baseline in configs
         # The baseline against the best is the best against the baseline: tested once, as the latter.
         out += [(task, BEST, name, best) for name in configs if name != best and not (with_baseline and name == baseline)]
@@ -424,7 +454,7 @@ def decide(arms: dict[str, dict[str, Config]], *, baseline: str, limits: Limits,
     now = variance(models, *frontier, limits.pair_seeds, pooled)
     t = 1.0 if at_ceiling or now <= 0 else max(t_before, min(1.0, variance(models, *ceiling, limits.pair_seeds, pooled) / now))
     width = half_width(models, *frontier, limits.pair_seeds, pooled)
-    alpha = max(0.0, SPENDING.get(limits.spending).spent(t, limits.alpha) - spent_before)
+    alpha = max(0.0, spending_function(limits.spending).spent(t, limits.alpha) - spent_before)
     carried = {r.key: r for r in earlier.rows} if earlier else {}
 
     def run(a: float) -> list[Row]:

@@ -44,7 +44,7 @@ from ftlab.quant.settings import (
 from ftlab.quant.settings import identity as quant_identity
 from ftlab.study.levels import PER_RECIPE, SEED_SPREADS
 from ftlab.study.spending import DEFAULT as DEFAULT_SPENDING
-from ftlab.study.spending import SPENDING
+from ftlab.study.spending import spending as spending_function
 
 BASE = "base"  # baseline: the untrained base snapshot of each recipe's base model
 # Keys the study sets itself; in `fixed` or `grid` they would silently fight the study.
@@ -180,7 +180,8 @@ class AdaptiveSection:
     item_growth: float = doc_field(2.0, "a round that adds items multiplies the open configurations' items by this")
     budget_hours: float | None = doc_field(None, "stop before a round that would take the study's compute past this "
                                                  "(estimated from measured job times); None = no budget")
-    spending: str = doc_field(DEFAULT_SPENDING, "alpha spending function over the looks: hwang-shih-decani, obrien-fleming or pocock")
+    spending: str = doc_field(DEFAULT_SPENDING, "alpha spending function over the looks: hwang-shih-decani, obrien-fleming, pocock, "
+                                             "or hwang-shih-decani:GAMMA (e.g. -16: closer to the fixed design's verdict, more compute)")
     futility: float = doc_field(0.0, "stop spending on a comparison whose predictive power of a decision at the "
                                      "ceiling is below this (e.g. 0.1); 0 = never (docs/study.md, \"Futility\")")
 
@@ -229,9 +230,10 @@ class AdaptiveSection:
             out.append(f"adaptive.budget_hours={self.budget_hours} must be positive")
         if not 0 <= self.futility < 1:
             out.append(f"adaptive.futility={self.futility} must lie in [0, 1) (a predictive power, e.g. 0.1; 0 = off)")
-        if self.spending not in SPENDING:
-            out.append(f"adaptive.spending={self.spending!r} is not an alpha spending function; valid: "
-                       f"{', '.join(SPENDING.names())}")
+        try:
+            spending_function(self.spending)
+        except FtlabError as e:
+            out.append(f"adaptive.spending={self.spending!r}: {e}")
         return out
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import yaml
 
-from ftlab.errors import ConfigError
+from ftlab.errors import ConfigError, FtlabError
 from ftlab.study.analysis import Config
 from ftlab.study.sequential import DIFFERENT, EQUIVALENT, OPEN, STOP_CEILING, Costs, Limits, decide, look, next_items
-from ftlab.study.spending import SPENDING, hwang_shih_decani
+from ftlab.study.spending import SPENDING, hwang_shih_decani, spending
 from ftlab.study.spec import load_study
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -53,9 +53,18 @@ def test_every_problem_of_an_adaptive_section_is_reported_at_once(tmp_path, shar
     text = "\n".join(err.value.problems)
     for needle in ("adaptive.seeds=1", "train.seeds lists 3 seed(s); adaptive.max_seeds=5", "adaptive.items=None",
                    "adaptive.item_growth=1.0", "adaptive.budget_hours=0", "adaptive.futility=1.5 must lie in [0, 1)",
-                   "'linear' is not an alpha spending "
-                   "function; valid: hwang-shih-decani, obrien-fleming, pocock"):
+                   "adaptive.spending='linear': unknown alpha spending function 'linear'; valid: hwang-shih-decani, "
+                   "obrien-fleming, pocock, or hwang-shih-decani:GAMMA (e.g. hwang-shih-decani:-16)"):
         assert needle in text, text
+
+
+def test_a_study_file_may_name_another_hwang_shih_decani_gamma(tmp_path, shared_datasets):
+    spec, _ = load_study(adaptive_file(tmp_path, shared_datasets, spending="hwang-shih-decani:-16"))
+    assert spec.adaptive.spending == "hwang-shih-decani:-16"
+    with pytest.raises(ConfigError) as err:
+        load_study(adaptive_file(tmp_path, shared_datasets, spending="pocock:2"))
+    assert any("adaptive.spending='pocock:2': only hwang-shih-decani:GAMMA takes a parameter" in p
+               for p in err.value.problems), err.value.problems
 
 
 def test_an_adaptive_study_needs_a_difference_that_matters_and_a_ceiling(tmp_path, shared_datasets):
@@ -86,6 +95,15 @@ def test_spending_functions_spend_alpha_by_the_end_and_nothing_at_the_start():
     # Gamma 0 is the family's limit, alpha t (the formula itself divides 0 by 0 there).
     assert hwang_shih_decani(0)(0.3, 0.05) == pytest.approx(0.015)
     assert hwang_shih_decani(1e-6)(0.3, 0.05) == pytest.approx(0.015, rel=1e-5)
+    # A study file may name another member of the family: hwang-shih-decani:GAMMA.
+    steep = spending("hwang-shih-decani:-16")
+    assert steep.name == "hwang-shih-decani:-16" and steep.spent(1, 0.05) == pytest.approx(0.05)
+    assert steep.spent(0.75, 0.05) == pytest.approx(0.05 * (1 - np.exp(16 * 0.75)) / (1 - np.exp(16)))
+    assert spending("hwang-shih-decani").spent(0.75, 0.05) == hsd(0.75, 0.05)
+    for bad, needle in (("pocock:2", "only hwang-shih-decani:GAMMA takes a parameter"),
+                        ("hwang-shih-decani:steep", "GAMMA must be a number")):
+        with pytest.raises(FtlabError, match=needle):
+            spending(bad)
 
 
 def test_item_rounds_never_leave_a_last_step_smaller_than_the_growth():
@@ -116,6 +134,42 @@ def test_a_look_decides_far_apart_recipes_different_and_identical_ones_equivalen
     # The same data at a look with no alpha to spend decides nothing different.
     rows0 = look(arms, baseline="a", alpha=0.0, margin=0.1, pair_seeds=True, round_no=1)
     assert not any(r.state == DIFFERENT for r in rows0)
+
+
+def test_the_best_is_ranked_by_item_adjusted_means_not_by_means_over_different_items():
+    from sklearn.linear_model import LinearRegression
+
+    from ftlab.study.sequential import adjusted_means, family
+
+    rng = np.random.default_rng(3)
+    logit = np.sort(rng.normal(0, 1.5, 1000))[::-1]  # the first items easiest, as when items grew past easy ones
+    def draw(seeds, items, effect):
+        return _config((rng.random((seeds, items)) < 1 / (1 + np.exp(-(logit[:items] + effect)))).astype(float))
+    # "early" stopped at the first 200 (easy) items; "top" went on to 1000 and is truly better.
+    configs = {"top": draw(5, 1000, 0.5), "early": draw(3, 200, 0.0), "low": draw(5, 1000, -1.0),
+               "base": _config(draw(1, 1000, -0.5).score, seeded=False)}
+    assert configs["early"].score.mean() > configs["top"].score.mean()  # plain means would rank "early" first
+    means = adjusted_means(configs)
+    # The reference: the additive model configuration + item fitted by scikit-learn's least squares on
+    # one-hot columns, each configuration's per-item mean (over its models) one observation.
+    names = list(configs)
+    x, y = [], []
+    for k, name in enumerate(names):
+        for item, value in zip(configs[name].items, configs[name].score.mean(axis=0)):
+            row = np.zeros(len(names) + 1000)
+            row[k], row[len(names) + item] = 1, 1
+            x.append(row)
+            y.append(value)
+    coef = LinearRegression(fit_intercept=False).fit(np.array(x), np.array(y)).coef_[:len(names)]
+    # Only differences between configurations are identified.
+    assert np.allclose([means[n] - means["low"] for n in names], coef - coef[names.index("low")], atol=1e-9)
+    assert max(means, key=means.get) == "top"
+    assert {other for _, kind, _, other in family({"t": configs}, "base") if kind == "best"} == {"top"}
+    # With the same items for all, the ranking is the plain means'.
+    same = {n: c.on(np.arange(200)) for n, c in configs.items()}
+    plain = {n: c.score.mean() for n, c in same.items()}
+    adjusted = adjusted_means(same)
+    assert np.allclose([adjusted[n] - adjusted["low"] for n in names], [plain[n] - plain["low"] for n in names])
 
 
 def test_predictive_power_is_the_chance_of_a_decision_at_the_ceiling_over_what_the_truth_may_be():
@@ -254,7 +308,6 @@ def test_ray_backend_runs_an_adaptive_study(tmp_path, shared_datasets):
 
 
 def test_rounds_file_pins_the_study_and_refuses_a_changed_or_damaged_one(tmp_path, shared_datasets):
-    from ftlab.errors import FtlabError
     from ftlab.study.rounds import current_design, read_rounds, write_rounds
     from ftlab.study.sequential import Decision, Row
 
