@@ -17,10 +17,14 @@ null or a difference both designs should find); `mixed` (the same with four of t
 part when one of them misses). "At equal power": besides the ceiling design (5 seeds x 1000
 items for every recipe), every smaller fixed design on a grid is run on the same draws, and the
 cheapest one whose power against the baseline is at least the adaptive design's is the fair
-comparison.
+comparison. `--oracle` runs, on the same drawn studies, the designs someone who knew the effect
+sizes could fix in advance (`oracle`): how little a design may spend and still give the full
+design's verdict.
 
     OMP_NUM_THREADS=1 uv run python benchmarks/adaptive_study.py --sims 200 --jobs 2 \
         --out benchmarks/adaptive_study.results.json
+    OMP_NUM_THREADS=1 uv run python benchmarks/adaptive_study.py --oracle --sims 100 --jobs 2 \
+        --seed-spread per-recipe pooled --scenarios clear mixed --out benchmarks/adaptive_study.oracle.results.json
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from scipy.stats import binomtest
 
 from ftlab.compare.simulate import StudyModel
 from ftlab.compare.stats import holm
-from ftlab.study.adaptive_sim import simulate
+from ftlab.study.adaptive_sim import BASE, declared, simulate, tested_once
 from ftlab.study.sequential import Costs, Limits
 from ftlab.study.spending import spending as spending_function
 
@@ -120,6 +124,60 @@ def run(name: str, sims: int, seed: int, spending: str, seed_spread: str = "per-
             "seconds": round(time.time() - t0, 1)}
 
 
+# The designs an oracle may choose in hindsight (`oracle`): (seeds, items) of the configurations in
+# a comparison near the ceiling's detection limit, and of the rest.
+ORACLE_NEAR = [(5, 1000), (5, 700), (4, 1000)]
+ORACLE_REST = [(2, 200), (3, 200), (3, 400), (5, 200), (5, 400), (5, 1000)]
+
+
+def oracle(name: str, sims: int, seed: int, seed_spread: str = "per-recipe") -> dict:
+    """What a design that knows in hindsight where each comparison stands could spend, on the same
+    drawn studies as `run` (same seed: the first `sims` of them). The ceiling's verdict on every
+    study gives each claim's rate; a recipe with a claim declared in 5-95% of studies is near the
+    detection limit, and it, the base and the truly best recipes (what it is compared against) form
+    the near group. Each pair (near group's design, the rest's design) on the grids above is tested
+    once at the full alpha (no alpha spent on looks, no round learned from the data) and scored by
+    agreement with the ceiling's verdict and compute. The oracle knows the effect sizes, not the
+    draws: a design that stops each comparison when its own data decide it can beat it (the adaptive
+    one does where differences are clear). What it measures is how much of the full design's data
+    its verdict near the detection limit depends on."""
+    limits = Limits(alpha=0.05, margin=0.03, max_seeds=5, max_items=1000, seed_spread=seed_spread)
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    differences = SCENARIOS[name]
+    names = [f"r{k}" for k in range(len(differences))]
+    seeded = {BASE: False, **{r: True for r in names}}
+    draws = [MODEL.draw_recipes(rng, differences, limits.max_seeds, limits.max_items, SEED_SCALES.get(name))
+             for _ in range(sims)]
+    caches = [{} for _ in draws]
+    full = {BASE: (1, limits.max_items), **{r: (limits.max_seeds, limits.max_items) for r in names}}
+    ceiling = [declared(tested_once(*d, full, limits=limits, cache=c)) for d, c in zip(draws, caches)]
+    claims = [(kind, r, -1) for kind in ("baseline", "best") for r in names]
+    rate = {c: float(np.mean([c in v for v in ceiling])) for c in claims}
+    near = sorted({r for kind, r, _ in claims if 0.05 < rate[(kind, r, -1)] < 0.95})
+    top = [r for r, d in zip(names, differences) if d == max(differences)]
+    group = sorted({BASE, *top, *near})
+    fixed_s = COSTS.design(full, seeded)
+    truths = [("baseline", f"r{k}", -1) for k, d in enumerate(differences) if d != 0]
+    rows = []
+    for a in ORACLE_NEAR:
+        for b in ORACLE_REST:
+            designs = {r: (a if r in group else b) for r in names}
+            designs[BASE] = (1, a[1])
+            verdicts = [declared(tested_once(*d, designs, limits=limits, cache=c)) for d, c in zip(draws, caches)]
+            agree = sum(v == c for v, c in zip(verdicts, ceiling))
+            rows.append({"near_group": list(a), "rest": list(b), "agreement_with_ceiling": agree / sims,
+                         "agreement_ci": interval(agree, sims), "power_vs_baseline": _power(verdicts, truths),
+                         "compute_ratio_vs_ceiling": COSTS.design(designs, seeded) / fixed_s})
+    enough = [r for r in rows if r["agreement_with_ceiling"] >= 0.95]
+    floor = COSTS.design({BASE: full[BASE], **{r: full[r] for r in group if r != BASE}}, seeded) / fixed_s
+    return {"scenario": name, "differences": differences, "seed_spread": seed_spread, "sims": sims,
+            "claim_rates_at_ceiling": {f"{k}:{r}": v for (k, r, _), v in rate.items()},
+            "near_group": group, "near_group_at_ceiling_alone": floor, "designs": rows,
+            "cheapest_at_95_agreement": min(enough, key=lambda r: r["compute_ratio_vs_ceiling"]) if enough else None,
+            "power_at_ceiling": _power(ceiling, truths), "seconds": round(time.time() - t0, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sims", type=int, default=200)
@@ -132,13 +190,21 @@ def main() -> None:
                         help="predictive power below which an open comparison stops (0: never)")
     parser.add_argument("--scenarios", nargs="+", default=["null", "clear", "mixed"], choices=list(SCENARIOS))
     parser.add_argument("--jobs", type=int, default=1, help="scenarios run at once, one process (and core) each")
+    parser.add_argument("--oracle", action="store_true",
+                        help="instead of the adaptive design, the designs an oracle could choose in hindsight (`oracle`)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    cases = [(name, args.sims, args.seed + i, spending, spread, futility) for futility in args.futility
-             for spread in args.seed_spread for spending in args.spending
-             for i, name in enumerate(SCENARIOS) if name in args.scenarios]
+    if args.oracle:
+        cases = [(name, args.sims, args.seed + i, spread) for spread in args.seed_spread
+                 for i, name in enumerate(SCENARIOS) if name in args.scenarios and any(SCENARIOS[name])]
+        task = oracle
+    else:
+        cases = [(name, args.sims, args.seed + i, spending, spread, futility) for futility in args.futility
+                 for spread in args.seed_spread for spending in args.spending
+                 for i, name in enumerate(SCENARIOS) if name in args.scenarios]
+        task = run
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(run, *zip(*cases)))
+        rows = list(pool.map(task, *zip(*cases)))
     for r in rows:
         print(json.dumps(r))
     if args.out:

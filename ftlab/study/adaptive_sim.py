@@ -33,7 +33,7 @@ TASK = "task"
 
 @dataclass(frozen=True)
 class SimOutcome:
-    adaptive: frozenset  # (kind, recipe, sign) of every difference the adaptive design declared (`_declared`)
+    adaptive: frozenset  # (kind, recipe, sign) of every difference the adaptive design declared (`declared`)
     fixed: frozenset  # the same for the fixed design
     decisions: list[Decision]
     adaptive_s: float  # compute of the adaptive design
@@ -57,10 +57,20 @@ def _arms(recipes: np.ndarray, base: np.ndarray, designs: dict[str, tuple[int, i
     return {TASK: configs}
 
 
-def _declared(rows) -> frozenset:
+def declared(rows) -> frozenset:
     """The verdict's claims: (BASELINE, recipe, sign): the recipe differs from the baseline in that
     direction; (BEST, recipe, -1): the recipe is below the best (whichever recipe ranked best)."""
     return frozenset((r.kind, r.recipe, int(np.sign(r.estimate))) for r in rows if r.state == DIFFERENT)
+
+
+def tested_once(recipes: np.ndarray, base: np.ndarray, designs: dict[str, tuple[int, int]], *, limits: Limits,
+                cache: dict | None = None) -> list:
+    """The family's rows of a design tested once at the full alpha, on the first seeds and items of a
+    drawn study: `designs`, each configuration's (seeds, items) (`BASE` and r0, r1, ...). A fixed
+    design gives every recipe the same; a design chosen in hindsight (benchmarks/adaptive_study.py,
+    `--oracle`) need not. `cache`: see `ftlab.study.sequential._pairs`."""
+    return look(_arms(recipes, base, designs), baseline=BASE, alpha=limits.alpha, margin=limits.margin,
+                pair_seeds=limits.pair_seeds, round_no=1, cache=cache, pooled=limits.pooled)
 
 
 def simulate(model: StudyModel, differences, *, seeds: int, items: int, limits: Limits, costs: Costs,
@@ -84,12 +94,11 @@ def simulate(model: StudyModel, differences, *, seeds: int, items: int, limits: 
         frontier, earlier = decision.next_frontier, decision
 
     def fixed(s: int, n: int) -> list:
-        design = {BASE: (1, n), **{name: (s, n) for name in names}}
-        return look(_arms(recipes, base, design), baseline=BASE, alpha=limits.alpha, margin=limits.margin,
-                    pair_seeds=limits.pair_seeds, round_no=1, cache=cache, pooled=limits.pooled)
+        return tested_once(recipes, base, {BASE: (1, n), **{name: (s, n) for name in names}}, limits=limits,
+                           cache=cache)
 
     full = {BASE: (1, limits.max_items), **{n: (limits.max_seeds, limits.max_items) for n in names}}
     rows = fixed(limits.max_seeds, limits.max_items)
-    return SimOutcome(_declared(decisions[-1].rows), _declared(rows), decisions, costs.design(designs, seeded),
+    return SimOutcome(declared(decisions[-1].rows), declared(rows), decisions, costs.design(designs, seeded),
                       costs.design(full, seeded), decisions[-1].stop,
-                      {(s, n): _declared(fixed(s, n)) for s, n in fixed_designs}, rows)
+                      {(s, n): declared(fixed(s, n)) for s, n in fixed_designs}, rows)

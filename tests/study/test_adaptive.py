@@ -136,6 +136,29 @@ def test_a_look_decides_far_apart_recipes_different_and_identical_ones_equivalen
     assert not any(r.state == DIFFERENT for r in rows0)
 
 
+def test_a_design_tested_once_reads_each_configurations_own_first_seeds_and_items():
+    # adaptive_sim.tested_once: the fixed designs of the simulations and the designs an oracle fixes in
+    # hindsight (benchmarks/adaptive_study.py --oracle), which give configurations different sizes.
+    from ftlab.compare.simulate import StudyModel
+    from ftlab.study.adaptive_sim import BASE, TASK, tested_once
+
+    model = StudyModel(level=0.4, item_sd=1.5, seed_sd=0.1, interaction_sd=0.3)
+    recipes, base = model.draw_recipes(np.random.default_rng(3), [0.0, -0.4, -2.0], 4, 300)
+    limits = Limits(alpha=0.05, margin=0.03, max_seeds=4, max_items=300)
+    designs = {BASE: (1, 300), "r0": (4, 300), "r1": (3, 200), "r2": (2, 100)}
+    rows = tested_once(recipes, base, designs, limits=limits)
+    by = {(r.kind, r.recipe): r for r in rows}
+    assert (by[("baseline", "r0")].seeds, by[("baseline", "r0")].items) == (4, 300)
+    assert (by[("baseline", "r1")].seeds, by[("baseline", "r1")].items) == (3, 200)
+    assert (by[("baseline", "r2")].seeds, by[("baseline", "r2")].items) == (2, 100)  # a pair: the items both answered
+    arms = {TASK: {BASE: _config(base[:, :300], seeded=False), "r0": _config(recipes[0]),
+                   "r1": _config(recipes[1, :3, :200]), "r2": _config(recipes[2, :2, :100])}}
+    assert rows == look(arms, baseline=BASE, alpha=0.05, margin=0.03, pair_seeds=True, round_no=1)
+    # Other sizes for the same draws are other data: r2 on all its seeds and items is another test.
+    whole = tested_once(recipes, base, {**designs, "r2": (4, 300)}, limits=limits)
+    assert {(r.kind, r.recipe): r for r in whole}[("baseline", "r2")].p_value != by[("baseline", "r2")].p_value
+
+
 def test_the_best_is_ranked_by_item_adjusted_means_not_by_means_over_different_items():
     from sklearn.linear_model import LinearRegression
 
