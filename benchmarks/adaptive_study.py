@@ -43,7 +43,7 @@ from scipy.stats import binomtest
 from ftlab.compare.simulate import StudyModel
 from ftlab.compare.stats import holm
 from ftlab.study.adaptive_sim import BASE, declared, simulate, tested_once
-from ftlab.study.sequential import Costs, Limits
+from ftlab.study.sequential import BASELINE, BEST, Costs, Limits
 from ftlab.study.spending import spending as spending_function
 
 MODEL = StudyModel(level=0.4, item_sd=1.5, seed_sd=0.1, interaction_sd=0.3)
@@ -61,6 +61,16 @@ COSTS = Costs(train_s=105.0, quantize_s=76.0, eval_item_s=0.15, tasks=3, variant
 def interval(k: int, n: int) -> list[float]:
     ci = binomtest(k, n).proportion_ci(0.95, method="exact")
     return [round(ci.low, 4), round(ci.high, 4)]
+
+
+def _truths(differences) -> list:
+    """The claims that are true: each recipe that differs from the baseline, below it."""
+    return [(BASELINE, f"r{k}", -1) for k, d in enumerate(differences) if d != 0]
+
+
+def _claims(differences) -> list:
+    """Every claim "below" the verdict can make about a recipe: against the baseline and the best."""
+    return [(kind, f"r{k}", -1) for kind in (BASELINE, BEST) for k in range(len(differences))]
 
 
 def _power(declared: list[frozenset], truths: list) -> float | None:
@@ -84,9 +94,8 @@ def run(name: str, sims: int, seed: int, spending: str, seed_spread: str = "per-
     any_reported_only = sum(bool((holm(np.array([r.p_value for r in o.fixed_rows])) <= limits.alpha).any())
                             for o in out)
     agree = sum(o.adaptive == o.fixed for o in out)
-    truths = [("baseline", f"r{k}", -1) for k, d in enumerate(SCENARIOS[name]) if d != 0]
-    claims = [(kind, f"r{k}", -1) for kind in ("baseline", "best") for k in range(len(SCENARIOS[name]))]
-    concord = float(np.mean([[(c in o.adaptive) == (c in o.fixed) for c in claims] for o in out]))
+    truths = _truths(SCENARIOS[name])
+    concord = float(np.mean([[(c in o.adaptive) == (c in o.fixed) for c in _claims(SCENARIOS[name])] for o in out]))
     power = {"adaptive": _power([o.adaptive for o in out], truths), "fixed": _power([o.fixed for o in out], truths)}
     adaptive_s = float(np.mean([o.adaptive_s for o in out]))
     fixed_s = float(np.mean([o.fixed_s for o in out]))
@@ -152,13 +161,12 @@ def oracle(name: str, sims: int, seed: int, seed_spread: str = "per-recipe") -> 
     caches = [{} for _ in draws]
     full = {BASE: (1, limits.max_items), **{r: (limits.max_seeds, limits.max_items) for r in names}}
     ceiling = [declared(tested_once(*d, full, limits=limits, cache=c)) for d, c in zip(draws, caches)]
-    claims = [(kind, r, -1) for kind in ("baseline", "best") for r in names]
-    rate = {c: float(np.mean([c in v for v in ceiling])) for c in claims}
-    near = sorted({r for kind, r, _ in claims if 0.05 < rate[(kind, r, -1)] < 0.95})
+    rate = {c: float(np.mean([c in v for v in ceiling])) for c in _claims(differences)}
+    near = sorted({r for (_, r, _), v in rate.items() if 0.05 < v < 0.95})
     top = [r for r, d in zip(names, differences) if d == max(differences)]
     group = sorted({BASE, *top, *near})
     fixed_s = COSTS.design(full, seeded)
-    truths = [("baseline", f"r{k}", -1) for k, d in enumerate(differences) if d != 0]
+    truths = _truths(differences)
     rows = []
     for a in ORACLE_NEAR:
         for b in ORACLE_REST:
@@ -170,7 +178,7 @@ def oracle(name: str, sims: int, seed: int, seed_spread: str = "per-recipe") -> 
                          "agreement_ci": interval(agree, sims), "power_vs_baseline": _power(verdicts, truths),
                          "compute_ratio_vs_ceiling": COSTS.design(designs, seeded) / fixed_s})
     enough = [r for r in rows if r["agreement_with_ceiling"] >= 0.95]
-    floor = COSTS.design({BASE: full[BASE], **{r: full[r] for r in group if r != BASE}}, seeded) / fixed_s
+    floor = COSTS.design({r: full[r] for r in group}, seeded) / fixed_s
     return {"scenario": name, "differences": differences, "seed_spread": seed_spread, "sims": sims,
             "claim_rates_at_ceiling": {f"{k}:{r}": v for (k, r, _), v in rate.items()},
             "near_group": group, "near_group_at_ceiling_alone": floor, "designs": rows,
